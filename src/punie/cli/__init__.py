@@ -1,0 +1,46 @@
+"""Punie's command line: parse, call one core function, render.
+
+Every command lives in a module of this package that exposes ``register(group)``.
+Errors from the core (``PunieError``) become a message on stderr and the exit
+code the error carries; nothing else in Punie prints or exits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from punie.cli._common import PunieGroup, State
+
+COMMAND_MODULES = ("check", "profiles", "up", "agent", "models", "train", "adapters")
+
+
+@click.group(cls=PunieGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config",
+    envvar="PUNIE_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Profiles file (default: punie.toml in this directory or a parent). Env: PUNIE_CONFIG.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a profile value, e.g. --set server.port=8081 (repeatable).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.version_option(package_name="punie")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, overrides: tuple[str, ...], verbose: int) -> None:
+    """Punie: launch a coding agent on a local MLX model with a checked LoRA adapter."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="punie: %(levelname)s: %(message)s")
+    ctx.obj = State(config=config, overrides=overrides)
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"punie.cli.{_name}").register(main)

@@ -1,0 +1,44 @@
+"""Shared pieces of the CLI edge: state, error rendering, output formats."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from punie.errors import PunieError
+
+
+@dataclass(frozen=True)
+class State:
+    """Options of the top-level group, handed to every command."""
+
+    config: str | None = None
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+
+class PunieGroup(click.Group):
+    """A click group that renders PunieError as a message and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PunieError as exc:
+            click.echo(f"punie: error: {exc.render()}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def echo_json(value: Any) -> None:
+    """Write one JSON document to stdout."""
+    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def is_tty(stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+pass_state = click.make_pass_decorator(State)

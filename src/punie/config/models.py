@@ -1,0 +1,152 @@
+"""Typed models of `punie.toml`.
+
+A file holds ``[defaults]`` and ``[profiles.NAME]`` tables. Every model forbids
+unknown keys (so typos are caught with a "did you mean") and is frozen: a
+resolved profile is a value that plans and checks can be built from purely.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ToolName = Literal["read_file", "write_file", "list_files", "search", "run_command"]
+ALL_TOOLS: tuple[ToolName, ...] = ("read_file", "write_file", "list_files", "search", "run_command")
+Decision = Literal["ask", "allow", "deny"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ServerOptions(_Strict):
+    """How the model server is reached or started (mlx_lm.server)."""
+
+    url: str | None = Field(
+        None,
+        description="URL of an already running OpenAI-compatible server (http://host:port). "
+        "When set nothing is started; readiness is still checked.",
+    )
+    host: str = Field("127.0.0.1", description="Address mlx_lm.server binds to.")
+    port: int = Field(8080, ge=1, le=65535, description="Port mlx_lm.server listens on.")
+    allow_remote: bool = Field(
+        False, description="Allow a host that is not a loopback address (the server has no auth)."
+    )
+    temperature: float | None = Field(None, ge=0, le=5, description="Default sampling temperature.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Default nucleus sampling top_p.")
+    max_tokens: int | None = Field(None, ge=1, description="Default maximum tokens per completion.")
+    chat_template_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra arguments passed to the chat template (JSON)."
+    )
+    draft_model: str | None = Field(None, description="Draft model for speculative decoding.")
+    extra_args: list[str] = Field(
+        default_factory=list, description="Extra command-line arguments for mlx_lm.server."
+    )
+    ready_timeout: float = Field(
+        180.0, gt=0, description="Seconds to wait until the model answers a 1-token completion."
+    )
+    restart: Literal["no", "on-failure"] = Field(
+        "no", description="Restart the server when it dies unexpectedly."
+    )
+    max_restarts: int = Field(3, ge=0, description="Restarts allowed with restart = on-failure.")
+    restart_backoff: float = Field(
+        1.0, ge=0, description="Seconds before the first restart; doubles after each."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+
+class Permissions(_Strict):
+    """What the agent may do without asking. Reading inside the workspace is always allowed."""
+
+    write_file: Decision = Field("ask", description="Writing files in the workspace.")
+    run_command: Decision = Field("ask", description="Running shell commands in the workspace.")
+
+
+class AgentOptions(_Strict):
+    """Options of the Punie coding agent."""
+
+    name: str = Field("punie", description="Name the agent reports to IDEs.")
+    instructions: str | None = Field(None, description="System instructions for the model.")
+    temperature: float | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(None, ge=1)
+    tools: list[ToolName] = Field(default_factory=lambda: list(ALL_TOOLS), description="Enabled tools.")
+    workspace: str = Field(".", description="Directory the file tools are confined to.")
+    permissions: Permissions = Field(default_factory=Permissions)
+    max_turns: int = Field(20, ge=1, description="Maximum model requests per prompt.")
+
+
+class AdapterRef(_Strict):
+    """One part of a composed adapter."""
+
+    path: str = Field(description="Adapter directory, or a name under adapters/.")
+    weight: float = Field(1.0, description="Scale applied to this adapter's delta.")
+
+
+class Profile(_Strict):
+    """One named launch profile: base model, adapter, server and agent options."""
+
+    description: str | None = None
+    extends: str | None = Field(None, description="Name of a profile whose values this one inherits.")
+    model: str | None = Field(
+        None, description="Base model: a local directory, a Hugging Face id in the local cache, "
+        "or builtin:NAME for a model Punie provisions itself."
+    )
+    adapter: str | None = Field(
+        None, description="LoRA adapter directory, a name under adapters/, or 'latest' / 'best'."
+    )
+    adapters: list[str | AdapterRef] = Field(
+        default_factory=list, description="Several adapters composed into one (ranks concatenated)."
+    )
+    server: ServerOptions = Field(default_factory=ServerOptions)
+    agent: AgentOptions = Field(default_factory=AgentOptions)
+
+    @model_validator(mode="after")
+    def _one_adapter_form(self) -> Profile:
+        if self.adapter is not None and self.adapters:
+            raise ValueError("set either 'adapter' or 'adapters', not both")
+        return self
+
+    def adapter_refs(self) -> list[AdapterRef]:
+        """The composed adapters as AdapterRef values (plain strings get weight 1)."""
+        return [a if isinstance(a, AdapterRef) else AdapterRef(path=a) for a in self.adapters]
+
+
+class PunieFile(_Strict):
+    """The whole `punie.toml`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"title": "punie.toml", "$id": "https://punie.dev/schemas/punie.schema.json"},
+    )
+
+    default_profile: str | None = Field(None, description="Profile used when none is named.")
+    defaults: Profile = Field(default_factory=Profile, description="Values every profile starts from.")
+    profiles: dict[str, Profile] = Field(default_factory=dict)
+
+
+class ResolvedProfile(_Strict):
+    """A profile after defaults, `extends`, environment and CLI overrides are applied.
+
+    ``sources`` maps each dotted key (``server.port``) to where its value came
+    from: ``file``, ``file (defaults)``, ``file (extends NAME)``, ``env``, ``cli`` or ``default``.
+    """
+
+    name: str
+    config_path: str | None
+    profile: Profile
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def project_dir(self) -> str:
+        """Directory relative paths in the profile are resolved against."""
+        import os
+
+        return os.path.dirname(os.path.abspath(self.config_path)) if self.config_path else os.getcwd()

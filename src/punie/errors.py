@@ -1,0 +1,83 @@
+"""The one error hierarchy of Punie.
+
+Core code raises these; only the CLI edge turns them into messages and exit
+codes (0 ok, 1 problems found, 2 usage or configuration error).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class PunieError(Exception):
+    """Base of every error Punie reports to a user.
+
+    ``exit_code`` is what the CLI exits with; ``where`` names the place
+    (``punie.toml:12: profiles.demo.server.port``) and is put in front of
+    the message when set.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        self.message = message
+        self.where = where
+        self.hint = hint
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class ConfigError(PunieError):
+    """The profiles file, an override or an environment variable is wrong."""
+
+    exit_code = 2
+
+
+class UsageError(PunieError):
+    """The command line asks for something that cannot be done as asked."""
+
+    exit_code = 2
+
+
+class ModelError(PunieError):
+    """A base model cannot be found or read."""
+
+
+class AdapterError(PunieError):
+    """An adapter is missing, malformed or does not fit its base model."""
+
+
+class CorruptFileError(AdapterError):
+    """A weights or config file cannot be parsed (truncated, non-JSON, lying offsets)."""
+
+
+class CheckFailed(PunieError):
+    """Validation found problems; ``report`` holds all of them."""
+
+    def __init__(self, message: str, report: object = None):
+        self.report = report
+        super().__init__(message)
+
+
+class LaunchError(PunieError):
+    """A child process could not be started, did not become ready, or died."""
+
+
+class AgentError(PunieError):
+    """The agent could not complete a turn (server unreachable, server error...)."""
+
+
+class TrainingError(PunieError):
+    """Training or evaluation could not run (bad dataset, mlx_lm failure...)."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """Return a `did you mean 'x'?` hint for a misspelt ``word``, or None."""
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean '{matches[0]}'?" if matches else None
