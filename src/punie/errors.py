@@ -81,3 +81,7 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """Return a `did you mean 'x'?` hint for a misspelt ``word``, or None."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"did you mean '{matches[0]}'?" if matches else None
+
+
+class ModelNotProvisioned(ModelError):
+    """A builtin model is known but not yet fetched into the cache (`punie up` provisions it)."""
