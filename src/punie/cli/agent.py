@@ -1,9 +1,194 @@
-"""CLI: agent commands (filled in by their owner)."""
+"""CLI: the coding agent (`punie agent`, `punie ask`, `punie serve`).
+
+* ``punie agent --base-url URL --options JSON`` is what the supervisor starts:
+  ACP over stdio (stdout is the protocol, logs go to stderr). When stdin is a
+  terminal it is a simple interactive loop instead (prompt and tool calls on
+  stderr, answers on stdout), so a person running ``punie up`` can talk to it.
+* ``punie ask "PROMPT"`` runs one turn against a profile's server and prints
+  the tool calls (stderr) and the answer (stdout), or both as JSON.
+* ``punie serve --model local:URL`` runs the agent against a running server;
+  ``punie serve --model M [--adapter A] [--port P]`` starts and supervises
+  mlx_lm.server first, through the same path as ``punie up``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
 import click
+
+from punie.cli._common import State, echo_json, pass_state
+from punie.errors import AgentError, UsageError
+
+LOCAL_PREFIX = "local:"
+
+
+def _format_args(args: Any) -> str:
+    if not isinstance(args, dict):
+        return repr(args)[:120]
+    shown = []
+    for key, value in args.items():
+        text = repr(value)
+        if len(text) > 60:
+            text = text[:57] + "...'"
+        shown.append(f"{key}={text}")
+    return ", ".join(shown)
+
+
+def render_tool_calls(calls: Sequence[Any]) -> None:
+    """One line per tool call on stderr: name(args) -> status: summary."""
+    for call in calls:
+        click.echo(f"  tool {call.name}({_format_args(call.args)}) -> {call.status}: {call.summary}", err=True)
+
+
+def _load_target(state: State, profile: str | None, overrides: Sequence[str], base_url: str | None) -> Any:
+    from punie.agent.target import agent_target
+    from punie.config import load_profile
+
+    resolved = load_profile(profile, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
+    return agent_target(resolved, base_url=base_url)
+
+
+async def _repl(agent: Any) -> None:
+    from punie.agent.runner import run_turn
+
+    click.echo(f"punie: agent on {agent.base_url}, workspace {agent.workspace.root} (Ctrl-D to quit)", err=True)
+    history: list[Any] = []
+    while True:
+        click.echo("punie> ", err=True, nl=False)
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line:
+            click.echo("", err=True)
+            return
+        prompt = line.strip()
+        if not prompt:
+            continue
+        try:
+            result = await run_turn(agent, prompt, history=history)
+        except AgentError as exc:
+            click.echo(f"punie: error: {exc.render()}", err=True)
+            continue
+        history = result.messages
+        render_tool_calls(result.tool_calls)
+        click.echo(result.answer)
+
+
+def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_dir: str | None = None) -> None:
+    """ACP on stdio, or the interactive loop when stdin is a terminal (``mode`` auto|acp|repl).
+
+    In ACP mode the workspace is relative to each session's cwd (the IDE's
+    project); in the interactive loop to ``base_dir`` (default: cwd).
+    """
+    from punie.agent.acp_server import serve_stdio
+
+    interactive = mode == "repl" or (mode == "auto" and sys.stdin.isatty())
+    if not interactive:
+        try:
+            serve_stdio(options, base_url)
+        except KeyboardInterrupt:  # Ctrl-C on the supervisor's terminal: a clean stop
+            pass
+        return
+    from punie.agent.permissions import terminal_asker
+    from punie.agent.runner import build_agent
+
+    agent = build_agent(options, base_url, permission_asker=terminal_asker(), base_dir=base_dir)
+    try:
+        asyncio.run(_repl(agent))
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+
+
+@click.command("agent")
+@click.option("--base-url", required=True, metavar="URL", help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1.")
+@click.option("--options", "options_text", metavar="JSON", help="Agent options (the profile's [agent] table) as JSON.")
+@click.option("--mode", type=click.Choice(["auto", "acp", "repl"]), default="auto", show_default=True,
+              help="auto: ACP on stdio unless stdin is a terminal.")
+def agent_command(base_url: str, options_text: str | None, mode: str) -> None:
+    """Run the coding agent: Agent Client Protocol over stdio (used by `punie up` and IDEs)."""
+    from punie.agent.target import parse_options
+
+    run_agent_process(parse_options(options_text), base_url, mode=mode)
+
+
+@click.command("ask")
+@click.argument("prompt")
+@click.option("--profile", "-p", "profile", metavar="NAME", help="Profile to use (default: the file's default).")
+@click.option("--base-url", metavar="URL", help="Talk to this server instead of the profile's.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and tool calls as one JSON document.")
+@pass_state
+def ask_command(state: State, prompt: str, profile: str | None, base_url: str | None,
+                overrides: tuple[str, ...], as_json: bool) -> None:
+    """Run one agent turn in the terminal and print the tool calls and the answer."""
+    from punie.agent.permissions import terminal_asker
+    from punie.agent.runner import build_agent, run_turn_sync
+
+    target = _load_target(state, profile, overrides, base_url)
+    agent = build_agent(target.options, target.base_url, permission_asker=terminal_asker(),
+                        base_dir=target.base_dir)
+    result = run_turn_sync(agent, prompt)
+    if as_json:
+        echo_json(result.to_json())
+        return
+    render_tool_calls(result.tool_calls)
+    click.echo(result.answer)
+
+
+@click.command("serve")
+@click.option("--model", "-m", "model", required=True, metavar="SPEC",
+              help="local:URL to use a running server, or a model to serve (path, HF id, builtin:NAME).")
+@click.option("--adapter", "-a", metavar="SPEC", help="LoRA adapter to serve with the model.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port for mlx_lm.server.")
+@click.option("--host", metavar="ADDR", help="Address mlx_lm.server binds to.")
+@click.option("--profile", "-p", "profile", metavar="NAME", help="Take the agent options from this profile.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable).")
+@click.option("--mode", type=click.Choice(["auto", "acp", "repl"]), default="auto", show_default=True,
+              help="With local:URL: ACP on stdio unless stdin is a terminal.")
+@pass_state
+def serve_command(state: State, model: str, adapter: str | None, port: int | None, host: str | None,
+                  profile: str | None, overrides: tuple[str, ...], mode: str) -> None:
+    """Serve the agent: on a running server (local:URL), or start mlx_lm.server with a model first."""
+    from punie.config.models import ResolvedProfile
+
+    resolved: ResolvedProfile | None = None
+    if profile or overrides:
+        from punie.config import load_profile
+
+        resolved = load_profile(profile, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
+    if model.startswith(LOCAL_PREFIX):
+        url = model[len(LOCAL_PREFIX):]
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--model {model}: expected local:http://HOST:PORT[/v1]")
+        if adapter or port or host:
+            raise UsageError("--adapter, --port and --host start a server; with --model local:URL "
+                             "the server is already running (serve the adapter there)")
+        from punie.agent.runner import openai_base_url
+        from punie.config.models import AgentOptions
+
+        run_agent_process(resolved.profile.agent if resolved else AgentOptions(), openai_base_url(url), mode=mode,
+                          base_dir=resolved.project_dir if resolved else None)
+        return
+
+    from punie.agent.target import serve_profile
+
+    target = serve_profile(model, adapter=adapter, port=port, host=host, base=resolved)
+    try:
+        from punie.launch import run_up
+    except ImportError:
+        raise UsageError("`punie serve --model M` needs the launcher (punie.launch.run_up), "
+                         "which is not available in this build") from None
+    outcome = run_up(target, check=True)
+    code = getattr(outcome, "exit_code", None)
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the top-level group."""
+    group.add_command(agent_command)
+    group.add_command(ask_command)
+    group.add_command(serve_command)
+

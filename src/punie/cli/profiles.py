@@ -1,9 +1,209 @@
-"""CLI: profiles commands (filled in by their owner)."""
+"""CLI: `punie profiles` (list), `punie profiles show NAME`, `punie schema`.
+
+Other modules attach more subcommands to the same group::
+
+    from punie.cli.profiles import profiles_group
+
+    @profiles_group.command("new")
+    ...
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+from typing import Any
+
 import click
+
+from punie.cli._common import State, echo_json
+from punie.config import EMBEDDED_NAME, list_profiles, load_profile
+from punie.config.locate import dotted
+from punie.config.models import Profile, ResolvedProfile
+from punie.config.resolve import LEAF_KEYS
+from punie.config.schema import SCHEMA_RELPATH, check_schema, schema_text, write_schema
+
+_FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
+)
+_SET = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a profile value (after the global --set), e.g. --set server.port=8081.",
+)
+
+
+def _state(ctx: click.Context) -> State:
+    return ctx.find_object(State) or State()
+
+
+def toml_value(value: Any) -> str:
+    """A value written the way it would be in punie.toml (``"text"``, ``8080``, ``["a"]``)."""
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{dotted([k])} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value, default=str)
+
+
+def _leaf_value(profile: Profile, key: str) -> Any:
+    value: Any = profile.model_dump(mode="json")
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _adapter_text(profile: Profile) -> str:
+    if profile.adapter:
+        return profile.adapter
+    if profile.adapters:
+        return " + ".join(
+            ref.path if ref.weight == 1 else f"{ref.path}*{ref.weight:g}" for ref in profile.adapter_refs()
+        )
+    return "-"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell (the last column is not padded)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths[-1] = 0
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def _origin(resolved: ResolvedProfile) -> str:
+    return resolved.config_path or EMBEDDED_NAME
+
+
+@click.group("profiles", invoke_without_command=True)
+@_FORMAT
+@_SET
+@click.pass_context
+def profiles_group(ctx: click.Context, fmt: str, overrides: tuple[str, ...]) -> None:
+    """List the profiles of punie.toml: name, model, adapter, port, description.
+
+    The profile marked * is the one used when none is named (PUNIE_PROFILE,
+    else default_profile, else the only one).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    state = _state(ctx)
+    listing = list_profiles(config=state.config, overrides=(*state.overrides, *overrides))
+    if fmt == "json":
+        echo_json(
+            {
+                "config_path": listing.config_path,
+                "default": listing.default,
+                "profiles": [
+                    {
+                        "name": r.name,
+                        "model": r.profile.model,
+                        "adapter": r.profile.adapter,
+                        "adapters": [ref.model_dump() for ref in r.profile.adapter_refs()],
+                        "port": r.profile.server.port,
+                        "url": r.profile.server.url,
+                        "description": r.profile.description,
+                    }
+                    for r in listing.profiles
+                ],
+            }
+        )
+        return
+    click.echo(f"# {listing.display}")
+    if not listing.profiles:
+        click.echo("(no profiles)")
+        return
+    rows = [["", "NAME", "MODEL", "ADAPTER", "PORT", "DESCRIPTION"]]
+    for r in listing.profiles:
+        p = r.profile
+        rows.append(
+            [
+                "*" if r.name == listing.default else "",
+                r.name,
+                p.model or "-",
+                _adapter_text(p),
+                p.server.url or str(p.server.port),
+                p.description or "",
+            ]
+        )
+    for line in _table(rows):
+        click.echo(line)
+
+
+@profiles_group.command("show")
+@click.argument("name", required=False)
+@_FORMAT
+@_SET
+@click.pass_context
+def show(ctx: click.Context, name: str | None, fmt: str, overrides: tuple[str, ...]) -> None:
+    """Print the fully resolved profile NAME and where each value came from.
+
+    Sources: file, file (defaults), file (extends NAME), env (PUNIE_* variables),
+    cli (--set) or default. Without NAME, the default profile is shown.
+    """
+    state = _state(ctx)
+    resolved = load_profile(name, config=state.config, overrides=(*state.overrides, *overrides))
+    if fmt == "json":
+        echo_json(
+            {
+                "name": resolved.name,
+                "config_path": resolved.config_path,
+                "profile": resolved.profile.model_dump(mode="json"),
+                "sources": resolved.sources,
+            }
+        )
+        return
+    click.echo(f"profile {resolved.name}  ({_origin(resolved)})")
+    rows = [["KEY", "SOURCE", "VALUE"]]
+    for key in LEAF_KEYS:
+        rows.append([key, resolved.sources.get(key, "default"), toml_value(_leaf_value(resolved.profile, key))])
+    for line in _table(rows):
+        click.echo(line)
+
+
+@click.command("schema")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    help=f"Write the schema to this file (with --check: the file to compare; default {SCHEMA_RELPATH}).",
+)
+@click.option("--check", is_flag=True, help="Exit 1 when the schema file is missing or stale.")
+def schema_command(output: str | None, check: bool) -> None:
+    """Print the JSON schema of punie.toml, generated from Punie's models.
+
+    Editors read it through the `#:schema ./schemas/punie.schema.json` line at
+    the top of punie.toml (Taplo / Even Better TOML).
+    """
+    if check:
+        target = Path(output) if output else SCHEMA_RELPATH
+        check_schema(target)
+        click.echo(f"{target} is up to date", err=True)
+    elif output:
+        click.echo(f"wrote {write_schema(output)}", err=True)
+    else:
+        click.echo(schema_text(), nl=False)
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the top-level group."""
+    """Add `profiles` and `schema` to the top-level group."""
+    group.add_command(profiles_group)
+    group.add_command(schema_command)

@@ -1,0 +1,648 @@
+"""Compose several LoRA adapters into one mlx_lm adapter, exactly.
+
+mlx_lm's ``LoRALinear`` computes ``y = W x + s * (x @ A) @ B`` with ``A`` of
+shape (in, r) and ``B`` of shape (r, out). A weighted sum of such updates is
+itself one LoRA of rank ``r1 + r2 + ...``::
+
+    w1 s1 (x A1) B1 + w2 s2 (x A2) B2 = S * (x [A1 A2]) [[c1 B1], [c2 B2]]
+
+with ``ci = wi si / S``: the ``A`` matrices are concatenated along the rank
+axis and each ``B`` is scaled by ``ci`` before it is concatenated. A module
+present in only some parts gets zero blocks for the others (zero blocks add
+nothing), so the result is exact up to float32 rounding. The same holds for
+mlx_lm's ``LoRAEmbedding`` (same layout) and ``LoRASwitchLinear`` (A: (E, r,
+in), B: (E, out, r)).
+
+DoRA parts cannot be composed this way (their magnitude vectors rescale the
+whole updated weight, so deltas do not add) and are refused, as are parts
+trained on another base model or whose tensors disagree in shape.
+
+The composition itself uses numpy only (no mlx), reading and writing the
+safetensors format directly.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from punie.errors import AdapterError, CorruptFileError
+from punie.paths import state_dir
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from punie.config.models import AdapterRef
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapters.safetensors"
+METADATA_FILE = "punie-adapter.json"
+COMPOSED_SCALE = 1.0
+# Bumped when the output format changes, so old cache entries are not reused.
+FORMAT_VERSION = "punie-compose-1"
+
+_LEAF = re.compile(r"^(?P<module>.+)\.(?P<leaf>lora_a|lora_b|m)$")
+_LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<index>\d+)\.(?P<key>.+)$")
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a safetensors file: dtype, shape and absolute byte range."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def _read_tensor_index(path: Path) -> dict[str, TensorInfo]:
+    """Tensor names, dtypes, shapes and absolute byte offsets of a safetensors file."""
+    header, data_start = _read_header(path)
+    size = path.stat().st_size
+    out: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(v) for v in entry["data_offsets"])
+            info = TensorInfo(name, str(entry["dtype"]), tuple(int(d) for d in entry["shape"]),
+                              data_start + begin, data_start + end)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFileError(f"tensor '{name}' has a malformed header entry ({exc})", where=str(path)) from exc
+        if info.end > size or info.start > info.end:
+            raise CorruptFileError(
+                f"tensor '{name}' points at bytes {info.start}..{info.end} but the file has {size}",
+                where=str(path),
+            )
+        out[name] = info
+    return out
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and where its data starts."""
+    try:
+        # The validator helper's reader is the one header parser of Punie.
+        from punie.adapters.safetensors import read_header as shared_read_header
+    except ImportError:  # pragma: no cover - only while the shared reader is absent
+        shared_read_header = None
+    if shared_read_header is not None:
+        return _adapt_shared_header(shared_read_header(path), path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) != 8:
+                raise CorruptFileError("file is shorter than a safetensors header", where=str(path))
+            (length,) = struct.unpack("<Q", raw)
+            if length > path.stat().st_size - 8:
+                raise CorruptFileError(f"header length {length} exceeds the file size", where=str(path))
+            header = json.loads(fh.read(length))
+    except OSError as exc:
+        raise AdapterError(f"cannot read: {exc.strerror or exc}", where=str(path)) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"safetensors header is not JSON ({exc})", where=str(path)) from exc
+    if not isinstance(header, dict):
+        raise CorruptFileError("safetensors header is not a JSON object", where=str(path))
+    return header, 8 + length
+
+
+def _adapt_shared_header(result: Any, path: Path) -> tuple[dict[str, Any], int]:
+    """Accept the shared reader's result: ``(header, data_start)`` or an object with those."""
+    if isinstance(result, tuple) and len(result) == 2:
+        return result[0], int(result[1])
+    header = getattr(result, "header", None) or getattr(result, "tensors", None)
+    start = getattr(result, "data_start", None) or getattr(result, "data_offset", None)
+    if isinstance(header, dict) and start is not None:
+        return header, int(start)
+    raise CorruptFileError("unexpected safetensors header reader result", where=str(path))
+
+
+_NP_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
+
+
+def _load_tensor(path: Path, info: TensorInfo) -> np.ndarray:
+    """Read one tensor as float32 (F32, F16, BF16 and F64 are supported)."""
+    np = _numpy()
+    count = 1
+    for d in info.shape:
+        count *= d
+    with open(path, "rb") as fh:
+        fh.seek(info.start)
+        raw = fh.read(info.end - info.start)
+    width = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}.get(info.dtype)
+    if width is None:
+        raise AdapterError(
+            f"tensor '{info.name}' has dtype {info.dtype}; only F32, F16, BF16 and F64 can be composed",
+            where=str(path),
+        )
+    if len(raw) != count * width:
+        raise CorruptFileError(
+            f"tensor '{info.name}' has {len(raw)} bytes, its shape {list(info.shape)} needs {count * width}",
+            where=str(path),
+        )
+    if info.dtype == "BF16":
+        # bfloat16 is the upper half of a float32.
+        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+        arr = bits.view(np.float32)
+    else:
+        arr = np.frombuffer(raw, dtype=_NP_DTYPES[info.dtype]).astype(np.float32)
+    return arr.reshape(info.shape)
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write float32/float16 numpy arrays as a safetensors file (names sorted, 8-byte aligned header)."""
+    np = _numpy()
+    codes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16"}
+    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "mlx"})}
+    arrays: list[np.ndarray] = []
+    offset = 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype not in codes:
+            arr = arr.astype(np.float32)
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        header[name] = {
+            "dtype": codes[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]
+        }
+        arrays.append(arr)
+        offset += arr.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)))
+        fh.write(text)
+        for arr in arrays:
+            fh.write(memoryview(arr.reshape(-1)).cast("B"))
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError as exc:  # pragma: no cover - numpy comes with mlx-lm
+        raise AdapterError(
+            "composing adapters needs numpy", hint="install the mlx extra: pip install 'punie[mlx]'"
+        ) from exc
+    return numpy
+
+
+# --------------------------------------------------------------------------- reading parts
+
+
+@dataclass(frozen=True)
+class Part:
+    """One adapter to compose, with its header-level facts (no tensor data read)."""
+
+    path: Path
+    weight: float
+    config: dict[str, Any]
+    metadata: dict[str, Any] | None
+    tensors: dict[str, TensorInfo]
+    rank: int
+    scale: float
+    num_layers: int
+    # module path -> (lora_a shape, lora_b shape)
+    modules: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+
+    @property
+    def model(self) -> str | None:
+        value = self.config.get("model")
+        return str(value) if value is not None else None
+
+    @property
+    def fingerprint(self) -> str | None:
+        value = (self.metadata or {}).get("base_fingerprint")
+        return str(value) if value else None
+
+
+def _rank_axes(ndim: int) -> tuple[int, int]:
+    """Rank axis of lora_a and lora_b: Linear/Embedding (in, r)/(r, out); SwitchLinear (E, r, in)/(E, out, r)."""
+    return (1, 0) if ndim == 2 else (1, 2)
+
+
+def read_part(path: Path, weight: float = 1.0) -> Part:
+    """Read an adapter directory's config and tensor headers and check it can be composed."""
+    path = Path(path)
+    where = str(path)
+    if not path.is_dir():
+        raise AdapterError("adapter directory does not exist", where=where)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_path.is_file():
+        raise AdapterError(f"no {CONFIG_FILE} (not an mlx_lm adapter directory)", where=where)
+    if not weights_path.is_file():
+        raise AdapterError(
+            f"no {WEIGHTS_FILE}", where=where,
+            hint="mlx_lm lora writes adapter_config.json before training: was training interrupted?",
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"cannot parse ({exc})", where=str(config_path)) from exc
+    if not isinstance(config, dict):
+        raise CorruptFileError("is not a JSON object", where=str(config_path))
+    metadata = _read_metadata(path / METADATA_FILE)
+
+    kind = config.get("fine_tune_type", "lora")
+    if kind == "dora":
+        raise AdapterError(
+            "DoRA adapters cannot be composed exactly: their magnitude vectors (.m) renormalise the "
+            "whole updated weight, so the deltas of two DoRA adapters do not add up",
+            where=where, hint="compose LoRA adapters, or serve this DoRA adapter alone",
+        )
+    if kind != "lora":
+        raise AdapterError(
+            f"fine_tune_type is '{kind}'; only 'lora' adapters (low-rank updates) can be composed",
+            where=str(config_path),
+        )
+    params = config.get("lora_parameters")
+    if not isinstance(params, dict):
+        raise AdapterError("lora_parameters is missing", where=str(config_path))
+    if "scale" not in params:
+        hint = "mlx_lm uses 'scale', not 'alpha'" if "alpha" in params else None
+        raise AdapterError("lora_parameters.scale is missing", where=str(config_path), hint=hint)
+    num_layers = config.get("num_layers")
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool):
+        raise AdapterError(f"num_layers must be an integer, not {num_layers!r}", where=str(config_path))
+    try:
+        scale = float(params["scale"])
+    except (TypeError, ValueError) as exc:
+        raise AdapterError(
+            f"lora_parameters.scale is not a number: {params['scale']!r}", where=str(config_path)
+        ) from exc
+
+    tensors = _read_tensor_index(weights_path)
+    halves: dict[str, dict[str, TensorInfo]] = {}
+    for name, info in tensors.items():
+        match = _LEAF.match(name)
+        if match is None:
+            raise AdapterError(f"tensor '{name}' is not a LoRA tensor (lora_a / lora_b)", where=str(weights_path))
+        if match["leaf"] == "m":
+            raise AdapterError(
+                f"tensor '{name}' is a DoRA magnitude vector; DoRA adapters cannot be composed exactly",
+                where=str(weights_path),
+            )
+        halves.setdefault(match["module"], {})[match["leaf"]] = info
+    if not halves:
+        raise AdapterError("contains no LoRA tensors", where=str(weights_path))
+
+    modules: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    ranks: set[int] = set()
+    for module, pair in sorted(halves.items()):
+        if set(pair) != {"lora_a", "lora_b"}:
+            missing = "lora_b" if "lora_a" in pair else "lora_a"
+            raise AdapterError(f"module '{module}' has no {missing} tensor", where=str(weights_path))
+        a, b = pair["lora_a"].shape, pair["lora_b"].shape
+        ok = len(a) == len(b) and len(a) in (2, 3)
+        if ok:
+            ra, rb = _rank_axes(len(a))
+            ok = a[ra] == b[rb] and (len(a) == 2 or a[0] == b[0])
+        if not ok:
+            raise AdapterError(
+                f"module '{module}': lora_a {list(a)} and lora_b {list(b)} are not a LoRA pair",
+                where=str(weights_path),
+            )
+        ranks.add(a[_rank_axes(len(a))[0]])
+        modules[module] = (a, b)
+    if len(ranks) != 1:
+        raise AdapterError(f"tensors have several ranks {sorted(ranks)}", where=str(weights_path))
+    rank = ranks.pop()
+    if "rank" in params and params["rank"] != rank:
+        raise AdapterError(
+            f"lora_parameters.rank is {params['rank']} but the tensors have rank {rank}",
+            where=str(config_path),
+        )
+    return Part(path, float(weight), config, metadata, tensors, rank, scale, num_layers, modules)
+
+
+def _read_metadata(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"cannot parse ({exc})", where=str(path)) from exc
+    return value if isinstance(value, dict) else None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a composition will write: checked parts, union of modules, composed config."""
+
+    parts: tuple[Part, ...]
+    rank: int
+    num_layers: int
+    keys: tuple[str, ...]
+    # module path -> (in-like shape of lora_a with rank R, lora_b shape with rank R); sorted
+    modules: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    model: str | None = None
+    fingerprint: str | None = None
+    # Human-readable facts about coverage differences (modules a part does not adapt get zero blocks).
+    notes: tuple[str, ...] = ()
+
+
+def _same_base(first: Part, other: Part) -> bool:
+    if first.fingerprint and other.fingerprint:
+        return first.fingerprint == other.fingerprint
+    if first.model is None or other.model is None:
+        return True
+    return os.path.normpath(os.path.expanduser(first.model)) == os.path.normpath(os.path.expanduser(other.model))
+
+
+def _with_rank(shape: tuple[int, ...], axis: int, rank: int) -> tuple[int, ...]:
+    return tuple(rank if i == axis else d for i, d in enumerate(shape))
+
+
+def plan_composition(parts: Sequence[tuple[Path, float]]) -> Plan:
+    """Read the parts' headers, explain any incompatibility, and describe the composed adapter.
+
+    Reads no tensor data; raises AdapterError naming the part and module at fault.
+    """
+    if len(parts) < 1:
+        raise AdapterError("nothing to compose: give at least one adapter")
+    for path, weight in parts:
+        if not math.isfinite(float(weight)):
+            raise AdapterError(f"weight must be a finite number, not {weight}", where=str(path))
+    loaded = tuple(read_part(Path(p), w) for p, w in parts)
+    first = loaded[0]
+    for other in loaded[1:]:
+        if not _same_base(first, other):
+            a = first.fingerprint or first.model
+            b = other.fingerprint or other.model
+            raise AdapterError(
+                f"was trained on base model '{b}' but {first.path} on '{a}'; "
+                "adapters of different base models cannot be composed",
+                where=str(other.path),
+            )
+
+    # Module shapes must agree across parts (except the rank axis).
+    modules: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    owner: dict[str, Part] = {}
+    for part in loaded:
+        for module, (a, b) in part.modules.items():
+            ra, rb = _rank_axes(len(a))
+            key = (_with_rank(a, ra, 0), _with_rank(b, rb, 0))
+            if module in modules and modules[module] != key:
+                seen = owner[module]
+                raise AdapterError(
+                    f"module '{module}' has lora_a {list(a)} / lora_b {list(b)} here but "
+                    f"{list(seen.modules[module][0])} / {list(seen.modules[module][1])} in {seen.path} "
+                    "(different base model dimensions)",
+                    where=str(part.path),
+                )
+            modules[module] = key
+            owner.setdefault(module, part)
+
+    # mlx_lm applies LoRA to the keys (paths relative to a layer) of the last num_layers
+    # layers, and to top-level modules whose full path is a key.
+    keys: set[str] = set()
+    layer_keys: dict[str, dict[int, str]] = {}  # key -> layer index -> module path
+    prefixes: set[str] = set()
+    for module in modules:
+        m = _LAYER.match(module)
+        if m is None:
+            keys.add(module)
+            continue
+        keys.add(m["key"])
+        prefixes.add(m["prefix"])
+        layer_keys.setdefault(m["key"], {})[int(m["index"])] = module
+    if len(prefixes) > 1:
+        raise AdapterError(f"layer modules live under several prefixes {sorted(prefixes)}; cannot compose")
+
+    # A (layer, key) in the covered range that no part adapts gets a zero block (exact).
+    if layer_keys:
+        prefix = prefixes.pop()
+        indices = {i for by_layer in layer_keys.values() for i in by_layer}
+        for key, by_layer in layer_keys.items():
+            shapes = {modules[path] for path in by_layer.values()}
+            if len(shapes) != 1:
+                continue  # dims vary by layer: leave gaps to mlx_lm (zero lora_b, no delta)
+            shape = shapes.pop()
+            for i in range(min(indices), max(indices) + 1):
+                modules.setdefault(f"{prefix}.{i}.{key}", shape)
+
+    total = sum(p.rank for p in loaded)
+    composed = {
+        module: (_with_rank(a, _rank_axes(len(a))[0], total), _with_rank(b, _rank_axes(len(b))[1], total))
+        for module, (a, b) in sorted(modules.items())
+    }
+    num_layers = -1 if any(p.num_layers <= 0 for p in loaded) else max(p.num_layers for p in loaded)
+    fingerprints = {p.fingerprint for p in loaded}
+    notes = tuple(_coverage_note(part, composed) for part in loaded if len(part.modules) < len(composed))
+    return Plan(
+        parts=loaded,
+        rank=total,
+        num_layers=num_layers,
+        keys=tuple(sorted(keys)),
+        modules=composed,
+        model=next((p.model for p in loaded if p.model), None),
+        fingerprint=fingerprints.pop() if len(fingerprints) == 1 else None,
+        notes=notes,
+    )
+
+
+def _coverage_note(part: Part, modules: dict[str, Any]) -> str:
+    missing = [m for m in modules if m not in part.modules]
+    keys, layers = set(), set()
+    for module in missing:
+        m = _LAYER.match(module)
+        keys.add(m["key"] if m else module)
+        if m:
+            layers.add(int(m["index"]))
+    where = f" (layers {_ranges(sorted(layers))})" if layers else ""
+    return (
+        f"{part.path} does not adapt {len(missing)} of {len(modules)} modules{where}: "
+        f"{', '.join(sorted(keys))}; its rank-{part.rank} block is zero there (exact)"
+    )
+
+
+def _ranges(values: list[int]) -> str:
+    spans: list[str] = []
+    for v in values:
+        if spans and spans[-1].split("-")[-1] == str(v - 1):
+            spans[-1] = f"{spans[-1].split('-')[0]}-{v}"
+        else:
+            spans.append(str(v))
+    return ", ".join(spans)
+
+
+# --------------------------------------------------------------------------- composing
+
+
+def compose_tensors(plan: Plan) -> dict[str, np.ndarray]:
+    """The composed lora_a / lora_b float32 tensors of ``plan`` (reads the parts' data)."""
+    np = _numpy()
+    out: dict[str, np.ndarray] = {}
+    for module, (a_shape, b_shape) in plan.modules.items():
+        ra, rb = _rank_axes(len(a_shape))
+        a_blocks, b_blocks = [], []
+        for part in plan.parts:
+            if module in part.modules:
+                a = _load_tensor(part.path / WEIGHTS_FILE, part.tensors[f"{module}.lora_a"])
+                b = _load_tensor(part.path / WEIGHTS_FILE, part.tensors[f"{module}.lora_b"])
+                b = b * np.float32(part.scale * part.weight / COMPOSED_SCALE)
+            else:
+                a = np.zeros(_with_rank(a_shape, ra, part.rank), dtype=np.float32)
+                b = np.zeros(_with_rank(b_shape, rb, part.rank), dtype=np.float32)
+            a_blocks.append(a)
+            b_blocks.append(b)
+        out[f"{module}.lora_a"] = np.concatenate(a_blocks, axis=ra).astype(np.float32, copy=False)
+        out[f"{module}.lora_b"] = np.concatenate(b_blocks, axis=rb).astype(np.float32, copy=False)
+    return out
+
+
+def composed_config(plan: Plan) -> dict[str, Any]:
+    """adapter_config.json of the composed adapter, in mlx_lm's format."""
+    return {
+        "fine_tune_type": "lora",
+        "model": plan.model,
+        "num_layers": plan.num_layers,
+        "lora_parameters": {"rank": plan.rank, "scale": COMPOSED_SCALE, "dropout": 0.0, "keys": list(plan.keys)},
+    }
+
+
+def composed_metadata(plan: Plan) -> dict[str, Any]:
+    """punie-adapter.json of the composed adapter: registry fields plus the parts it was made of."""
+    base_model = next(
+        (str(p.metadata["base_model"]) for p in plan.parts if p.metadata and p.metadata.get("base_model")),
+        plan.model,
+    )
+    return {
+        "base_model": base_model,
+        "base_fingerprint": plan.fingerprint,
+        "dataset_hash": None,
+        "iters": None,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "score": None,
+        "eval": None,
+        "composed_from": [
+            {"path": str(p.path), "weight": p.weight, "rank": p.rank, "scale": p.scale} for p in plan.parts
+        ],
+        "composition_notes": list(plan.notes),
+    }
+
+
+def _write_dir(plan: Plan, target: Path) -> None:
+    write_safetensors(target / WEIGHTS_FILE, compose_tensors(plan), {"format": "mlx", "punie": FORMAT_VERSION})
+    (target / CONFIG_FILE).write_text(json.dumps(composed_config(plan), indent=2) + "\n")
+    (target / METADATA_FILE).write_text(json.dumps(composed_metadata(plan), indent=2) + "\n")
+
+
+def _write_atomically(plan: Plan, out: Path, *, replace: bool) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_dir(plan, tmp)
+        if replace and out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, old / out.name)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                # Another process finished the same composition first: keep theirs.
+                if not (out / WEIGHTS_FILE).is_file():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def compose(parts: Sequence[tuple[Path, float]], out: Path, *, force: bool = False) -> Path:
+    """Compose adapters ``(dir, weight)`` into one mlx_lm adapter directory ``out``.
+
+    ``out`` must not exist (or be empty) unless ``force``; it is written atomically.
+    """
+    out = Path(out)
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise AdapterError("output exists and is not empty", where=str(out), hint="use --force to replace it")
+    plan = plan_composition(parts)
+    logger.info(
+        "composing %d adapters into %s (rank %d, %d modules)", len(plan.parts), out, plan.rank, len(plan.modules)
+    )
+    for note in plan.notes:
+        logger.info("%s", note)
+    return _write_atomically(plan, out, replace=out.exists())
+
+
+def composition_hash(parts: Iterable[tuple[Path, float]]) -> str:
+    """sha256 over each part's adapter_config.json and adapters.safetensors bytes and weight, in order."""
+    digest = hashlib.sha256(FORMAT_VERSION.encode())
+    for path, weight in parts:
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            file = Path(path) / name
+            try:
+                with open(file, "rb") as fh:
+                    digest.update(f"{name}:{os.fstat(fh.fileno()).st_size}:".encode())
+                    while chunk := fh.read(1 << 20):
+                        digest.update(chunk)
+            except FileNotFoundError:
+                # read_part explains what is missing.
+                read_part(Path(path), weight)
+                raise
+            except OSError as exc:
+                raise AdapterError(f"cannot read: {exc.strerror or exc}", where=str(file)) from exc
+        digest.update(f"weight:{float(weight)!r};".encode())
+    return digest.hexdigest()
+
+
+def resolve_refs(refs: Sequence[AdapterRef], project_dir: Path) -> list[tuple[Path, float]]:
+    """Adapter directories and weights of a profile's ``adapters`` list."""
+    try:
+        from punie.adapters.registry import resolve_adapter
+    except ImportError:  # pragma: no cover - only while the registry is absent
+        resolve_adapter = _resolve_adapter_fallback
+    return [(Path(resolve_adapter(ref.path, Path(project_dir))), float(ref.weight)) for ref in refs]
+
+
+def _resolve_adapter_fallback(spec: str, project_dir: Path) -> Path:
+    candidate = Path(spec).expanduser()
+    if not candidate.is_absolute():
+        candidate = project_dir / candidate
+    if candidate.is_dir():
+        return candidate
+    named = project_dir / "adapters" / spec
+    if named.is_dir():
+        return named
+    raise AdapterError(f"adapter '{spec}' not found (no directory {candidate} or {named})")
+
+
+def ensure_composed(refs: Sequence[AdapterRef], project_dir: Path) -> Path:
+    """The composed adapter of ``refs``, built once under ``<project>/.punie/composed/<hash16>/``.
+
+    The cache key is the content of every part (config and weights) and its
+    weight, so retraining a part or changing a weight composes anew.
+    """
+    parts = resolve_refs(refs, Path(project_dir))
+    digest = composition_hash(parts)[:16]
+    target = state_dir(project_dir) / "composed" / digest
+    if (target / CONFIG_FILE).is_file() and (target / WEIGHTS_FILE).is_file():
+        logger.debug("reusing composed adapter %s", target)
+        return target
+    plan = plan_composition(parts)
+    logger.info("composing %s into %s", ", ".join(str(p) for p, _ in parts), target)
+    for note in plan.notes:
+        logger.info("%s", note)
+    return _write_atomically(plan, target, replace=target.exists())

@@ -1,0 +1,120 @@
+"""The permission policy for writes and commands: allow, deny or ask.
+
+The decision for a tool comes from the profile (``agent.permissions``). With
+``ask`` the policy hands a :class:`PermissionRequest` to an *asker*: in an IDE
+that is the ACP client's ``session/request_permission``; in a terminal it is a
+prompt on stderr (:func:`terminal_asker`), which refuses (and says why) when
+stdin is not a terminal. A refusal is never an error of the turn: the tool
+answers the model with the reason, and the model carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TextIO
+
+from punie.config.models import Permissions
+
+logger = logging.getLogger(__name__)
+
+Verdict = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True)
+class PermissionRequest:
+    """What the agent wants to do, as shown to the person asked."""
+
+    tool: str
+    tool_call_id: str
+    args: dict[str, Any]
+    summary: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An asker's answer; ``always`` remembers an allow for the rest of the session."""
+
+    allowed: bool
+    always: bool = False
+    reason: str | None = None
+
+
+PermissionAsker = Callable[[PermissionRequest], Awaitable[Answer]]
+
+
+class PermissionDenied(Exception):
+    """The policy or the person refused; the message is what the model is told."""
+
+
+async def deny_asker(request: PermissionRequest) -> Answer:
+    """An asker for places where nobody can be asked."""
+    return Answer(False, reason="nobody is available to approve it")
+
+
+def terminal_asker(
+    stdin: TextIO | None = None, stderr: TextIO | None = None, *, interactive: bool | None = None
+) -> PermissionAsker:
+    """Ask on stderr and read y/N from stdin; refuse when stdin is not a terminal."""
+
+    async def ask(request: PermissionRequest) -> Answer:
+        inp = stdin or sys.stdin
+        err = stderr or sys.stderr
+        tty = interactive if interactive is not None else bool(getattr(inp, "isatty", lambda: False)())
+        if not tty:
+            logger.warning(
+                "%s needs permission (%s) but stdin is not a terminal: refused "
+                "(set agent.permissions.%s = \"allow\" to allow it without asking)",
+                request.tool, request.summary, request.tool,
+            )
+            return Answer(
+                False,
+                reason=f"stdin is not a terminal, so nobody could be asked "
+                f"(agent.permissions.{request.tool} = \"ask\")",
+            )
+
+        def prompt() -> str:
+            err.write(f"punie: allow {request.tool}: {request.summary}? [y/N/a(lways)] ")
+            err.flush()
+            return inp.readline()
+
+        reply = (await asyncio.to_thread(prompt)).strip().lower()
+        if reply in ("a", "always"):
+            return Answer(True, always=True)
+        if reply in ("y", "yes"):
+            return Answer(True)
+        return Answer(False, reason="the user refused")
+
+    return ask
+
+
+@dataclass
+class PermissionPolicy:
+    """Decides, per tool call, whether a write or a command may run."""
+
+    permissions: Permissions = field(default_factory=Permissions)
+    asker: PermissionAsker = deny_asker
+    always_allowed: set[str] = field(default_factory=set)
+
+    def decision(self, tool: str) -> str:
+        """The configured decision for ``tool`` (tools without a setting are allowed: reads)."""
+        return getattr(self.permissions, tool, "allow")
+
+    async def check(self, request: PermissionRequest) -> None:
+        """Return when allowed; raise :class:`PermissionDenied` with the reason otherwise."""
+        decision = self.decision(request.tool)
+        if decision == "allow" or request.tool in self.always_allowed:
+            return
+        if decision == "deny":
+            raise PermissionDenied(
+                f"permission denied: {request.tool} is not allowed by the profile "
+                f"(agent.permissions.{request.tool} = \"deny\")"
+            )
+        answer = await self.asker(request)
+        if not answer.allowed:
+            raise PermissionDenied(f"permission denied for {request.tool}: {answer.reason or 'refused'}")
+        if answer.always:
+            self.always_allowed.add(request.tool)

@@ -1,0 +1,319 @@
+"""Build the Punie agent and run one turn against an OpenAI-compatible server.
+
+The model is pydantic-ai's ``OpenAIChatModel`` named ``default_model``: that
+is the only name (besides none) for which mlx_lm.server uses its
+``--adapter-path``; any other name makes it silently serve the base model.
+
+Failures of the turn become :class:`punie.errors.AgentError` with a message
+that names the server URL: unreachable server, HTTP errors, a model that keeps
+sending malformed tool calls (after a bounded number of retries), a turn that
+needs more than ``agent.max_turns`` model requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from punie.agent.permissions import PermissionAsker, PermissionPolicy, deny_asker
+from punie.agent.tools import ToolCallRecord, ToolHooks, TurnDeps, make_tools
+from punie.agent.workspace import ToolFailure, Workspace, resolve_workspace
+from punie.config.models import AgentOptions
+from punie.errors import AgentError
+
+logger = logging.getLogger(__name__)
+
+#: mlx_lm.server applies its --adapter-path only to this model name (or none).
+SERVED_MODEL_NAME = "default_model"
+#: How often the model may send a malformed call to one tool before the turn fails.
+TOOL_RETRIES = 2
+
+DEFAULT_INSTRUCTIONS = (
+    "You are Punie, a coding agent working in the user's project. Use the tools to look at files "
+    "before answering questions about them, keep changes minimal, and answer concisely."
+)
+
+
+def openai_base_url(url: str) -> str:
+    """The OpenAI base URL of a server URL (``http://host:port`` -> ``http://host:port/v1``)."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+@dataclass
+class PunieAgent:
+    """A configured agent: options, server URL, workspace and the pydantic-ai agent."""
+
+    options: AgentOptions
+    base_url: str
+    workspace: Workspace
+    policy: PermissionPolicy
+    agent: Any  # pydantic_ai.Agent[TurnDeps, str]
+    retries: int = TOOL_RETRIES
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """What one turn produced: the answer and every tool call made (in order)."""
+
+    answer: str
+    tool_calls: list[ToolCallRecord]
+    messages: list[Any] = field(repr=False, default_factory=list)
+    requests: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"answer": self.answer, "tool_calls": [c.to_json() for c in self.tool_calls],
+                "requests": self.requests}
+
+
+def build_agent(
+    options: AgentOptions,
+    base_url: str,
+    *,
+    permission_asker: PermissionAsker | None = None,
+    base_dir: str | Path | None = None,
+    timeout: float = 600.0,
+    retries: int = TOOL_RETRIES,
+) -> PunieAgent:
+    """Build the agent for ``options`` talking to the server at ``base_url`` (OpenAI base URL).
+
+    ``options.workspace`` is resolved against ``base_dir`` (default: the
+    current directory). ``permission_asker`` answers the ``ask`` permissions
+    (default: refuse, as nobody can be asked).
+    """
+    from openai import AsyncOpenAI
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.profiles.openai import OpenAIModelProfile
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    base_url = openai_base_url(base_url)
+    try:
+        workspace = resolve_workspace(options.workspace, base_dir)
+    except ToolFailure as exc:
+        raise AgentError(str(exc), where="agent.workspace") from None
+    # No SDK retries: a dead server should be reported at once, not after backoff.
+    client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout)
+    # mlx_lm ignores "strict"; a generic profile keeps the request plain chat completions.
+    profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False)
+    model = OpenAIChatModel(SERVED_MODEL_NAME, provider=OpenAIProvider(openai_client=client), profile=profile)
+    settings: dict[str, Any] = {}
+    if options.temperature is not None:
+        settings["temperature"] = options.temperature
+    if options.max_tokens is not None:
+        settings["max_tokens"] = options.max_tokens
+    agent = Agent(
+        model,
+        deps_type=TurnDeps,
+        output_type=str,
+        instructions=options.instructions or DEFAULT_INSTRUCTIONS,
+        model_settings=settings or None,
+        retries=retries,
+        tools=make_tools(options.tools),
+        name=options.name,
+    )
+    policy = PermissionPolicy(options.permissions, permission_asker or deny_asker)
+    return PunieAgent(options=options, base_url=base_url, workspace=workspace, policy=policy, agent=agent,
+                      retries=retries)
+
+
+def _parse_args(args: Any) -> dict[str, Any] | str:
+    if isinstance(args, dict):
+        return args
+    text = args if isinstance(args, str) else str(args)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text
+    return parsed if isinstance(parsed, dict) else text
+
+
+def _feedback(part: Any) -> str:
+    """The text the model was shown for a retried call."""
+    for name in ("model_response_str", "model_response"):
+        if callable(getattr(part, name, None)):
+            try:
+                return str(getattr(part, name)())
+            except Exception:  # older/newer part kinds: fall back to the raw content
+                break
+    return str(getattr(part, "content", ""))
+
+
+def _ordered_records(messages: Sequence[Any], records: list[ToolCallRecord]) -> list[ToolCallRecord]:
+    """Every tool call of the turn in the order the model made it, malformed ones included.
+
+    Calls that ran are the tools' own records; calls pydantic-ai answered with
+    a retry (bad JSON arguments, unknown tool, wrong fields) never reached a
+    tool and are rebuilt from the history with status ``invalid``.
+    """
+    from pydantic_ai.messages import ModelRequest, ModelResponse, ToolCallPart
+
+    pending: dict[str, list[ToolCallRecord]] = {}
+    for record in records:
+        pending.setdefault(record.id, []).append(record)
+    ordered: list[ToolCallRecord] = []
+    calls: dict[str, ToolCallPart] = {}
+    for message in messages:
+        if isinstance(message, ModelResponse):
+            calls = {p.tool_call_id: p for p in message.parts if isinstance(p, ToolCallPart)}
+        elif isinstance(message, ModelRequest):
+            for part in message.parts:
+                call = calls.pop(getattr(part, "tool_call_id", None) or "", None)
+                if call is None:
+                    continue
+                retried = getattr(part, "outcome", None) == "retried" or getattr(part, "part_kind", "") in (
+                    "retry-prompt", "retry-feedback")
+                if retried:
+                    reason = _feedback(part)
+                    ordered.append(ToolCallRecord(id=call.tool_call_id, name=call.tool_name,
+                                                  args=_parse_args(call.args), status="invalid", result=reason))
+                elif pending.get(call.tool_call_id):
+                    ordered.append(pending[call.tool_call_id].pop(0))
+    ordered.extend(r for queue in pending.values() for r in queue)  # e.g. a run cut short
+    return ordered
+
+
+def _short(text: object, lines: int = 6) -> str:
+    """An error text without pydantic's documentation links, at most a few lines."""
+    kept = [line for line in str(text).splitlines() if "errors.pydantic.dev" not in line]
+    return "\n".join(kept[:lines]) + ("\n..." if len(kept) > lines else "")
+
+
+def _agent_error(exc: BaseException, agent: PunieAgent) -> AgentError:
+    from pydantic_ai.exceptions import (
+        ModelAPIError,
+        ModelConnectionError,
+        ModelHTTPError,
+        UnexpectedModelBehavior,
+        UsageLimitExceeded,
+    )
+
+    url = agent.base_url
+    if isinstance(exc, ModelConnectionError):
+        return AgentError(
+            f"cannot reach the model server at {url}: {exc}",
+            hint="is mlx_lm.server running there? start one with `punie up PROFILE` "
+            "or `punie serve --model M --port P`",
+        )
+    if isinstance(exc, ModelHTTPError):
+        body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body, default=str)
+        hint = None
+        if "generation thread died" in (body or ""):
+            hint = "mlx_lm.server could not load the model or adapter: see its log (run `punie check`)"
+        return AgentError(f"the model server at {url} answered HTTP {exc.status_code}: {body}", hint=hint)
+    if isinstance(exc, UsageLimitExceeded):
+        return AgentError(
+            f"the turn needed more than {agent.options.max_turns} model requests to {url} and was stopped: {exc}",
+            hint="raise agent.max_turns in the profile, or ask for a smaller step",
+        )
+    if isinstance(exc, UnexpectedModelBehavior):
+        if "exceeded max retries" in str(exc):
+            return AgentError(
+                f"the model at {url} kept sending malformed tool calls "
+                f"(gave up after {agent.retries} retries): {exc.message}"
+            )
+        return AgentError(f"unexpected answer from the model at {url}: {_short(exc.message)}")
+    if isinstance(exc, ModelAPIError):
+        return AgentError(f"the model server at {url} failed: {_short(exc)}")
+    return AgentError(f"the turn failed: {type(exc).__name__}: {_short(exc)}")
+
+
+async def run_turn(
+    agent: PunieAgent,
+    prompt: str,
+    *,
+    history: Sequence[Any] | None = None,
+    hooks: ToolHooks | None = None,
+    workspace: Workspace | None = None,
+    policy: PermissionPolicy | None = None,
+    on_text: Callable[[str], Awaitable[None]] | None = None,
+    on_thought: Callable[[str], Awaitable[None]] | None = None,
+) -> TurnResult:
+    """Run one user turn (model requests and tool calls until the model answers).
+
+    ``history`` is the ``messages`` of earlier turns' results (a conversation);
+    ``workspace`` and ``policy`` override the agent's (an ACP session has its own).
+    With ``on_text`` the model's answers are streamed and every piece of text
+    is handed to it as it arrives (the ACP server forwards them to the IDE);
+    ``on_thought`` gets the model's thinking (``<think>`` blocks) the same way.
+    """
+    from pydantic_ai.exceptions import AgentRunError
+    from pydantic_ai.usage import UsageLimits
+
+    deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy,
+                    hooks=hooks or ToolHooks())
+    logger.info("turn against %s (workspace %s)", agent.base_url, deps.workspace.root)
+    try:
+        result = await agent.agent.run(
+            prompt,
+            deps=deps,
+            message_history=list(history) if history else None,
+            usage_limits=UsageLimits(request_limit=agent.options.max_turns),
+            event_stream_handler=_text_streamer(on_text, on_thought) if (on_text or on_thought) else None,
+        )
+    except AgentRunError as exc:
+        raise _agent_error(exc, agent) from exc
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # An answer the OpenAI client cannot make sense of (empty body, not chat completions).
+        logger.debug("turn failed", exc_info=True)
+        raise AgentError(
+            f"the server at {agent.base_url} did not answer like an OpenAI chat completions server: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    messages = result.all_messages()
+    new = result.new_messages()
+    return TurnResult(
+        answer=str(result.output),
+        tool_calls=_ordered_records(new, deps.records),
+        messages=messages,
+        requests=_requests(result),
+    )
+
+
+def _text_streamer(on_text: Callable[[str], Awaitable[None]] | None,
+                   on_thought: Callable[[str], Awaitable[None]] | None = None) -> Any:
+    """A pydantic-ai event stream handler handing text (and thinking) deltas to the callbacks."""
+    from pydantic_ai.messages import (
+        PartDeltaEvent,
+        PartStartEvent,
+        TextPart,
+        TextPartDelta,
+        ThinkingPart,
+        ThinkingPartDelta,
+    )
+
+    async def handler(ctx: Any, events: Any) -> None:
+        async for event in events:
+            piece = part = None
+            if isinstance(event, PartStartEvent):
+                part = event.part
+                piece = getattr(part, "content", None)
+            elif isinstance(event, PartDeltaEvent):
+                part = event.delta
+                piece = getattr(part, "content_delta", None)
+            if not piece or not isinstance(piece, str):
+                continue
+            if isinstance(part, (TextPart, TextPartDelta)) and on_text:
+                await on_text(piece)
+            elif isinstance(part, (ThinkingPart, ThinkingPartDelta)) and on_thought:
+                await on_thought(piece)
+
+    return handler
+
+
+def _requests(result: Any) -> int:
+    usage = result.usage
+    if inspect.ismethod(usage):  # a method in older pydantic-ai releases
+        usage = usage()
+    return int(getattr(usage, "requests", 0) or 0)
+
+
+def run_turn_sync(agent: PunieAgent, prompt: str, **kwargs: Any) -> TurnResult:
+    """:func:`run_turn` for callers without an event loop (the terminal CLI)."""
+    return asyncio.run(run_turn(agent, prompt, **kwargs))

@@ -1,0 +1,104 @@
+"""Where an agent built from a profile talks to, and what it works on.
+
+Pure functions shared by ``punie ask``, ``punie serve`` and the tests: the
+OpenAI base URL of a profile's server, the agent options as the JSON the
+supervisor passes to ``punie agent --options``, and the parsing back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from punie.agent.runner import openai_base_url
+from punie.config.models import AgentOptions, ResolvedProfile, ServerOptions
+from punie.errors import UsageError
+
+_WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+
+
+@dataclass(frozen=True)
+class AgentTarget:
+    """Agent options, the server's OpenAI base URL, and the directory the workspace is relative to."""
+
+    options: AgentOptions
+    base_url: str
+    base_dir: str
+
+
+def server_base_url(server: ServerOptions) -> str:
+    """``server.url`` (with ``/v1``), else ``http://host:port/v1`` (a wildcard bind is reached on loopback)."""
+    if server.url:
+        return openai_base_url(server.url)
+    host = "127.0.0.1" if server.host in _WILDCARD_HOSTS else server.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{server.port}/v1"
+
+
+def agent_target(resolved: ResolvedProfile, *, base_url: str | None = None) -> AgentTarget:
+    """The agent of a resolved profile (``base_url`` overrides the profile's server)."""
+    url = openai_base_url(base_url) if base_url else server_base_url(resolved.profile.server)
+    return AgentTarget(options=resolved.profile.agent, base_url=url, base_dir=resolved.project_dir)
+
+
+def options_json(options: AgentOptions) -> str:
+    """The JSON ``punie agent --options`` takes."""
+    return options.model_dump_json()
+
+
+def parse_options(text: str | None) -> AgentOptions:
+    """Parse ``--options`` JSON into AgentOptions; a clear UsageError when it is wrong."""
+    if not text:
+        return AgentOptions()
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--options is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError("--options must be a JSON object of agent options")
+    try:
+        return AgentOptions.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"agent.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise UsageError(f"--options: {problems}") from None
+
+
+def serve_profile(
+    model: str,
+    *,
+    adapter: str | None = None,
+    port: int | None = None,
+    host: str | None = None,
+    base: ResolvedProfile | None = None,
+) -> ResolvedProfile:
+    """The in-memory profile `punie serve --model M --adapter A --port P` launches.
+
+    Starts from ``base`` (a profile named with ``--profile``: its agent and
+    server options) or from defaults; model and adapter are replaced, and a
+    server ``url`` is dropped because this profile starts its own server.
+    """
+    from punie.config.models import Profile
+
+    server = base.profile.server.model_dump(exclude_unset=True) if base else {}
+    server.pop("url", None)
+    if port is not None:
+        server["port"] = port
+    if host is not None:
+        server["host"] = host
+    data = base.profile.model_dump(exclude_unset=True) if base else {}
+    data.update({"model": model, "adapter": adapter, "adapters": [], "server": server, "extends": None})
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(f"punie serve: {exc.errors()[0]['msg']}") from None
+    return ResolvedProfile(
+        name=base.name if base else "serve",
+        config_path=base.config_path if base else None,
+        profile=profile,
+        sources={**(base.sources if base else {}), "model": "cli", **({"adapter": "cli"} if adapter else {})},
+    )

@@ -1,0 +1,366 @@
+"""The agent's tools: read_file, write_file, list_files, search, run_command.
+
+The ``*_impl`` functions do the work on a :class:`Workspace` and are plain
+functions (tested directly). :func:`make_tools` wraps the enabled ones as
+pydantic-ai tools that go through the permission policy, record every call
+(:class:`ToolCallRecord`) and report start/end to optional hooks (the ACP
+server turns those into ``session/update`` notifications).
+
+A tool that fails (missing file, path outside the workspace, refused
+permission, command exit code) does not fail the turn: the model gets the
+reason as the tool result and can try something else. Malformed calls (bad
+JSON arguments, unknown tool) never reach these functions: pydantic-ai answers
+them with a retry prompt, bounded by the agent's retry budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic_ai import RunContext, Tool
+
+from punie.agent.permissions import PermissionDenied, PermissionPolicy, PermissionRequest
+from punie.agent.workspace import ToolFailure, Workspace
+
+logger = logging.getLogger(__name__)
+
+MAX_READ_CHARS = 100_000
+MAX_LIST_ENTRIES = 500
+MAX_SEARCH_MATCHES = 200
+MAX_SEARCH_FILE_BYTES = 2_000_000
+MAX_COMMAND_OUTPUT = 20_000
+DEFAULT_COMMAND_TIMEOUT = 60.0
+MAX_COMMAND_TIMEOUT = 600.0
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache",
+                       ".pytest_cache", ".ruff_cache", ".punie", ".tox"})
+
+Status = Literal["ok", "error", "denied", "invalid"]
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    """One tool call of a turn: what the model asked and how it went."""
+
+    id: str
+    name: str
+    args: dict[str, Any] | str
+    status: Status
+    result: str
+
+    @property
+    def summary(self) -> str:
+        """The result's first line, shortened (what a terminal shows)."""
+        lines = self.result.strip().splitlines() or [""]
+        first = lines[0] if len(lines[0]) <= 100 else lines[0][:97] + "..."
+        return first + (f" (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "args": self.args, "status": self.status,
+                "summary": self.summary}
+
+
+@dataclass
+class ToolHooks:
+    """Callbacks around each tool call (errors in them are logged, never fatal)."""
+
+    on_start: Callable[[str, str, dict[str, Any]], Awaitable[None]] | None = None
+    on_end: Callable[[ToolCallRecord], Awaitable[None]] | None = None
+
+
+@dataclass
+class TurnDeps:
+    """What the tools of one turn work with (pydantic-ai ``deps``)."""
+
+    workspace: Workspace
+    policy: PermissionPolicy
+    hooks: ToolHooks = field(default_factory=ToolHooks)
+    records: list[ToolCallRecord] = field(default_factory=list)
+
+
+# -- implementations ---------------------------------------------------------
+
+
+def read_file_impl(ws: Workspace, path: str) -> str:
+    """The text of a file (decoded as UTF-8, undecodable bytes replaced), capped."""
+    real = ws.resolve(path)
+    if real.is_dir():
+        raise ToolFailure(f"{path!r} is a directory (use list_files)")
+    if not real.exists():
+        raise ToolFailure(f"no such file: {path!r}")
+    with open(real, "rb") as fh:
+        data = fh.read(MAX_READ_CHARS * 4 + 1)
+    text = data.decode("utf-8", errors="replace")
+    if len(text) > MAX_READ_CHARS:
+        size = real.stat().st_size
+        text = text[:MAX_READ_CHARS] + f"\n[... truncated: showing {MAX_READ_CHARS} characters of a {size}-byte file]"
+    return text
+
+
+def write_file_impl(ws: Workspace, path: str, content: str) -> str:
+    """Write ``content`` to a file (parents created), replacing it."""
+    real = ws.resolve(path)
+    if real.is_dir():
+        raise ToolFailure(f"{path!r} is a directory")
+    real.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode("utf-8")
+    real.write_bytes(data)
+    return f"wrote {len(data)} bytes to {ws.relative(real)}"
+
+
+def list_files_impl(ws: Workspace, path: str = ".", recursive: bool = True) -> str:
+    """Files under a directory (relative to the root; directories end with '/')."""
+    real = ws.resolve(path)
+    if not real.is_dir():
+        raise ToolFailure(f"not a directory: {path!r}")
+    entries: list[str] = []
+    truncated = False
+    for dirpath, dirnames, filenames in os.walk(real):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        names = [d + "/" for d in dirnames] + sorted(filenames)
+        for name in names:
+            entries.append(ws.relative(os.path.join(dirpath, name.rstrip("/"))) + ("/" if name.endswith("/") else ""))
+            if len(entries) >= MAX_LIST_ENTRIES:
+                truncated = True
+                break
+        if truncated or not recursive:
+            break
+    entries.sort()
+    if not entries:
+        return f"{ws.relative(real)}: empty directory"
+    if truncated:
+        entries.append(f"[... stopped after {MAX_LIST_ENTRIES} entries]")
+    return "\n".join(entries)
+
+
+def search_impl(ws: Workspace, pattern: str, path: str = ".", regex: bool = False, ignore_case: bool = False) -> str:
+    """Lines matching ``pattern`` as ``file:line: text``."""
+    if not pattern:
+        raise ToolFailure("pattern must not be empty")
+    flags = re.IGNORECASE if ignore_case else 0
+    try:
+        compiled = re.compile(pattern if regex else re.escape(pattern), flags)
+    except re.error as exc:
+        raise ToolFailure(f"invalid regular expression {pattern!r}: {exc}") from None
+    real = ws.resolve(path)
+    files = [real] if real.is_file() else []
+    if real.is_dir():
+        for dirpath, dirnames, filenames in os.walk(real):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+    elif not real.exists():
+        raise ToolFailure(f"no such file or directory: {path!r}")
+    matches: list[str] = []
+    for file in files:
+        resolved = os.path.realpath(file)
+        if not ws.contains(resolved) or not os.path.isfile(resolved):
+            continue  # a symlink pointing out of the workspace is not searched
+        try:
+            if os.path.getsize(resolved) > MAX_SEARCH_FILE_BYTES:
+                continue
+            with open(resolved, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        if b"\x00" in data[:8192]:
+            continue
+        for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            if compiled.search(line):
+                matches.append(f"{ws.relative(file)}:{lineno}: {line.strip()[:200]}")
+                if len(matches) >= MAX_SEARCH_MATCHES:
+                    matches.append(f"[... stopped after {MAX_SEARCH_MATCHES} matches]")
+                    return "\n".join(matches)
+    return "\n".join(matches) if matches else f"no matches for {pattern!r}"
+
+
+class _CappedOutput:
+    """Keeps the head and the tail of a stream, so a chatty command cannot fill memory."""
+
+    def __init__(self, limit: int):
+        self.half = max(limit // 2, 1)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            del self.tail[: max(len(self.tail) - self.half, 0)]
+
+    def text(self) -> str:
+        omitted = self.total - len(self.head) - len(self.tail)
+        head = self.head.decode("utf-8", errors="replace")
+        tail = self.tail.decode("utf-8", errors="replace")
+        return head + tail if omitted <= 0 else f"{head}\n[... {omitted} bytes omitted ...]\n{tail}"
+
+
+async def run_command_impl(ws: Workspace, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> tuple[int | None, str]:
+    """Run ``bash -c command`` in the workspace root; (exit code or None on timeout, capped output).
+
+    stdin is /dev/null (in ACP mode our stdin is the protocol), stdout and
+    stderr are merged, and a timeout kills the whole process group.
+    """
+    if not command.strip():
+        raise ToolFailure("command must not be empty")
+    timeout = min(max(float(timeout), 1.0), MAX_COMMAND_TIMEOUT)
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, cwd=ws.root, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+    )
+    output = _CappedOutput(MAX_COMMAND_OUTPUT)
+
+    async def pump() -> int:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(65536):
+            output.feed(chunk)
+        return await proc.wait()
+
+    try:
+        code = await asyncio.wait_for(pump(), timeout)
+        return code, output.text()
+    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        partial = output.text()
+        return None, f"timed out after {timeout:g} s (process killed)" + (f"; output so far:\n{partial}" if partial else "")
+
+
+# -- pydantic-ai tools -------------------------------------------------------
+
+
+async def _invoke(ctx: RunContext[TurnDeps], name: str, args: dict[str, Any],
+                  action: Callable[[], Awaitable[tuple[Status, str]]]) -> str:
+    deps = ctx.deps
+    call_id = ctx.tool_call_id or f"{name}-{len(deps.records) + 1}"
+    if deps.hooks.on_start:
+        try:
+            await deps.hooks.on_start(call_id, name, args)
+        except Exception:
+            logger.exception("tool start hook failed")
+    status: Status
+    try:
+        status, result = await action()
+    except PermissionDenied as exc:
+        status, result = "denied", str(exc)
+    except ToolFailure as exc:
+        status, result = "error", f"error: {exc}"
+    except OSError as exc:
+        status, result = "error", f"error: {exc.strerror or exc}" + (f": {args.get('path')}" if "path" in args else "")
+    record = ToolCallRecord(id=call_id, name=name, args=args, status=status, result=result)
+    deps.records.append(record)
+    logger.info("tool %s(%s) -> %s: %s", name, args, status, record.summary)
+    if deps.hooks.on_end:
+        try:
+            await deps.hooks.on_end(record)
+        except Exception:
+            logger.exception("tool end hook failed")
+    return result
+
+
+def _ok(fn: Callable[[], str]) -> Callable[[], Awaitable[tuple[Status, str]]]:
+    async def run() -> tuple[Status, str]:
+        return "ok", fn()
+    return run
+
+
+async def read_file(ctx: RunContext[TurnDeps], path: str) -> str:
+    """Read a text file of the workspace.
+
+    Args:
+        path: File path relative to the workspace root.
+    """
+    return await _invoke(ctx, "read_file", {"path": path}, _ok(lambda: read_file_impl(ctx.deps.workspace, path)))
+
+
+async def write_file(ctx: RunContext[TurnDeps], path: str, content: str) -> str:
+    """Create or replace a text file in the workspace with the given content.
+
+    Args:
+        path: File path relative to the workspace root.
+        content: The complete new content of the file.
+    """
+    args = {"path": path, "content": content}
+
+    async def action() -> tuple[Status, str]:
+        ctx.deps.workspace.resolve(path)  # refuse outside paths before asking anyone
+        summary = f"write {len(content.encode())} bytes to {path}"
+        await ctx.deps.policy.check(PermissionRequest("write_file", ctx.tool_call_id or "", args, summary))
+        return "ok", write_file_impl(ctx.deps.workspace, path, content)
+
+    return await _invoke(ctx, "write_file", args, action)
+
+
+async def list_files(ctx: RunContext[TurnDeps], path: str = ".", recursive: bool = True) -> str:
+    """List the files and directories of the workspace (directories end with '/').
+
+    Args:
+        path: Directory relative to the workspace root.
+        recursive: Also list subdirectories' contents.
+    """
+    args = {"path": path, "recursive": recursive}
+    return await _invoke(ctx, "list_files", args,
+                         _ok(lambda: list_files_impl(ctx.deps.workspace, path, recursive)))
+
+
+async def search(ctx: RunContext[TurnDeps], pattern: str, path: str = ".", regex: bool = False,
+                 ignore_case: bool = False) -> str:
+    """Search text in the workspace files; returns matching lines as file:line: text.
+
+    Args:
+        pattern: Text to look for (a regular expression when regex is true).
+        path: File or directory to search, relative to the workspace root.
+        regex: Treat pattern as a Python regular expression.
+        ignore_case: Match without regard to case.
+    """
+    args = {"pattern": pattern, "path": path, "regex": regex, "ignore_case": ignore_case}
+    return await _invoke(ctx, "search", args,
+                         _ok(lambda: search_impl(ctx.deps.workspace, pattern, path, regex, ignore_case)))
+
+
+async def run_command(ctx: RunContext[TurnDeps], command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> str:
+    """Run a shell command (bash) in the workspace root; returns its exit code and output.
+
+    Args:
+        command: The command line, e.g. "pytest -q" or "ls -la".
+        timeout: Seconds before the command is killed (at most 600).
+    """
+    args = {"command": command, "timeout": timeout}
+
+    async def action() -> tuple[Status, str]:
+        await ctx.deps.policy.check(PermissionRequest("run_command", ctx.tool_call_id or "", args, f"run `{command}`"))
+        code, output = await run_command_impl(ctx.deps.workspace, command, timeout)
+        if code is None:
+            return "error", f"error: {output}"
+        return ("ok" if code == 0 else "error"), f"exit code {code}\n{output}"
+
+    return await _invoke(ctx, "run_command", args, action)
+
+
+TOOL_FUNCTIONS: dict[str, Callable[..., Awaitable[str]]] = {
+    "read_file": read_file,
+    "write_file": write_file,
+    "list_files": list_files,
+    "search": search,
+    "run_command": run_command,
+}
+
+
+def make_tools(names: list[str] | tuple[str, ...]) -> list[Tool[TurnDeps]]:
+    """pydantic-ai tools for the enabled tool names (in the order given)."""
+    return [Tool(TOOL_FUNCTIONS[name], takes_ctx=True, name=name) for name in names]

@@ -1,0 +1,106 @@
+"""``--set KEY=VALUE`` overrides: a dotted key into the profile and a TOML value."""
+
+from __future__ import annotations
+
+import datetime
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from punie.config import keys
+from punie.errors import ConfigError, did_you_mean
+
+KeyPath = tuple[str, ...]
+
+
+def parse_value(raw: str) -> Any:
+    """A TOML value when ``raw`` is one (``8081``, ``true``, ``["a"]``, ``{x = 1}``,
+    ``"quoted"``), else the text itself as a bare string."""
+    text = raw.strip()
+    if not text:
+        return ""
+    try:
+        doc = tomllib.loads(f"v = {text}")
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return text
+    # "1\nother = 2" parses into two keys: that is text, not one value.
+    if set(doc) != {"v"} or _has_datetime(doc["v"]):
+        return text
+    return doc["v"]
+
+
+def _has_datetime(value: Any) -> bool:
+    # Dates and times are TOML values but no profile field holds one; a date-like
+    # string ("2024-01-01") is meant as text.
+    if isinstance(value, (datetime.date, datetime.time)):
+        return True
+    if isinstance(value, list):
+        return any(_has_datetime(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_datetime(v) for v in value.values())
+    return False
+
+
+def parse_override(text: str) -> tuple[KeyPath, Any]:
+    """Split ``server.port=8081`` into (("server", "port"), 8081); unknown keys raise ConfigError."""
+    where = f"--set {text}"
+    if "=" not in text:
+        raise ConfigError("expected KEY=VALUE, e.g. --set server.port=8081", where=where)
+    raw_key, raw_value = text.split("=", 1)
+    parts = tuple(p.strip() for p in raw_key.strip().split("."))
+    if not raw_key.strip() or not all(parts):
+        raise ConfigError("empty key; expected KEY=VALUE, e.g. --set server.port=8081", where=where)
+    if parts[0] == "extends":
+        raise ConfigError("'extends' can only be set in the profiles file", where=where)
+    try:
+        unknown = keys.unknown_key(parts)
+    except ValueError as exc:
+        raise ConfigError(f"'{exc}' is a single value, not a table with keys", where=where) from None
+    if unknown is not None:
+        index, valid = unknown
+        bad = ".".join(parts[: index + 1])
+        hint = did_you_mean(parts[index], valid)
+        message = f"unknown key '{bad}'" + (f", {hint}" if hint else "")
+        raise ConfigError(message, where=where, hint=None if hint else "valid keys: " + ", ".join(valid))
+    return parts, parse_value(raw_value)
+
+
+def leaves(value: Any, prefix: KeyPath = ()) -> Iterator[KeyPath]:
+    """Every leaf path of a nested dict (lists are leaves; an empty table is a leaf)."""
+    if isinstance(value, Mapping) and value:
+        for key, sub in value.items():
+            yield from leaves(sub, prefix + (str(key),))
+    elif prefix:
+        yield prefix
+
+
+def overrides_to_dict(overrides: Sequence[str]) -> tuple[dict[str, Any], dict[KeyPath, str]]:
+    """Nested dict of all overrides (later ones win) and, per leaf path, the ``--set`` text."""
+    result: dict[str, Any] = {}
+    origin: dict[KeyPath, str] = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+            node[path[-1]] = deep_merge(node[path[-1]], value)
+        else:
+            node[path[-1]] = value
+        for leaf in leaves(value, path):
+            origin[leaf] = text
+        origin.setdefault(path, text)
+    return result, origin
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``over`` into ``base`` table by table; lists and scalars replace."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,369 @@
+"""Resolving a named profile into a `ResolvedProfile`.
+
+Layers, lowest first: model field defaults < ``[defaults]`` < the `extends`
+chain (base first) < the profile's own table < ``PUNIE_*`` environment
+variables < ``--set`` overrides. Tables merge key by key; lists and scalars
+replace. Setting `adapter` in a layer clears `adapters` from the layers below
+(and the other way round): they are two spellings of one choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from punie.config import keys
+from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
+from punie.config.loader import (
+    ConfigSource,
+    Problem,
+    extends_chain,
+    parse_config,
+    raise_problems,
+    read_config,
+    validation_problems,
+)
+from punie.config.locate import dotted
+from punie.config.models import Profile, ResolvedProfile
+from punie.config.overrides import deep_merge, leaves, overrides_to_dict
+from punie.config.settings import (
+    ENV_DELIMITER,
+    ENV_PREFIX,
+    FILE_ONLY_FIELDS,
+    NON_PROFILE_ENV,
+    ProfileSettings,
+    build_settings,
+    read_env,
+)
+from punie.errors import ConfigError, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+LEAF_KEYS: tuple[str, ...] = tuple(keys.leaf_keys(Profile))
+_LEAF_SET = frozenset(LEAF_KEYS)
+_EXCLUSIVE = {"adapter": "adapters", "adapters": "adapter"}
+
+
+def select_profile(source: ConfigSource, name: str | None, env: Mapping[str, str]) -> str:
+    """The profile to use: ``name``, else $PUNIE_PROFILE, else default_profile, else the only one."""
+    names = source.profile_names
+    if not names:
+        raise ConfigError(
+            "no profiles defined",
+            where=source.display,
+            hint='add a profile table, e.g.\n    [profiles.demo]\n    model = "builtin:smollm2-135m-instruct"',
+        )
+    where = source.display
+    if name is None and env.get("PUNIE_PROFILE"):
+        name, where = env["PUNIE_PROFILE"], "PUNIE_PROFILE"
+    if name is None and source.file.default_profile is not None:
+        name = source.file.default_profile
+    if name is None and len(names) == 1:
+        name = names[0]
+    if name is None:
+        raise ConfigError(
+            f"no profile named and no default_profile set; profiles: {', '.join(names)}",
+            where=source.display,
+            hint=f'name one (e.g. `punie up {names[0]}`), set PUNIE_PROFILE, or add default_profile = "{names[0]}" '
+            "at the top of the file",
+        )
+    check_profile_name(source, name, where=where)
+    return name
+
+
+def check_profile_name(source: ConfigSource, name: str, *, where: str | None = None) -> None:
+    """Raise ConfigError (with "did you mean") unless ``name`` is a profile of ``source``."""
+    names = source.profile_names
+    if name in names:
+        return
+    hint = did_you_mean(name, names)
+    raise ConfigError(
+        f"unknown profile '{name}'" + (f", {hint}" if hint else ""),
+        where=where or source.display,
+        hint=f"profiles: {', '.join(names) or 'none'}",
+    )
+
+
+def _record(sources: dict[str, str], table: Mapping[str, Any], label: str) -> None:
+    for path in leaves(table):
+        leaf = ".".join(keys.leaf_of(path))
+        if leaf in _LEAF_SET:
+            sources[leaf] = label
+
+
+def _layer(merged: dict[str, Any], sources: dict[str, str], table: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """Apply one layer on top of ``merged``, recording where each leaf came from."""
+    table = {k: v for k, v in table.items() if k not in FILE_ONLY_FIELDS}
+    for key, other in _EXCLUSIVE.items():
+        if key in table and other in merged:
+            merged = {k: v for k, v in merged.items() if k != other}
+            sources.pop(other, None)
+    _record(sources, table, label)
+    return deep_merge(merged, table)
+
+
+def _drop_exclusive(lower: dict[str, Any], higher: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in lower.items() if not any(k == _EXCLUSIVE[h] for h in higher if h in _EXCLUSIVE)}
+
+
+def _has_path(data: Any, path: Sequence[object]) -> bool:
+    for part in path:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return False
+    return True
+
+
+def _env_name(path: Sequence[object], env_layer: Mapping[str, Any]) -> str:
+    # The variable is named by the longest prefix of the path that the environment set.
+    parts = [str(p) for p in path if not isinstance(p, int)]
+    while len(parts) > 1 and not _has_path(env_layer, parts):
+        parts.pop()
+    return ENV_PREFIX + ENV_DELIMITER.join(parts).upper()
+
+
+def _cli_text(path: Sequence[object], origin: Mapping[tuple[str, ...], str]) -> str:
+    parts = tuple(str(p) for p in path if not isinstance(p, int))
+    for end in range(len(parts), 0, -1):
+        if parts[:end] in origin:
+            return origin[parts[:end]]
+    return next(iter(origin.values()), "")
+
+
+def _read_env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    for var in env:
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        head = upper[len(ENV_PREFIX) :].split(ENV_DELIMITER, 1)[0]
+        if head.lower() in FILE_ONLY_FIELDS:
+            raise ConfigError(f"'{head.lower()}' can only be set in the profiles file", where=var)
+        if head not in NON_PROFILE_ENV and head.lower() not in ProfileSettings.model_fields:
+            hint = did_you_mean(head.lower(), ProfileSettings.model_fields)
+            logger.warning("ignoring %s: not a profile key%s", var, f" ({hint})" if hint else "")
+    try:
+        return read_env(env)
+    except SettingsError as exc:
+        field = str(exc).split('"')[1] if '"' in str(exc) else ""
+        names = sorted(v for v in env if v.upper().startswith(ENV_PREFIX + field.upper()))
+        raise ConfigError(
+            f"{field}: value is not valid JSON (lists and tables are written as JSON, "
+            'e.g. PUNIE_AGENT__TOOLS=\'["read_file"]\')',
+            where=", ".join(names) or "environment",
+        ) from None
+
+
+def resolve_profile(
+    source: ConfigSource,
+    name: str,
+    *,
+    env_layer: dict[str, Any],
+    cli_layer: dict[str, Any],
+    cli_origin: Mapping[tuple[str, ...], str],
+) -> ResolvedProfile:
+    """Merge one profile's layers and validate the result (the name is known to exist)."""
+    raw_profiles: dict[str, Any] = source.data.get("profiles", {})
+    chain = extends_chain(source, name)
+    sources: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    merged = _layer(merged, sources, source.data.get("defaults", {}), "file (defaults)")
+    for ancestor in reversed(chain[1:]):
+        merged = _layer(merged, sources, raw_profiles[ancestor], f"file (extends {ancestor})")
+    merged = _layer(merged, sources, raw_profiles[name], "file")
+    env_used = _drop_exclusive(env_layer, cli_layer)
+    file_used = _drop_exclusive(_drop_exclusive(merged, env_used), cli_layer)
+    for label, layer in (("env", env_used), ("cli", cli_layer)):
+        for key, other in _EXCLUSIVE.items():
+            if key in layer:
+                sources.pop(other, None)
+        _record(sources, layer, label)
+    own_extends = raw_profiles[name].get("extends")
+    try:
+        settings = build_settings(file_used, env_used, cli_layer)
+        values = {f: getattr(settings, f) for f in ProfileSettings.model_fields}
+        profile = Profile(**values, extends=own_extends)
+    except ValidationError as exc:
+        everything = deep_merge(deep_merge(file_used, env_used), cli_layer)
+
+        def where(full: Sequence[object]) -> str:
+            path = tuple(full[2:])
+            # The exact key first; a missing key is blamed on the layer that wrote its table.
+            for candidate in (path, path[:-1]):
+                if candidate and _has_path(cli_layer, candidate):
+                    return "--set " + _cli_text(path, cli_origin)
+                if candidate and _has_path(env_used, candidate):
+                    return _env_name(path, env_used)
+            return source.where(full)
+
+        problems = validation_problems(exc, everything, where, prefix=("profiles", name))
+        raise_problems(problems, where=source.where(("profiles", name)))
+    if profile.model is None:
+        raise ConfigError(
+            f"{dotted(('profiles', name))}: no model set",
+            where=source.where(("profiles", name)),
+            hint=f'add model = "..." to [{dotted(("profiles", name))}] or [defaults], '
+            "or set PUNIE_MODEL / --set model=...",
+        )
+    all_sources = {key: sources.get(key, "default") for key in LEAF_KEYS}
+    if own_extends is not None:
+        all_sources["extends"] = "file"
+    return ResolvedProfile(
+        name=name,
+        config_path=str(source.path) if source.path is not None else None,
+        profile=profile,
+        sources=all_sources,
+    )
+
+
+def load_profiles(
+    names: Sequence[str] = (),
+    *,
+    config: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    fallback: str | None = EMBEDDED_DEFAULT_TOML,
+) -> list[ResolvedProfile]:
+    """Resolve several profiles (all of the file, in file order, when ``names`` is empty).
+
+    ``config`` (else $PUNIE_CONFIG, else `punie.toml` in ``cwd`` or a parent)
+    names the file; when none is asked for and none is found, ``fallback``
+    TOML is used (the embedded `demo` profile; pass None to make that an
+    error). ``overrides`` are ``KEY=VALUE`` strings applied last; ``env``
+    replaces os.environ. Raises ConfigError for every configuration problem.
+    """
+    environ = os.environ if env is None else env
+    try:
+        source = read_config(config, env=environ, cwd=cwd, fallback=fallback)
+        return resolve_many(source, names, overrides=overrides, env=environ)
+    except RecursionError:
+        raise ConfigError("configuration values are nested too deeply") from None
+
+
+def resolve_many(
+    source: ConfigSource, names: Sequence[str] = (), *, overrides: Sequence[str] = (), env: Mapping[str, str]
+) -> list[ResolvedProfile]:
+    """Resolve ``names`` (all profiles when empty) of an already read file."""
+    selected = list(names) or source.profile_names
+    for name in selected:
+        check_profile_name(source, name)
+    cli_layer, cli_origin = overrides_to_dict(overrides)
+    env_layer = _read_env_layer(env)
+    return [
+        resolve_profile(source, name, env_layer=env_layer, cli_layer=cli_layer, cli_origin=cli_origin)
+        for name in selected
+    ]
+
+
+def load_profile(
+    name: str | None = None,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    fallback: str | None = EMBEDDED_DEFAULT_TOML,
+) -> ResolvedProfile:
+    """Resolve one profile: ``name``, else $PUNIE_PROFILE, else the file's
+    default_profile, else its only profile. See `load_profiles` for the rest."""
+    environ = os.environ if env is None else env
+    try:
+        source = read_config(config, env=environ, cwd=cwd, fallback=fallback)
+        chosen = select_profile(source, name, environ)
+        cli_layer, cli_origin = overrides_to_dict(overrides)
+        env_layer = _read_env_layer(environ)
+        return resolve_profile(source, chosen, env_layer=env_layer, cli_layer=cli_layer, cli_origin=cli_origin)
+    except RecursionError:
+        raise ConfigError("configuration values are nested too deeply") from None
+
+
+@dataclass(frozen=True)
+class ProfileListing:
+    """All profiles of a file, resolved, for `punie profiles`."""
+
+    config_path: str | None
+    display: str
+    default: str | None
+    profiles: list[ResolvedProfile]
+
+
+def list_profiles(
+    *,
+    config: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    fallback: str | None = EMBEDDED_DEFAULT_TOML,
+) -> ProfileListing:
+    """Every profile resolved, and the one `load_profile(None)` would pick (None when
+    that needs a name)."""
+    environ = os.environ if env is None else env
+    source = read_config(config, env=environ, cwd=cwd, fallback=fallback)
+    try:
+        default: str | None = select_profile(source, None, environ)
+    except ConfigError:
+        default = None
+    try:
+        resolved = resolve_many(source, overrides=overrides, env=environ)
+    except RecursionError:
+        raise ConfigError("configuration values are nested too deeply") from None
+    return ProfileListing(
+        config_path=str(source.path) if source.path is not None else None,
+        display=source.display,
+        default=default,
+        profiles=resolved,
+    )
+
+
+def describe_source(resolved: ResolvedProfile, key: str) -> str:
+    """Where ``key`` (dotted, e.g. ``server.port``) of a resolved profile was set, as a place
+    to put in front of a message: ``punie.toml:14``, ``PUNIE_SERVER__PORT``, ``--set server.port``.
+
+    Values left at their default point at the profile's table.
+    """
+    origin = resolved.sources.get(key, "default")
+    parts = tuple(key.split("."))
+    if origin == "cli":
+        return f"--set {key}"
+    if origin == "env":
+        return ENV_PREFIX + ENV_DELIMITER.join(parts).upper()
+    try:
+        if resolved.config_path is None:
+            source = parse_config(EMBEDDED_DEFAULT_TOML, display=EMBEDDED_NAME)
+        else:
+            path = Path(resolved.config_path)
+
+            source = parse_config(path.read_text(encoding="utf-8-sig"), display=path.name, path=path)
+    except (ConfigError, OSError, UnicodeDecodeError):
+        return resolved.config_path or EMBEDDED_NAME
+    if origin == "file (defaults)":
+        return source.where(("defaults", *parts))
+    if origin.startswith("file (extends "):
+        return source.where(("profiles", origin[len("file (extends ") : -1], *parts))
+    if origin == "file":
+        return source.where(("profiles", resolved.name, *parts))
+    return source.where(("profiles", resolved.name))
+
+
+__all__ = [
+    "LEAF_KEYS",
+    "Problem",
+    "check_profile_name",
+    "describe_source",
+    "load_profile",
+    "load_profiles",
+    "list_profiles",
+    "ProfileListing",
+    "resolve_profile",
+    "select_profile",
+]

@@ -1,0 +1,138 @@
+"""The environment and command-line layers of a profile, through pydantic-settings.
+
+`ProfileSettings` has the fields of `Profile` (but `extends`, which only the
+file may set). Its sources, highest priority first: init arguments (the
+``--set`` overrides), ``PUNIE_*`` environment variables (``PUNIE_MODEL``,
+``PUNIE_SERVER__PORT``), then the profile's merged file table.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from pydantic import create_model
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from punie.config.models import Profile
+
+ENV_PREFIX = "PUNIE_"
+ENV_DELIMITER = "__"
+# PUNIE_ variables that are not profile fields (read elsewhere, never an error here).
+NON_PROFILE_ENV = frozenset({"CONFIG", "PROFILE", "CACHE_DIR"})
+FILE_ONLY_FIELDS = frozenset({"extends"})
+
+_FILE_LAYER: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("punie_file_layer")
+_ENV_LAYER: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("punie_env_layer")
+
+
+class FileProfileSource(PydanticBaseSettingsSource):
+    """The profile's table after [defaults] and `extends` are merged (a plain dict)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class MappingEnvSource(EnvSettingsSource):
+    """`EnvSettingsSource` reading a given mapping instead of `os.environ` (tests pass one)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._environ.items() if k.upper().startswith(ENV_PREFIX) and v != ""}
+
+
+class _PreparedEnvSource(PydanticBaseSettingsSource):
+    """The environment layer, read once by `read_env` (so provenance sees the same dict)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class _SettingsBase(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        case_sensitive=False,
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (CLI) > env > file; no dotenv or secrets directory.
+        return (
+            init_settings,
+            _PreparedEnvSource(settings_cls, _ENV_LAYER.get({})),
+            FileProfileSource(settings_cls, _FILE_LAYER.get({})),
+        )
+
+
+ProfileSettings: type[_SettingsBase] = create_model(  # type: ignore[call-overload]
+    "ProfileSettings",
+    __base__=_SettingsBase,
+    __doc__="A profile's values from the file, PUNIE_ environment variables and --set overrides.",
+    **{
+        name: (field.annotation, field)
+        for name, field in Profile.model_fields.items()
+        if name not in FILE_ONLY_FIELDS
+    },
+)
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The nested dict the ``PUNIE_*`` variables of ``environ`` set (pydantic-settings parsing).
+
+    Raises pydantic_settings.SettingsError when a value meant as JSON is not.
+    """
+    return MappingEnvSource(ProfileSettings, environ)()
+
+
+@contextmanager
+def _layers(file: dict[str, Any], env: dict[str, Any]) -> Iterator[None]:
+    file_token = _FILE_LAYER.set(file)
+    env_token = _ENV_LAYER.set(env)
+    try:
+        yield
+    finally:
+        _FILE_LAYER.reset(file_token)
+        _ENV_LAYER.reset(env_token)
+
+
+def build_settings(file: dict[str, Any], env: dict[str, Any], cli: dict[str, Any]) -> _SettingsBase:
+    """Validate the three layers merged (cli > env > file); raises pydantic.ValidationError."""
+    with _layers(file, env):
+        return ProfileSettings(**cli)
