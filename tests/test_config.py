@@ -448,6 +448,12 @@ def test_no_profiles_at_all(tmp_path: Path) -> None:
     assert error_of(tmp_path, "# empty\n").startswith("punie.toml: no profiles defined")
 
 
+def test_a_profile_on_a_running_server_needs_no_model(tmp_path: Path) -> None:
+    path = write(tmp_path, '[profiles.ext.server]\nurl = "http://127.0.0.1:8080"\n')
+    profile = load_profile("ext", config=str(path)).profile
+    assert profile.model is None and profile.server.url == "http://127.0.0.1:8080"
+
+
 def test_model_is_required_after_resolution(tmp_path: Path) -> None:
     message = error_of(tmp_path, '[defaults.server]\nport = 1\n\n[profiles.a]\ndescription = "no model"\n')
     assert message.startswith("punie.toml:4: profiles.a: no model set")

@@ -1,9 +1,43 @@
-"""CLI: check commands (filled in by their owner)."""
+"""CLI: `punie check [PROFILE...]`: validate profiles and adapters before anything launches."""
 
 from __future__ import annotations
 
 import click
 
+from punie.cli._common import State, echo_json, pass_state
+
+
+@click.command("check")
+@click.argument("profiles", nargs=-1)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="Output format (json for CI).",
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a profile value (after the global --set), e.g. --set server.port=8081.",
+)
+@pass_state
+@click.pass_context
+def check_command(ctx: click.Context, state: State, profiles: tuple[str, ...], fmt: str,
+                  overrides: tuple[str, ...]) -> None:
+    """Check PROFILES (all when none are named): server, model, adapter files and shapes.
+
+    Reports every problem at once. Exit code: 0 when all pass (warnings allowed),
+    1 when problems are found, 2 for a usage or configuration error.
+    """
+    from punie.checks import check_profiles
+    from punie.config import load_profiles
+
+    resolved = load_profiles(profiles, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
+    report = check_profiles(resolved)
+    if fmt == "json":
+        echo_json(report.to_json())
+    else:
+        click.echo(report.render_text())
+    ctx.exit(0 if report.ok else 1)
+
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the top-level group."""
+    """Add `punie check` to the top-level group."""
+    group.add_command(check_command)

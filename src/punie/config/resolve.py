@@ -207,12 +207,13 @@ def resolve_profile(
 
         problems = validation_problems(exc, everything, where, prefix=("profiles", name))
         raise_problems(problems, where=source.where(("profiles", name)))
-    if profile.model is None:
+    # A profile on an already running server (server.url) starts no model, so needs none.
+    if profile.model is None and profile.server.url is None:
         raise ConfigError(
             f"{dotted(('profiles', name))}: no model set",
             where=source.where(("profiles", name)),
             hint=f'add model = "..." to [{dotted(("profiles", name))}] or [defaults], '
-            "or set PUNIE_MODEL / --set model=...",
+            "or set PUNIE_MODEL / --set model=..., or server.url to use a running server",
         )
     all_sources = {key: sources.get(key, "default") for key in LEAF_KEYS}
     if own_extends is not None:

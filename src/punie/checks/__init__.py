@@ -1,0 +1,31 @@
+"""`punie check`: validate profiles and adapters against their base models before launching.
+
+    from punie.checks import check_profiles
+    report = check_profiles(load_profiles())
+    report.ok, report.problems, report.to_json()
+
+Never imports mlx and never loads weights: only JSON files and safetensors headers are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from punie.checks.profile import check_adapter, check_profile, check_profile_report
+from punie.checks.report import Problem, ProfileReport, Report
+from punie.config.models import ResolvedProfile
+
+__all__ = [
+    "Problem",
+    "ProfileReport",
+    "Report",
+    "check_adapter",
+    "check_profile",
+    "check_profile_report",
+    "check_profiles",
+]
+
+
+def check_profiles(profiles: Iterable[ResolvedProfile]) -> Report:
+    """Check every profile and collect all problems in one report (nothing is raised for problems)."""
+    return Report(profiles=[check_profile_report(resolved) for resolved in profiles])

@@ -1,0 +1,82 @@
+"""`punie check` on the command line: text and JSON, exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from punie.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _config(tmp_path: Path, model: Path, adapter: Path, wide: Path) -> Path:
+    path = tmp_path / "punie.toml"
+    path.write_text(
+        f"[profiles.good]\nmodel = {json.dumps(str(model))}\nadapter = {json.dumps(str(adapter))}\n"
+        f"[profiles.good.server]\nport = {_free_port()}\n"
+        f"[profiles.bad]\nmodel = {json.dumps(str(wide))}\nadapter = {json.dumps(str(adapter))}\n"
+        f"[profiles.bad.server]\nport = {_free_port()}\n"
+    )
+    return path
+
+
+def test_all_profiles_text_exit_1(tmp_path: Path, tiny_model: Path, tiny_adapter: Path, tiny_model_wide: Path) -> None:
+    config = _config(tmp_path, tiny_model, tiny_adapter, tiny_model_wide)
+    result = CliRunner().invoke(main, ["--config", str(config), "check"])
+    assert result.exit_code == 1, result.output
+    assert "profile good: ok" in result.output and "profile bad: FAILED" in result.output
+    assert "does not match" in result.output and "more like this" in result.output
+
+
+def test_named_profile_passes_exit_0(
+    tmp_path: Path, tiny_model: Path, tiny_adapter: Path, tiny_model_wide: Path
+) -> None:
+    config = _config(tmp_path, tiny_model, tiny_adapter, tiny_model_wide)
+    result = CliRunner().invoke(main, ["--config", str(config), "check", "good"])
+    assert result.exit_code == 0, result.output
+    assert "profile bad" not in result.output
+
+
+def test_json_format(tmp_path: Path, tiny_model: Path, tiny_adapter: Path, tiny_model_wide: Path) -> None:
+    config = _config(tmp_path, tiny_model, tiny_adapter, tiny_model_wide)
+    result = CliRunner().invoke(main, ["--config", str(config), "check", "--format", "json"])
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False
+    assert {p["name"]: p["ok"] for p in doc["profiles"]} == {"good": True, "bad": False}
+    bad = doc["profiles"][1]
+    assert bad["model_path"] == str(tiny_model_wide.resolve()) and bad["adapter_path"]
+    assert sum(p["code"] == "shape-mismatch" for p in bad["problems"]) == 28
+
+
+def test_set_override_fixes_the_profile(tmp_path: Path, tiny_model: Path, tiny_adapter: Path,
+                                        tiny_model_wide: Path) -> None:
+    config = _config(tmp_path, tiny_model, tiny_adapter, tiny_model_wide)
+    result = CliRunner().invoke(main, ["--config", str(config), "check", "bad", "--set", f"model={tiny_model}"])
+    assert result.exit_code == 0, result.output
+
+
+def test_unknown_profile_is_a_usage_error(tmp_path: Path, tiny_model: Path, tiny_adapter: Path,
+                                          tiny_model_wide: Path) -> None:
+    config = _config(tmp_path, tiny_model, tiny_adapter, tiny_model_wide)
+    result = CliRunner().invoke(main, ["--config", str(config), "check", "godo"])
+    assert result.exit_code == 2
+    assert "punie: error:" in result.output
+
+
+def test_subprocess_exit_code(tmp_path: Path, tiny_model: Path, tiny_adapter: Path, tiny_model_wide: Path) -> None:
+    config = _config(tmp_path, tiny_model, tiny_adapter, tiny_model_wide)
+    proc = subprocess.run([sys.executable, "-m", "punie", "--config", str(config), "check", "bad", "--format", "json"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["profiles"][0]["name"] == "bad"
