@@ -1,9 +1,70 @@
-"""CLI: up commands (filled in by their owner)."""
+"""CLI: `punie up PROFILE`: check, start mlx_lm.server, wait until it answers, run the agent.
+
+stdout belongs to the agent (ACP passes through); everything punie up says
+goes to stderr. ``--dry-run`` prints the launch plan on stdout and starts nothing.
+"""
 
 from __future__ import annotations
 
+import json
+
 import click
+
+from punie.cli._common import State, pass_state
+
+
+@click.command("up")
+@click.argument("profile", required=False)
+@click.option("--dry-run", is_flag=True, help="Print the launch plan (after resolving and checking) and exit.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="Format of the --dry-run plan.",
+)
+@click.option("--no-check", is_flag=True, help="Launch without running `punie check` first.")
+@click.option(
+    "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
+    help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a profile value (after the global --set), e.g. --set server.port=8081.",
+)
+@pass_state
+@click.pass_context
+def up_command(
+    ctx: click.Context,
+    state: State,
+    profile: str | None,
+    dry_run: bool,
+    fmt: str,
+    no_check: bool,
+    grace: float,
+    overrides: tuple[str, ...],
+) -> None:
+    """Start mlx_lm.server for PROFILE and the agent wired to it; stop both on Ctrl-C.
+
+    Exit code: 0 when stopped by the user or when the agent exited cleanly,
+    1 when something failed (the message names the cause), 2 for a bad profile,
+    130 when a second Ctrl-C forced the stop.
+    """
+    from punie.config import load_profile
+    from punie.launch import run_up
+
+    resolved = load_profile(profile, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
+    outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace)
+    if dry_run:
+        assert outcome.plan is not None
+        if fmt == "json":
+            click.echo(json.dumps(outcome.plan.to_json(), indent=2))
+        else:
+            click.echo(outcome.plan.render_text())
+        return
+    if outcome.message:
+        prefix = "punie: error: " if outcome.exit_code else "punie: "
+        click.echo(prefix + outcome.message, err=True)
+    ctx.exit(outcome.exit_code)
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the top-level group."""
+    """Add `punie up` to the top-level group."""
+    group.add_command(up_command)

@@ -1,0 +1,95 @@
+"""Orphan-proofing: children of `punie up` die with it, even when it is SIGKILLed.
+
+Every child is started through a tiny guard (`guarded_argv`): ``python -I -S -c
+GUARD_CODE PARENT_PID -- CMD...``. On Linux the guard asks the kernel to send
+it SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``, which survives
+exec), re-checks that the parent is still the one that started it (closing the
+race where the parent died before prctl), then ``execvp``s the real command,
+so the pid, process group and signals are the command's own. Elsewhere (macOS)
+a forked watchdog stays in the child's process group, blocked on reading a
+"lifeline" pipe whose write end only the supervisor holds; when the supervisor
+dies, however it dies, the pipe reaches EOF and the watchdog SIGTERMs the group.
+
+The guard is an inline ``-c`` script run with ``-S`` (no site import) so it
+costs a few milliseconds (bench/up_overhead.py measures it). To try it by hand:
+``python -c 'import subprocess; from punie.launch.guard import guarded_argv;
+subprocess.run(guarded_argv(["sleep", "60"]))'`` then kill that python with -9.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+# Keep this short and stdlib-only: it runs before every child, without site-packages.
+GUARD_CODE = """\
+import os, signal, sys
+parent, lifeline, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+cmd = sys.argv[4:]
+if cmd[:1] == ['--']: cmd = cmd[1:]
+if mode == 'auto':
+    mode = 'pdeathsig' if sys.platform.startswith('linux') else 'watchdog'
+if mode == 'pdeathsig':
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(143)
+elif lifeline >= 0 and os.fork() == 0:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    try:
+        while os.read(lifeline, 1):
+            pass
+    except OSError:
+        pass
+    os.killpg(0, signal.SIGTERM)
+    os._exit(0)
+if lifeline >= 0:
+    os.close(lifeline)
+try:
+    os.execvp(cmd[0], cmd)
+except OSError as exc:
+    sys.stderr.write(f"punie: cannot start {cmd[0]}: {exc.strerror}\\n")
+    sys.exit(127)
+"""
+
+_lifeline: tuple[int, int] | None = None
+
+
+def guard_mode() -> str:
+    """``pdeathsig`` on Linux, else ``watchdog``; $PUNIE_GUARD_MODE forces one (tests, debugging)."""
+    forced = os.environ.get("PUNIE_GUARD_MODE")
+    if forced in ("pdeathsig", "watchdog"):
+        return forced
+    return "pdeathsig" if sys.platform.startswith("linux") else "watchdog"
+
+
+def lifeline_fd() -> int:
+    """Read end of a pipe whose write end only this process holds: EOF there means we died.
+
+    Created once per process; neither end is inherited except where passed explicitly
+    (``pass_fds``), so the write end closes exactly when this process exits, however it exits.
+    """
+    global _lifeline
+    if _lifeline is None:
+        _lifeline = os.pipe()
+    return _lifeline[0]
+
+
+def guarded_argv(
+    argv: Sequence[str],
+    *,
+    parent_pid: int | None = None,
+    python: str | None = None,
+    mode: str = "auto",
+    lifeline: int = -1,
+) -> list[str]:
+    """``argv`` wrapped in the guard, so the command dies when ``parent_pid`` (default: us) dies.
+
+    ``mode`` is pdeathsig, watchdog or auto; the watchdog needs ``lifeline``
+    (see `lifeline_fd`), which the caller must pass to the child (pass_fds).
+    """
+    pid = os.getpid() if parent_pid is None else parent_pid
+    return [python or sys.executable, "-I", "-S", "-c", GUARD_CODE, str(pid), str(lifeline), mode, "--", *argv]

@@ -1,0 +1,48 @@
+"""The words of `punie up` failures: what failed, why, and the last log lines."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from punie.launch.plan import LaunchPlan
+
+_LOG_PREFIX = re.compile(r"^\s*(\d{4}-\d\d-\d\d[ T][\d:,.]+\s*-\s*)?([A-Z]+\s*-\s*|[A-Z]+:[\w.]*:)?")
+
+
+def strip_log_prefix(line: str) -> str:
+    """``2026-01-01 10:00:00,123 - ERROR - text`` or ``ERROR:root:text`` -> ``text``."""
+    return _LOG_PREFIX.sub("", line, count=1).strip()
+
+
+def headline(reason: str, detail: str, plan: LaunchPlan) -> str:
+    """One line naming the server and the cause (``reason`` is a LaunchFailed/UpOutcome code)."""
+    where = plan.server_url if plan.external else f"mlx_lm.server on {plan.server_url}"
+    if reason == "adapter-failed":
+        return f"{where}: the adapter {plan.adapter} did not load ({detail or 'generation thread died'})"
+    if reason == "generation-failed":
+        return f"{where}: the model did not load ({detail or 'generation thread died'})"
+    if reason == "port-busy":
+        return f"{where}: port {plan.port} is already in use ({detail})"
+    if reason == "ready-timeout":
+        return f"{where} did not answer a 1-token completion within {plan.ready_timeout:g}s"
+    return f"{where}: {detail}" if detail else f"{where} failed ({reason})"
+
+
+def hint(reason: str, plan: LaunchPlan) -> str | None:
+    """What to do about a failure, when there is something obvious."""
+    if reason == "adapter-failed":
+        return "the adapter does not fit the base model: run `punie check` on this profile"
+    if reason == "port-busy":
+        return "stop the other server, or pick another port: --set server.port=PORT"
+    if reason == "ready-timeout":
+        return "a large model may need more time: --set server.ready_timeout=SECONDS"
+    return None
+
+
+def quote(lines: Sequence[str], name: str, log: str | None) -> str:
+    """The last log lines of a child, indented, naming the full log file."""
+    if not lines:
+        return ""
+    where = f" ({log})" if log else ""
+    return f"\n  last {name} log lines{where}:\n" + "\n".join(f"    {line}" for line in lines)

@@ -1,0 +1,220 @@
+"""The launch plan: everything `punie up` will start, as one pure value.
+
+`build_plan` turns a resolved profile plus the resolved model and adapter
+directories into a frozen `LaunchPlan`: the mlx_lm.server argv (never run
+through a shell), its environment additions, the agent argv, URLs, log files,
+restart policy and readiness timeout. ``punie up --dry-run`` prints exactly the
+plan a real run executes, so CI can check it without starting anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from punie.config.models import ResolvedProfile
+from punie.paths import state_dir
+
+_WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RestartPolicy(_Frozen):
+    """What to do when the server dies after it was started."""
+
+    mode: Literal["no", "on-failure"] = "no"
+    max_restarts: int = 3
+    backoff: float = 1.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before restart number ``attempt`` (1-based): backoff doubles each time."""
+        return self.backoff * (2 ** max(attempt - 1, 0))
+
+
+class LaunchPlan(_Frozen):
+    """What `punie up` starts. ``server_argv`` is None when the server is external (``server.url``)."""
+
+    profile: str
+    project_dir: str
+    model: str | None = None
+    adapter: str | None = None
+    server_argv: tuple[str, ...] | None = None
+    server_env: dict[str, str] = Field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int | None = None
+    server_url: str = Field(description="Root URL of the server (http://host:port).")
+    base_url: str = Field(description="OpenAI base URL the agent and the probe use (.../v1).")
+    agent_argv: tuple[str, ...]
+    agent_env: dict[str, str] = Field(default_factory=dict)
+    cwd: str
+    server_log: str | None = None
+    agent_log: str
+    ensure_dirs: tuple[str, ...] = ()
+    ready_timeout: float = 180.0
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+
+    @property
+    def external(self) -> bool:
+        """True when the plan uses an already running server (nothing is started for it)."""
+        return self.server_argv is None
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as a JSON-ready dict (``punie up --dry-run --format json``)."""
+        data = self.model_dump(mode="json")
+        data["external"] = self.external
+        return data
+
+    def render_text(self) -> str:
+        """A human-readable plan; commands are shell-quoted only for display."""
+        lines = [f"profile:   {self.profile}", f"project:   {self.project_dir}"]
+        if self.external:
+            lines.append(f"server:    external, {self.server_url} (nothing started, readiness checked)")
+        else:
+            lines += [
+                f"model:     {self.model}",
+                f"adapter:   {self.adapter or '(none)'}",
+                f"server:    {shlex.join(self.server_argv or ())}",
+            ]
+            if self.server_env:
+                env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.server_env.items()))
+                lines.append(f"  env:     {env}")
+            lines.append(f"  log:     {self.server_log}")
+            restart = "no" if self.restart.mode == "no" else (
+                f"on-failure (max {self.restart.max_restarts}, backoff {self.restart.backoff:g}s doubling)"
+            )
+            lines.append(f"  restart: {restart}")
+        lines += [
+            f"ready:     1-token chat completion on {self.base_url} within {self.ready_timeout:g}s",
+            f"agent:     {shlex.join(self.agent_argv)}",
+            f"  cwd:     {self.cwd}",
+            f"  log:     {self.agent_log}",
+        ]
+        return "\n".join(lines)
+
+
+def _connect_host(host: str) -> str:
+    """The address a client uses to reach a server bound to ``host`` (wildcards mean loopback)."""
+    host = "127.0.0.1" if host in _WILDCARD_HOSTS else host
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _fmt_number(value: float | int) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def default_hf_hub_cache(environ: Mapping[str, str]) -> str:
+    """Where huggingface_hub looks for its cache, following its own variables."""
+    if environ.get("HF_HUB_CACHE"):
+        return environ["HF_HUB_CACHE"]
+    home = environ.get("HF_HOME") or os.path.join(
+        environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    return os.path.join(home, "hub")
+
+
+def server_argv(
+    resolved: ResolvedProfile, *, model: str, adapter: str | None, python: str
+) -> tuple[str, ...]:
+    """The mlx_lm.server command line of a profile (flag names as in `mlx_lm server --help`)."""
+    server = resolved.profile.server
+    argv = [python, "-m", "mlx_lm", "server", "--model", model]
+    if adapter:
+        argv += ["--adapter-path", adapter]
+    argv += ["--host", server.host, "--port", str(server.port)]
+    if server.temperature is not None:
+        argv += ["--temp", _fmt_number(server.temperature)]
+    if server.top_p is not None:
+        argv += ["--top-p", _fmt_number(server.top_p)]
+    if server.max_tokens is not None:
+        argv += ["--max-tokens", str(server.max_tokens)]
+    if server.chat_template_args:
+        argv += ["--chat-template-args", json.dumps(server.chat_template_args, sort_keys=True)]
+    if server.draft_model:
+        argv += ["--draft-model", server.draft_model]
+    argv += list(server.extra_args)
+    return tuple(argv)
+
+
+def build_plan(
+    resolved: ResolvedProfile,
+    *,
+    model_path: Path | None,
+    adapter_path: Path | None,
+    python: str = sys.executable,
+    log_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LaunchPlan:
+    """Build the launch plan of ``resolved`` (pure: reads no files, starts nothing).
+
+    ``model_path``/``adapter_path`` are the resolved directories (see
+    `punie.launch.supervisor.prepare`). With ``server.url`` set the server is
+    external: the plan has no server argv and ``model_path`` may be None.
+    ``environ`` (default os.environ) is only read to find the Hugging Face cache.
+    """
+    env = os.environ if environ is None else environ
+    profile = resolved.profile
+    server = profile.server
+    project = resolved.project_dir
+    logs = Path(log_dir) if log_dir is not None else state_dir(project) / "logs"
+    agent_log = str(logs / f"{resolved.name}-agent.log")
+
+    if server.url:
+        root = server.url.rstrip("/")
+        root = root[: -len("/v1")] if root.endswith("/v1") else root
+        argv: tuple[str, ...] | None = None
+        server_env: dict[str, str] = {}
+        server_log = None
+        ensure: tuple[str, ...] = (str(logs),)
+        port = None
+        model = adapter = None
+    else:
+        if model_path is None:
+            raise ValueError("model_path is required when the server is started (no server.url)")
+        root = f"http://{_connect_host(server.host)}:{server.port}"
+        model = str(model_path)
+        adapter = str(adapter_path) if adapter_path is not None else None
+        argv = server_argv(resolved, model=model, adapter=adapter, python=python)
+        hub_cache = default_hf_hub_cache(env)
+        # mlx_lm misbehaves without an existing hub cache dir (empty /v1/models
+        # answers), and a local model must never trigger a hub lookup.
+        server_env = {"HF_HUB_CACHE": hub_cache, "PYTHONUNBUFFERED": "1"}
+        if Path(model).is_absolute():
+            server_env["HF_HUB_OFFLINE"] = "1"
+        server_log = str(logs / f"{resolved.name}-server.log")
+        ensure = (str(logs), hub_cache)
+        port = server.port
+    base_url = root + "/v1"
+    agent_argv = (
+        python, "-m", "punie", "agent", "--base-url", base_url, "--options", profile.agent.model_dump_json(),
+    )
+    return LaunchPlan(
+        profile=resolved.name,
+        project_dir=str(project),
+        model=model,
+        adapter=adapter,
+        server_argv=argv,
+        server_env=server_env,
+        host=server.host,
+        port=port,
+        server_url=root,
+        base_url=base_url,
+        agent_argv=agent_argv,
+        cwd=str(project),
+        server_log=server_log,
+        agent_log=agent_log,
+        ensure_dirs=ensure,
+        ready_timeout=server.ready_timeout,
+        restart=RestartPolicy(
+            mode=server.restart, max_restarts=server.max_restarts, backoff=server.restart_backoff
+        ),
+    )

@@ -1,0 +1,270 @@
+"""One supervised child process: own process group, guarded, output pumped line by line.
+
+A `Child` starts its command through the guard (`punie.launch.guard`) in a
+new session, so Ctrl-C on the terminal reaches only `punie up`, and a stop
+can signal the whole group: SIGTERM, a grace period, then SIGKILL. Output
+lines are prefixed (``server | ...``), handed to a sink (stderr in the CLI),
+appended to a log file, kept in a short tail for error messages, and matched
+against failure patterns.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+from punie.launch.guard import guard_mode, guarded_argv, lifeline_fd
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[str], None]
+"""Called with each complete output line. A sink that also has a ``partial(text)`` method is
+shown a line a child leaves unfinished for a moment (a prompt such as ``punie> ``) early."""
+TAIL_LINES = 15
+PARTIAL_AFTER = 0.1  # seconds of silence after which an unfinished line is shown
+
+
+class StreamSink:
+    """A sink writing to a text stream (default: the current sys.stderr), with partial lines.
+
+    Writes happen on a background thread through a bounded queue: when whoever
+    reads our stderr (an IDE) stops reading, the supervisor must not block, or
+    the children's pipes would fill and the server would hang. Lines that do
+    not fit are dropped from the terminal (the log files still have them).
+    """
+
+    def __init__(self, stream: IO[str] | None = None, *, max_pending: int = 10_000) -> None:
+        self._stream = stream
+        self._queue: queue.Queue[str] = queue.Queue(max_pending)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def _put(self, text: str) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="punie-stderr", daemon=True)
+                self._thread.start()
+        try:
+            self._queue.put_nowait(text)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            text = self._queue.get()
+            stream = self._stream or sys.stderr
+            try:
+                stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):  # stderr closed: keep supervising, the log files have it
+                pass
+            finally:
+                self._queue.task_done()
+
+    def __call__(self, line: str) -> None:
+        self._put(line + "\n")
+
+    def partial(self, text: str) -> None:
+        self._put(text)
+
+    def flush(self, timeout: float = 1.0) -> None:
+        """Wait (at most ``timeout`` seconds) until everything queued was written."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+stderr_sink = StreamSink()
+
+
+class Child:
+    """A child process in its own process group; see the module docstring.
+
+    ``capture`` is "stdout" (stdout and stderr merged, stdin from /dev/null:
+    the server) or "stderr" (stdin and stdout inherited, stderr captured: the
+    agent, whose stdout is the ACP stream).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        log_path: str | None = None,
+        sink: Sink = stderr_sink,
+        capture: str = "stdout",
+        patterns: Mapping[str, str] | None = None,
+        on_match: Callable[[str, str], None] | None = None,
+        guard: bool = True,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.log_path = log_path
+        self.sink = sink
+        self.capture = capture
+        self.patterns = dict(patterns or {})
+        self.on_match = on_match
+        self.guard = guard
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.process: Process | None = None
+        self.started_at: float | None = None
+        self.stopping = False
+        self._log: IO[str] | None = None
+        self._pumped = anyio.Event()
+        self._shown = ""  # the part of the current line already shown as a partial line
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process else None
+
+    async def start(self) -> None:
+        """Start the process (through the guard) in a new session."""
+        argv, pass_fds = self.argv, ()
+        if self.guard:
+            mode = guard_mode()
+            fd = lifeline_fd() if mode == "watchdog" else -1
+            argv = guarded_argv(self.argv, mode=mode, lifeline=fd)
+            pass_fds = (fd,) if fd >= 0 else ()
+        if self.log_path:
+            Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+            self._log.write(f"=== punie up: {self.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                            f"{' '.join(self.argv)}\n")
+            self._log.flush()
+        kwargs: dict[str, Any] = {"env": self.env, "cwd": self.cwd, "start_new_session": True, "pass_fds": pass_fds}
+        if self.capture == "stdout":
+            kwargs |= {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+        else:
+            kwargs |= {"stdin": None, "stdout": None, "stderr": subprocess.PIPE}
+        try:
+            self.process = await anyio.open_process(argv, **kwargs)
+        except OSError:
+            self._close_log()
+            raise
+        self.started_at = time.monotonic()
+        logger.info("started %s (pid %s): %s", self.name, self.process.pid, " ".join(self.argv))
+
+    def _stream(self) -> ByteReceiveStream | None:
+        assert self.process is not None
+        return self.process.stdout if self.capture == "stdout" else self.process.stderr
+
+    def _emit(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        self.tail.append(line)
+        if self._shown:
+            partial = getattr(self.sink, "partial", None)
+            if partial is not None:
+                partial(line[len(self._shown):] + "\n")
+            self._shown = ""
+        else:
+            self.sink(f"{self.name} | {line}")
+        if self._log:
+            self._log.write(line + "\n")
+            self._log.flush()
+        for pattern, reason in self.patterns.items():
+            if pattern in line and self.on_match:
+                self.on_match(reason, line)
+
+    def _show_partial(self, raw: bytes) -> None:
+        partial = getattr(self.sink, "partial", None)
+        if partial is None:
+            return
+        text = raw.decode("utf-8", errors="ignore")
+        if len(text) > len(self._shown):
+            partial((f"{self.name} | " if not self._shown else "") + text[len(self._shown):])
+            self._shown = text
+
+    async def pump(self) -> None:
+        """Copy the child's output line by line until EOF (run as a task)."""
+        stream = self._stream()
+        buffer = b""
+        try:
+            if stream is None:
+                return
+            while True:
+                if buffer:
+                    with anyio.move_on_after(PARTIAL_AFTER) as scope:
+                        chunk = await stream.receive()
+                    if scope.cancelled_caught:
+                        self._show_partial(buffer)
+                        continue
+                else:
+                    chunk = await stream.receive()
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for raw in lines:
+                    self._emit(raw)
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            pass
+        finally:
+            if buffer:
+                self._emit(buffer)
+            self._pumped.set()
+
+    async def wait(self) -> int:
+        """Wait for the process to exit and return its return code."""
+        assert self.process is not None
+        return await self.process.wait()
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the child's whole process group (no error if it is gone)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def stop(self, grace: float) -> int | None:
+        """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL it. Returns the return code."""
+        if self.process is None:
+            return None
+        self.stopping = True
+        if self.process.returncode is None:
+            self.signal_group(signal.SIGTERM)
+            with anyio.move_on_after(grace):
+                await self.process.wait()
+            if self.process.returncode is None:
+                logger.warning("%s did not stop within %.1fs: killing it", self.name, grace)
+        # Also reaches anything the command left behind in its group.
+        self.signal_group(signal.SIGKILL)
+        rc = await self.process.wait()
+        with anyio.move_on_after(0.5):  # let the pump drain what is still in the pipe
+            await self._pumped.wait()
+        return rc
+
+    def kill(self) -> None:
+        """SIGKILL the group at once (a second Ctrl-C)."""
+        self.stopping = True
+        self.signal_group(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Release the log file and pipes (after the process has exited)."""
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log:
+            self._log.close()
+            self._log = None

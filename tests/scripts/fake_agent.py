@@ -1,0 +1,52 @@
+"""A stand-in for `punie agent` in launcher tests.
+
+    fake_agent.py [--pidfile F] [--exit-after S] [--exit-code N] [--ignore-term] [--marker F]
+                  [--base-url URL] [--options JSON] [--prompt TEXT]
+
+Prints to stderr (prefixed by the supervisor) and stdout (inherited), records its pid,
+writes "term" to --marker when SIGTERM arrives, exits after --exit-after seconds.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--pidfile")
+parser.add_argument("--exit-after", type=float)
+parser.add_argument("--exit-code", type=int, default=0)
+parser.add_argument("--ignore-term", action="store_true")
+parser.add_argument("--marker")
+parser.add_argument("--base-url")
+parser.add_argument("--options")
+parser.add_argument("--prompt", help="write this to stderr without a newline, then finish the line 0.4 s later")
+args = parser.parse_args()
+
+if args.pidfile:
+    with open(args.pidfile, "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+
+
+def on_term(signum, frame):
+    if args.marker:
+        with open(args.marker, "a") as fh:
+            fh.write("term\n")
+    if not args.ignore_term:
+        os._exit(0)
+
+
+signal.signal(signal.SIGTERM, on_term)
+print(f"fake agent on {args.base_url}", file=sys.stderr, flush=True)
+print("agent-stdout-line", flush=True)
+if args.prompt:
+    sys.stderr.write(args.prompt)
+    sys.stderr.flush()
+    time.sleep(0.4)
+    sys.stderr.write("typed\n")
+    sys.stderr.flush()
+deadline = time.monotonic() + (args.exit_after if args.exit_after is not None else 3600)
+while time.monotonic() < deadline:
+    time.sleep(0.02)
+sys.exit(args.exit_code)

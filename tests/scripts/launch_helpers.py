@@ -1,0 +1,159 @@
+"""Helpers shared by the launcher tests: plans pointing at the fake scripts, process checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from punie.config.models import Profile, ResolvedProfile, ServerOptions
+from punie.launch import LaunchPlan, build_plan
+
+SCRIPTS = Path(__file__).parent
+FAKE_SERVER = str(SCRIPTS / "fake_server.py")
+FAKE_AGENT = str(SCRIPTS / "fake_agent.py")
+RUN_PLAN = str(SCRIPTS / "run_plan.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone: only its exit status is left)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return state not in ("Z", "X")
+
+
+def pids(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def resolved(tmp: Path, name: str = "t", **server: object) -> ResolvedProfile:
+    return ResolvedProfile(
+        name=name,
+        config_path=str(tmp / "punie.toml"),
+        profile=Profile(model=str(tmp / "model"), server=ServerOptions(**server)),
+    )
+
+
+def fake_plan(
+    tmp: Path,
+    *,
+    server_args: list[str] = (),
+    agent_args: list[str] = (),
+    adapter: Path | None = None,
+    **server: object,
+) -> LaunchPlan:
+    """A real plan whose server is fake_server.py on a free port and whose agent is fake_agent.py."""
+    server.setdefault("port", free_port())
+    server.setdefault("ready_timeout", 10.0)
+    res = resolved(tmp, **server)
+    plan = build_plan(res, model_path=tmp / "model", adapter_path=adapter)
+    update: dict[str, object] = {
+        "agent_argv": (sys.executable, FAKE_AGENT, "--pidfile", str(tmp / "agent.pid"),
+                       "--base-url", plan.base_url, *agent_args),
+    }
+    if not plan.external:
+        update["server_argv"] = (sys.executable, FAKE_SERVER, "--port", str(plan.port),
+                                 "--pidfile", str(tmp / "server.pid"),
+                                 "--requests", str(tmp / "requests.jsonl"), *server_args)
+    return plan.model_copy(update=update)
+
+
+class AcpPipe:
+    """A minimal ACP client over a `punie up` process's stdin/stdout (raw JSON-RPC lines)."""
+
+    def __init__(self, proc) -> None:
+        self.proc = proc
+        self.chunks: list[str] = []
+        self._next_id = 0
+
+    def send(self, message: dict) -> None:
+        import json
+
+        self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+        self.proc.stdin.flush()
+
+    def call(self, method: str, params: dict) -> dict:
+        """Send a request and return its result; agent text chunks are collected, permissions declined."""
+        import json
+
+        self._next_id += 1
+        request_id = self._next_id
+        self.send({"id": request_id, "method": method, "params": params})
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"punie up closed stdout (exit {self.proc.poll()}) while waiting for {method}")
+            message = json.loads(line)
+            if message.get("id") == request_id and "method" not in message:
+                if "error" in message:
+                    raise AssertionError(f"{method}: {message['error']}")
+                return message["result"]
+            if message.get("method") == "session/update":
+                update = message["params"]["update"]
+                if update.get("sessionUpdate") == "agent_message_chunk":
+                    self.chunks.append(update["content"].get("text", ""))
+            elif "method" in message and "id" in message:  # e.g. session/request_permission
+                self.send({"id": message["id"], "result": {"outcome": {"outcome": "cancelled"}}})
+
+    def prompt(self, cwd: str, text: str) -> dict:
+        """initialize, session/new and one session/prompt; returns the prompt's result."""
+        init = self.call("initialize", {"protocolVersion": 1, "clientCapabilities": {
+            "fs": {"readTextFile": False, "writeTextFile": False}, "terminal": False}})
+        assert init["protocolVersion"] == 1
+        session = self.call("session/new", {"cwd": cwd, "mcpServers": []})["sessionId"]
+        return self.call("session/prompt", {"sessionId": session, "prompt": [{"type": "text", "text": text}]})
+
+
+def stderr_collector(proc) -> tuple[list[str], "object"]:
+    """Read a process's stderr lines into a list on a thread; returns (lines, thread)."""
+    import threading
+
+    lines: list[str] = []
+    thread = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    thread.start()
+    return lines, thread
+
+
+def pid_in(lines: list[str], what: str) -> int:
+    """The pid in punie up's `started WHAT (pid N)` status line."""
+    import re
+
+    match = re.search(rf"started {re.escape(what)} \(pid (\d+)\)", "".join(lines))
+    assert match, "".join(lines)
+    return int(match.group(1))
