@@ -254,3 +254,27 @@ def test_stray_prints_go_to_stderr_not_into_the_protocol(tmp_path: Path) -> None
     name, stderr = asyncio.run(run())
     assert name == "punie"
     assert b"stray print from a library" in stderr
+
+
+def test_acp_with_stdin_and_stdout_redirected_to_files(tmp_path: Path) -> None:
+    # An event loop cannot watch regular files: the agent must still speak ACP, then exit on EOF.
+    requests = tmp_path / "in.jsonl"
+    requests.write_text(json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                                    "params": {"protocolVersion": 1}}) + "\n")
+    replies = tmp_path / "out.jsonl"
+    with requests.open("rb") as stdin, replies.open("wb") as stdout:
+        proc = subprocess.run([sys.executable, *_agent_args("http://127.0.0.1:1/v1"), "--mode", "acp"],
+                              stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (reply,) = [json.loads(line) for line in replies.read_text().splitlines()]
+    assert reply["id"] == 0 and reply["result"]["agentInfo"]["name"] == "punie"
+
+
+def test_acp_with_stdin_from_dev_null_exits_cleanly() -> None:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, *_agent_args("http://127.0.0.1:1/v1"), "--mode", "acp"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 30

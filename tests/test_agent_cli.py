@@ -206,3 +206,14 @@ def test_serve_local_url_takes_agent_options_from_a_profile(tmp_path: Path) -> N
     assert result.exit_code == 0, result.stderr
     assert fake.requests[0]["messages"][0]["content"] == "You are a test agent."
     assert [t["function"]["name"] for t in fake.requests[0]["tools"]] == ["search"]
+
+
+def test_serve_model_dry_run_plans_server_with_adapter(tiny_model: Path, tiny_adapter: Path,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = _invoke(["serve", "--model", str(tiny_model), "--adapter", str(tiny_adapter), "--port", "8199",
+                      "--dry-run"])
+    assert result.exit_code == 0, result.stderr
+    assert "--adapter-path" in result.stdout and str(tiny_adapter) in result.stdout
+    assert "--port 8199" in result.stdout
+    assert "-m punie agent --base-url http://127.0.0.1:8199/v1" in result.stdout

@@ -111,3 +111,38 @@ def test_acp_turn_streams_from_real_mlx_server(mlx_server: str, tmp_path: Path) 
     assert "agent_message_chunk" in kinds
     errors = [u for u in updates if "punie: error" in str(getattr(getattr(u, "content", None), "text", ""))]
     assert errors == []
+
+
+def test_serve_starts_mlx_server_with_adapter_and_speaks_acp(tiny_model: Path, tiny_adapter: Path,
+                                                             tmp_path: Path) -> None:
+    """`punie serve --model M --adapter A --port P`: supervisor starts mlx_lm.server, then the ACP agent."""
+    import asyncio
+
+    from acp import spawn_agent_process, text_block
+
+    updates: list[object] = []
+
+    class Client:
+        async def session_update(self, session_id: str, update: object, **kwargs: object) -> None:
+            updates.append(update)
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    env = mlx_env({"HF_HUB_CACHE": str(hub)})
+    port = _free_port()
+
+    async def run() -> str:
+        async with spawn_agent_process(
+            lambda _a: Client(), sys.executable, "-m", "punie", "serve", "--model", str(tiny_model),
+            "--adapter", str(tiny_adapter), "--port", str(port), env=env, cwd=tmp_path,
+        ) as (conn, _proc):
+            await asyncio.wait_for(conn.initialize(protocol_version=1), 120)
+            session = await conn.new_session(cwd=str(tmp_path), mcp_servers=[])
+            response = await asyncio.wait_for(
+                conn.prompt(session_id=session.session_id, prompt=[text_block("Hello?")]), 120)
+            return response.stop_reason
+
+    assert asyncio.run(run()) == "end_turn"
+    texts = [getattr(getattr(u, "content", None), "text", "") for u in updates]
+    assert not any("punie: error" in t for t in texts)
+    assert any(t for t in texts)

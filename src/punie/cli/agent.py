@@ -147,9 +147,12 @@ def ask_command(state: State, prompt: str, profile: str | None, base_url: str | 
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable).")
 @click.option("--mode", type=click.Choice(["auto", "acp", "repl"]), default="auto", show_default=True,
               help="With local:URL: ACP on stdio unless stdin is a terminal.")
+@click.option("--dry-run", is_flag=True, help="Print the launch plan (after checking) and start nothing.")
+@click.pass_context
 @pass_state
-def serve_command(state: State, model: str, adapter: str | None, port: int | None, host: str | None,
-                  profile: str | None, overrides: tuple[str, ...], mode: str) -> None:
+def serve_command(state: State, ctx: click.Context, model: str, adapter: str | None, port: int | None,
+                  host: str | None, profile: str | None, overrides: tuple[str, ...], mode: str,
+                  dry_run: bool) -> None:
     """Serve the agent: on a running server (local:URL), or start mlx_lm.server with a model first."""
     from punie.config.models import ResolvedProfile
 
@@ -175,15 +178,16 @@ def serve_command(state: State, model: str, adapter: str | None, port: int | Non
     from punie.agent.target import serve_profile
 
     target = serve_profile(model, adapter=adapter, port=port, host=host, base=resolved)
-    try:
-        from punie.launch import run_up
-    except ImportError:
-        raise UsageError("`punie serve --model M` needs the launcher (punie.launch.run_up), "
-                         "which is not available in this build") from None
-    outcome = run_up(target, check=True)
-    code = getattr(outcome, "exit_code", None)
-    if isinstance(code, int) and code:
-        raise SystemExit(code)
+    from punie.launch import run_up
+
+    outcome = run_up(target, check=True, dry_run=dry_run)
+    if dry_run:
+        if outcome.plan is not None:
+            click.echo(outcome.plan.render_text())
+        return
+    if outcome.message:
+        click.echo(("punie: error: " if outcome.exit_code else "punie: ") + outcome.message, err=True)
+    ctx.exit(outcome.exit_code)
 
 
 def register(group: click.Group) -> None:
