@@ -1,9 +1,203 @@
-"""CLI: train commands (filled in by their owner)."""
+"""CLI: `punie train PROFILE --data DIR` and `punie eval PROFILE [--vs OTHER]`."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
+
+from punie.cli._common import State, echo_json
+
+_SET = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a profile value (after the global --set), e.g. --set adapter=latest.",
+)
+
+
+def _state(ctx: click.Context) -> State:
+    return ctx.find_object(State) or State()
+
+
+def _load(ctx: click.Context, name: str | None, overrides: tuple[str, ...]) -> Any:
+    from punie.config import load_profile
+
+    state = _state(ctx)
+    return load_profile(name, config=state.config, overrides=(*state.overrides, *overrides))
+
+
+class _TrainBar:
+    """A click progress bar on stderr that shows the latest train and validation loss."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+        self.losses: dict[str, float | None] = {"train": None, "val": None}
+        self.bar: Any = None
+
+    def _label(self) -> str:
+        parts = [f"{k} loss {v:.3f}" for k, v in self.losses.items() if v is not None]
+        return "training" + (f" ({', '.join(parts)})" if parts else "")
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "status":
+            if self.bar is None:
+                click.echo(f"punie: {event.message}", err=True)
+            return
+        self.losses[event.kind] = event.loss
+        if self.bar is None:
+            self.bar = click.progressbar(length=self.total, label=self._label(), file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.label = self._label()
+        if event.kind == "train" and event.iteration is not None and event.iteration > self.done:
+            self.bar.update(event.iteration - self.done)
+            self.done = event.iteration
+        else:
+            self.bar.render_progress()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@click.command("train")
+@click.argument("profile", required=False)
+@click.option("--data", "data", required=True, metavar="DIR",
+              help="Directory with train.jsonl and valid.jsonl (or a shipped dataset name: tool-calling).")
+@click.option("--iters", type=click.IntRange(min=1), default=100, show_default=True, help="Training iterations.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (default: min(4, rows of a split)).")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate.")
+@click.option("--rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank.")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="LoRA scale.")
+@click.option("--num-layers", type=int, help="Layers to adapt, -1 for all (default: min(16, model layers)).")
+@click.option("--max-seq-length", type=click.IntRange(min=8), help="Longest sequence (longer rows are cut).")
+@click.option("--fine-tune-type", type=click.Choice(["lora", "dora"]), default="lora", show_default=True)
+@click.option("--val-batches", type=int, help="Validation batches (-1: the whole valid split).")
+@click.option("--seed", type=int, help="Random seed.")
+@click.option("--mask-prompt", is_flag=True, help="Train on the answers only.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Adapter directory to write "
+              "(default: the profile's adapter; adapters/PROFILE-TIME for latest/best/none).")
+@click.option("--dry-run", is_flag=True, help="Check the dataset and print the mlx_lm command; train nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_SET
+@click.pass_context
+def train_command(ctx: click.Context, profile: str | None, data: str, output: str | None, dry_run: bool,
+                  as_json: bool, overrides: tuple[str, ...], **knobs: Any) -> None:
+    """Train a LoRA adapter for PROFILE's base model with mlx_lm lora.
+
+    The dataset is checked first (every problem is reported with file:line).
+    The adapter is written atomically and gets a punie-adapter.json with the
+    base model, its config fingerprint, the dataset hash, iterations and date.
+    """
+    from punie.training.dataset import resolve_data_dir
+    from punie.training.train import TrainOptions, TrainPlan, train_adapter
+
+    resolved = _load(ctx, profile, overrides)
+    options = TrainOptions(**knobs)
+    bar = _TrainBar(options.iters)
+    try:
+        result = train_adapter(
+            resolved, resolve_data_dir(data), options=options, output=output,
+            on_progress=None if (as_json or dry_run) else bar, dry_run=dry_run,
+        )
+    finally:
+        bar.close()
+    if isinstance(result, TrainPlan):
+        if as_json:
+            echo_json(result.model_dump(mode="json", exclude={"env"}))
+        else:
+            click.echo(" ".join(result.argv))
+            click.echo(f"# lora config: {result.lora_config}; output: {result.output}")
+        return
+    if as_json:
+        echo_json(result.model_dump(mode="json"))
+        return
+    losses = ", ".join(
+        f"{name} loss {value:.3f}" for name, value in (("train", result.train_loss), ("val", result.val_loss))
+        if value is not None
+    )
+    click.echo(f"adapter written to {result.adapter_dir} ({result.meta.iters} iters, {losses or 'no loss reported'},"
+               f" {result.seconds:.1f} s)")
+    click.echo(f"base model {result.meta.base_model} (config {result.meta.base_fingerprint}), "
+               f"dataset {result.meta.dataset_hash}")
+    adapter_spec = resolved.profile.adapter
+    if adapter_spec is None:
+        click.echo(f"note: profile '{resolved.name}' uses no adapter; serve this one with "
+                   f"--set adapter={Path(result.adapter_dir).name} or adapter = \"latest\"", err=True)
+
+
+def _fmt(score: float | None) -> str:
+    return "-" if score is None else f"{score:.2f}"
+
+
+def render_report(report: Any) -> str:
+    """The comparison table of an EvalReport (cases, baseline, adapter, total)."""
+    base = report.baseline
+    cand = report.candidate
+    rows = [(c.id, _fmt(b.score), _fmt(c.score), (c.error or b.error or "")[:40])
+            for b, c in zip(base.cases, cand.cases, strict=True)]
+    heads = ("case", base.label, cand.label)
+    widths = [max(len(heads[i]), *(len(r[i]) for r in rows)) for i in range(3)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        text = "  ".join(v.ljust(w) for v, w in zip(row[:3], widths, strict=True))
+        lines.append((text + ("  " + row[3] if row[3] else "")).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    lines.append("  ".join(v.ljust(w) for v, w in zip(("total", _fmt(base.score), _fmt(cand.score)), widths,
+                                                       strict=True)).rstrip())
+    sign = "+" if report.delta >= 0 else ""
+    lines.append(f"suite {report.suite}: {cand.label} {_fmt(cand.score)} vs {base.label} {_fmt(base.score)} "
+                 f"({sign}{report.delta:.2f})")
+    if report.stored_in:
+        lines.append(f"score stored in {report.stored_in}/punie-adapter.json")
+    return "\n".join(lines)
+
+
+@click.command("eval")
+@click.argument("profile", required=False)
+@click.option("--vs", "vs", metavar="OTHER", help="Baseline profile (default: PROFILE without its adapter).")
+@click.option("--suite", "suite", metavar="NAME|FILE", help="Eval suite (default: the shipped tool-calling suite).")
+@click.option("--no-store", is_flag=True, help="Do not record the score in the adapter's metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_SET
+@click.pass_context
+def eval_command(ctx: click.Context, profile: str | None, vs: str | None, suite: str | None, no_store: bool,
+                 as_json: bool, overrides: tuple[str, ...]) -> None:
+    """Score PROFILE (with its adapter) against a baseline on an eval suite.
+
+    Both are served by mlx_lm.server in turn on a free port; each case is a
+    prompt with the expected tool call and keywords, scored 0..1. The score is
+    stored in the adapter's punie-adapter.json (used by adapter = "best").
+    """
+    from punie.training.evaluate import evaluate_profile
+
+    resolved = _load(ctx, profile, overrides)
+    other = _load(ctx, vs, overrides) if vs else None
+
+    def progress(event: Any) -> None:
+        if as_json:
+            return
+        if event.kind == "server":
+            click.echo(f"punie: {event.message}", err=True)
+        elif event.kind == "case" and event.case is not None:
+            click.echo(f"punie: {event.label}: [{event.index + 1}/{event.total}] {event.case.id} "
+                       f"{event.case.score:.2f}", err=True)
+
+    report = evaluate_profile(resolved, vs=other, suite=suite, store=not no_store, on_event=progress)
+    if as_json:
+        echo_json(report.model_dump(mode="json") | {"delta": report.delta})
+    else:
+        click.echo(render_report(report))
 
 
 def register(group: click.Group) -> None:
-    """Add this module's commands to the top-level group."""
+    """Add `train` and `eval` to the top-level group."""
+    group.add_command(train_command)
+    group.add_command(eval_command)

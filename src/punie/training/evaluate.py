@@ -1,0 +1,305 @@
+"""`punie eval`: score a profile's adapter against a baseline on an eval suite.
+
+Both sides are served by mlx_lm.server, one after the other, on a free
+loopback port: the baseline is the same profile WITHOUT its adapter (or
+another profile, ``--vs``), because one server process cannot serve the base
+model reliably: any request ``model`` other than "default_model" silently
+reloads the base model, and back. Requests always send "default_model".
+
+The server command is the launcher's (`punie.launch.prepare`), readiness is the
+launcher's 1-token probe (`punie.launch.readiness.wait_ready`); starting and
+stopping the process is done here (the launcher's supervisor also runs the
+agent, which eval does not want).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict
+
+from punie.adapters.registry import effective_adapter, now_iso, read_meta, update_meta
+from punie.config.models import ResolvedProfile
+from punie.errors import LaunchError, TrainingError, UsageError
+from punie.training.suite import CaseResult, Suite, load_suite, request_body, score_case
+
+logger = logging.getLogger(__name__)
+
+LOG_TAIL = 15
+
+
+class SuiteResult(BaseModel):
+    """One side of an evaluation: every case's result and the mean score."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    profile: str
+    adapter: str | None
+    score: float
+    cases: list[CaseResult]
+    seconds: float
+
+
+class EvalReport(BaseModel):
+    """Baseline and candidate results of one suite, and where the score was stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    suite: str
+    baseline: SuiteResult
+    candidate: SuiteResult
+    stored_in: str | None = None
+
+    @property
+    def delta(self) -> float:
+        return round(self.candidate.score - self.baseline.score, 4)
+
+
+class EvalEvent(BaseModel):
+    """Progress of an evaluation, for the CLI to render."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["server", "ready", "case", "stopped"]
+    label: str
+    message: str | None = None
+    case: CaseResult | None = None
+    index: int | None = None
+    total: int | None = None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def without_adapter(resolved: ResolvedProfile) -> ResolvedProfile:
+    """The same profile serving its bare base model."""
+    profile = resolved.profile.model_copy(update={"adapter": None, "adapters": []})
+    return resolved.model_copy(update={"profile": profile})
+
+
+def _on_port(resolved: ResolvedProfile, port: int) -> ResolvedProfile:
+    server = resolved.profile.server.model_copy(update={"port": port, "host": "127.0.0.1"})
+    return resolved.model_copy(update={"profile": resolved.profile.model_copy(update={"server": server})})
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n  ".join(lines[-LOG_TAIL:])
+
+
+async def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, timeout: float) -> str | None:
+    """None when ready; else why not (process exited, generation thread died, timeout)."""
+    from punie.launch.readiness import ProbeFailed, wait_ready
+
+    outcome: dict[str, str | None] = {}
+
+    async def probe() -> None:
+        try:
+            await wait_ready(base_url)
+            outcome["result"] = None
+        except ProbeFailed as exc:
+            outcome["result"] = f"{exc.reason}: {exc.detail}"
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(probe)
+            while "result" not in outcome and proc.poll() is None:
+                await anyio.sleep(0.1)
+            tg.cancel_scope.cancel()
+    if "result" in outcome:
+        return outcome["result"]
+    if proc.poll() is not None:
+        return f"the server exited (code {proc.returncode})"
+    return f"the server did not answer a 1-token completion within {timeout:g} s"
+
+
+@contextlib.contextmanager
+def serve(resolved: ResolvedProfile, *, log_dir: Path) -> Iterator[tuple[str, str | None]]:
+    """Start mlx_lm.server for ``resolved`` on a free port; yield (base URL ending in /v1, adapter)."""
+    from punie.launch.prepare import prepare
+
+    if resolved.profile.server.url:
+        url = resolved.profile.server.url.rstrip("/")
+        yield (url if url.endswith("/v1") else url + "/v1"), None
+        return
+    plan = prepare(_on_port(resolved, free_port()), check=False, provision=True, log_dir=log_dir)
+    assert plan.server_argv is not None
+    for folder in plan.ensure_dirs:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"eval-{resolved.name}-{plan.port}.log"
+    env = dict(os.environ) | plan.server_env
+    env.setdefault("MLX_DISABLE_COMPILE", "1")
+    logger.info("starting %s", " ".join(plan.server_argv))
+    with open(log_path, "wb") as log:
+        try:
+            proc = subprocess.Popen(
+                list(plan.server_argv), env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, cwd=plan.cwd, start_new_session=True,
+            )
+        except OSError as exc:
+            raise LaunchError(f"cannot start mlx_lm.server: {exc}") from exc
+    try:
+        problem = anyio.run(_wait_ready, proc, plan.base_url, resolved.profile.server.ready_timeout)
+        if problem is not None:
+            raise LaunchError(
+                f"{problem}; last lines of {log_path}:\n  {_tail(log_path)}", where=f"profiles.{resolved.name}"
+            )
+        yield plan.base_url, plan.adapter
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM is a clean stop for mlx_lm.server (SIGINT may abort)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_suite(
+    base_url: str,
+    suite: Suite,
+    *,
+    label: str,
+    timeout: float = 120.0,
+    on_case: Callable[[int, CaseResult], None] | None = None,
+) -> tuple[float, list[CaseResult]]:
+    """Ask every case of ``suite`` at ``base_url`` (…/v1); return (mean score, results)."""
+    import httpx
+
+    results: list[CaseResult] = []
+    url = base_url.rstrip("/") + "/chat/completions"
+    loopback = (httpx.URL(url).host or "") in {"127.0.0.1", "localhost", "::1"}
+    with httpx.Client(timeout=timeout, trust_env=not loopback) as client:
+        for index, case in enumerate(suite.cases):
+            try:
+                response = client.post(url, json=request_body(suite, case))
+                response.raise_for_status()
+                message = response.json()["choices"][0]["message"]
+                result = score_case(case, message)
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+                logger.warning("%s: case %s failed: %s", label, case.id, exc)
+                result = CaseResult(id=case.id, score=0.0, error=str(exc)[:300])
+            results.append(result)
+            if on_case is not None:
+                on_case(index, result)
+    return round(sum(r.score for r in results) / len(results), 4), results
+
+
+def _side(
+    resolved: ResolvedProfile,
+    suite: Suite,
+    *,
+    label: str,
+    log_dir: Path,
+    on_event: Callable[[EvalEvent], None],
+) -> SuiteResult:
+    started = time.monotonic()
+    url = resolved.profile.server.url
+    what = f"using the running server {url} for {label}" if url else f"starting mlx_lm.server for {label}"
+    on_event(EvalEvent(kind="server", label=label, message=what))
+    with serve(resolved, log_dir=log_dir) as (base_url, adapter):
+        on_event(EvalEvent(kind="ready", label=label, message=base_url))
+
+        def case_done(index: int, result: CaseResult) -> None:
+            on_event(EvalEvent(kind="case", label=label, case=result, index=index, total=len(suite.cases)))
+
+        score, results = run_suite(base_url, suite, label=label, on_case=case_done)
+    on_event(EvalEvent(kind="stopped", label=label))
+    return SuiteResult(
+        label=label, profile=resolved.name, adapter=adapter, score=score, cases=results,
+        seconds=round(time.monotonic() - started, 2),
+    )
+
+
+def store_result(adapter_dir: Path, report: EvalReport) -> Path:
+    """Record the score and the suite's results in the adapter's ``punie-adapter.json``."""
+    meta = read_meta(adapter_dir)
+    previous = dict((meta.eval or {}) if meta else {})
+    suites = dict(previous.get("suites") or {})
+    suites[report.suite] = {
+        "score": report.candidate.score,
+        "baseline_score": report.baseline.score,
+        "baseline": report.baseline.label,
+        "date": now_iso(),
+        "cases": {c.id: {"score": c.score, "baseline": b.score} for c, b in zip(
+            report.candidate.cases, report.baseline.cases, strict=True)},
+    }
+    update_meta(adapter_dir, score=report.candidate.score, eval={"last_suite": report.suite, "suites": suites})
+    return adapter_dir
+
+
+def evaluate_profile(
+    resolved: ResolvedProfile,
+    *,
+    vs: ResolvedProfile | None = None,
+    suite: str | Path | None = None,
+    store: bool = True,
+    on_event: Callable[[EvalEvent], Any] | None = None,
+) -> EvalReport:
+    """Run the suite against the baseline, then against the profile (with its adapter).
+
+    The baseline is ``vs`` or the profile without adapter. The candidate's score
+    is stored in its adapter's metadata (``store``). Raises UsageError when
+    there is nothing to compare, LaunchError when a server does not come up.
+    """
+    loaded = load_suite(suite)
+    adapter_dir = effective_adapter(resolved)
+    if adapter_dir is None and vs is None:
+        raise UsageError(
+            f"profile '{resolved.name}' has no adapter: nothing to compare with its base model",
+            hint="set `adapter` in the profile (or --set adapter=latest), or compare with --vs OTHER",
+        )
+    baseline_profile = vs if vs is not None else without_adapter(resolved)
+    if baseline_profile.profile.server.url and vs is None:
+        raise UsageError(
+            f"profile '{resolved.name}' uses an external server (server.url): its baseline cannot be started",
+            hint="compare with another profile: --vs OTHER",
+        )
+    emit = on_event or (lambda event: None)
+    baseline_label = vs.name if vs is not None else f"{resolved.name} (no adapter)"
+    with tempfile.TemporaryDirectory(prefix="punie-eval-") as tmp:
+        log_dir = Path(tmp)
+        try:
+            baseline = _side(baseline_profile, loaded, label=baseline_label, log_dir=log_dir, on_event=emit)
+            candidate = _side(resolved, loaded, label=resolved.name, log_dir=log_dir, on_event=emit)
+        except LaunchError:
+            raise
+        except OSError as exc:
+            raise TrainingError(f"evaluation failed: {exc}") from exc
+    report = EvalReport(suite=loaded.name, baseline=baseline, candidate=candidate)
+    if store and adapter_dir is not None:
+        store_result(adapter_dir, report)
+        report = report.model_copy(update={"stored_in": str(adapter_dir)})
+    return report
+
+
+__all__ = [
+    "EvalEvent",
+    "EvalReport",
+    "SuiteResult",
+    "evaluate_profile",
+    "free_port",
+    "run_suite",
+    "serve",
+    "store_result",
+    "without_adapter",
+]
+

@@ -1,0 +1,203 @@
+"""Eval suites: prompts with the tool call and keywords a good answer has, and their scoring.
+
+A suite is a JSON file (shipped ones live in ``punie/data/eval/``)::
+
+    {"name": "tool-calling", "max_tokens": 96, "system": "...",
+     "tools": [{"type": "function", "function": {"name": "read_file", ...}}, ...],
+     "cases": [{"id": "read-readme", "prompt": "Show me README.md",
+                "expect_tool": "read_file", "expect_args": ["README.md"]}, ...]}
+
+Each case scores 0..1: the mean of its parts, which are (when the case asks
+for them) the right tool name, the fraction of argument keywords found in the
+call's arguments, and the fraction of answer keywords found in the text. A
+case with ``expect_tool: null`` and ``no_tool: true`` wants a plain answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from punie.errors import TrainingError, UsageError, did_you_mean
+
+SUITE_PACKAGE = "punie.data"
+SUITE_DIR = "eval"
+DEFAULT_SUITE = "tool-calling"
+_TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(\{.*?)\s*(?:</tool_call>|\Z)", re.DOTALL)
+
+
+class EvalCase(BaseModel):
+    """One prompt and what a good answer contains."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    prompt: str
+    tools: list[str] | None = Field(None, description="Names of the suite's tools offered (default: all).")
+    expect_tool: str | None = None
+    expect_args: list[str] = Field(default_factory=list, description="Keywords expected in the arguments.")
+    expect_keywords: list[str] = Field(default_factory=list, description="Keywords expected in the answer text.")
+    no_tool: bool = Field(False, description="The answer must not call a tool.")
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> EvalCase:
+        if not (self.expect_tool or self.expect_keywords or self.no_tool):
+            raise ValueError("a case needs expect_tool, expect_keywords or no_tool")
+        return self
+
+
+class Suite(BaseModel):
+    """A named list of cases with the tools they may use."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str | None = None
+    system: str | None = None
+    max_tokens: int = Field(96, ge=1)
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    cases: list[EvalCase] = Field(min_length=1)
+
+    def tool_names(self) -> list[str]:
+        return [t.get("function", {}).get("name", "") for t in self.tools]
+
+    @model_validator(mode="after")
+    def _known_tools(self) -> Suite:
+        names = set(self.tool_names())
+        for case in self.cases:
+            for name in case.tools or []:
+                if name not in names:
+                    raise ValueError(f"case {case.id!r}: tool {name!r} is not defined in the suite's tools")
+        return self
+
+    def tools_for(self, case: EvalCase) -> list[dict[str, Any]]:
+        if case.tools is None:
+            return list(self.tools)
+        return [t for t in self.tools if t.get("function", {}).get("name") in case.tools]
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    arguments: str
+
+
+class CaseResult(BaseModel):
+    """What the model answered to one case and its score."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    score: float
+    tool_call: ToolCall | None = None
+    text: str = ""
+    error: str | None = None
+
+
+def shipped_suites() -> list[str]:
+    """Names of the suites that ship with Punie."""
+    folder = resources.files(SUITE_PACKAGE).joinpath(SUITE_DIR)
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_suite(spec: str | Path | None = None) -> Suite:
+    """A suite by shipped name (default ``tool-calling``) or JSON file path."""
+    spec = DEFAULT_SUITE if spec is None else spec
+    path = Path(spec).expanduser()
+    if path.suffix == ".json" or path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read eval suite: {exc.strerror or exc}", where=str(path)) from exc
+        where = str(path)
+    else:
+        names = shipped_suites()
+        if str(spec) not in names:
+            raise UsageError(
+                f"no eval suite '{spec}' (shipped: {', '.join(names)})", hint=did_you_mean(str(spec), names)
+            )
+        text = resources.files(SUITE_PACKAGE).joinpath(SUITE_DIR, f"{spec}.json").read_text(encoding="utf-8")
+        where = f"punie/data/{SUITE_DIR}/{spec}.json"
+    try:
+        return Suite.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise TrainingError(f"{loc + ': ' if loc else ''}{first['msg']}", where=where) from exc
+
+
+def request_body(suite: Suite, case: EvalCase) -> dict[str, Any]:
+    """The /v1/chat/completions body of a case (model "default_model": the served adapter)."""
+    messages: list[dict[str, Any]] = []
+    if suite.system:
+        messages.append({"role": "system", "content": suite.system})
+    messages.append({"role": "user", "content": case.prompt})
+    body: dict[str, Any] = {
+        "model": "default_model",
+        "messages": messages,
+        "max_tokens": suite.max_tokens,
+        "temperature": 0.0,
+    }
+    tools = suite.tools_for(case)
+    if tools:
+        body["tools"] = tools
+    return body
+
+
+def extract_tool_call(message: dict[str, Any]) -> ToolCall | None:
+    """The first tool call of an assistant message: parsed by the server, or written in its text.
+
+    Small models often write ``<tool_call>{"name": ..., "arguments": ...}`` that
+    the server does not parse (unterminated, extra text): it still counts.
+    """
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        if isinstance(fn, dict) and fn.get("name"):
+            args = fn.get("arguments", "")
+            return ToolCall(name=str(fn["name"]), arguments=args if isinstance(args, str) else json.dumps(args))
+    text = message.get("content") or ""
+    for found in _TOOL_CALL_TAG.finditer(text):
+        try:
+            data = json.loads(found.group(1))
+        except ValueError:
+            name = re.search(r'"name"\s*:\s*"([^"]+)"', found.group(1))
+            if name:
+                return ToolCall(name=name.group(1), arguments=found.group(1))
+            continue
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            args = data.get("arguments", {})
+            return ToolCall(name=data["name"], arguments=args if isinstance(args, str) else json.dumps(args))
+    return None
+
+
+def _fraction(keywords: list[str], text: str) -> float:
+    low = text.lower()
+    return sum(1 for k in keywords if k.lower() in low) / len(keywords)
+
+
+def score_case(case: EvalCase, message: dict[str, Any]) -> CaseResult:
+    """Score an assistant message (OpenAI format) against the case."""
+    call = extract_tool_call(message)
+    text = message.get("content") or ""
+    parts: list[float] = []
+    if case.expect_tool:
+        parts.append(1.0 if call is not None and call.name == case.expect_tool else 0.0)
+        if case.expect_args:
+            parts.append(_fraction(case.expect_args, call.arguments) if call is not None else 0.0)
+    if case.no_tool:
+        parts.append(0.0 if call is not None else 1.0)
+    if case.expect_keywords:
+        parts.append(_fraction(case.expect_keywords, text))
+    score = sum(parts) / len(parts)
+    return CaseResult(id=case.id, score=round(score, 4), tool_call=call, text=text[:300])
+
+
+def run_suite_cases_count(spec: str | Path | None = None) -> int:
+    """Number of cases of a suite (default: the shipped one)."""
+    return len(load_suite(spec).cases)

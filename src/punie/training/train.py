@@ -1,0 +1,397 @@
+"""`punie train`: run ``mlx_lm lora`` for a profile's base model and register the adapter.
+
+The command line is built by a pure function (`build_train_plan`) so a dry run
+and a real run share it. mlx_lm writes ``adapter_config.json`` before it
+trains, so a crashed run would leave a config without weights: training goes
+into a hidden staging directory beside the target, which replaces the target
+only when mlx_lm succeeded (the old adapter is kept otherwise). Progress lines
+of mlx_lm are parsed into `ProgressEvent` values handed to a callback; this
+module never prints.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from punie.adapters.registry import (
+    ADAPTERS_DIR,
+    SPECIAL_SPECS,
+    WEIGHTS_FILE,
+    AdapterMeta,
+    config_fingerprint,
+    now_iso,
+    write_meta,
+)
+from punie.config.models import ResolvedProfile
+from punie.errors import ModelError, TrainingError, UsageError
+from punie.training.dataset import DatasetInfo, validate_dataset
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NUM_LAYERS = 16
+DEFAULT_BATCH_SIZE = 4
+TAIL_LINES = 40
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# mlx-lm >= 0.30 prints a table ("   10    2.345 ▼    1,234    0.1k" and
+# "   10    val 2.345    0.12s"); older versions print "Iter 10: Train loss 2.345, ...".
+_TABLE_TRAIN = re.compile(r"^\s*(\d+)\s+(-?[\d.]+(?:e[-+]?\d+)?|nan|inf)\s+[▼▲]")
+_TABLE_VAL = re.compile(r"^\s*(\d+)\s+val\s+(-?[\d.]+(?:e[-+]?\d+)?|nan|inf)\b")
+_OLD_TRAIN = re.compile(r"Iter\s+(\d+):\s+Train loss\s+(-?[\d.]+|nan|inf)", re.IGNORECASE)
+_OLD_VAL = re.compile(r"Iter\s+(\d+):\s+Val loss\s+(-?[\d.]+|nan|inf)", re.IGNORECASE)
+_STATUS = ("Loading pretrained model", "Loading datasets", "Training")
+
+
+class TrainOptions(BaseModel):
+    """Knobs of one training run (None: Punie's or mlx_lm's default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iters: int = Field(100, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0)
+    rank: int = Field(8, ge=1)
+    scale: float = Field(20.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    num_layers: int | None = Field(None, description="Layers to adapt (-1: all); default min(16, model layers).")
+    max_seq_length: int | None = Field(None, ge=8)
+    fine_tune_type: Literal["lora", "dora"] = "lora"
+    val_batches: int | None = Field(None, description="Validation batches (-1: whole valid split).")
+    steps_per_eval: int | None = Field(None, ge=1)
+    steps_per_report: int | None = Field(None, ge=1)
+    seed: int | None = None
+    mask_prompt: bool = False
+
+
+class TrainPlan(BaseModel):
+    """What `punie train` runs: pure value, built by `build_train_plan`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    lora_config: dict[str, object]
+    model_dir: str
+    base_model: str
+    data_dir: str
+    output: str
+    staging: str
+    config_file: str
+    iters: int
+    num_layers: int
+    batch_size: int
+
+
+class ProgressEvent(BaseModel):
+    """One thing mlx_lm reported: a train or validation loss, or a status line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["train", "val", "status"]
+    iteration: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    message: str | None = None
+
+
+class TrainResult(BaseModel):
+    """A finished run: where the adapter is and what was recorded about it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    adapter_dir: str
+    meta: AdapterMeta
+    train_loss: float | None = None
+    val_loss: float | None = None
+    seconds: float
+
+
+def parse_progress_line(line: str, total: int | None = None) -> ProgressEvent | None:
+    """A progress event for one line of mlx_lm lora output, or None for other lines."""
+    text = _ANSI.sub("", line).rstrip()
+    for pattern, kind in ((_TABLE_VAL, "val"), (_OLD_VAL, "val"), (_TABLE_TRAIN, "train"), (_OLD_TRAIN, "train")):
+        found = pattern.search(text) if pattern in (_OLD_TRAIN, _OLD_VAL) else pattern.match(text)
+        if found:
+            return ProgressEvent(kind=kind, iteration=int(found.group(1)), total=total, loss=float(found.group(2)))
+    stripped = text.strip()
+    if stripped.startswith(_STATUS):
+        return ProgressEvent(kind="status", total=total, message=stripped)
+    return None
+
+
+def model_layer_count(model_dir: str | Path) -> int | None:
+    """``num_hidden_layers`` of a model's config.json (also in ``text_config``), None if absent."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for scope in (config, config.get("text_config") or {}):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            value = scope.get(key) if isinstance(scope, dict) else None
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def default_output(resolved: ResolvedProfile, *, stamp: str | None = None) -> Path:
+    """Where `punie train PROFILE` writes without --output.
+
+    The profile's adapter path or name; for ``latest``/``best`` or no adapter a
+    new ``adapters/<profile>-<time>`` directory (which ``latest`` then picks).
+    """
+    profile = resolved.profile
+    project = Path(resolved.project_dir)
+    if profile.adapters:
+        raise UsageError(
+            f"profile '{resolved.name}' composes several adapters: say which to write with --output"
+        )
+    spec = profile.adapter
+    if spec is None or spec in SPECIAL_SPECS:
+        stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+        return project / ADAPTERS_DIR / f"{resolved.name}-{stamp}"
+    path = Path(spec).expanduser()
+    if path.is_absolute():
+        return path
+    if len(path.parts) == 1 and not spec.startswith("."):
+        return project / ADAPTERS_DIR / spec
+    return project / path
+
+
+def train_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the mlx_lm child: offline, no JIT compile, unbuffered plain output."""
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("MLX_DISABLE_COMPILE", "1")
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["NO_COLOR"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "HF_HUB_CACHE" not in env:
+        from punie.launch.plan import default_hf_hub_cache
+
+        env["HF_HUB_CACHE"] = default_hf_hub_cache(env)
+    return env
+
+
+def build_train_plan(
+    *,
+    model_dir: Path,
+    base_model: str,
+    model_layers: int | None,
+    dataset: DatasetInfo,
+    output: Path,
+    staging: Path,
+    config_file: Path,
+    options: TrainOptions,
+    python: str = sys.executable,
+    environ: Mapping[str, str] | None = None,
+) -> TrainPlan:
+    """The mlx_lm lora command for one run (pure: reads and starts nothing)."""
+    if options.num_layers is not None:
+        num_layers = options.num_layers
+        if model_layers is not None and num_layers > model_layers:
+            raise UsageError(f"--num-layers {num_layers}: the model has only {model_layers} layers")
+    else:
+        # mlx_lm's default of 16 breaks models with fewer layers (the tiny test model has 2).
+        num_layers = min(DEFAULT_NUM_LAYERS, model_layers) if model_layers else DEFAULT_NUM_LAYERS
+    smallest = min((dataset.splits[s].rows for s in ("train", "valid") if s in dataset.splits), default=1)
+    batch_size = options.batch_size or min(DEFAULT_BATCH_SIZE, smallest)
+    if batch_size > smallest:
+        raise UsageError(f"--batch-size {batch_size} is larger than the smallest split ({smallest} rows)")
+    iters = options.iters
+    argv = [
+        python, "-m", "mlx_lm", "lora",
+        "--model", str(model_dir),
+        "--train",
+        "--data", dataset.path,
+        "--fine-tune-type", options.fine_tune_type,
+        "--iters", str(iters),
+        "--batch-size", str(batch_size),
+        "--num-layers", str(num_layers),
+        "--adapter-path", str(staging),
+        "--steps-per-report", str(options.steps_per_report or max(1, iters // 50)),
+        "--steps-per-eval", str(options.steps_per_eval or iters),
+        "--save-every", str(iters + 1),  # checkpoints are not kept: only the final adapter
+        "-c", str(config_file),
+    ]
+    if options.learning_rate is not None:
+        argv += ["--learning-rate", repr(options.learning_rate)]
+    if options.max_seq_length is not None:
+        argv += ["--max-seq-length", str(options.max_seq_length)]
+    if options.val_batches is not None:
+        argv += ["--val-batches", str(options.val_batches)]
+    if options.seed is not None:
+        argv += ["--seed", str(options.seed)]
+    if options.mask_prompt:
+        argv += ["--mask-prompt"]
+    lora = {"rank": options.rank, "scale": options.scale, "dropout": options.dropout}
+    return TrainPlan(
+        argv=tuple(argv),
+        env=train_env(environ),
+        lora_config={"lora_parameters": lora},
+        model_dir=str(model_dir),
+        base_model=base_model,
+        data_dir=dataset.path,
+        output=str(output),
+        staging=str(staging),
+        config_file=str(config_file),
+        iters=iters,
+        num_layers=num_layers,
+        batch_size=batch_size,
+    )
+
+
+def _model_for(resolved: ResolvedProfile) -> tuple[Path, str]:
+    """The base model directory of the profile and the spec recorded in the metadata."""
+    from punie.launch.prepare import resolve_model_path
+
+    spec = resolved.profile.model
+    model_dir = resolve_model_path(resolved, provision=True)
+    if not (model_dir / "config.json").is_file():
+        raise ModelError("not a model directory (no config.json)", where=str(model_dir))
+    local = Path(spec or "").expanduser()
+    local = local if local.is_absolute() else Path(resolved.project_dir) / local
+    base = str(model_dir) if spec and local.exists() else str(spec)
+    return model_dir, base
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _swap_into_place(staging: Path, output: Path) -> None:
+    """Replace ``output`` by ``staging`` (renames within one directory)."""
+    # mkdtemp makes a private (0700) directory; the adapter gets the usual permissions.
+    os.chmod(staging, 0o777 & ~_umask())
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+        os.rename(output, old / output.name)
+        os.rename(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, output)
+
+
+def run_plan(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | None = None) -> tuple[int, list[str]]:
+    """Run mlx_lm lora, feeding progress events; return (exit code, last lines of output)."""
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    Path(plan.env["HF_HUB_CACHE"]).mkdir(parents=True, exist_ok=True)
+    logger.info("running %s", " ".join(plan.argv))
+    try:
+        proc = subprocess.Popen(
+            plan.argv, env=plan.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
+        )
+    except OSError as exc:
+        raise TrainingError(f"cannot start mlx_lm: {exc}") from exc
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = _ANSI.sub("", raw.rstrip("\n"))
+            tail.append(line)
+            logger.debug("mlx_lm | %s", line)
+            event = parse_progress_line(line, plan.iters)
+            if event is not None and on_progress is not None:
+                on_progress(event)
+        return proc.wait(), list(tail)
+    finally:
+        if proc.poll() is None:
+            # Interrupted (Ctrl-C in the parent): stop the child; SIGTERM is a clean stop for mlx.
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def train_adapter(
+    resolved: ResolvedProfile,
+    data_dir: str | Path,
+    *,
+    options: TrainOptions | None = None,
+    output: str | Path | None = None,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    on_plan: Callable[[TrainPlan], None] | None = None,
+    dry_run: bool = False,
+) -> TrainResult | TrainPlan:
+    """Validate the dataset, train an adapter for the profile's base model, record its metadata.
+
+    Returns the plan for a dry run (nothing is written). Raises TrainingError
+    for dataset problems (all of them, with file:line) and mlx_lm failures;
+    the previous adapter at the target is kept when training fails.
+    """
+    options = options or TrainOptions()
+    dataset = validate_dataset(data_dir)
+    dataset = dataset.model_copy(update={"path": str(Path(dataset.path).resolve())})
+    target = Path(output).expanduser() if output is not None else default_output(resolved)
+    target = target.resolve()
+    model_dir, base_model = _model_for(resolved)
+    fingerprint = config_fingerprint(model_dir)
+    staging_hint = target.parent / f".{target.name}.staging"
+    plan_args = dict(
+        model_dir=model_dir, base_model=base_model, model_layers=model_layer_count(model_dir),
+        dataset=dataset, output=target, options=options,
+    )
+    if dry_run:
+        plan = build_train_plan(**plan_args, staging=staging_hint, config_file=staging_hint / "lora.yaml")
+        if on_plan:
+            on_plan(plan)
+        return plan
+    if target.exists() and not target.is_dir():
+        raise UsageError("output exists and is not a directory", where=str(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    fd, config_name = tempfile.mkstemp(prefix=f".{target.name}.lora-", suffix=".yaml", dir=target.parent)
+    os.close(fd)
+    config_file = Path(config_name)
+    started = time.monotonic()
+    try:
+        plan = build_train_plan(**plan_args, staging=staging, config_file=config_file)
+        if on_plan:
+            on_plan(plan)
+        # JSON is YAML: mlx_lm reads the -c file with yaml.load.
+        config_file.write_text(json.dumps(plan.lora_config), encoding="utf-8")
+        losses: dict[str, float | None] = {"train": None, "val": None}
+
+        def progress(event: ProgressEvent) -> None:
+            if event.kind in losses:
+                losses[event.kind] = event.loss
+            if on_progress is not None:
+                on_progress(event)
+
+        code, tail = run_plan(plan, progress)
+        if code != 0 or not (staging / WEIGHTS_FILE).is_file():
+            kept = " (the previous adapter is kept)" if target.exists() else ""
+            raise TrainingError(
+                f"mlx_lm lora failed (exit code {code}){kept}; its last output:\n  " + "\n  ".join(tail[-15:]),
+                where=str(target),
+            )
+        meta = AdapterMeta(
+            base_model=base_model, base_fingerprint=fingerprint, dataset_hash=dataset.hash,
+            iters=plan.iters, created=now_iso(), score=None, eval=None,
+        )
+        write_meta(staging, meta)
+        _swap_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        config_file.unlink(missing_ok=True)
+    logger.info("adapter written to %s", target)
+    return TrainResult(
+        adapter_dir=str(target), meta=meta, train_loss=losses["train"], val_loss=losses["val"],
+        seconds=round(time.monotonic() - started, 2),
+    )
