@@ -70,7 +70,7 @@ def test_set_existing_string_keeps_single_quotes() -> None:
 
 def test_set_string_needing_escapes_switches_to_double_quotes() -> None:
     after = set_value(FILE, "base", "description", "it's")
-    assert "description = \"it's\"" in after
+    assert 'description = "it\'s"' in after
     assert tomllib.loads(after)["profiles"]["base"]["description"] == "it's"
 
 
@@ -179,7 +179,7 @@ def test_no_profile_hint_is_did_you_mean() -> None:
 
 def test_new_profile_appends_a_table() -> None:
     after = new_profile(FILE, "fresh")
-    assert after == FILE + '\n[profiles.fresh]\n'
+    assert after == FILE + "\n[profiles.fresh]\n"
     validate_text(after)
 
 
@@ -324,3 +324,15 @@ def test_parse_value_rule() -> None:
     assert parse_value('"8081"') == "8081"
     assert parse_value("builtin:smollm2-135m-instruct") == "builtin:smollm2-135m-instruct"
     assert parse_value('["a", "b"]') == ["a", "b"]
+
+
+@pytest.mark.parametrize("key", ["", "a..b", "a = 1\nb", "server.port = 2 #", "[x]"])
+def test_split_key_refuses_non_keys(key: str) -> None:
+    with pytest.raises(UsageError, match="not a valid key"):
+        set_value(FILE, "base", key, 1)
+
+
+def test_quoted_key_parts() -> None:
+    after = set_value(FILE, "base", 'server.chat_template_args."enable.thinking"', True)
+    assert tomllib.loads(after)["profiles"]["base"]["server"]["chat_template_args"] == {"enable.thinking": True}
+    assert unset_value(after, "base", 'server.chat_template_args."enable.thinking"') == FILE

@@ -204,6 +204,10 @@ def schema_command(output: str | None, check: bool) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Add `profiles` and `schema` to the top-level group."""
+    """Add `profiles` (with the editing subcommands) and `schema` to the top-level group."""
+    from punie.cli.profiles_edit import attach
+
+    if "set" not in profiles_group.commands:
+        attach(profiles_group)
     group.add_command(profiles_group)
     group.add_command(schema_command)

@@ -64,9 +64,9 @@ def _shown(path: Path) -> str:
 
 def _edit(ctx: click.Context, fn: Callable[[str], str], message: str, *, create: bool = False) -> None:
     path = _config_path(ctx, create=create)
-    before = path.read_text(encoding="utf-8") if path.exists() else None
-    after = apply_edit(path, fn, create=create)
-    _done(path, message if after != before else "nothing changed")
+    before = path.read_bytes() if path.is_file() else None
+    apply_edit(path, fn, create=create)
+    _done(path, message if path.read_bytes() != before else "nothing changed")
 
 
 def attach(group: click.Group) -> None:
@@ -123,9 +123,7 @@ def rename_command(ctx: click.Context, old: str, new: str) -> None:
 
 @click.command("rm")
 @click.argument("name")
-@click.option(
-    "--force", is_flag=True, help="Also drop `extends` and default_profile entries that point at NAME."
-)
+@click.option("--force", is_flag=True, help="Also drop `extends` and default_profile entries that point at NAME.")
 @click.pass_context
 def rm_command(ctx: click.Context, name: str, force: bool) -> None:
     """Remove profile NAME (refused while other profiles extend it, unless --force)."""

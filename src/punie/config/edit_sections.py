@@ -1,0 +1,115 @@
+"""Table headers of a TOML text and the lines each one spans.
+
+`rename`, `rm`, `new --from` and `edit` move whole ``[profiles.NAME...]``
+tables; they work on lines so that everything else stays byte for byte.
+A line starting with ``[`` is a header only when the text before it is a
+complete TOML document (not inside a multi-line string or array).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from punie.config.edit_tables import render_key
+
+
+@dataclass(frozen=True)
+class Section:
+    """Lines ``start:end`` (0-based, end exclusive) of one ``[table]`` and the
+    comment lines right above its header; ``header`` is the header's line."""
+
+    path: tuple[str, ...]
+    start: int
+    header: int
+    end: int
+    array: bool
+
+
+def _valid_prefix(lines: list[str], upto: int) -> bool:
+    try:
+        tomllib.loads("".join(lines[:upto]))
+    except tomllib.TOMLDecodeError:
+        return False
+    return True
+
+
+def _header_path(line: str) -> tuple[tuple[str, ...], bool]:
+    stripped = line.strip()
+    array = stripped.startswith("[[")
+    data: Any = tomllib.loads(line if line.endswith("\n") else line + "\n")
+    parts: list[str] = []
+    while isinstance(data, dict) and data:
+        ((key, data),) = data.items()
+        parts.append(key)
+        if isinstance(data, list):
+            break
+    return tuple(parts), array
+
+
+def sections(text: str) -> list[Section]:
+    """Every table header of a valid TOML ``text`` with its line span."""
+    lines = text.splitlines(keepends=True)
+    headers: list[int] = []
+    for number, line in enumerate(lines):
+        if line.lstrip().startswith("[") and _valid_prefix(lines, number):
+            headers.append(number)
+    result: list[Section] = []
+    for position, header in enumerate(headers):
+        start = header
+        floor = headers[position - 1] + 1 if position else 0
+        while start - 1 >= floor and lines[start - 1].lstrip().startswith("#") and _valid_prefix(lines, start - 1):
+            start -= 1
+        path, array = _header_path(lines[header])
+        result.append(Section(path, start, header, len(lines), array))
+    for position in range(len(result) - 1):
+        current, following = result[position], result[position + 1]
+        result[position] = Section(current.path, current.start, current.header, following.start, current.array)
+    return result
+
+
+def profile_sections(text: str, name: str) -> list[Section]:
+    return [s for s in sections(text) if s.path[:2] == ("profiles", name)]
+
+
+def table_form(text: str, name: str) -> list[Section]:
+    """The sections of a profile written as ``[profiles.NAME...]`` tables only, or []
+    when (part of) it is written another way (inline table, dotted keys)."""
+    found = profile_sections(text, name)
+    if not found:
+        return []
+    lines = text.splitlines(keepends=True)
+    snippet = "".join("".join(lines[s.start : s.end]) for s in found)
+    whole = tomllib.loads(text).get("profiles", {}).get(name)
+    try:
+        alone = tomllib.loads(snippet).get("profiles", {}).get(name)
+    except tomllib.TOMLDecodeError:
+        return []
+    return found if alone == whole else []
+
+
+def _header_end(line: str) -> int:
+    """Index just after the closing bracket(s) of the header on ``line``."""
+    i = line.index("[")
+    while i < len(line):
+        c = line[i]
+        if c in "\"'":
+            j = i + 1
+            while j < len(line) and line[j] != c:
+                j += 2 if c == '"' and line[j] == "\\" else 1
+            i = j + 1
+            continue
+        if c == "]":
+            return i + 2 if line.startswith("]]", i) else i + 1
+        i += 1
+    raise ValueError(f"not a table header: {line!r}")
+
+
+def rewrite_header(line: str, path: Sequence[str], array: bool) -> str:
+    """The header line for ``path``, keeping its indentation and what follows it."""
+    indent = line[: len(line) - len(line.lstrip())]
+    tail = line[_header_end(line) :]
+    keys = ".".join(render_key(p) for p in path)
+    return f"{indent}{'[[' if array else '['}{keys}{']]' if array else ']'}{tail}"
