@@ -283,7 +283,7 @@ def test_refuses_disagreeing_shapes_naming_the_module(tmp_path: Path) -> None:
     [
         (lambda d: (d / "adapters.safetensors").unlink(), "no adapters.safetensors"),
         (lambda d: (d / "adapter_config.json").write_text("{nope"), "cannot parse"),
-        (lambda d: (d / "adapters.safetensors").write_bytes(b"\x10\x00"), "shorter than a safetensors header"),
+        (lambda d: (d / "adapters.safetensors").write_bytes(b"\x10\x00"), "shorter than the 8-byte header length"),
         (lambda d: (d / "adapters.safetensors").write_bytes((10**9).to_bytes(8, "little") + b"{}"), "exceeds"),
         (lambda d: (d / "adapter_config.json").write_text(
             json.dumps({"num_layers": 1, "lora_parameters": {"rank": 2, "alpha": 16}})), "scale is missing"),
@@ -303,7 +303,7 @@ def test_truncated_tensor_data_is_corrupt(tmp_path: Path) -> None:
     a = make_part(tmp_path / "a", rank=2, layers=[0], keys=["mlp.up_proj"])
     data = (a / "adapters.safetensors").read_bytes()
     (a / "adapters.safetensors").write_bytes(data[:-16])
-    with pytest.raises(CorruptFileError, match="points at bytes"):
+    with pytest.raises(CorruptFileError, match="outside the .*data section"):
         plan_composition([(a, 1.0)])
 
 
@@ -397,8 +397,6 @@ def test_cli_compose_writes_and_reports(tmp_path: Path, monkeypatch: pytest.Monk
 def test_cli_compose_through_punie_main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from punie.cli import main
 
-    if "compose" not in getattr(main.commands.get("adapters"), "commands", {}):
-        pytest.skip("punie adapters compose is not wired into the adapters group yet")
     monkeypatch.chdir(tmp_path)
     make_part(tmp_path / "a", rank=2, layers=[0], keys=["mlp.up_proj"], model="m1")
     make_part(tmp_path / "b", rank=2, layers=[0], keys=["mlp.up_proj"], model="m2")

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from punie.adapters.safetensors import read_header
 from punie.errors import AdapterError, CorruptFileError
 from punie.paths import state_dir
 
@@ -74,64 +75,19 @@ class TensorInfo:
 
 
 def _read_tensor_index(path: Path) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes, shapes and absolute byte offsets of a safetensors file."""
-    header, data_start = _read_header(path)
-    size = path.stat().st_size
-    out: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = (int(v) for v in entry["data_offsets"])
-            info = TensorInfo(name, str(entry["dtype"]), tuple(int(d) for d in entry["shape"]),
-                              data_start + begin, data_start + end)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptFileError(f"tensor '{name}' has a malformed header entry ({exc})", where=str(path)) from exc
-        if info.end > size or info.start > info.end:
-            raise CorruptFileError(
-                f"tensor '{name}' points at bytes {info.start}..{info.end} but the file has {size}",
-                where=str(path),
-            )
-        out[name] = info
-    return out
+    """Tensor names, dtypes, shapes and absolute byte offsets of a safetensors file.
 
-
-def _read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a safetensors file and where its data starts."""
+    The header goes through Punie's one validating reader, so offsets are known to
+    lie inside the file before any tensor is read.
+    """
     try:
-        # The validator helper's reader is the one header parser of Punie.
-        from punie.adapters.safetensors import read_header as shared_read_header
-    except ImportError:  # pragma: no cover - only while the shared reader is absent
-        shared_read_header = None
-    if shared_read_header is not None:
-        return _adapt_shared_header(shared_read_header(path), path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) != 8:
-                raise CorruptFileError("file is shorter than a safetensors header", where=str(path))
-            (length,) = struct.unpack("<Q", raw)
-            if length > path.stat().st_size - 8:
-                raise CorruptFileError(f"header length {length} exceeds the file size", where=str(path))
-            header = json.loads(fh.read(length))
+        header = read_header(path)
     except OSError as exc:
         raise AdapterError(f"cannot read: {exc.strerror or exc}", where=str(path)) from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"safetensors header is not JSON ({exc})", where=str(path)) from exc
-    if not isinstance(header, dict):
-        raise CorruptFileError("safetensors header is not a JSON object", where=str(path))
-    return header, 8 + length
-
-
-def _adapt_shared_header(result: Any, path: Path) -> tuple[dict[str, Any], int]:
-    """Accept the shared reader's result: ``(header, data_start)`` or an object with those."""
-    if isinstance(result, tuple) and len(result) == 2:
-        return result[0], int(result[1])
-    header = getattr(result, "header", None) or getattr(result, "tensors", None)
-    start = getattr(result, "data_start", None) or getattr(result, "data_offset", None)
-    if isinstance(header, dict) and start is not None:
-        return header, int(start)
-    raise CorruptFileError("unexpected safetensors header reader result", where=str(path))
+    start = header.data_start
+    return {
+        name: TensorInfo(name, t.dtype, t.shape, start + t.start, start + t.end) for name, t in header.tensors.items()
+    }
 
 
 _NP_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
@@ -193,12 +149,9 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
 
 
 def _numpy() -> Any:
-    try:
-        import numpy
-    except ImportError as exc:  # pragma: no cover - numpy comes with mlx-lm
-        raise AdapterError(
-            "composing adapters needs numpy", hint="install the mlx extra: pip install 'punie[mlx]'"
-        ) from exc
+    # Imported on first use: most commands never compose, and numpy costs start-up time.
+    import numpy
+
     return numpy
 
 
@@ -610,23 +563,9 @@ def composition_hash(parts: Iterable[tuple[Path, float]]) -> str:
 
 def resolve_refs(refs: Sequence[AdapterRef], project_dir: Path) -> list[tuple[Path, float]]:
     """Adapter directories and weights of a profile's ``adapters`` list."""
-    try:
-        from punie.adapters.registry import resolve_adapter
-    except ImportError:  # pragma: no cover - only while the registry is absent
-        resolve_adapter = _resolve_adapter_fallback
+    from punie.adapters.registry import resolve_adapter
+
     return [(Path(resolve_adapter(ref.path, Path(project_dir))), float(ref.weight)) for ref in refs]
-
-
-def _resolve_adapter_fallback(spec: str, project_dir: Path) -> Path:
-    candidate = Path(spec).expanduser()
-    if not candidate.is_absolute():
-        candidate = project_dir / candidate
-    if candidate.is_dir():
-        return candidate
-    named = project_dir / "adapters" / spec
-    if named.is_dir():
-        return named
-    raise AdapterError(f"adapter '{spec}' not found (no directory {candidate} or {named})")
 
 
 def ensure_composed(refs: Sequence[AdapterRef], project_dir: Path) -> Path:

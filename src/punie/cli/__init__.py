@@ -1,6 +1,9 @@
 """Punie's command line: parse, call one core function, render.
 
 Every command lives in a module of this package that exposes ``register(group)``.
+Modules are imported only when one of their commands runs (``COMMANDS`` maps each
+command to its module), so `punie up` does not pay for the agent's or training's
+imports before the model server starts.
 Errors from the core (``PunieError``) become a message on stderr and the exit
 code the error carries; nothing else in Punie prints or exits.
 """
@@ -14,10 +17,36 @@ import click
 
 from punie.cli._common import PunieGroup, State
 
-COMMAND_MODULES = ("check", "profiles", "up", "agent", "models", "train", "adapters")
+#: Top-level command -> the module of punie.cli whose ``register`` adds it.
+COMMANDS: dict[str, str] = {
+    "check": "check",
+    "profiles": "profiles",
+    "schema": "profiles",
+    "up": "up",
+    "agent": "agent",
+    "ask": "agent",
+    "serve": "agent",
+    "models": "models",
+    "train": "train",
+    "eval": "train",
+    "adapters": "adapters",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
-@click.group(cls=PunieGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(PunieGroup):
+    """The top-level group: imports a command's module the first time it is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"punie.cli.{COMMANDS[cmd_name]}").register(self)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config",
@@ -41,6 +70,3 @@ def main(ctx: click.Context, config: str | None, overrides: tuple[str, ...], ver
     logging.basicConfig(level=level, format="punie: %(levelname)s: %(message)s")
     ctx.obj = State(config=config, overrides=overrides)
 
-
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"punie.cli.{_name}").register(main)
