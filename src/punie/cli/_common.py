@@ -31,6 +31,21 @@ class PunieGroup(click.Group):
             ctx.exit(exc.exit_code)
 
 
+def render_progress(stage: str, done: int | None, total: int | None) -> None:
+    """Show a provisioning step on stderr (stdout may belong to the agent protocol)."""
+    if stage == "download" and done is None:
+        size = f" ({total >> 20} MB, once)" if total else ""
+        click.echo(f"punie: downloading the model from PyPI{size}...", err=True)
+    elif done is None or not total or (done == 0 and stage != "extract"):
+        click.echo(f"punie: {stage}...", err=True)
+    elif stage == "extract":
+        # A line every 32 MB or so, plus the first and the last.
+        if done in (0, total) or done % (1 << 25) < (1 << 22):
+            click.echo(f"punie: {stage} {done * 100 // total}% ({done >> 20}/{total >> 20} MB)", err=True)
+    elif done == total:
+        click.echo(f"punie: {stage} done", err=True)
+
+
 def echo_json(value: Any) -> None:
     """Write one JSON document to stdout."""
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))

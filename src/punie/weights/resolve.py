@@ -15,6 +15,7 @@ from pathlib import Path
 
 from punie.errors import ModelError, ModelNotProvisioned, did_you_mean
 from punie.paths import cache_dir
+from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +130,11 @@ def _builtin(name: str) -> Path:
     return target
 
 
-def provision_model(spec: str) -> Path:
+def provision_model(spec: str, progress: Progress | None = None) -> Path:
     """Fetch a builtin model (``builtin:NAME``) into the cache and return its directory.
 
     The one entry point `punie up` uses before launching; other specs are only resolved.
+    ``progress(stage, done, total)`` is told about each step (see ensure_builtin).
     """
     if not spec.startswith(BUILTIN_PREFIX):
         raise ModelError(f"only builtin:NAME models can be provisioned, not {spec!r}")
@@ -140,4 +142,4 @@ def provision_model(spec: str) -> Path:
     _builtin_known(name)
     from punie.weights.builtin import ensure_builtin
 
-    return ensure_builtin(name)
+    return ensure_builtin(name, progress=progress)
