@@ -159,7 +159,7 @@ def test_override_sources_name_the_place(tmp_path: Path) -> None:
     resolved = ResolvedProfile(name="p", config_path=str(tmp_path / "punie.toml"),
                                profile=Profile(model="./gone", server={"port": _free_port()}),
                                sources={"model": "cli"})
-    assert check_profile(resolved)[0].where == "--set: model"
+    assert check_profile(resolved)[0].where == "--set model"
 
 
 def test_num_layers_larger_than_model_is_caught(tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> None:

@@ -80,3 +80,29 @@ def test_subprocess_exit_code(tmp_path: Path, tiny_model: Path, tiny_adapter: Pa
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["profiles"][0]["name"] == "bad"
+
+
+def test_problems_name_the_line_the_value_is_written_on(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        (tmp_path / "punie.toml").write_text(
+            "# profiles\n"
+            "[defaults.server]\n"
+            f"port = {busy.getsockname()[1]}\n"
+            "\n"
+            "[profiles.p]\n"
+            'model = "no-such-dir/"\n'
+            'adapter = "missing"\n'
+        )
+        result = CliRunner().invoke(main, ["--config", str(tmp_path / "punie.toml"), "check", "--format", "json",
+                                           "--set", "server.host=0.0.0.0"])
+    finally:
+        busy.close()
+    assert result.exit_code == 1, result.output
+    where = {p["code"]: p["where"] for p in json.loads(result.stdout)["profiles"][0]["problems"]}
+    assert where["port"] == "punie.toml:3: defaults.server.port"
+    assert where["model-not-found"] == "punie.toml:6: profiles.p.model"
+    assert where["adapter-not-found"] == "punie.toml:7: profiles.p.adapter"
+    assert where["remote-host"] == "--set server.host"

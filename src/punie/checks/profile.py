@@ -7,7 +7,6 @@ no weights loaded, so a check takes milliseconds.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,9 @@ from punie.adapters.fit import fit_adapter, model_layers, module_dims
 from punie.adapters.inspect import AdapterInspection, Finding, inspect_adapter
 from punie.checks.report import Problem, ProfileReport
 from punie.checks.server import server_findings
+from punie.config.locate import dotted
 from punie.config.models import ResolvedProfile
+from punie.config.resolve import describe_source
 from punie.errors import AdapterError, CorruptFileError, ModelError, ModelNotProvisioned, PunieError
 from punie.weights.headers import ModelShapes, read_model_shapes
 from punie.weights.resolve import ModelNotAvailable, find_in_hf_cache, resolve_model
@@ -39,12 +40,20 @@ class _Collector:
         self.add(severity or f.severity, f.code, f.where, f.message)
 
     def key(self, key: str) -> str:
-        """Where a profile key's value came from: the file and table, or --set / environment."""
-        source = self.resolved.sources.get(key, "")
-        if source in ("cli", "env"):
-            return f"{'--set' if source == 'cli' else 'environment'}: {key}"
-        config = os.path.basename(self.resolved.config_path) if self.resolved.config_path else "(no config file)"
-        return f"{config}: profiles.{self.resolved.name}.{key}"
+        """Where a profile key's value was set: ``punie.toml:14: profiles.p.model``, ``--set model``
+        or ``PUNIE_MODEL``. A key left at its default points at the profile's table."""
+        base = key.split("[", 1)[0]
+        place = describe_source(self.resolved, base)
+        origin = self.resolved.sources.get(base, "default")
+        if origin in ("cli", "env"):
+            return place
+        if origin == "file (defaults)":
+            table = "defaults"
+        elif origin.startswith("file (extends "):
+            table = dotted(("profiles", origin[len("file (extends ") : -1]))
+        else:
+            table = dotted(("profiles", self.resolved.name))
+        return f"{place}: {table}.{key}"
 
 
 def display_path(path: Path, project_dir: str) -> str:

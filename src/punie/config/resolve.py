@@ -346,7 +346,7 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
 
             source = parse_config(path.read_text(encoding="utf-8-sig"), display=path.name, path=path)
     except (ConfigError, OSError, UnicodeDecodeError):
-        return resolved.config_path or EMBEDDED_NAME
+        return Path(resolved.config_path).name if resolved.config_path else EMBEDDED_NAME
     if origin == "file (defaults)":
         return source.where(("defaults", *parts))
     if origin.startswith("file (extends "):
