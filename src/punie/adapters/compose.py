@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from punie.adapters.safetensors import read_header
+from punie.adapters.safetensors import TensorInfo, read_header
 from punie.errors import AdapterError, CorruptFileError
 from punie.paths import state_dir
 
@@ -63,19 +63,9 @@ _LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<index>\d+)\.(?P<key>.+)$
 # --------------------------------------------------------------------------- safetensors
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor of a safetensors file: dtype, shape and absolute byte range."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-
 def _read_tensor_index(path: Path) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes, shapes and absolute byte offsets of a safetensors file.
+    """Tensor names, dtypes, shapes and byte offsets of a safetensors file, from its start
+    (not from the data section, as in the header), ready to seek to.
 
     The header goes through Punie's one validating reader, so offsets are known to
     lie inside the file before any tensor is read.

@@ -134,22 +134,8 @@ def split_key(key: str) -> list[str]:
 
 
 def check_key(parts: Sequence[str], *, where: str | None = None) -> None:
-    """Refuse a key that is not a field of a profile, with a did-you-mean hint.
-
-    ``where`` (``profiles.demo``) is put in front of the message."""
-    try:
-        unknown = keys.unknown_key(parts)
-    except ValueError as exc:
-        raise ConfigError(f"'{exc}' is a single value, not a table with keys", where=where) from None
-    if unknown is not None:
-        index, valid = unknown
-        bad = ".".join(parts[: index + 1])
-        hint = did_you_mean(parts[index], valid)
-        raise ConfigError(
-            f"unknown key '{bad}'" + (f", {hint}" if hint else ""),
-            where=where,
-            hint=None if hint else "valid keys: " + ", ".join(valid),
-        )
+    """Refuse a key that is not a field of a profile, with a did-you-mean hint."""
+    keys.require_known(parts, where=where)
 
 
 def _is_table_field(parts: Sequence[str]) -> bool:

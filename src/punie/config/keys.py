@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from punie.config.models import Profile, PunieFile
+from punie.errors import ConfigError, did_you_mean
 
 _NONE = type(None)
 
@@ -132,3 +133,22 @@ def unknown_key(path: Sequence[str], model: type[BaseModel] = Profile) -> tuple[
             raise ValueError(".".join(path[: i + 1]))
         current = sub
     return None
+
+
+def require_known(parts: Sequence[str], *, where: str | None = None) -> None:
+    """Refuse a key that is not a field of a profile, with a did-you-mean hint.
+
+    ``where`` (``profiles.demo``) is put in front of the message."""
+    try:
+        unknown = unknown_key(parts)
+    except ValueError as exc:
+        raise ConfigError(f"'{exc}' is a single value, not a table with keys", where=where) from None
+    if unknown is not None:
+        index, valid = unknown
+        bad = ".".join(parts[: index + 1])
+        hint = did_you_mean(parts[index], valid)
+        raise ConfigError(
+            f"unknown key '{bad}'" + (f", {hint}" if hint else ""),
+            where=where,
+            hint=None if hint else "valid keys: " + ", ".join(valid),
+        )

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from punie.config import keys
-from punie.errors import ConfigError, did_you_mean
+from punie.errors import ConfigError
 
 KeyPath = tuple[str, ...]
 
@@ -52,16 +52,7 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
         raise ConfigError("empty key; expected KEY=VALUE, e.g. --set server.port=8081", where=where)
     if parts[0] == "extends":
         raise ConfigError("'extends' can only be set in the profiles file", where=where)
-    try:
-        unknown = keys.unknown_key(parts)
-    except ValueError as exc:
-        raise ConfigError(f"'{exc}' is a single value, not a table with keys", where=where) from None
-    if unknown is not None:
-        index, valid = unknown
-        bad = ".".join(parts[: index + 1])
-        hint = did_you_mean(parts[index], valid)
-        message = f"unknown key '{bad}'" + (f", {hint}" if hint else "")
-        raise ConfigError(message, where=where, hint=None if hint else "valid keys: " + ", ".join(valid))
+    keys.require_known(parts, where=where)
     return parts, parse_value(raw_value)
 
 

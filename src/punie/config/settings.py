@@ -34,8 +34,9 @@ _FILE_LAYER: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("pu
 _ENV_LAYER: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("punie_env_layer")
 
 
-class FileProfileSource(PydanticBaseSettingsSource):
-    """The profile's table after [defaults] and `extends` are merged (a plain dict)."""
+class DictSource(PydanticBaseSettingsSource):
+    """One layer given as a plain dict: the profile's table after [defaults] and `extends` are
+    merged, or the environment as `read_env` read it once (so provenance sees the same dict)."""
 
     def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
         super().__init__(settings_cls)
@@ -57,20 +58,6 @@ class MappingEnvSource(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {k.lower(): v for k, v in self._environ.items() if k.upper().startswith(ENV_PREFIX) and v != ""}
-
-
-class _PreparedEnvSource(PydanticBaseSettingsSource):
-    """The environment layer, read once by `read_env` (so provenance sees the same dict)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
 
 
 class _SettingsBase(BaseSettings):
@@ -96,8 +83,8 @@ class _SettingsBase(BaseSettings):
         # init (CLI) > env > file; no dotenv or secrets directory.
         return (
             init_settings,
-            _PreparedEnvSource(settings_cls, _ENV_LAYER.get({})),
-            FileProfileSource(settings_cls, _FILE_LAYER.get({})),
+            DictSource(settings_cls, _ENV_LAYER.get({})),
+            DictSource(settings_cls, _FILE_LAYER.get({})),
         )
 
 
