@@ -93,6 +93,11 @@ def test_missing_name_suggests_close_one(tmp_path: Path) -> None:
     with pytest.raises(AdapterError, match="did you mean 'tool-calling-v1'") as caught:
         resolve_adapter("tool-caling-v1", tmp_path, where="profiles.demo.adapter")
     assert str(caught.value).startswith("profiles.demo.adapter: adapter 'tool-caling-v1' not found")
+    # A path is looked up as written (not again under adapters/), and still gets the hint.
+    with pytest.raises(AdapterError, match="did you mean 'tool-calling-v1'") as caught:
+        resolve_adapter("adapters/tool-calling-v2", tmp_path)
+    assert caught.value.message == f"adapter 'adapters/tool-calling-v2' not found (no directory " \
+                                   f"{tmp_path / 'adapters' / 'tool-calling-v2'})"
 
 
 def test_effective_adapter_single_none_and_located_error(tmp_path: Path) -> None:

@@ -248,14 +248,16 @@ def resolve_adapter(spec: str, project_dir: str | Path, *, where: str | None = N
         direct = project / direct
     if direct.is_dir():
         return direct.resolve()
-    named = adapters_root(project) / spec
-    if named.is_dir():
+    # A bare name is also looked up under adapters/; a path is only a path.
+    named = adapters_root(project) / spec if len(Path(spec).parts) == 1 else None
+    if named is not None and named.is_dir():
         return named.resolve()
     names = [d.name for d in adapter_dirs(project)]
-    hint = did_you_mean(spec, [*names, *SPECIAL_SPECS])
+    hint = did_you_mean(Path(spec).name, [*names, *SPECIAL_SPECS])
     if hint is None and names:
         hint = "adapters here: " + ", ".join(names)
-    raise AdapterError(f"adapter '{spec}' not found (no directory {direct} or {named})", where=where, hint=hint)
+    looked = f"{direct} or {named}" if named is not None else str(direct)
+    raise AdapterError(f"adapter '{spec}' not found (no directory {looked})", where=where, hint=hint)
 
 
 def effective_adapter(resolved: ResolvedProfile) -> Path | None:
