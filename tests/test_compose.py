@@ -15,14 +15,12 @@ from hypothesis import strategies as st
 
 from punie.adapters.compose import (
     COMPOSED_SCALE,
-    _load_tensor,
-    _read_tensor_index,
     compose,
     composition_hash,
     ensure_composed,
     plan_composition,
-    write_safetensors,
 )
+from punie.adapters.tensors import load_tensor, tensor_index, write_safetensors
 from punie.cli.adapters_compose import attach, parse_part
 from punie.config.models import AdapterRef
 from punie.errors import AdapterError, CorruptFileError
@@ -77,7 +75,7 @@ def make_part(
 def read_adapter(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
     config = json.loads((path / "adapter_config.json").read_text())
     file = path / "adapters.safetensors"
-    return config, {name: _load_tensor(file, info) for name, info in _read_tensor_index(file).items()}
+    return config, {name: load_tensor(file, info) for name, info in tensor_index(file).items()}
 
 
 def deltas(path: Path) -> dict[str, np.ndarray]:
@@ -225,11 +223,11 @@ def test_safetensors_write_read_round_trip(tmp_path_factory: pytest.TempPathFact
     file = tmp_path_factory.mktemp("st") / "x.safetensors"
     write_safetensors(file, tensors)
     assert int.from_bytes(file.read_bytes()[:8], "little") % 8 == 0
-    index = _read_tensor_index(file)
+    index = tensor_index(file)
     assert set(index) == set(tensors)
     for name, arr in tensors.items():
         assert index[name].dtype == ("F16" if half else "F32")
-        np.testing.assert_array_equal(_load_tensor(file, index[name]), arr.astype(np.float32))
+        np.testing.assert_array_equal(load_tensor(file, index[name]), arr.astype(np.float32))
 
 
 def test_refuses_dora_with_an_explanation(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from punie.adapters.compose import compose, write_safetensors
+from punie.adapters.compose import compose
+from punie.adapters.tensors import write_safetensors
 from tests.support import tiny
 from tests.test_compose import deltas, make_part
 

@@ -31,14 +31,14 @@ import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from punie.adapters.safetensors import TensorInfo, read_header
+from punie.adapters.safetensors import TensorInfo
+from punie.adapters.tensors import load_tensor, numpy_module, tensor_index, write_safetensors
 from punie.errors import AdapterError, CorruptFileError
 from punie.paths import state_dir
 
@@ -58,91 +58,6 @@ FORMAT_VERSION = "punie-compose-1"
 
 _LEAF = re.compile(r"^(?P<module>.+)\.(?P<leaf>lora_a|lora_b|m)$")
 _LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<index>\d+)\.(?P<key>.+)$")
-
-
-# --------------------------------------------------------------------------- safetensors
-
-
-def _read_tensor_index(path: Path) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes, shapes and byte offsets of a safetensors file, from its start
-    (not from the data section, as in the header), ready to seek to.
-
-    The header goes through Punie's one validating reader, so offsets are known to
-    lie inside the file before any tensor is read.
-    """
-    try:
-        header = read_header(path)
-    except OSError as exc:
-        raise AdapterError(f"cannot read: {exc.strerror or exc}", where=str(path)) from exc
-    start = header.data_start
-    return {
-        name: TensorInfo(name, t.dtype, t.shape, start + t.start, start + t.end) for name, t in header.tensors.items()
-    }
-
-
-_NP_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
-
-
-def _load_tensor(path: Path, info: TensorInfo) -> np.ndarray:
-    """Read one tensor as float32 (F32, F16, BF16 and F64 are supported)."""
-    np = _numpy()
-    count = 1
-    for d in info.shape:
-        count *= d
-    with open(path, "rb") as fh:
-        fh.seek(info.start)
-        raw = fh.read(info.end - info.start)
-    width = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}.get(info.dtype)
-    if width is None:
-        raise AdapterError(
-            f"tensor '{info.name}' has dtype {info.dtype}; only F32, F16, BF16 and F64 can be composed",
-            where=str(path),
-        )
-    if len(raw) != count * width:
-        raise CorruptFileError(
-            f"tensor '{info.name}' has {len(raw)} bytes, its shape {list(info.shape)} needs {count * width}",
-            where=str(path),
-        )
-    if info.dtype == "BF16":
-        # bfloat16 is the upper half of a float32.
-        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
-        arr = bits.view(np.float32)
-    else:
-        arr = np.frombuffer(raw, dtype=_NP_DTYPES[info.dtype]).astype(np.float32)
-    return arr.reshape(info.shape)
-
-
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write float32/float16 numpy arrays as a safetensors file (names sorted, 8-byte aligned header)."""
-    np = _numpy()
-    codes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16"}
-    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "mlx"})}
-    arrays: list[np.ndarray] = []
-    offset = 0
-    for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
-        if arr.dtype not in codes:
-            arr = arr.astype(np.float32)
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        header[name] = {
-            "dtype": codes[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]
-        }
-        arrays.append(arr)
-        offset += arr.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(text)))
-        fh.write(text)
-        for arr in arrays:
-            fh.write(memoryview(arr.reshape(-1)).cast("B"))
-
-
-def _numpy() -> Any:
-    # Imported on first use: most commands never compose, and numpy costs start-up time.
-    import numpy
-
-    return numpy
 
 
 # --------------------------------------------------------------------------- reading parts
@@ -229,7 +144,7 @@ def read_part(path: Path, weight: float = 1.0) -> Part:
             f"lora_parameters.scale is not a number: {params['scale']!r}", where=str(config_path)
         ) from exc
 
-    tensors = _read_tensor_index(weights_path)
+    tensors = tensor_index(weights_path)
     halves: dict[str, dict[str, TensorInfo]] = {}
     for name, info in tensors.items():
         match = _LEAF.match(name)
@@ -432,15 +347,15 @@ def _ranges(values: list[int]) -> str:
 
 def compose_tensors(plan: Plan) -> dict[str, np.ndarray]:
     """The composed lora_a / lora_b float32 tensors of ``plan`` (reads the parts' data)."""
-    np = _numpy()
+    np = numpy_module()
     out: dict[str, np.ndarray] = {}
     for module, (a_shape, b_shape) in plan.modules.items():
         ra, rb = _rank_axes(len(a_shape))
         a_blocks, b_blocks = [], []
         for part in plan.parts:
             if module in part.modules:
-                a = _load_tensor(part.path / WEIGHTS_FILE, part.tensors[f"{module}.lora_a"])
-                b = _load_tensor(part.path / WEIGHTS_FILE, part.tensors[f"{module}.lora_b"])
+                a = load_tensor(part.path / WEIGHTS_FILE, part.tensors[f"{module}.lora_a"])
+                b = load_tensor(part.path / WEIGHTS_FILE, part.tensors[f"{module}.lora_b"])
                 b = b * np.float32(part.scale * part.weight / COMPOSED_SCALE)
             else:
                 a = np.zeros(_with_rank(a_shape, ra, part.rank), dtype=np.float32)
