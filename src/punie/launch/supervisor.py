@@ -1,12 +1,15 @@
 """The supervisor behind `punie up`: start the server, wait for real readiness, start the agent.
 
-One event loop (anyio) owns both children. Tasks feed it events: a child
-exited, the server log shows a fatal line, the probe got an answer, a signal
-arrived. Start-up failures (port taken, adapter not loaded, server exited,
-readiness timed out) stop everything and raise `LaunchFailed` quoting the
-server's last log lines; once the agent runs, any exit ends the session and is
-reported as an `UpOutcome`. The first SIGINT/SIGTERM/SIGHUP stops both
-children gracefully (SIGTERM, grace period, SIGKILL); a second one kills them.
+Structured with anyio task groups. The server task (`_serve`) is started with
+``tg.start()``: it spawns mlx_lm.server (unless the server is external) and
+races a 1-token completion against the process exiting, a fatal log line and
+the ready timeout. It reports readiness through ``task_status.started()``;
+a failure before that raises `LaunchFailed` (quoting the server's last log
+lines) out of ``tg.start()``. Once ready, the agent is started and both are
+watched: a server failure restarts the server (restart policy) or ends the
+session, the agent's exit ends it. The signals task ends the session on the
+first SIGINT/SIGTERM/SIGHUP (graceful stop: SIGTERM, grace period, SIGKILL)
+and kills both children on the second.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from punie.errors import LaunchError
 from punie.launch.messages import headline as _headline
@@ -30,8 +33,8 @@ from punie.launch.messages import quote as _quote
 from punie.launch.messages import strip_log_prefix as _strip_log_prefix
 from punie.launch.plan import LaunchPlan
 from punie.launch.process import Child, Sink, stderr_sink
-from punie.weights import Progress
 from punie.launch.readiness import ProbeFailed, port_in_use, wait_ready
+from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ SERVER_FATAL_PATTERNS = {
 }
 # Restarting cannot fix these.
 _NOT_RESTARTABLE = {"port-busy", "adapter-failed", "ready-timeout"}
+
+T = TypeVar("T")
+Failure = tuple[str, str]  # (reason code, detail)
 
 
 class LaunchFailed(LaunchError):
@@ -69,60 +75,76 @@ class UpOutcome:
     forced: bool = False
 
 
-@dataclass(frozen=True)
-class _Event:
-    kind: str  # signal | exited | fatal-line | ready | probe-failed | restart-due
-    child: str = ""
-    gen: int = 0
-    value: Any = None
-    detail: str = ""
+async def _first(*waiters: Callable[[], Awaitable[T]]) -> T:
+    """Run ``waiters`` concurrently; return the result of the first to finish, cancelling the rest."""
+    results: list[T] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run(waiter: Callable[[], Awaitable[T]]) -> None:
+            results.append(await waiter())
+            tg.cancel_scope.cancel()
+
+        for waiter in waiters:
+            tg.start_soon(run, waiter)
+    return results[0]
 
 
+class _FatalLine:
+    """A server's first fatal log line: the Child's ``on_match`` callback, awaitable."""
+
+    def __init__(self) -> None:
+        self.seen = anyio.Event()
+        self.reason = self.line = ""
+
+    def __call__(self, reason: str, line: str) -> None:
+        if not self.seen.is_set():
+            self.reason, self.line = reason, line
+            self.seen.set()
+
+    async def defer(self, failure: Failure) -> Failure:
+        """``failure``, unless a fatal line was seen: then never return (the line explains it better,
+        and the probe must not be cut off mid-request while the rest of the traceback is read)."""
+        if self.seen.is_set():
+            await anyio.sleep_forever()
+        return failure
+
+
+@dataclass(eq=False)
 class _Supervisor:
-    def __init__(
-        self,
-        plan: LaunchPlan,
-        *,
-        grace: float,
-        sink: Sink,
-        handle_signals: bool,
-        probe_interval: float,
-        guard: bool,
-    ) -> None:
-        self.plan = plan
-        self.grace = grace
-        self.sink = sink
-        self.handle_signals = handle_signals
-        self.probe_interval = probe_interval
-        self.guard = guard
-        self.send, self.receive = anyio.create_memory_object_stream[_Event](1000)
-        self.server: Child | None = None
-        self.agent: Child | None = None
-        self.gen = 0
-        self.signals = 0
-        self.forced = False
-        self.restarts = 0
-        self.ever_ready = False
-        self.ready_seconds: float | None = None
-        self.probe_scope: anyio.CancelScope | None = None
-        self.deadline: float | None = None
-        self.t0 = 0.0
-        self.tg: Any = None
+    """One `punie up` session: see the module docstring."""
+
+    plan: LaunchPlan
+    grace: float
+    sink: Sink
+    handle_signals: bool
+    probe_interval: float
+    guard: bool
+    server: Child | None = None  # the current one (a restart replaces it)
+    agent: Child | None = None
+    signals: int = 0
+    forced: bool = False
+    restarts: int = 0
+    ready_seconds: float | None = None  # set when the server first answered
+    t0: float = 0.0
+    tg: TaskGroup | None = None  # output pumps and signals: they outlive the session
+    session: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by _finish
+    outcome: UpOutcome | None = None
+    error: Exception | None = None
+
+    def status(self, text: str) -> None:
+        self.sink(f"punie | {text}")
 
     # -- entry -------------------------------------------------------------------------------
 
     async def run(self) -> UpOutcome:
-        error: BaseException | None = None
-        outcome: UpOutcome | None = None
         self.t0 = anyio.current_time()
         async with anyio.create_task_group() as tg:
             self.tg = tg
             if self.handle_signals:
                 await tg.start(self._signals)
             try:
-                outcome = await self._main()
-            except Exception as exc:
-                error = exc
+                with self.session:
+                    await self._session()
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._stop_all()
@@ -130,9 +152,10 @@ class _Supervisor:
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
             flush()  # our stderr lines come before whatever the caller prints next
-        if error is not None:
-            raise error
-        assert outcome is not None
+        if self.error is not None:
+            raise self.error
+        assert self.outcome is not None
+        outcome = self.outcome
         if self.forced and outcome.reason == "signal":
             outcome = replace(outcome, forced=True, exit_code=128 + signal.SIGINT)
         return replace(
@@ -144,224 +167,166 @@ class _Supervisor:
             agent_returncode=self.agent.returncode if self.agent else None,
         )
 
-    def status(self, text: str) -> None:
-        self.sink(f"punie | {text}")
+    def _finish(self, outcome: UpOutcome | None = None, *, error: Exception | None = None) -> bool:
+        """End the session (the first ending wins): cancels what still runs in it. False if already over."""
+        if self.outcome is not None or self.error is not None:
+            return False
+        self.outcome, self.error = outcome, error
+        self.session.cancel()
+        return True
 
-    # -- main loop ---------------------------------------------------------------------------
-
-    async def _main(self) -> UpOutcome:
-        plan = self.plan
-        if plan.external:
-            self.status(f"using the running server at {plan.server_url}")
-        else:
-            for folder in plan.ensure_dirs:
-                Path(folder).mkdir(parents=True, exist_ok=True)
-            await self._spawn_server()
-        self._begin_probe()
-        while True:
-            event = await self._next_event()
-            if event is None:
-                outcome = await self._server_failed("ready-timeout", "")
-            else:
-                outcome = await self._handle(event)
-            if outcome is not None:
-                return outcome
-
-    async def _next_event(self) -> _Event | None:
-        """The next event, or None when the readiness deadline passed."""
-        if self.deadline is None:
-            return await self.receive.receive()
-        with anyio.move_on_after(max(self.deadline - anyio.current_time(), 0)):
-            return await self.receive.receive()
-        return None
-
-    async def _handle(self, event: _Event) -> UpOutcome | None:
-        if event.kind == "signal":
-            name = signal.Signals(event.value).name
-            self.status(f"{name} received: stopping (press Ctrl-C again to force)")
-            return UpOutcome(reason="signal", exit_code=0, message=f"stopped by {name}")
-        if event.kind == "exited" and event.child == "agent":
-            rc = event.value
+    async def _session(self) -> None:
+        """The server until it answers, then the agent until it exits (or something else ends the session)."""
+        # Its own task group, so that the server task has finished (it could be about to
+        # restart the server) before the children are stopped.
+        async with anyio.create_task_group() as tg:
+            try:
+                await tg.start(self._serve)
+                agent = await self._start_agent()
+            except (LaunchFailed, OSError) as exc:  # OSError: creating the log folders
+                self._finish(error=exc)
+                return
+            rc = await agent.wait()
             if rc == 0:
-                return UpOutcome(reason="agent-exited", exit_code=0, message="the agent exited")
-            return UpOutcome(
-                reason="agent-exited",
-                exit_code=1,
-                message=f"the agent exited with code {rc}" + _quote(self.agent.tail if self.agent else [], "agent",
-                                                                    self.plan.agent_log),
-            )
-        if event.gen != self.gen:
-            return None  # from a server generation already replaced
-        if event.kind == "ready":
-            self._on_ready(event.value)
-            if self.agent is None:
-                await self._spawn_agent()
-            return None
-        if event.kind == "exited":  # the server
-            if self.server and self.server.stopping:
-                return None
-            return await self._server_failed("server-died", f"mlx_lm.server exited with code {event.value}")
-        if event.kind == "fatal-line":
-            await anyio.sleep(0.2)  # the rest of a traceback arrives right after its first line
-            reason = event.value
-            if reason == "generation-failed" and self.plan.adapter and any(
-                "dapter" in line for line in (self.server.tail if self.server else [])
-            ):
-                reason = "adapter-failed"
-            return await self._server_failed(reason, event.detail)
-        if event.kind == "probe-failed":
-            reason = event.value
-            if reason == "generation-failed" and self.plan.adapter:
-                reason = "adapter-failed"
-            return await self._server_failed(reason, event.detail)
-        if event.kind == "restart-due":
-            await self._spawn_server()
-            self._begin_probe()
-        return None
-
-    def _on_ready(self, seconds: float) -> None:
-        self.deadline = None
-        self.ever_ready = True
-        total = anyio.current_time() - self.t0
-        if self.ready_seconds is None:
-            self.ready_seconds = total
-        what = "server" if not self.plan.external else "external server"
-        self.status(f"{what} ready on {self.plan.base_url} ({total:.2f}s)")
+                self._finish(UpOutcome(reason="agent-exited", exit_code=0, message="the agent exited"))
+            else:
+                quoted = _quote(agent.tail, "agent", self.plan.agent_log)
+                self._finish(UpOutcome(reason="agent-exited", exit_code=1,
+                                       message=f"the agent exited with code {rc}{quoted}"))
 
     # -- server ------------------------------------------------------------------------------
 
-    async def _spawn_server(self) -> None:
+    async def _serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start the server (unless external), report when it answers, keep it running.
+
+        A failure before ``task_status.started()`` raises LaunchFailed (``tg.start()``
+        re-raises it); afterwards a failure restarts the server or ends the session.
+        """
+        plan = self.plan
+        if plan.external:  # nothing to start, and not ours to watch once it answers
+            self.status(f"using the running server at {plan.server_url}")
+            failure = await self._wait_ready()
+            if failure is not None:
+                reason, detail = failure
+                raise LaunchFailed(reason, _headline(reason, detail, plan), hint=_hint(reason, plan))
+            self._ready(task_status)
+            return
+        for folder in plan.ensure_dirs:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        try:
+            while True:
+                server, fatal = await self._spawn_server()
+                failure = await self._wait_ready(server, fatal)
+                if failure is None:
+                    self._ready(task_status)
+                    failure = await self._until_failure(server, fatal)
+                if not await self._failed(server, *failure):
+                    return
+        except LaunchFailed as exc:
+            if self.ready_seconds is None:
+                raise
+            self._finish(error=exc)  # a restart could not start the server
+
+    def _ready(self, task_status: TaskStatus[None]) -> None:
+        total = anyio.current_time() - self.t0
+        what = "server" if not self.plan.external else "external server"
+        self.status(f"{what} ready on {self.plan.base_url} ({total:.2f}s)")
+        if self.ready_seconds is None:  # the first time: now the agent can start
+            self.ready_seconds = total
+            task_status.started()
+
+    async def _spawn_server(self) -> tuple[Child, _FatalLine]:
         plan = self.plan
         assert plan.server_argv is not None and plan.port is not None
         if port_in_use(plan.host, plan.port):
-            raise LaunchFailed(
-                "port-busy",
-                f"port {plan.port} on {plan.host} is already in use (mlx_lm.server would hang on it)",
-                hint="stop the other server, or pick another port: --set server.port=PORT",
-            )
-        self.gen += 1
-        gen = self.gen
-        fired = False
+            message = f"port {plan.port} on {plan.host} is already in use (mlx_lm.server would hang on it)"
+            raise LaunchFailed("port-busy", message, hint=_hint("port-busy", plan))
+        fatal = _FatalLine()
+        self.server = self._child("server", plan.server_argv, plan.server_env, plan.server_log, capture="stdout",
+                                  patterns=SERVER_FATAL_PATTERNS, on_match=fatal)
+        await self._start(self.server, "mlx_lm.server", "server-failed")
+        self.status(f"started mlx_lm.server (pid {self.server.pid}), waiting for a 1-token completion")
+        return self.server, fatal
 
-        def on_match(reason: str, line: str) -> None:
-            nonlocal fired
-            if not fired:
-                fired = True
-                self.send.send_nowait(_Event("fatal-line", "server", gen, reason, _strip_log_prefix(line)))
+    async def _wait_ready(self, server: Child | None = None, fatal: _FatalLine | None = None) -> Failure | None:
+        """None once the server answers a 1-token completion; else why it never will (raced against
+        the process failing when it is ours)."""
 
-        child = Child(
-            "server",
-            plan.server_argv,
-            env={**os.environ, **plan.server_env},
-            cwd=plan.cwd,
-            log_path=plan.server_log,
-            sink=self.sink,
-            capture="stdout",
-            patterns=SERVER_FATAL_PATTERNS,
-            on_match=on_match,
-            guard=self.guard,
-        )
-        try:
-            await child.start()
-        except OSError as exc:
-            raise LaunchFailed("server-failed", f"cannot start mlx_lm.server: {exc}") from None
-        self.server = child
-        self.status(f"started mlx_lm.server (pid {child.pid}), waiting for a 1-token completion")
-        self.tg.start_soon(child.pump)
-        self.tg.start_soon(self._watch, child, gen)
-
-    def _begin_probe(self) -> None:
-        if self.probe_scope is not None:
-            self.probe_scope.cancel()
-        self.probe_scope = anyio.CancelScope()
-        self.deadline = anyio.current_time() + self.plan.ready_timeout
-        self.tg.start_soon(self._probe, self.gen, self.probe_scope)
-
-    async def _probe(self, gen: int, scope: anyio.CancelScope) -> None:
-        with scope:
+        async def probe() -> Failure | None:
             try:
-                seconds = await wait_ready(self.plan.base_url, interval=self.probe_interval)
+                await wait_ready(self.plan.base_url, interval=self.probe_interval)
             except ProbeFailed as exc:
-                await self.send.send(_Event("probe-failed", "server", gen, exc.reason, exc.detail))
-            else:
-                await self.send.send(_Event("ready", "server", gen, seconds))
+                reason = "adapter-failed" if exc.reason == "generation-failed" and self.plan.adapter else exc.reason
+                failure = (reason, exc.detail)
+                return await fatal.defer(failure) if fatal else failure
+            return None
 
-    async def _watch(self, child: Child, gen: int) -> None:
-        rc = await child.wait()
-        await self.send.send(_Event("exited", child.name, gen, rc))
+        waiters: list[Callable[[], Awaitable[Failure | None]]] = [probe]
+        if server is not None and fatal is not None:
+            waiters.append(partial(self._until_failure, server, fatal))
+        with anyio.move_on_after(self.plan.ready_timeout):
+            return await _first(*waiters)
+        return "ready-timeout", ""
 
-    async def _server_failed(self, reason: str, detail: str) -> UpOutcome | None:
-        """Stop the failed server; restart it if the policy allows, else end the session."""
-        if self.probe_scope is not None:
-            self.probe_scope.cancel()
-        self.deadline = None
-        tail = list(self.server.tail) if self.server else []
-        if self.server is not None:
-            await self.server.stop(self.grace)
+    async def _until_failure(self, server: Child, fatal: _FatalLine) -> Failure:
+        """Wait until the server exits or logs a line meaning it will never serve."""
+
+        async def exited() -> Failure:
+            return await fatal.defer(("server-died", f"mlx_lm.server exited with code {await server.wait()}"))
+
+        async def fatal_line() -> Failure:
+            await fatal.seen.wait()
+            await anyio.sleep(0.2)  # the rest of a traceback arrives right after its first line
+            reason = fatal.reason
+            if reason == "generation-failed" and self.plan.adapter and any("dapter" in x for x in server.tail):
+                reason = "adapter-failed"
+            return reason, _strip_log_prefix(fatal.line)
+
+        return await _first(exited, fatal_line)
+
+    async def _failed(self, server: Child, reason: str, detail: str) -> bool:
+        """Stop a failed server. True when the restart policy brings it back (after the backoff);
+        else raise LaunchFailed if it never answered, or end the session."""
+        tail = list(server.tail)
+        await server.stop(self.grace)
+        server.close()
         policy = self.plan.restart
-        restartable = reason not in _NOT_RESTARTABLE and (reason == "server-died" or self.ever_ready)
+        restartable = reason not in _NOT_RESTARTABLE and (reason == "server-died" or self.ready_seconds is not None)
         if policy.mode == "on-failure" and restartable and self.restarts < policy.max_restarts:
             self.restarts += 1
             delay = policy.delay(self.restarts)
             self.status(f"{_headline(reason, detail, self.plan)}; restart {self.restarts}/{policy.max_restarts} "
                         f"in {delay:g}s")
-            self.tg.start_soon(self._restart_after, delay, self.gen)
-            return None
+            await anyio.sleep(delay)
+            return True
         message = _headline(reason, detail, self.plan) + _quote(tail, "server", self.plan.server_log)
-        if self.agent is None:
+        if self.ready_seconds is None:
             raise LaunchFailed(reason, message, log_tail=tail, hint=_hint(reason, self.plan))
-        return UpOutcome(reason=reason, exit_code=1, message=message)
+        self._finish(UpOutcome(reason=reason, exit_code=1, message=message))
+        return False
 
-    async def _restart_after(self, delay: float, gen: int) -> None:
-        await anyio.sleep(delay)
-        await self.send.send(_Event("restart-due", "server", gen))
+    # -- agent and children ------------------------------------------------------------------
 
-    # -- agent -------------------------------------------------------------------------------
-
-    async def _spawn_agent(self) -> None:
+    async def _start_agent(self) -> Child:
         plan = self.plan
-        child = Child(
-            "agent",
-            plan.agent_argv,
-            env={**os.environ, **plan.agent_env},
-            cwd=plan.cwd,
-            log_path=plan.agent_log,
-            sink=self.sink,
-            capture="stderr",
-            guard=self.guard,
-        )
+        self.agent = self._child("agent", plan.agent_argv, plan.agent_env, plan.agent_log, capture="stderr")
+        await self._start(self.agent, "the agent", "agent-failed")
+        self.status(f"started the agent (pid {self.agent.pid}) on {plan.base_url}")
+        return self.agent
+
+    def _child(self, name: str, argv: Sequence[str], env: dict[str, str], log: str | None, **options: Any) -> Child:
+        return Child(name, argv, env={**os.environ, **env}, cwd=self.plan.cwd, log_path=log, sink=self.sink,
+                     guard=self.guard, **options)
+
+    async def _start(self, child: Child, what: str, reason: str) -> None:
         try:
-            await child.start()
+            # Shielded: a process that was started must be known (child.process) to be stopped.
+            with anyio.CancelScope(shield=True):
+                await child.start()
         except OSError as exc:
-            raise LaunchFailed("agent-failed", f"cannot start the agent: {exc}") from None
-        self.agent = child
-        self.status(f"started the agent (pid {child.pid}) on {plan.base_url}")
+            raise LaunchFailed(reason, f"cannot start {what}: {exc}") from None
+        assert self.tg is not None
         self.tg.start_soon(child.pump)
-        self.tg.start_soon(self._watch, child, 0)
-
-    # -- signals and stopping ----------------------------------------------------------------
-
-    async def _signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        started = False
-        try:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-                task_status.started()
-                started = True
-                async for signum in signals:
-                    self.signals += 1
-                    if self.signals == 1:
-                        await self.send.send(_Event("signal", value=signum))
-                    else:
-                        self.forced = True
-                        self.status("second signal: killing everything now")
-                        for child in (self.agent, self.server):
-                            if child is not None:
-                                child.kill()
-        except (ValueError, RuntimeError, NotImplementedError) as exc:
-            # Signals can only be handled in the main thread; the caller then owns them.
-            logger.debug("no signal handling: %s", exc)
-            if not started:
-                task_status.started()
 
     async def _stop_all(self) -> None:
         grace = 0.0 if self.forced else self.grace
@@ -375,6 +340,33 @@ class _Supervisor:
             await child.stop(grace)
         finally:
             child.close()
+
+    # -- signals -----------------------------------------------------------------------------
+
+    async def _signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The first signal ends the session (a graceful stop follows); the second kills the children."""
+        started = False
+        try:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                task_status.started()
+                started = True
+                async for signum in signals:
+                    self.signals += 1
+                    if self.signals == 1:
+                        name = signal.Signals(signum).name
+                        if self._finish(UpOutcome(reason="signal", exit_code=0, message=f"stopped by {name}")):
+                            self.status(f"{name} received: stopping (press Ctrl-C again to force)")
+                    else:
+                        self.forced = True
+                        self.status("second signal: killing everything now")
+                        for child in (self.agent, self.server):
+                            if child is not None:
+                                child.kill()
+        except (ValueError, RuntimeError, NotImplementedError) as exc:
+            # Signals can only be handled in the main thread; the caller then owns them.
+            logger.debug("no signal handling: %s", exc)
+            if not started:
+                task_status.started()
 
 
 async def supervise(
