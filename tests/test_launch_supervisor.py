@@ -214,3 +214,17 @@ def test_an_unfinished_line_such_as_a_prompt_is_shown_early(tmp_path: Path) -> N
     assert any(event.endswith("agent | punie> ") for event in terminal.events)  # before its newline
     assert "agent | punie> typed\n" in terminal.text  # then completed on the same line
     assert "punie> typed" in Path(plan.agent_log).read_text()  # the log has whole lines only
+
+
+def test_not_following_the_server_hides_its_output_after_ready_but_logs_and_quotes_it(tmp_path: Path) -> None:
+    # For an agent in the same terminal: the server's chatter after ready goes to its log only.
+    plan = fake_plan(tmp_path, server_args=["--crash-after", "1.0"])
+    lines: list[str] = []
+    outcome = _run(plan, lines, follow_server=False)
+    assert (outcome.reason, outcome.exit_code) == ("server-died", 1)
+    assert any(line.startswith("server | fake server starting") for line in lines)  # before ready: shown
+    ready = next(line for line in lines if "ready on" in line)
+    assert ready.endswith(f"; its output continues in {plan.server_log}")
+    assert not any("crashing with code 3" in line for line in lines)  # after ready: hidden...
+    assert "crashing with code 3" in Path(plan.server_log).read_text()  # ...but logged
+    assert "crashing with code 3" in outcome.message  # ...and quoted when it explains a failure

@@ -7,6 +7,7 @@ goes to stderr. ``--dry-run`` prints the launch plan on stdout and starts nothin
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -21,6 +22,11 @@ from punie.cli._common import State, pass_state, render_progress
     help="Format of the --dry-run plan.",
 )
 @click.option("--no-check", is_flag=True, help="Launch without running `punie check` first.")
+@click.option(
+    "--follow-server/--no-follow-server", default=None,
+    help="Keep showing the server's output after it is ready (default: yes, unless the agent talks to "
+    "you in this terminal; the output always goes to .punie/logs/).",
+)
 @click.option(
     "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
     help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
@@ -38,6 +44,7 @@ def up_command(
     dry_run: bool,
     fmt: str,
     no_check: bool,
+    follow_server: bool | None,
     grace: float,
     overrides: tuple[str, ...],
 ) -> None:
@@ -51,7 +58,10 @@ def up_command(
     from punie.launch import run_up
 
     resolved = load_profile(profile, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
-    outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress)
+    if follow_server is None:  # the interactive agent shares the terminal: keep it readable
+        follow_server = not sys.stdin.isatty()
+    outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
+                     follow_server=follow_server)
     if dry_run:
         assert outcome.plan is not None
         if fmt == "json":

@@ -130,6 +130,8 @@ class Child:
         self._log: IO[str] | None = None
         self._pumped = anyio.Event()
         self._shown = ""  # the part of the current line already shown as a partial line
+        #: Whether output lines go to the sink; when False they still go to the log file and tail.
+        self.echo = True
 
     @property
     def pid(self) -> int | None:
@@ -178,7 +180,7 @@ class Child:
             if partial is not None:
                 partial(line[len(self._shown):] + "\n")
             self._shown = ""
-        else:
+        elif self.echo:
             self.sink(f"{self.name} | {line}")
         if self._log:
             self._log.write(line + "\n")
@@ -189,7 +191,7 @@ class Child:
 
     def _show_partial(self, raw: bytes) -> None:
         partial = getattr(self.sink, "partial", None)
-        if partial is None:
+        if partial is None or not self.echo:
             return
         text = raw.decode("utf-8", errors="ignore")
         if len(text) > len(self._shown):

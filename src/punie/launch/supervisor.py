@@ -119,6 +119,7 @@ class _Supervisor:
     handle_signals: bool
     probe_interval: float
     guard: bool
+    follow_server: bool = True  # False: once ready, the server's output goes to its log file only
     server: Child | None = None  # the current one (a restart replaces it)
     agent: Child | None = None
     signals: int = 0
@@ -230,7 +231,11 @@ class _Supervisor:
     def _ready(self, task_status: TaskStatus[None]) -> None:
         total = anyio.current_time() - self.t0
         what = "server" if not self.plan.external else "external server"
-        self.status(f"{what} ready on {self.plan.base_url} ({total:.2f}s)")
+        quiet = not self.follow_server and self.server is not None and self.plan.server_log
+        tail = f"; its output continues in {self.plan.server_log}" if quiet else ""
+        self.status(f"{what} ready on {self.plan.base_url} ({total:.2f}s){tail}")
+        if quiet and self.server is not None:
+            self.server.echo = False
         if self.ready_seconds is None:  # the first time: now the agent can start
             self.ready_seconds = total
             task_status.started()
@@ -377,11 +382,15 @@ async def supervise(
     handle_signals: bool = True,
     probe_interval: float = 0.05,
     guard: bool = True,
+    follow_server: bool = True,
 ) -> UpOutcome:
     """Run ``plan`` until the agent exits, a child fails or a signal arrives (async core).
 
     Raises `LaunchFailed` (a LaunchError) when the server never became ready.
     ``guard=False`` starts children without the orphan guard (only for measuring it).
+    ``follow_server=False`` stops showing the server's output once it is ready (it still
+    goes to its log file, and its last lines are quoted if it fails): for an agent that
+    talks to the user in the same terminal.
     """
     supervisor = _Supervisor(
         plan,
@@ -390,6 +399,7 @@ async def supervise(
         handle_signals=handle_signals,
         probe_interval=probe_interval,
         guard=guard,
+        follow_server=follow_server,
     )
     return await supervisor.run()
 
@@ -410,6 +420,7 @@ def run_up(
     log_dir: Path | None = None,
     on_plan: Callable[[LaunchPlan], None] | None = None,
     progress: Progress | None = None,
+    follow_server: bool = True,
 ) -> UpOutcome:
     """`punie up`: check the profile, build its plan, and (unless ``dry_run``) supervise it.
 
@@ -417,6 +428,7 @@ def run_up(
     errors, ModelError/AdapterError when they cannot be resolved, LaunchFailed
     when the server never became ready. ``agent_argv`` replaces the agent
     command (tests). ``progress`` hears about a builtin model being provisioned.
+    ``follow_server``: see `supervise`.
     A dry run returns ``UpOutcome(reason="dry-run", plan=...)``.
     """
     from punie.launch.prepare import prepare
@@ -428,4 +440,4 @@ def run_up(
         on_plan(plan)
     if dry_run:
         return UpOutcome(reason="dry-run", exit_code=0, plan=plan)
-    return run_plan(plan, grace=grace, sink=sink)
+    return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server)
