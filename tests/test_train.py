@@ -111,6 +111,9 @@ def test_punie_train_writes_adapter_and_metadata(tmp_path: Path, tiny_model: Pat
     assert (adapter / "adapters.safetensors").is_file()
     config_json = json.loads((adapter / "adapter_config.json").read_text())
     assert config_json["num_layers"] == 2 and config_json["lora_parameters"]["rank"] == 4
+    # It describes the adapter where it ended up, not the staging run.
+    assert config_json["adapter_path"] == "adapters/tool-v1" and config_json["config"] is None
+    assert config_json["model"] == str(tiny_model) and config_json["data"] == str(tiny_dataset)
     meta = read_meta(adapter)
     assert meta is not None
     assert meta.base_model == str(tiny_model) and meta.iters == 3 and meta.score is None

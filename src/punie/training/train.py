@@ -267,6 +267,25 @@ def _model_for(resolved: ResolvedProfile) -> tuple[Path, str]:
     return model_dir, base
 
 
+def _settle_config(path: Path, *, target: Path, base_model: str, dataset: Path, project_dir: Path) -> None:
+    """Make mlx_lm's adapter_config.json describe the adapter where it ends up, not the run.
+
+    mlx_lm records its own arguments: the staging directory, a temporary -c file and the
+    model directory. Recorded instead: the final directory, the profile's model spec
+    (``builtin:NAME`` or hub id stays portable) and paths relative to the project.
+    """
+
+    def shown(p: Path) -> str:
+        try:
+            return str(p.resolve().relative_to(project_dir.resolve()))
+        except ValueError:
+            return str(p)
+
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.update(adapter_path=shown(target), model=base_model, data=shown(dataset), config=None)
+    path.write_text(json.dumps(config, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -385,6 +404,8 @@ def train_adapter(
             base_model=base_model, base_fingerprint=fingerprint, dataset_hash=dataset.hash,
             iters=plan.iters, created=now_iso(), score=None, eval=None,
         )
+        _settle_config(staging / "adapter_config.json", target=target, base_model=base_model,
+                       dataset=Path(dataset.path), project_dir=Path(resolved.project_dir))
         write_meta(staging, meta)
         _swap_into_place(staging, target)
     finally:
