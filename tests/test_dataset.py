@@ -88,6 +88,44 @@ def test_tool_calls_only_on_assistant_and_well_formed(tmp_path: Path) -> None:
     assert "train.jsonl:1" not in text
 
 
+def test_tools_are_named_and_calls_use_them(tmp_path: Path) -> None:
+    tools = [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}]
+    row = {"messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "read_fil", "arguments": '{"path": "a"}'}}]},
+    ], "tools": [*tools, {"type": "function", "function": {"description": "no name"}}]}
+    _write(tmp_path, "train", [json.dumps(row)])
+    _write(tmp_path, "valid", [json.dumps(CHAT)])
+    with pytest.raises(TrainingError) as caught:
+        validate_dataset(tmp_path)
+    text = str(caught.value)
+    assert "train.jsonl:1: tools[1]: needs a function 'name' string" in text
+    assert "train.jsonl:1: messages[1].tool_calls[0]: tool 'read_fil' is not in the row's 'tools'" in text
+
+
+def test_mlx_lm_renders_the_shipped_rows_with_their_tools() -> None:
+    """mlx_lm's ChatDataset passes a row's `tools` to the chat template: each shipped row is in
+    that format, its calls name the agent's tools and its arguments are objects."""
+    from punie.agent.runner import DEFAULT_INSTRUCTIONS
+    from punie.config.models import ALL_TOOLS
+
+    folder = resolve_data_dir("tool-calling")
+    calls = 0
+    for split in ("train", "valid"):
+        for line in (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            assert [t["function"]["name"] for t in row["tools"]] == list(ALL_TOOLS)
+            assert row["messages"][0] == {"role": "system", "content": DEFAULT_INSTRUCTIONS}
+            for message in row["messages"]:
+                assert "<tool_call>" not in (message.get("content") or "")
+                for call in message.get("tool_calls", []):
+                    assert call["function"]["name"] in ALL_TOOLS
+                    assert isinstance(call["function"]["arguments"], dict)
+                    calls += 1
+    assert calls >= 50
+
+
 def test_error_list_is_capped(tmp_path: Path) -> None:
     _write(tmp_path, "train", ["nope"] * 50)
     _write(tmp_path, "valid", [json.dumps(CHAT)])

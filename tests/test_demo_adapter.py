@@ -3,8 +3,9 @@
 The adapter is the one trained on the shipped dataset, for the demo model; the dataset does
 not contain the eval prompts; `punie check demo-tools` passes against the real SmolLM2; and
 one slow test measures what the issue asks for: the adapter raises the demo model's eval
-score (two real mlx_lm.server runs of the suite, ~2 min on 2 cores). `bench/demo_adapter.py`
-also retrains the adapter and times it.
+score (two real mlx_lm.server runs of the suite, ~3 min on 2 cores), counted on real OpenAI
+tool_calls; another runs the agent with the adapter and sees it call list_files.
+`bench/demo_adapter.py` also retrains the adapter and times it.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def test_punie_check_passes_for_demo_tools_on_the_real_model() -> None:
 @pytest.mark.mlx
 def test_the_shipped_adapter_raises_the_demo_models_eval_score() -> None:
     """The measurement itself, as `punie eval demo-tools --vs demo` makes it: two real
-    mlx_lm.server runs of the tool-calling suite on SmolLM2 (~2 min on 2 cores)."""
+    mlx_lm.server runs of the tool-calling suite on SmolLM2 (~3 min on 2 cores). Measured when
+    the adapter was trained: 0.45 vs 0.00, 8 of 10 cases above 0, every case a real tool call."""
     from punie.weights.builtin import ensure_builtin
 
     ensure_builtin("smollm2-135m-instruct")
@@ -103,3 +105,31 @@ def test_the_shipped_adapter_raises_the_demo_models_eval_score() -> None:
     assert report.candidate.score > report.baseline.score + 0.2, report
     calls = [case for case in report.candidate.cases if case.score > 0]
     assert len(calls) >= 3  # not one lucky case: the adapter calls tools across the suite
+
+
+@pytest.mark.slow
+@pytest.mark.mlx
+def test_the_agent_with_demo_tools_calls_list_files(tmp_path: Path) -> None:
+    """End to end, as `punie ask "List the files in the adapters directory." --profile demo-tools`
+    runs it: mlx_lm.server serving SmolLM2 with the shipped adapter (the tool-aware chat template
+    makes mlx_lm parse the model's <tool_call> into OpenAI tool_calls), the pydantic-ai agent
+    calling the real list_files tool in a workspace that has an adapters/ directory."""
+    from punie.agent.runner import build_agent, run_turn_sync
+    from punie.training.evaluate import serve
+    from punie.weights.builtin import ensure_builtin
+
+    ensure_builtin("smollm2-135m-instruct")
+    (tmp_path / "adapters" / "demo-tools-v1").mkdir(parents=True)
+    (tmp_path / "adapters" / "README.md").write_text("adapters\n")
+    resolved = load_profile("demo-tools", config=CONFIG, overrides=(f"server.port={free_port()}",))
+    options = resolved.profile.agent.model_copy(update={"max_turns": 3, "max_tokens": 64, "temperature": 0.0})
+    (tmp_path / "logs").mkdir()
+    with serve(resolved, log_dir=tmp_path / "logs") as (base_url, adapter):
+        assert adapter is not None and Path(adapter) == ADAPTER
+        agent = build_agent(options, base_url, base_dir=tmp_path)
+        result = run_turn_sync(agent, "List the files in the adapters directory.")
+    calls = [(c.name, c.args, c.status) for c in result.tool_calls]
+    assert calls and calls[0][0] == "list_files", (calls, result.answer)
+    _, args, status = calls[0]
+    assert status == "ok" and isinstance(args, dict) and "adapters" in str(args.get("path")), calls
+    assert "<tool_call>" not in result.answer  # the call was parsed, not printed

@@ -29,12 +29,19 @@ def test_score_tool_call_from_the_server() -> None:
     assert score_case(READ, {"content": "I cannot do that."}).score == 0.0
 
 
-def test_score_tool_call_written_in_text() -> None:
+def test_a_tool_call_written_in_text_scores_nothing_but_is_recorded() -> None:
+    """The agent only receives the server's parsed tool_calls: a <tool_call> left in the text
+    (no tool parser for the model, unterminated, bad JSON) is not a call for it, nor here."""
     text = 'Sure.\n<tool_call>\n{"name": "read_file", "arguments": {"path": "LICENSE"}}\n</tool_call>'
     result = score_case(READ, {"content": text})
-    assert result.score == 1.0 and result.tool_call is not None and result.tool_call.name == "read_file"
+    assert result.score == 0.0 and result.tool_call is None
+    assert result.text_call is not None and result.text_call.name == "read_file"
+    assert json.loads(result.text_call.arguments) == {"path": "LICENSE"}
     cut = '<tool_call>\n{"name": "read_file", "arguments": {"path": "LIC'  # max_tokens ran out
-    assert score_case(READ, {"content": cut}).score == 0.5
+    cut_result = score_case(READ, {"content": cut})
+    assert cut_result.score == 0.0 and cut_result.text_call is not None
+    parsed = {"content": "", "tool_calls": [{"function": {"name": "read_file", "arguments": '{"path": "LICENSE"}'}}]}
+    assert score_case(READ, parsed).text_call is None
 
 
 def test_score_keywords_and_no_tool() -> None:
@@ -52,6 +59,21 @@ def test_shipped_suite_loads_and_unknown_suite_is_named() -> None:
     assert set(suite.tool_names()) == {"read_file", "list_files", "search", "write_file", "run_command"}
     with pytest.raises(UsageError, match="did you mean 'tool-calling'"):
         load_suite("tool-caling")
+
+
+def test_shipped_suite_asks_like_the_agent() -> None:
+    """Same system prompt and the same tool schemas as the agent's requests (pydantic-ai)."""
+    from punie.agent.runner import DEFAULT_INSTRUCTIONS
+    from punie.agent.tools import make_tools
+    from punie.config.models import ALL_TOOLS
+
+    suite = load_suite()
+    assert suite.system == DEFAULT_INSTRUCTIONS
+    agent_tools = [{"name": t.tool_def.name, "description": t.tool_def.description,
+                    "parameters": t.tool_def.parameters_json_schema} for t in make_tools(list(ALL_TOOLS))]
+    assert [t["function"] for t in suite.tools] == agent_tools
+    assert all(t["type"] == "function" for t in suite.tools)
+    assert "<tool_call>" not in (suite.system or "")  # the chat template describes the format
 
 
 def _suite() -> Suite:

@@ -10,6 +10,7 @@ import pytest
 
 from punie.errors import ModelError, ModelNotProvisioned
 from punie.paths import cache_dir
+from punie.weights.builtin import BUILTIN_FORMAT, MARKER
 from punie.weights.headers import layer_count
 from punie.weights.resolve import ModelNotAvailable, find_in_hf_cache, hf_hub_cache, resolve_model
 
@@ -82,6 +83,9 @@ def test_builtin_not_provisioned_then_provisioned(tmp_path: Path, monkeypatch: p
     with pytest.raises(ModelNotProvisioned):
         resolve_model("builtin:smollm2-135m-instruct", "/")
     target = _fake_model(cache_dir() / "models" / "smollm2-135m-instruct")
+    with pytest.raises(ModelNotProvisioned, match="older format"):  # converted, but not by this Punie
+        resolve_model("builtin:smollm2-135m-instruct", "/")
+    (target / MARKER).write_text(json.dumps({"format": BUILTIN_FORMAT, "name": "smollm2-135m-instruct"}))
     assert resolve_model("builtin:smollm2-135m-instruct", "/") == target
 
 

@@ -4,7 +4,10 @@ mlx_lm lora reads ``train.jsonl``, ``valid.jsonl`` and (optionally)
 ``test.jsonl`` from the ``--data`` directory; each line is one JSON object in
 one of its formats, chosen by the FIRST line of a file:
 
-- chat: ``{"messages": [{"role": ..., "content": ...}, ...], "tools": [...]?}``
+- chat: ``{"messages": [{"role": ..., "content": ...}, ...], "tools": [...]?}``; with tools
+  (mlx_lm renders them through the model's chat template), assistant messages may
+  carry OpenAI ``tool_calls`` (``{"function": {"name": ..., "arguments": {...}}}``,
+  arguments an object or a JSON string of one) and ``tool`` messages the results
 - completions: ``{"prompt": str, "completion": str}``
 - text: ``{"text": str}``
 
@@ -113,7 +116,29 @@ def _check_chat(row: dict[str, Any]) -> list[str]:
     tools = row.get("tools")
     if tools is not None and not isinstance(tools, list):
         errors.append("'tools' must be a list")
+    elif tools:
+        names = _tool_names(tools, errors)
+        for i, message in enumerate(messages):
+            calls = message.get("tool_calls") if isinstance(message, dict) else None
+            for j, call in enumerate(calls if isinstance(calls, list) else []):
+                fn = call.get("function", call) if isinstance(call, dict) else None
+                name = fn.get("name") if isinstance(fn, dict) else None
+                if isinstance(name, str) and name and names and name not in names:
+                    errors.append(f"messages[{i}].tool_calls[{j}]: tool {name!r} is not in the row's 'tools'")
     return errors
+
+
+def _tool_names(tools: list[Any], errors: list[str]) -> set[str]:
+    """Names of a row's tools (OpenAI format: {"type": "function", "function": {"name": ...}})."""
+    names: set[str] = set()
+    for k, tool in enumerate(tools):
+        fn = tool.get("function", tool) if isinstance(tool, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or not name:
+            errors.append(f"tools[{k}]: needs a function 'name' string")
+        else:
+            names.add(name)
+    return names
 
 
 def _check_row(row: Any, expected: str | None) -> tuple[str | None, list[str]]:

@@ -11,6 +11,13 @@ Each case scores 0..1: the mean of its parts, which are (when the case asks
 for them) the right tool name, the fraction of argument keywords found in the
 call's arguments, and the fraction of answer keywords found in the text. A
 case with ``expect_tool: null`` and ``no_tool: true`` wants a plain answer.
+
+Only real tool calls count: the OpenAI ``tool_calls`` of the server's answer,
+which is all the agent (pydantic-ai over OpenAI tool calling) ever receives.
+mlx_lm.server makes them from the model's output with the tool parser it
+infers from the chat template. A ``<tool_call>`` the model merely wrote in its
+text (no parser, unterminated, invalid JSON) scores nothing; it is kept in the
+result as ``text_call`` to tell "wrong format" from "no call at all".
 """
 
 from __future__ import annotations
@@ -95,7 +102,10 @@ class CaseResult(BaseModel):
 
     id: str
     score: float
-    tool_call: ToolCall | None = None
+    tool_call: ToolCall | None = Field(None, description="The first real tool call (OpenAI tool_calls).")
+    text_call: ToolCall | None = Field(
+        None, description="A <tool_call> written in the text that the server did not parse (scores nothing)."
+    )
     text: str = ""
     error: str | None = None
 
@@ -151,16 +161,21 @@ def request_body(suite: Suite, case: EvalCase) -> dict[str, Any]:
 
 
 def extract_tool_call(message: dict[str, Any]) -> ToolCall | None:
-    """The first tool call of an assistant message: parsed by the server, or written in its text.
-
-    Small models often write ``<tool_call>{"name": ..., "arguments": ...}`` that
-    the server does not parse (unterminated, extra text): it still counts.
-    """
+    """The first tool call of an assistant message, as the server parsed it (``tool_calls``)."""
     for call in message.get("tool_calls") or []:
         fn = call.get("function", call) if isinstance(call, dict) else {}
         if isinstance(fn, dict) and fn.get("name"):
             args = fn.get("arguments", "")
             return ToolCall(name=str(fn["name"]), arguments=args if isinstance(args, str) else json.dumps(args))
+    return None
+
+
+def extract_text_tool_call(message: dict[str, Any]) -> ToolCall | None:
+    """A ``<tool_call>{"name": ..., "arguments": ...}`` written in the text of a message.
+
+    The server leaves it in the text when it has no tool parser for the model or
+    cannot parse it (unterminated, invalid JSON): the agent then sees no call.
+    """
     text = message.get("content") or ""
     for found in _TOOL_CALL_TAG.finditer(text):
         try:
@@ -195,7 +210,8 @@ def score_case(case: EvalCase, message: dict[str, Any]) -> CaseResult:
     if case.expect_keywords:
         parts.append(_fraction(case.expect_keywords, text))
     score = sum(parts) / len(parts)
-    return CaseResult(id=case.id, score=round(score, 4), tool_call=call, text=text[:300])
+    text_call = extract_text_tool_call(message) if call is None else None
+    return CaseResult(id=case.id, score=round(score, 4), tool_call=call, text_call=text_call, text=text[:300])
 
 
 def run_suite_cases_count(spec: str | Path | None = None) -> int:

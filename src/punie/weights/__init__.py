@@ -5,6 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 #: ``progress(stage, done, total)``: told about each step of provisioning a model, with
-#: stage "download", "extract" or "convert"; ``done`` is None while a step has just begun
-#: (``total`` may then give its expected size in bytes).
+#: stage "download", "extract", "convert" or "update" (an older cache brought up to date);
+#: ``done`` is None while a step has just begun (``total`` may then give its size in bytes).
 Progress = Callable[[str, "int | None", "int | None"], None]

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from punie.errors import ModelError, ModelNotProvisioned, did_you_mean
-from punie.paths import cache_dir
 from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
@@ -120,11 +119,16 @@ def _builtin_known(name: str) -> None:
 
 
 def _builtin(name: str) -> Path:
+    from punie.weights.builtin import builtin_dir, is_provisioned
+
     _builtin_known(name)
-    target = cache_dir() / "models" / name
-    if not (target / "config.json").is_file():
+    target = builtin_dir(name)
+    if not is_provisioned(name):
+        # Also when an earlier Punie provisioned it in an older format (chat template):
+        # provisioning brings it up to date in place.
+        state = "provisioned in an older format" if (target / "config.json").is_file() else "not provisioned yet"
         raise ModelNotProvisioned(
-            f"builtin model {name!r} is not provisioned yet (it will be fetched to {target})",
+            f"builtin model {name!r} is {state} (it will be fetched to {target})",
             hint="`punie up` provisions it on first use",
         )
     return target
