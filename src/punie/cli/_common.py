@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from punie.errors import PunieError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,30 @@ class State:
 
     config: str | None = None
     overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    def with_overrides(self, extra: tuple[str, ...]) -> tuple[str, ...]:
+        """The global --set values, then a command's own (which win)."""
+        return (*self.overrides, *extra)
+
+
+def state_of(ctx: click.Context) -> State:
+    """The top-level group's State (a default one when a command runs on its own, as in tests)."""
+    return ctx.find_object(State) or State()
+
+
+def set_option(example: str = "server.port=8081") -> Callable[[F], F]:
+    """A command's own ``--set KEY=VALUE`` (applied after the global one)."""
+    return click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help=f"Override a profile value (after the global --set), e.g. --set {example}.",
+    )
+
+
+def format_option(help: str = "Output format.") -> Callable[[F], F]:
+    """``--format text|json``."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help=help,
+    )
 
 
 class PunieGroup(click.Group):

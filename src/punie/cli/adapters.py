@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from punie.cli._common import State, echo_json
+from punie.cli._common import echo_json, state_of
 
 
 @click.group("adapters", invoke_without_command=True)
@@ -47,7 +47,7 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
     from punie.adapters.registry import adapter_fits, adapters_root, list_adapters
     from punie.config import load_profiles
 
-    state = ctx.find_object(State) or State()
+    state = state_of(ctx)
     profiles = load_profiles(config=state.config, overrides=state.overrides)
     project = Path(profiles[0].project_dir) if profiles else Path.cwd()
     infos = list_adapters(project)

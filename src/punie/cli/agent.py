@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from punie.cli._common import State, echo_json, pass_state, render_progress
+from punie.cli._common import State, echo_json, pass_state, render_progress, set_option
 from punie.errors import AgentError, UsageError
 
 LOCAL_PREFIX = "local:"
@@ -48,7 +48,7 @@ def _load_target(state: State, profile: str | None, overrides: Sequence[str], ba
     from punie.agent.target import agent_target
     from punie.config import load_profile
 
-    resolved = load_profile(profile, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
+    resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
     return agent_target(resolved, base_url=base_url)
 
 
@@ -117,7 +117,7 @@ def agent_command(base_url: str, options_text: str | None, mode: str) -> None:
 @click.argument("prompt")
 @click.option("--profile", "-p", "profile", metavar="NAME", help="Profile to use (default: the file's default).")
 @click.option("--base-url", metavar="URL", help="Talk to this server instead of the profile's.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable).")
+@set_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the answer and tool calls as one JSON document.")
 @pass_state
 def ask_command(state: State, prompt: str, profile: str | None, base_url: str | None,
@@ -144,7 +144,7 @@ def ask_command(state: State, prompt: str, profile: str | None, base_url: str | 
 @click.option("--port", type=click.IntRange(1, 65535), help="Port for mlx_lm.server.")
 @click.option("--host", metavar="ADDR", help="Address mlx_lm.server binds to.")
 @click.option("--profile", "-p", "profile", metavar="NAME", help="Take the agent options from this profile.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a profile value (repeatable).")
+@set_option()
 @click.option("--mode", type=click.Choice(["auto", "acp", "repl"]), default="auto", show_default=True,
               help="With local:URL: ACP on stdio unless stdin is a terminal.")
 @click.option("--dry-run", is_flag=True, help="Print the launch plan (after checking) and start nothing.")
@@ -160,7 +160,7 @@ def serve_command(state: State, ctx: click.Context, model: str, adapter: str | N
     if profile or overrides:
         from punie.config import load_profile
 
-        resolved = load_profile(profile, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
+        resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
     if model.startswith(LOCAL_PREFIX):
         url = model[len(LOCAL_PREFIX):]
         if not url.startswith(("http://", "https://")):

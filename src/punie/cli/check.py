@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import click
 
-from punie.cli._common import State, echo_json, pass_state
+from punie.cli._common import State, echo_json, format_option, pass_state, set_option
 
 
 @click.command("check")
 @click.argument("profiles", nargs=-1)
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-    help="Output format (json for CI).",
-)
-@click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-    help="Override a profile value (after the global --set), e.g. --set server.port=8081.",
-)
+@format_option("Output format (json for CI).")
+@set_option()
 @pass_state
 @click.pass_context
 def check_command(ctx: click.Context, state: State, profiles: tuple[str, ...], fmt: str,
@@ -29,7 +23,7 @@ def check_command(ctx: click.Context, state: State, profiles: tuple[str, ...], f
     from punie.checks import check_profiles
     from punie.config import load_profiles
 
-    resolved = load_profiles(profiles, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
+    resolved = load_profiles(profiles, config=state.config, overrides=state.with_overrides(overrides))
     report = check_profiles(resolved)
     if fmt == "json":
         echo_json(report.to_json())

@@ -17,27 +17,15 @@ from typing import Any
 
 import click
 
-from punie.cli._common import State, echo_json
+from punie.cli._common import echo_json, format_option, set_option, state_of
 from punie.config import EMBEDDED_NAME, list_profiles, load_profile
 from punie.config.locate import dotted
 from punie.config.models import Profile, ResolvedProfile
 from punie.config.resolve import LEAF_KEYS
 from punie.config.schema import SCHEMA_RELPATH, check_schema, schema_text, write_schema
 
-_FORMAT = click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
-)
-_SET = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a profile value (after the global --set), e.g. --set server.port=8081.",
-)
-
-
-def _state(ctx: click.Context) -> State:
-    return ctx.find_object(State) or State()
+_FORMAT = format_option()
+_SET = set_option()
 
 
 def toml_value(value: Any) -> str:
@@ -105,8 +93,8 @@ def profiles_group(ctx: click.Context, fmt: str, overrides: tuple[str, ...]) -> 
     """
     if ctx.invoked_subcommand is not None:
         return
-    state = _state(ctx)
-    listing = list_profiles(config=state.config, overrides=(*state.overrides, *overrides))
+    state = state_of(ctx)
+    listing = list_profiles(config=state.config, overrides=state.with_overrides(overrides))
     if fmt == "json":
         echo_json(
             {
@@ -159,8 +147,8 @@ def show(ctx: click.Context, name: str | None, fmt: str, overrides: tuple[str, .
     Sources: file, file (defaults), file (extends NAME), env (PUNIE_* variables),
     cli (--set) or default. Without NAME, the default profile is shown.
     """
-    state = _state(ctx)
-    resolved = load_profile(name, config=state.config, overrides=(*state.overrides, *overrides))
+    state = state_of(ctx)
+    resolved = load_profile(name, config=state.config, overrides=state.with_overrides(overrides))
     if fmt == "json":
         echo_json(
             {

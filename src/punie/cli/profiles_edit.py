@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from punie.cli._common import State
+from punie.cli._common import state_of
 from punie.config.edit import (
     apply_edit,
     new_profile,
@@ -28,16 +28,12 @@ from punie.config.loader import CONFIG_NAME, find_config
 from punie.errors import ConfigError
 
 
-def _state(ctx: click.Context) -> State:
-    return ctx.find_object(State) or State()
-
-
 def _config_path(ctx: click.Context, *, create: bool = False) -> Path:
     """The file to edit: --config / PUNIE_CONFIG, else punie.toml here or in a parent.
 
     With ``create`` (for `new`) a missing file means ./punie.toml (or the --config path).
     """
-    state = _state(ctx)
+    state = state_of(ctx)
     if create and state.config and not Path(state.config).exists():
         return Path(state.config)
     found = find_config(state.config)

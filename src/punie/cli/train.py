@@ -8,26 +8,16 @@ from typing import Any
 
 import click
 
-from punie.cli._common import State, echo_json
+from punie.cli._common import echo_json, set_option, state_of
 
-_SET = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a profile value (after the global --set), e.g. --set adapter=latest.",
-)
-
-
-def _state(ctx: click.Context) -> State:
-    return ctx.find_object(State) or State()
+_SET = set_option("adapter=latest")
 
 
 def _load(ctx: click.Context, name: str | None, overrides: tuple[str, ...]) -> Any:
     from punie.config import load_profile
 
-    state = _state(ctx)
-    return load_profile(name, config=state.config, overrides=(*state.overrides, *overrides))
+    state = state_of(ctx)
+    return load_profile(name, config=state.config, overrides=state.with_overrides(overrides))
 
 
 class _TrainBar:

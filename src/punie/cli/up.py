@@ -11,16 +11,13 @@ import sys
 
 import click
 
-from punie.cli._common import State, pass_state, render_progress
+from punie.cli._common import State, format_option, pass_state, render_progress, set_option
 
 
 @click.command("up")
 @click.argument("profile", required=False)
 @click.option("--dry-run", is_flag=True, help="Print the launch plan (after resolving and checking) and exit.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-    help="Format of the --dry-run plan.",
-)
+@format_option("Format of the --dry-run plan.")
 @click.option("--no-check", is_flag=True, help="Launch without running `punie check` first.")
 @click.option(
     "--follow-server/--no-follow-server", default=None,
@@ -31,10 +28,7 @@ from punie.cli._common import State, pass_state, render_progress
     "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
     help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
 )
-@click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-    help="Override a profile value (after the global --set), e.g. --set server.port=8081.",
-)
+@set_option()
 @pass_state
 @click.pass_context
 def up_command(
@@ -57,7 +51,7 @@ def up_command(
     from punie.config import load_profile
     from punie.launch import run_up
 
-    resolved = load_profile(profile, config=state.config, overrides=tuple(state.overrides) + tuple(overrides))
+    resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
     if follow_server is None:  # the interactive agent shares the terminal: keep it readable
         follow_server = not sys.stdin.isatty()
     outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
