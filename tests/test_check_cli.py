@@ -106,3 +106,14 @@ def test_problems_name_the_line_the_value_is_written_on(tmp_path: Path) -> None:
     assert where["model-not-found"] == "punie.toml:6: profiles.p.model"
     assert where["adapter-not-found"] == "punie.toml:7: profiles.p.adapter"
     assert where["remote-host"] == "--set server.host"
+
+
+def test_a_value_from_defaults_is_named_where_it_is_written(tmp_path: Path) -> None:
+    (tmp_path / "punie.toml").write_text(
+        '[defaults]\nmodel = "no-such-dir/"\n\n[profiles.p]\ndescription = "x"\n'
+        f"[profiles.p.server]\nport = {_free_port()}\n"
+    )
+    result = CliRunner().invoke(main, ["--config", str(tmp_path / "punie.toml"), "check", "--format", "json"])
+    assert result.exit_code == 1, result.output
+    (problem,) = json.loads(result.stdout)["profiles"][0]["problems"]
+    assert (problem["code"], problem["where"]) == ("model-not-found", "punie.toml:2: defaults.model")

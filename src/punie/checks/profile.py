@@ -16,7 +16,7 @@ from punie.checks.report import Problem, ProfileReport
 from punie.checks.server import server_findings
 from punie.config.locate import dotted
 from punie.config.models import ResolvedProfile
-from punie.config.resolve import describe_source
+from punie.config.resolve import describe_source, written_at
 from punie.errors import AdapterError, CorruptFileError, ModelError, ModelNotProvisioned, PunieError
 from punie.weights.headers import ModelShapes, read_model_shapes
 from punie.weights.resolve import ModelNotAvailable, find_in_hf_cache, resolve_model
@@ -47,13 +47,10 @@ class _Collector:
         origin = self.resolved.sources.get(base, "default")
         if origin in ("cli", "env"):
             return place
-        if origin == "file (defaults)":
-            table = "defaults"
-        elif origin.startswith("file (extends "):
-            table = dotted(("profiles", origin[len("file (extends ") : -1]))
-        else:
-            table = dotted(("profiles", self.resolved.name))
-        return f"{place}: {table}.{key}"
+        table = written_at(self.resolved, base)  # the key's own path when written in the file
+        if origin.startswith("file"):
+            table = table[: -len(base.split("."))]
+        return f"{place}: {dotted(table)}.{key}"
 
 
 def display_path(path: Path, project_dir: str) -> str:

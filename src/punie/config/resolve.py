@@ -25,12 +25,11 @@ from punie.config.loader import (
     ConfigSource,
     Problem,
     extends_chain,
-    parse_config,
     raise_problems,
     read_config,
     validation_problems,
 )
-from punie.config.locate import dotted
+from punie.config.locate import KeyPath, dotted, key_lines, line_of
 from punie.config.models import Profile, ResolvedProfile
 from punie.config.overrides import deep_merge, leaves, overrides_to_dict
 from punie.config.settings import (
@@ -326,6 +325,21 @@ def list_profiles(
     )
 
 
+def written_at(resolved: ResolvedProfile, key: str) -> KeyPath:
+    """The path in the profiles file where ``key`` of a resolved profile is written:
+    ``defaults.server.port``, the ancestor's table for ``extends``, else the profile's own.
+    A value left at its default (or set by env / --set) gives the profile's table."""
+    origin = resolved.sources.get(key, "default")
+    parts = tuple(key.split("."))
+    if origin == "file (defaults)":
+        return ("defaults", *parts)
+    if origin.startswith("file (extends "):
+        return ("profiles", origin[len("file (extends ") : -1], *parts)
+    if origin == "file":
+        return ("profiles", resolved.name, *parts)
+    return ("profiles", resolved.name)
+
+
 def describe_source(resolved: ResolvedProfile, key: str) -> str:
     """Where ``key`` (dotted, e.g. ``server.port``) of a resolved profile was set, as a place
     to put in front of a message: ``punie.toml:14``, ``PUNIE_SERVER__PORT``, ``--set server.port``.
@@ -333,27 +347,22 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
     Values left at their default point at the profile's table.
     """
     origin = resolved.sources.get(key, "default")
-    parts = tuple(key.split("."))
     if origin == "cli":
         return f"--set {key}"
     if origin == "env":
-        return ENV_PREFIX + ENV_DELIMITER.join(parts).upper()
-    try:
-        if resolved.config_path is None:
-            source = parse_config(EMBEDDED_DEFAULT_TOML, display=EMBEDDED_NAME)
-        else:
-            path = Path(resolved.config_path)
-
-            source = parse_config(path.read_text(encoding="utf-8-sig"), display=path.name, path=path)
-    except (ConfigError, OSError, UnicodeDecodeError):
-        return Path(resolved.config_path).name if resolved.config_path else EMBEDDED_NAME
-    if origin == "file (defaults)":
-        return source.where(("defaults", *parts))
-    if origin.startswith("file (extends "):
-        return source.where(("profiles", origin[len("file (extends ") : -1], *parts))
-    if origin == "file":
-        return source.where(("profiles", resolved.name, *parts))
-    return source.where(("profiles", resolved.name))
+        return ENV_PREFIX + ENV_DELIMITER.join(key.split(".")).upper()
+    # The file was validated when the profile was resolved: only its key lines are needed.
+    if resolved.config_path is None:
+        display, text = EMBEDDED_NAME, EMBEDDED_DEFAULT_TOML
+    else:
+        path = Path(resolved.config_path)
+        display = path.name
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError):
+            return display
+    line = line_of(key_lines(text), written_at(resolved, key))
+    return f"{display}:{line}" if line else display
 
 
 __all__ = [
@@ -361,6 +370,7 @@ __all__ = [
     "Problem",
     "check_profile_name",
     "describe_source",
+    "written_at",
     "load_profile",
     "load_profiles",
     "list_profiles",
