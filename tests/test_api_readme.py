@@ -8,7 +8,6 @@ baseline on real tool calls: the measurement `punie eval` is for.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,25 +29,39 @@ def test_the_readme_example_is_the_evaluation_example() -> None:
     assert "punie.evaluate(" in code and "improvement" in code
 
 
+def _run_both(*commands: list[str]) -> list[tuple[int, str, str]]:
+    """Run the commands side by side (each server is single-threaded on CPU: two fit on two cores)."""
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in commands]
+    try:
+        outputs = [proc.communicate(timeout=1200) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [(proc.returncode, out, err) for proc, (out, err) in zip(procs, outputs, strict=True)]
+
+
 @pytest.mark.slow
 @pytest.mark.mlx
+@pytest.mark.timeout(1500)
 def test_the_readme_example_prints_what_punie_eval_prints() -> None:
     from punie.weights.builtin import ensure_builtin
 
     ensure_builtin("smollm2-135m-instruct")  # once per session (PUNIE_CACHE_DIR is a session temp dir)
-    env = dict(os.environ)
-    example = subprocess.run([sys.executable, "-c", readme_example()], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=900)
-    assert example.returncode == 0, example.stderr[-3000:]
-    cli = subprocess.run([sys.executable, "-m", "punie", "eval", "demo-tools", "--json", "--no-store"], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=900)
-    assert cli.returncode == 0, cli.stderr[-3000:]
-    report = json.loads(cli.stdout)
+    (rc, printed, err), (cli_rc, cli_out, cli_err) = _run_both(
+        [sys.executable, "-c", readme_example()],
+        [sys.executable, "-m", "punie", "eval", "demo-tools", "--json", "--no-store"],
+    )
+    assert rc == 0, err[-3000:]
+    assert cli_rc == 0, cli_err[-3000:]
+    report = json.loads(cli_out)
     base, cand = report["baseline"], report["candidate"]
     expected = [f"suite {report['suite']}: adapter {cand['score']:.2f} vs baseline {base['score']:.2f} "
                 f"({report['delta']:+.2f})"]
     expected += [f"  {c['id']}: {b['score']:.2f} -> {c['score']:.2f}"
                  for b, c in zip(base["cases"], cand["cases"], strict=True)]
-    assert example.stdout.splitlines() == expected
+    assert printed.splitlines() == expected
     assert cand["score"] > base["score"] + 0.2, report  # the adapter really calls tools
     assert sum(1 for c in cand["cases"] if c["score"] > 0) >= 3  # across the suite, not one lucky case
