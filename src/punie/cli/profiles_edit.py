@@ -60,9 +60,14 @@ def _shown(path: Path) -> str:
 
 def _edit(ctx: click.Context, fn: Callable[[str], str], message: str, *, create: bool = False) -> None:
     path = _config_path(ctx, create=create)
-    before = path.read_bytes() if path.is_file() else None
-    apply_edit(path, fn, create=create)
-    _done(path, message if path.read_bytes() != before else "nothing changed")
+    seen: list[str] = []
+
+    def edit(text: str) -> str:
+        seen.append(text)  # what the edit saw, under the lock: no race with other writers
+        return fn(text)
+
+    after = apply_edit(path, edit, create=create)
+    _done(path, message if not seen or after != seen[0] else "nothing changed")
 
 
 def attach(group: click.Group) -> None:

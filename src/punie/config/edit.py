@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from tomlkit.items import AoT, InlineTable, Item, Table
 
 from punie.config import keys, overrides
-from punie.config.atomic import write_atomic
+from punie.config.atomic import locked, write_atomic
 from punie.config.edit_inline import inline_add, inline_remove
 from punie.config.edit_sections import profile_sections, rewrite_header, table_form
 from punie.config.edit_tables import (
@@ -540,14 +540,39 @@ def _display(path: Path) -> str:
 
 def apply_edit(path: str | os.PathLike[str], fn: Callable[[str], str], *, create: bool = False) -> str:
     """Read ``path``, apply ``fn`` to its text, validate the result and write it
-    atomically. Returns the new text. An error anywhere leaves the file as it was.
+    atomically, all under the file's exclusive edit lock (so concurrent edits
+    serialise and none is lost; see punie.config.atomic). Returns the new text.
+    An error anywhere leaves the file as it was. A read-only or hard-linked
+    file is refused (ConfigError); a symlink is followed.
 
     With ``create`` a missing file counts as empty (it is created on success).
     """
     target = Path(path)
     display = _display(target)
+    with locked(target, display=display) as real:
+        text, bom = _read(real, display, create=create)
+        try:
+            new_text = fn(text)
+        except (ConfigError, UsageError) as exc:
+            raise _located(exc, text, target) from None
+        if new_text == text:
+            logger.info("%s: nothing changed", target)
+            return text
+        validate_text(new_text, path=target)
+        try:
+            write_atomic(real, bom + new_text)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the profiles file (it is unchanged): {exc.strerror or exc}", where=display
+            ) from None
+    logger.info("%s: written", target)
+    return new_text
+
+
+def _read(real: Path, display: str, *, create: bool) -> tuple[str, str]:
+    """The file's text and its byte order mark ("" when none)."""
     try:
-        raw = target.read_bytes()
+        raw = real.read_bytes()
     except FileNotFoundError:
         if not create:
             raise ConfigError(
@@ -558,26 +583,10 @@ def apply_edit(path: str | os.PathLike[str], fn: Callable[[str], str], *, create
         raise ConfigError(f"cannot read the profiles file: {exc.strerror or exc}", where=display) from None
     bom = "\ufeff" if raw.startswith(codecs.BOM_UTF8) else ""
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig"), bom
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"not UTF-8 text (byte {exc.start})", where=f"{display}:{line}") from None
-    try:
-        new_text = fn(text)
-    except (ConfigError, UsageError) as exc:
-        raise _located(exc, text, target) from None
-    if new_text == text:
-        logger.info("%s: nothing changed", target)
-        return text
-    validate_text(new_text, path=target)
-    try:
-        write_atomic(target, bom + new_text)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write the profiles file (it is unchanged): {exc.strerror or exc}", where=display
-        ) from None
-    logger.info("%s: written", target)
-    return new_text
 
 
 def _located(exc: ConfigError | UsageError, text: str, target: Path) -> ConfigError | UsageError:
