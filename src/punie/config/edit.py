@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "apply_edit",
     "check_key",
+    "create_profile",
+    "dependants",
+    "free_port",
     "new_profile",
     "parse_value",
     "profile_names",
@@ -348,6 +351,45 @@ def new_profile(text: str, name: str, from_: str | None = None) -> str:
     return _append_block(text, block)
 
 
+def create_profile(
+    text: str, name: str, from_: str | None = None, values: Sequence[tuple[str, Any]] = ()
+) -> str:
+    """`punie profiles new`: ``new_profile``, then ``values`` (KEY, VALUE pairs) set in it.
+
+    A copy (``from_``) gets a port of its own unless ``values`` set ``server.port``
+    (or ``server.url``): two profiles on one port cannot run side by side.
+    """
+    text = new_profile(text, name, from_)
+    given = {tuple(split_key(key)) for key, _ in values}
+    if from_ is not None and not given & {("server",), ("server", "port"), ("server", "url")}:
+        port = free_port(text, name)
+        if port is not None:
+            text = set_value(text, name, "server.port", port)
+    for key, value in values:
+        text = set_value(text, name, key, value)
+    return text
+
+
+def free_port(text: str, name: str) -> int | None:
+    """A port for profile ``name`` that no other profile of ``text`` resolves to: the
+    first one above its current port (wrapping to 1024). None when ``name`` starts no
+    server (``server.url``) or its port is already its own."""
+    source = parse_config(text, display="punie.toml")
+    resolved = {r.name: r.profile.server for r in resolve_many(source, (), env=_STAND_IN)}
+    mine = resolved[name]
+    if mine.url is not None:
+        return None
+    used = {s.port for other, s in resolved.items() if other != name and s.url is None}
+    if mine.port not in used:
+        return None
+    port = mine.port
+    for _ in range(65535):
+        port = port + 1 if port < 65535 else 1024
+        if port not in used:
+            return port
+    raise ConfigError("no free port left for a new profile")
+
+
 def _append_block(text: str, block: str) -> str:
     if not text.strip():
         return text + block
@@ -404,39 +446,103 @@ def rename_profile(text: str, old: str, new: str) -> str:
     )
 
 
-@_keeps_line_endings
-def remove_profile(text: str, name: str, *, force: bool = False) -> str:
-    """Return ``text`` without profile ``name``.
+def dependants(text: str, name: str) -> list[str]:
+    """The profiles of ``text`` that extend ``name``, directly or through others, nearest first."""
+    return _dependants(_parse(text), name)
 
-    Refused (ConfigError) when other profiles extend it or it is the default
-    profile, unless ``force``: then those ``extends`` and ``default_profile`` are
-    removed too.
+
+def _dependants(doc: Any, name: str) -> list[str]:
+    """Every profile whose `extends` chain reaches ``name``, nearest first."""
+    out: list[str] = []
+    frontier = [name]
+    while frontier:
+        children = [c for parent in frontier for c in _extenders(doc, parent) if c not in out and c != name]
+        out.extend(children)
+        frontier = children
+    return out
+
+
+@_keeps_line_endings
+def remove_profile(text: str, name: str, *, force: bool = False, cascade: bool = False) -> str:
+    """Return ``text`` without profile ``name``; never a file with a broken ``extends``.
+
+    While other profiles extend it, it is refused (ConfigError naming them) unless
+    ``cascade`` (they are removed too, and the profiles extending those) or
+    ``force`` (they are re-pointed: each direct dependant gets the values of
+    ``name`` it did not set itself written into its own table, and extends what
+    ``name`` extended, so it resolves exactly as before). Being the
+    ``default_profile`` needs ``force`` (the entry is dropped).
     """
     doc = _parse(text)
     names = list(_profiles(doc).keys())
     if name not in names:
         raise _no_profile(name, names)
     children = _extenders(doc, name)
-    is_default = doc.get("default_profile") == name
-    if (children or is_default) and not force:
+    dependants = _dependants(doc, name)
+    removed = [name, *dependants] if cascade else [name]
+    is_default = doc.get("default_profile") in removed
+    if (children and not (cascade or force)) or (is_default and not force):
         reasons = []
-        if children:
+        if children and not (cascade or force):
             reasons.append("extended by " + ", ".join(f"'{c}'" for c in children))
+            indirect = [d for d in dependants if d not in children]
+            if indirect:
+                reasons[-1] += " (and " + ", ".join(f"'{d}'" for d in indirect) + " through them)"
         if is_default:
-            reasons.append("it is the default_profile")
+            reasons.append(f"{'it' if doc.get('default_profile') == name else repr(doc.get('default_profile'))} is the default_profile")
         raise ConfigError(
             f"profile '{name}' is in use: {'; '.join(reasons)}",
-            hint="change those first, or pass --force to drop the references too",
+            hint="--cascade removes the profiles that extend it too; --force keeps them working "
+            f"(copies the values of '{name}' into them) and drops default_profile",
         )
-    if children:
+    if not cascade:
         for child in children:
-            text = unset_value(text, child, "extends")
-        doc = _parse(text)
+            text = _inline_parent(text, child, name)
     if is_default:
+        doc = _parse(text)
         del doc["default_profile"]
+        text = doc.as_string()
+    for victim in reversed(removed):  # the farthest dependants first
+        text = _remove_one(text, victim)
+    return text
+
+
+def _inline_parent(text: str, child: str, parent: str) -> str:
+    """``child`` extending what ``parent`` extends, with the values of ``parent`` it
+    inherited written into its own table (so it resolves as before)."""
+    data = tomllib.loads(text)["profiles"]
+    own, inherited = data[child], data[parent]
+    for path in overrides.leaves({k: v for k, v in inherited.items() if k != "extends"}):
+        value = _at(inherited, path)
+        if value == {} or _has(own, path):
+            continue  # an empty table changes nothing; the child's own value wins
+        if path[0] in ("adapter", "adapters") and ({"adapter", "adapters"} & set(own)):
+            continue  # one adapter form set by the child replaces the other
+        text = set_value(text, child, ".".join(render_key(p) for p in path), value)
+    grandparent = inherited.get("extends")
+    if grandparent is None:
+        return unset_value(text, child, "extends")
+    return set_value(text, child, "extends", grandparent)
+
+
+def _at(data: Any, path: Sequence[str]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _has(data: Any, path: Sequence[str]) -> bool:
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _remove_one(text: str, name: str) -> str:
+    doc = _parse(text)
     found = table_form(text, name)
     if found:
-        text = doc.as_string()
         lines = text.splitlines(keepends=True)
         total = len(lines)
         for section in reversed(profile_sections(text, name)):
@@ -516,6 +622,10 @@ def replace_profile(text: str, name: str, snippet: str) -> str:
 # --------------------------------------------------------------------------- validation and files
 
 
+# A profile may lack a model while it is built; `punie check` reports that, not the editor.
+_STAND_IN = {"PUNIE_MODEL": "(checked by punie check)"}
+
+
 def validate_text(text: str, *, path: str | os.PathLike[str] = "punie.toml") -> None:
     """Raise ConfigError (naming file, line and key) unless ``text`` is a valid
     profiles file whose every profile resolves: the loader's own checks
@@ -528,7 +638,7 @@ def validate_text(text: str, *, path: str | os.PathLike[str] = "punie.toml") -> 
     is left to `punie check`, so resolution runs with a stand-in PUNIE_MODEL.
     """
     source = parse_config(text, display=_display(Path(path)), path=Path(path))
-    resolve_many(source, (), env={"PUNIE_MODEL": "(checked by punie check)"})
+    resolve_many(source, (), env=_STAND_IN)
 
 
 def _display(path: Path) -> str:
