@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from punie.config.edit_tables import render_key
+from punie.config import lexer
+from punie.config.edit.tables import render_key
 
 
 @dataclass(frozen=True)
@@ -90,21 +91,46 @@ def table_form(text: str, name: str) -> list[Section]:
     return found if alone == whole else []
 
 
+def rename_key(text: str, parent: Sequence[str], old: str, written: str) -> str | None:
+    """``text`` with the key ``old`` of table ``parent`` written as ``written`` wherever
+    it is spelt: in table headers (``[profiles.old.server]``), in keys
+    (``old = {...}`` under ``[profiles]``, ``old.model = ...``) and in dotted keys
+    of an outer table (``profiles.old.model = ...``). Every other byte is kept.
+    None when nothing names it."""
+    lines = text.splitlines(keepends=True)
+    target = (*parent, old)
+    current: tuple[str, ...] = ()
+    changed = False
+    for number, line in enumerate(lines):
+        found = lexer.header(line)
+        if found is not None and _valid_prefix(lines, number):
+            key, offset = found[0], 0
+            current = key.parts
+        else:
+            key = lexer.read_key(line)
+            if key is None or not line.startswith("=", key.end):
+                continue
+            offset = len(current)
+            if offset >= len(target) or (*current, *key.parts)[: len(target)] != target:
+                continue
+            if not _valid_prefix(lines, number):
+                continue  # inside a multi-line string or array
+        path = key.parts if offset == 0 else (*current, *key.parts)
+        index = len(target) - 1 - offset
+        if path[: len(target)] != target or index < 0 or index >= len(key.spans):
+            continue
+        start, end = key.spans[index]
+        lines[number] = line[:start] + written + line[end:]
+        changed = True
+    return "".join(lines) if changed else None
+
+
 def _header_end(line: str) -> int:
     """Index just after the closing bracket(s) of the header on ``line``."""
-    i = line.index("[")
-    while i < len(line):
-        c = line[i]
-        if c in "\"'":
-            j = i + 1
-            while j < len(line) and line[j] != c:
-                j += 2 if c == '"' and line[j] == "\\" else 1
-            i = j + 1
-            continue
-        if c == "]":
-            return i + 2 if line.startswith("]]", i) else i + 1
-        i += 1
-    raise ValueError(f"not a table header: {line!r}")
+    found = lexer.header(line)
+    if found is None:
+        raise ValueError(f"not a table header: {line!r}")
+    return found[2]
 
 
 def rewrite_header(line: str, path: Sequence[str], array: bool) -> str:
