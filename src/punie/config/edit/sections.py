@@ -15,6 +15,7 @@ from typing import Any
 
 from punie.config import lexer
 from punie.config.edit.tables import render_key
+from punie.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,60 @@ def rewrite_header(line: str, path: Sequence[str], array: bool) -> str:
     tail = line[_header_end(line) :]
     keys = ".".join(render_key(p) for p in path)
     return f"{indent}{'[[' if array else '['}{keys}{']]' if array else ']'}{tail}"
+
+
+def insert_header(text: str, path: Sequence[str], line: str) -> str:
+    """``text`` with a ``[path]`` table holding ``line`` put right above the header
+    of the first table under ``path`` (its comments stay with what they head)."""
+    lines = text.splitlines(keepends=True)
+    depth = len(path)
+    below = [s for s in sections(text) if tuple(s.path[:depth]) == tuple(path) and len(s.path) > depth]
+    if not below:
+        raise ConfigError(f"cannot find the tables of {'.'.join(path)} in the file; edit it by hand")
+    header = "[" + ".".join(render_key(p) for p in path) + "]\n"
+    lines[below[0].header : below[0].header] = [header, line + "\n", "\n"]
+    return "".join(lines)
+
+
+def remove_header(text: str, path: Sequence[str]) -> str:
+    """``text`` without the header line of table ``path`` and the blank lines under
+    it (for a table that holds nothing but sub-tables)."""
+    lines = text.splitlines(keepends=True)
+    for section in sections(text):
+        if section.path == tuple(path) and not section.array:
+            rest = lines[section.header + 1 : section.end]
+            if all(not line.strip() for line in rest):
+                del lines[section.header : section.end]
+            break
+    return "".join(lines)
+
+
+def written_dotted(text: str, path: Sequence[str]) -> bool:
+    """Whether table ``path`` is written only through dotted keys of an outer
+    table (``server.port = 1`` under ``[profiles.a]``): no header at or under it,
+    no ``path = {...}``, and at least one dotted key through it."""
+    target = tuple(path)
+    depth = len(target)
+    found = sections(text)
+    if any(s.path[:depth] == target for s in found):
+        return False
+    lines = text.splitlines(keepends=True)
+    headers = {s.header: s.path for s in found}
+    current: tuple[str, ...] = ()
+    dotted = False
+    for number, line in enumerate(lines):
+        if number in headers:
+            current = headers[number]
+            continue
+        if len(current) >= depth or current != target[: len(current)]:
+            continue
+        key = lexer.read_key(line)
+        if key is None or not line.startswith("=", key.end):
+            continue
+        full = (*current, *key.parts)
+        if full[:depth] != target or not _valid_prefix(lines, number):
+            continue
+        if len(full) == depth:
+            return False  # `name = {...}` or a value: not dotted
+        dotted = True
+    return dotted

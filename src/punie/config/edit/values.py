@@ -8,12 +8,13 @@ from tomlkit.items import AoT, InlineTable, Item, Table
 
 from punie.config.edit.document import Step, check_key, get_profile, is_table_field, keeps_line_endings, parse_doc, profiles_of, split_key, walk, where_of
 from punie.config.edit.inline import inline_add, inline_remove
+from punie.config.edit.sections import insert_header, remove_header, written_dotted
 from punie.config.edit.tables import (
-    dotted_child,
     implicit_sole,
     inline_item,
     is_container,
     is_empty,
+    nested_key,
     nested_text,
     new_item,
     only_subtables,
@@ -59,13 +60,19 @@ def set_value(text: str, profile: str, key: str, value: Any) -> str:
         return doc.as_string()
     # A table written as dotted keys (server.port = 1) grows by one more dotted key
     # in the table that holds those lines.
+    base = ("profiles", profile)
     anchor = len(steps)
-    while anchor > 0 and dotted_child(steps[anchor - 1].parent, steps[anchor - 1].key):
+    while anchor > 0 and written_dotted(text, (*base, *parts[:anchor])):
         anchor -= 1
     if anchor < len(steps) and isinstance(steps[anchor].parent, InlineTable):
         anchor = len(steps)
     holder = steps[anchor - 1].item if anchor else prof
-    table_add(holder, list(parts[anchor:]), item)
+    rest = list(parts[anchor:])
+    if isinstance(holder, Table) and holder.is_super_table():
+        # A table written only through its sub-tables' headers gets a header of
+        # its own, right above the first of them.
+        return insert_header(text, (*base, *parts[:anchor]), f"{nested_key(rest)} = {item.as_string()}")
+    table_add(holder, rest, item)
     return doc.as_string()
 
 
@@ -118,8 +125,8 @@ def unset_value(text: str, profile: str, key: str) -> str:
     else:
         # Even the profile's own inline table is empty: keep the profile, as `{}`.
         profiles_of(doc)[profile] = inline_item("{}")
+    result = doc.as_string()
     if isinstance(prof, Table) and not prof.is_super_table() and only_subtables(prof):
         # Undo the header a `set` wrote for a profile that only had sub-tables.
-        prof.value.body[:] = [(k, v) for k, v in prof.value.body if k is not None]
-        prof._is_super_table = True  # noqa: SLF001
-    return doc.as_string()
+        result = remove_header(result, ("profiles", profile))
+    return result
