@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path

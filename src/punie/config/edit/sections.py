@@ -11,7 +11,6 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from punie.config import lexer
 from punie.config.edit.tables import render_key
@@ -39,16 +38,10 @@ def _valid_prefix(lines: list[str], upto: int) -> bool:
 
 
 def _header_path(line: str) -> tuple[tuple[str, ...], bool]:
-    stripped = line.strip()
-    array = stripped.startswith("[[")
-    data: Any = tomllib.loads(line if line.endswith("\n") else line + "\n")
-    parts: list[str] = []
-    while isinstance(data, dict) and data:
-        ((key, data),) = data.items()
-        parts.append(key)
-        if isinstance(data, list):
-            break
-    return tuple(parts), array
+    found = lexer.header(line)
+    if found is None:
+        raise ValueError(f"not a table header: {line!r}")
+    return found[0].parts, found[1]
 
 
 def sections(text: str) -> list[Section]:
