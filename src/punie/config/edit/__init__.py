@@ -6,8 +6,21 @@ comments, blank lines, key order and quoting outside the changed value stay
 byte for byte (CRLF files stay CRLF). ``apply_edit`` reads the file, applies
 one of them, validates the result with the loader's own checks (the models,
 ``extends``, ``default_profile``, every profile resolving) and only then
-replaces the file atomically. An invalid edit raises ConfigError and the file
-is left untouched.
+replaces the file atomically, all under the file's exclusive edit lock
+(punie.config.atomic: concurrent edits serialise, a killed edit's temp file is
+removed by the next one, a read-only or hard-linked file is refused, a symlink
+is followed). An invalid edit raises ConfigError and the file is left untouched.
+
+``remove_profile`` never leaves a broken ``extends``: it refuses while other
+profiles extend the profile, unless ``cascade`` (they go too) or ``force``
+(each is re-pointed and keeps resolving exactly as before). ``create_profile``
+gives a copy a port no other profile of the file uses.
+
+Modules: ``document`` (parsing, keys, line endings), ``values`` (set/unset),
+``profiles`` (new/rename/rm/snippets), ``files`` (validation, apply_edit),
+``tables`` (tomlkit, public API only), ``sections`` and ``inline`` (line and
+inline-table surgery). Keys and strings are read by the one lexer,
+punie.config.lexer, which locate.py shares.
 
 Where a new key goes: into the table (or inline table) that already holds its
 parent when there is one, right after that table's last key/value (so trailing
