@@ -170,3 +170,15 @@ def test_config_error_problems_is_a_constructor_argument() -> None:
     with pytest.raises(ConfigError) as info:
         validate_text('[profiles.a]\nmodel = "m"\nserver.port = 0\nagent.max_turns = 0\n')
     assert len(info.value.problems) == 2
+
+
+def test_set_override_keys_are_read_by_the_same_lexer() -> None:
+    from punie.config.overrides import parse_override
+
+    assert parse_override('server.chat_template_args."a=b.c"=true') == (
+        ("server", "chat_template_args", "a=b.c"),
+        True,
+    )
+    assert parse_override(" agent . max_turns = 3") == (("agent", "max_turns"), 3)
+    with pytest.raises(ConfigError, match="not a valid key: 'server.port x'"):
+        parse_override("server.port x=1")
