@@ -235,6 +235,7 @@ def test_rm_force_keeps_dependants_resolving_the_same(chain: Path) -> None:
     before = {n: load_profile(n, config=chain).profile for n in ("demo-tools", "deeper", "other")}
     code, _, err = _run("profiles", "rm", "demo", "--force")
     assert code == 0, err
+    assert "removed profile demo; demo-tools now holds the values inherited from it" in err
     data = tomllib.loads(chain.read_text())
     assert "demo" not in data["profiles"] and "default_profile" not in data
     assert "extends" not in data["profiles"]["demo-tools"]

@@ -153,14 +153,18 @@ def rm_command(ctx: click.Context, name: str, cascade: bool, force: bool) -> Non
     """Remove profile NAME; refused while other profiles extend it (named in the error)
     unless --cascade or --force, so the file never keeps a broken extends."""
     gone: list[str] = []
+    repointed: list[str] = []
 
     def remove(text: str) -> str:
         gone[:] = dependants(text, name) if cascade else []
+        repointed[:] = dependants(text, name, direct=True) if force and not cascade else []
         return remove_profile(text, name, force=force, cascade=cascade)
 
     path = _config_path(ctx)
     apply_edit(path, remove)
     extra = f" and {', '.join(gone)} (extending it)" if gone else ""
+    if repointed:
+        extra += f"; {', '.join(repointed)} now hold{'s' if len(repointed) == 1 else ''} the values inherited from it"
     _done(path, f"removed profile {name}{extra}")
 
 

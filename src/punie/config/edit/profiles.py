@@ -140,9 +140,11 @@ def rename_profile(text: str, old: str, new: str) -> str:
     return renamed
 
 
-def dependants(text: str, name: str) -> list[str]:
-    """The profiles of ``text`` that extend ``name``, directly or through others, nearest first."""
-    return _dependants(parse_doc(text), name)
+def dependants(text: str, name: str, *, direct: bool = False) -> list[str]:
+    """The profiles of ``text`` that extend ``name``, directly or through others, nearest
+    first (only the direct ones with ``direct``)."""
+    doc = parse_doc(text)
+    return _extenders(doc, name) if direct else _dependants(doc, name)
 
 
 def _dependants(doc: Any, name: str) -> list[str]:
@@ -175,20 +177,24 @@ def remove_profile(text: str, name: str, *, force: bool = False, cascade: bool =
     dependants = _dependants(doc, name)
     removed = [name, *dependants] if cascade else [name]
     is_default = doc.get("default_profile") in removed
-    if (children and not (cascade or force)) or (is_default and not force):
+    blocked_by_children = bool(children) and not (cascade or force)
+    if blocked_by_children or (is_default and not force):
         reasons = []
-        if children and not (cascade or force):
+        hints = []
+        if blocked_by_children:
             reasons.append("extended by " + ", ".join(f"'{c}'" for c in children))
             indirect = [d for d in dependants if d not in children]
             if indirect:
                 reasons[-1] += " (and " + ", ".join(f"'{d}'" for d in indirect) + " through them)"
+            hints.append(
+                "--cascade removes the profiles that extend it too; --force keeps them working "
+                f"(copies the values of '{name}' into them)"
+            )
         if is_default:
-            reasons.append(f"{'it' if doc.get('default_profile') == name else repr(doc.get('default_profile'))} is the default_profile")
-        raise ConfigError(
-            f"profile '{name}' is in use: {'; '.join(reasons)}",
-            hint="--cascade removes the profiles that extend it too; --force keeps them working "
-            f"(copies the values of '{name}' into them) and drops default_profile",
-        )
+            default = doc.get("default_profile")
+            reasons.append(f"{'it' if default == name else repr(str(default))} is the default_profile")
+            hints.append("--force drops default_profile")
+        raise ConfigError(f"profile '{name}' is in use: {'; '.join(reasons)}", hint="; ".join(hints))
     if not cascade:
         for child in children:
             text = _inline_parent(text, child, name)
