@@ -55,7 +55,7 @@ _STALE_AFTER = 600.0
 # Test hook (tests/test_edit_lock.py): the path of a FIFO. The writer writes one
 # byte to it after half its data and then waits to be killed, so a test can
 # SIGKILL an edit mid-write at a known point without sleeping.
-TEST_PAUSE_ENV = "PUNIE_TEST_PAUSE_WRITE"
+TEST_PAUSE_ENV = "_PUNIE_TEST_PAUSE_WRITE"  # not PUNIE_*: never taken for a profile key
 
 
 def temp_pattern(name: str) -> re.Pattern[str]:

@@ -95,7 +95,6 @@ def dotted(path: Sequence[object]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
-        text = str(part)
-        piece = text if lexer.BARE_KEY.fullmatch(text) else '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        piece = lexer.render(str(part))
         out = f"{out}.{piece}" if out else piece
     return out
