@@ -175,7 +175,7 @@ def _lock(target: Path, shown: str) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot open the directory of the profiles file: {exc.strerror or exc}", where=shown) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _flock(fd, shown)
         return fd
     except OSError as exc:
         os.close(fd)
@@ -185,10 +185,18 @@ def _lock(target: Path, shown: str) -> int:
     sidecar = target.with_name(f".{target.name}.lock")
     try:
         fd = os.open(sidecar, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _flock(fd, shown)
     except OSError as exc:
         raise ConfigError(f"cannot lock the profiles file: {exc.strerror or exc}", where=shown) from None
     return fd
+
+
+def _flock(fd: int, shown: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        logger.info("%s: waiting for another edit of the file to finish", shown)
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def check_replaceable(target: Path, shown: str) -> None:
