@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 import punie.config.edit as edit_pkg
 from punie.config import lexer, load_profile
@@ -30,9 +31,9 @@ def _private_uses(path: Path) -> list[str]:
     """``x._name`` where x is not self/cls, and getattr/hasattr with a private name."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
-                found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+        private = isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+        if private and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+            found.append(f"{path.name}:{node.lineno}: .{node.attr}")
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
             args = node.args
             if len(args) > 1 and isinstance(args[1], ast.Constant) and str(args[1].value).startswith("_"):
@@ -145,7 +146,7 @@ def test_profile_is_validated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (resolved,) = resolve_many(source, ["a"], env={"PUNIE_SERVER__HOST": "::1"}, overrides=["agent.max_turns=3"])
     assert type(resolved.profile) is Profile and resolved.profile.server.port == 8081
     assert resolved.profile.server.host == "::1" and resolved.profile.agent.max_turns == 3
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         resolved.profile.model = "x"  # type: ignore[misc]  # still frozen
 
 

@@ -128,7 +128,7 @@ def test_sigkill_mid_write_leaves_file_intact_and_next_edit_cleans_up(tmp_path: 
     # The next edit takes the (released) lock at once and removes the stale file.
     done = subprocess.run(
         [sys.executable, "-m", "punie", "profiles", "set", "p1", "server.port", "9001"],
-        cwd=tmp_path, env=_env(), capture_output=True, timeout=120,
+        cwd=tmp_path, env=_env(), capture_output=True, timeout=120, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert _temps(tmp_path) == []
@@ -189,7 +189,7 @@ def test_read_only_file_is_refused_by_the_cli(tmp_path: Path) -> None:
     path.chmod(0o444)
     done = subprocess.run(
         [sys.executable, "-m", "punie", "profiles", "set", "p0", "server.port", "9001"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 2
     assert "punie.toml: the profiles file is read-only (mode 0444): not changed" in done.stderr
@@ -211,7 +211,7 @@ def test_symlinked_file_edits_the_target_and_keeps_the_link(tmp_path: Path) -> N
     link.symlink_to(os.path.relpath(real, project))
     done = subprocess.run(
         [sys.executable, "-m", "punie", "profiles", "set", "p0", "server.port", "9001"],
-        cwd=project, env=_env(), capture_output=True, text=True, timeout=120,
+        cwd=project, env=_env(), capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert link.is_symlink() and os.readlink(link) == os.path.relpath(real, project)
@@ -244,20 +244,23 @@ def test_hard_linked_file_is_refused(tmp_path: Path) -> None:
     assert path.read_text() == original and os.stat(path).st_ino == os.stat(other).st_ino
 
 
-def test_stale_temp_of_a_live_writer_is_kept_and_of_a_dead_one_removed(tmp_path: Path) -> None:
+def test_temp_file_held_by_a_writer_is_kept_and_leftovers_removed(tmp_path: Path) -> None:
+    import fcntl
+
     path = tmp_path / "punie.toml"
     path.write_text(_profiles_file(1))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    stale = tmp_path / f".punie.toml.{dead_pid}.abcd1234.tmp"
+    stale = tmp_path / ".punie.toml.999999.abcd1234.tmp"
     old_style = tmp_path / ".punie.toml.k3j4h5.tmp"  # mkstemp name of an older Punie
-    live = tmp_path / f".punie.toml.{os.getppid()}.abcd1234.tmp"
+    held = tmp_path / f".punie.toml.{os.getpid()}.feed1234.tmp"
     unrelated = tmp_path / ".other.toml.1.abcd.tmp"
-    for p in (stale, old_style, live, unrelated):
+    for p in (stale, old_style, held, unrelated):
         p.write_text("half")
-    apply_edit(path, lambda text: set_value(text, "p0", "server.port", 9001))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["punie.toml", live.name, unrelated.name])
-    # Older than the grace period: removed even though that pid is alive.
-    os.utime(live, (1, 1))
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as write_atomic holds its temp file until the rename
+        apply_edit(path, lambda text: set_value(text, "p0", "server.port", 9001))
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["punie.toml", held.name, unrelated.name])
+    finally:
+        os.close(fd)
     apply_edit(path, lambda text: set_value(text, "p0", "server.port", 9002))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["punie.toml", unrelated.name])

@@ -6,7 +6,9 @@ permission bits (and, where allowed, the owner) of the file it replaces, then
 moves it over the file with ``os.replace`` (atomic on POSIX) and fsyncs the
 directory. A crash, a full disk or any error before the rename leaves the
 original file untouched; an error leaves no temporary file behind, and the one
-a SIGKILLed writer leaves is removed by the next ``locked`` edit.
+a SIGKILLed writer leaves is removed by the next ``locked`` edit (a writer holds
+an flock on its temp file until the rename, released by the kernel when it
+dies, so a temp file that can be locked is a leftover: no pid guessing).
 
 ``locked(path)`` serialises read-modify-write cycles: it takes an exclusive
 ``fcntl.flock`` on the *directory* that holds the (symlink-resolved) file.
@@ -40,7 +42,6 @@ import re
 import secrets
 import signal
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,9 +50,6 @@ from punie.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 _DEFAULT_MODE = 0o644
-# A temp file whose writer may still be alive (a write_atomic outside `locked`)
-# is left alone for this long; older ones are stale whatever their pid.
-_STALE_AFTER = 600.0
 # Test hook (tests/test_edit_lock.py): the path of a FIFO. The writer writes one
 # byte to it after half its data and then waits to be killed, so a test can
 # SIGKILL an edit mid-write at a known point without sleeping.
@@ -90,21 +88,22 @@ def write_atomic(path: str | os.PathLike[str], text: str, *, encoding: str = "ut
     tmp_name = _temp_name(target)
     fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            _write_all(fd, data)
-            os.fchmod(fd, mode)
-            if owner is not None and hasattr(os, "fchown"):
-                # Only possible for root or the same owner; a failure keeps our ids.
-                with contextlib.suppress(OSError):
-                    os.fchown(fd, *owner)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # Held until the rename: a temp file nobody holds a lock on is a dead writer's.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _write_all(fd, data)
+        os.fchmod(fd, mode)
+        if owner is not None and hasattr(os, "fchown"):
+            # Only possible for root or the same owner; a failure keeps our ids.
+            with contextlib.suppress(OSError):
+                os.fchown(fd, *owner)
+        os.fsync(fd)
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
+    finally:
+        os.close(fd)
     _fsync_dir(directory)
     logger.debug("wrote %s atomically (%d bytes, mode %o)", target, len(data), mode)
 
@@ -224,11 +223,11 @@ def check_replaceable(target: Path, shown: str) -> None:
 
 
 def remove_stale_temps(target: Path) -> list[Path]:
-    """Remove ``write_atomic`` temp files of ``target`` whose writer is gone.
+    """Remove the ``write_atomic`` temp files of ``target`` that no writer holds.
 
-    Meant to run under ``locked``: a temp file whose pid is dead (or
-    without one, or that is older than a few minutes) cannot be in use.
-    Returns what was removed.
+    A writer holds an exclusive flock on its temp file until the rename, and the
+    kernel drops it when the writer dies (SIGKILL included): a temp file that can
+    be locked at once is a dead writer's leftover. Returns what was removed.
     """
     pattern = temp_pattern(target.name)
     removed: list[Path] = []
@@ -236,37 +235,23 @@ def remove_stale_temps(target: Path) -> list[Path]:
         names = os.listdir(target.parent)
     except OSError:
         return removed
-    now = time.time()
     for name in names:
-        match = pattern.match(name)
-        if not match:
+        if not pattern.match(name):
             continue
         candidate = target.parent / name
-        pid = int(match.group(1)) if match.group(1) else None
         try:
-            age = now - os.lstat(candidate).st_mtime
-        except FileNotFoundError:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
             continue
-        if pid is not None and _alive(pid) and age < _STALE_AFTER:
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(candidate)
-            removed.append(candidate)
-            logger.info("removed %s, left by an interrupted edit", candidate)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer's (or not lockable): leave it
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(candidate)
+                removed.append(candidate)
+                logger.info("removed %s, left by an interrupted edit", candidate)
+        finally:
+            os.close(fd)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed writer's lock is released when it dies, before its parent reaps it:
-    # a zombie counts as dead.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[:1] != [b"Z"]
-    except OSError:
-        return True

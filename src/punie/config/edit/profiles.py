@@ -9,9 +9,20 @@ from typing import Any
 import tomlkit
 
 from punie.config import overrides
-from punie.config.edit.document import keeps_line_endings, no_profile, parse_doc, profiles_of, split_key
+from punie.config.edit.document import (
+    keeps_line_endings,
+    no_profile,
+    parse_doc,
+    profiles_of,
+    split_key,
+)
 from punie.config.edit.files import STAND_IN
-from punie.config.edit.sections import profile_sections, rename_key, rewrite_header, table_form
+from punie.config.edit.sections import (
+    profile_sections,
+    rename_key,
+    rewrite_header,
+    table_form,
+)
 from punie.config.edit.tables import is_container, new_item, render_key
 from punie.config.edit.values import set_value, unset_value
 from punie.config.loader import parse_config

@@ -13,7 +13,17 @@ from typing import Any
 
 import tomlkit
 from tomlkit.container import Container, OutOfOrderTableProxy
-from tomlkit.items import AoT, Comment, InlineTable, Item, Null, String, StringType, Table, Whitespace
+from tomlkit.items import (
+    AoT,
+    Comment,
+    InlineTable,
+    Item,
+    Null,
+    String,
+    StringType,
+    Table,
+    Whitespace,
+)
 
 
 def new_item(value: Any, old: Item | None = None) -> Item:

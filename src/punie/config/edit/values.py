@@ -6,7 +6,18 @@ from typing import Any
 
 from tomlkit.items import AoT, InlineTable, Item, Table
 
-from punie.config.edit.document import Step, check_key, get_profile, is_table_field, keeps_line_endings, parse_doc, profiles_of, split_key, walk, where_of
+from punie.config.edit.document import (
+    Step,
+    check_key,
+    get_profile,
+    is_table_field,
+    keeps_line_endings,
+    parse_doc,
+    profiles_of,
+    split_key,
+    walk,
+    where_of,
+)
 from punie.config.edit.inline import inline_add, inline_remove
 from punie.config.edit.sections import insert_header, remove_header, written_dotted
 from punie.config.edit.tables import (
