@@ -1,4 +1,4 @@
-"""Signals to a real supervisor process (tests/scripts/run_plan.py): nothing survives it."""
+"""Signals to a real supervisor process (tests/support/run_plan.py): nothing survives it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scripts.launch_helpers import RUN_PLAN, alive, fake_plan, pids, port_free, wait_for
+from tests.support.launch_helpers import RUN_PLAN, alive, fake_plan, pids, port_free, wait_for
 
 
 def _start(tmp_path: Path, plan, grace: float = 5.0, guard_mode: str | None = None) -> subprocess.Popen:

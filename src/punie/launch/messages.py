@@ -24,6 +24,10 @@ def headline(reason: str, detail: str, plan: LaunchPlan) -> str:
         return f"{where}: the model did not load ({detail or 'generation thread died'})"
     if reason == "port-busy":
         return f"{where}: port {plan.port} is already in use ({detail})"
+    if reason == "foreign-server":
+        return f"{where}: {detail}; not starting the agent against it"
+    if reason == "server-unresponsive":
+        return f"{where} stopped answering: {detail}"
     if reason == "ready-timeout":
         return f"{where} did not answer a 1-token completion within {plan.ready_timeout:g}s"
     return f"{where}: {detail}" if detail else f"{where} failed ({reason})"
@@ -35,6 +39,8 @@ def hint(reason: str, plan: LaunchPlan) -> str | None:
         return "the adapter does not fit the base model: run `punie check` on this profile"
     if reason == "port-busy":
         return "stop the other server, or pick another port: --set server.port=PORT"
+    if reason == "foreign-server":
+        return "another server took the port: stop it, or pick another port: --set server.port=PORT"
     if reason == "ready-timeout":
         return "a large model may need more time: --set server.ready_timeout=SECONDS"
     return None

@@ -38,6 +38,7 @@ from punie.adapters.registry import (
 )
 from punie.config.models import ResolvedProfile
 from punie.errors import ModelError, TrainingError, UsageError
+from punie.paths import current_umask
 from punie.training.dataset import DatasetInfo, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -179,9 +180,9 @@ def train_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     env["NO_COLOR"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "HF_HUB_CACHE" not in env:
-        from punie.launch.plan import default_hf_hub_cache
+        from punie.paths import hf_hub_cache
 
-        env["HF_HUB_CACHE"] = default_hf_hub_cache(env)
+        env["HF_HUB_CACHE"] = str(hf_hub_cache(env))
     return env
 
 
@@ -286,16 +287,10 @@ def _settle_config(path: Path, *, target: Path, base_model: str, dataset: Path, 
     path.write_text(json.dumps(config, indent=4, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _swap_into_place(staging: Path, output: Path) -> None:
     """Replace ``output`` by ``staging`` (renames within one directory)."""
     # mkdtemp makes a private (0700) directory; the adapter gets the usual permissions.
-    os.chmod(staging, 0o777 & ~_umask())
+    os.chmod(staging, 0o777 & ~current_umask())
     if output.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
         os.rename(output, old / output.name)

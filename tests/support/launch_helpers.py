@@ -10,27 +10,13 @@ from pathlib import Path
 
 from punie.config.models import Profile, ResolvedProfile, ServerOptions
 from punie.launch import LaunchPlan, build_plan
+from tests.support.ports import free_port, port_free
 
 SCRIPTS = Path(__file__).parent
 FAKE_SERVER = str(SCRIPTS / "fake_server.py")
 FAKE_AGENT = str(SCRIPTS / "fake_agent.py")
 RUN_PLAN = str(SCRIPTS / "run_plan.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+__all__ = ["free_port", "port_free"]  # re-exported: tests import them from here too
 
 
 def alive(pid: int) -> bool:
