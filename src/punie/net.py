@@ -94,6 +94,13 @@ def local_base_url(host: str, port: int) -> str:
     return f"http://{connect_host(host)}:{port}/v1"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host.strip("[]"), 0))
+        return int(sock.getsockname()[1])
+
+
 # -- is the port taken? --------------------------------------------------------------------------
 
 

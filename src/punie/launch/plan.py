@@ -115,7 +115,7 @@ def default_hf_hub_cache(environ: Mapping[str, str]) -> str:
     return str(hf_hub_cache(environ))
 
 
-def _refuse_remote(resolved: ResolvedProfile) -> bool:
+def refuse_remote(resolved: ResolvedProfile) -> bool:
     """Raise ConfigError for a non-loopback host without allow_remote (every path, --no-check too).
 
     Returns whether the server is remote (allowed): every start then warns about it.
@@ -169,7 +169,7 @@ def build_plan(
     ``environ`` (default os.environ) is only read to find the Hugging Face cache.
     """
     env = os.environ if environ is None else environ
-    remote = _refuse_remote(resolved)
+    remote = refuse_remote(resolved)
     profile = resolved.profile
     server = profile.server
     project = resolved.project_dir

@@ -172,6 +172,8 @@ class Child:
         guard_grace: float = 5.0,
         log_max_bytes: int = LOG_MAX_BYTES,
         log_backups: int = LOG_BACKUPS,
+        on_line: Callable[[str], None] | None = None,
+        tail_lines: int = TAIL_LINES,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -188,7 +190,8 @@ class Child:
         self.log_backups = log_backups
         #: Set when the child is known not to answer (liveness): a stop then kills it at once.
         self.unresponsive = False
-        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.on_line = on_line  # called with every complete output line (no prefix), e.g. to parse progress
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self.process: Process | None = None
         self.started_at: float | None = None
         self.stopping = False
@@ -246,6 +249,8 @@ class Child:
             self.sink(f"{self.name} | {line}")
         if self._log:
             self._log.write(line + "\n")
+        if self.on_line is not None:
+            self.on_line(line)
         for pattern, reason in self.patterns.items():
             if pattern in line and self.on_match:
                 self.on_match(reason, line)
@@ -285,6 +290,11 @@ class Child:
             if buffer:
                 self._emit(buffer)
             self._pumped.set()
+
+    async def drained(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until the output pump has reached EOF."""
+        with anyio.move_on_after(timeout):
+            await self._pumped.wait()
 
     async def wait(self) -> int:
         """Wait for the process to exit and return its return code."""

@@ -11,13 +11,11 @@ module never prints.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -300,37 +298,26 @@ def _swap_into_place(staging: Path, output: Path) -> None:
         os.rename(staging, output)
 
 
-def run_plan(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | None = None) -> tuple[int, list[str]]:
-    """Run mlx_lm lora, feeding progress events; return (exit code, last lines of output)."""
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+def run_lora(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | None = None) -> tuple[int, list[str]]:
+    """Run mlx_lm lora (through the launch runner: guarded, own process group), feeding progress
+    events; return (exit code, last lines of output). A Ctrl-C stops mlx_lm before it propagates."""
+    from punie.launch.runner import run_to_end
+
     Path(plan.env["HF_HUB_CACHE"]).mkdir(parents=True, exist_ok=True)
     logger.info("running %s", " ".join(plan.argv))
+
+    def on_line(raw: str) -> None:
+        line = _ANSI.sub("", raw)
+        logger.debug("mlx_lm | %s", line)
+        event = parse_progress_line(line, plan.iters)
+        if event is not None and on_progress is not None:
+            on_progress(event)
+
     try:
-        proc = subprocess.Popen(
-            plan.argv, env=plan.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
-        )
+        code, tail = run_to_end("mlx_lm", plan.argv, env=plan.env, on_line=on_line, tail_lines=TAIL_LINES)
     except OSError as exc:
         raise TrainingError(f"cannot start mlx_lm: {exc}") from exc
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = _ANSI.sub("", raw.rstrip("\n"))
-            tail.append(line)
-            logger.debug("mlx_lm | %s", line)
-            event = parse_progress_line(line, plan.iters)
-            if event is not None and on_progress is not None:
-                on_progress(event)
-        return proc.wait(), list(tail)
-    finally:
-        if proc.poll() is None:
-            # Interrupted (Ctrl-C in the parent): stop the child; SIGTERM is a clean stop for mlx.
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return code, [_ANSI.sub("", line) for line in tail]
 
 
 def train_adapter(
@@ -388,7 +375,7 @@ def train_adapter(
             if on_progress is not None:
                 on_progress(event)
 
-        code, tail = run_plan(plan, progress)
+        code, tail = run_lora(plan, progress)
         if code != 0 or not (staging / WEIGHTS_FILE).is_file():
             kept = " (the previous adapter is kept)" if target.exists() else ""
             raise TrainingError(
