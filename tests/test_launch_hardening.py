@@ -51,9 +51,8 @@ def test_time_wait_is_not_a_busy_port_but_listeners_are() -> None:
     port = free_port()
     _leave_time_wait(port)
     assert _time_wait_on(port)
-    with socket.socket() as strict:  # the old check (no SO_REUSEADDR) was refused here
-        with pytest.raises(OSError):
-            strict.bind(("127.0.0.1", port))
+    with socket.socket() as strict, pytest.raises(OSError):  # the old check (no SO_REUSEADDR) was refused
+        strict.bind(("127.0.0.1", port))
     assert port_problem("127.0.0.1", port) is None
     for address, family in (("127.0.0.1", socket.AF_INET), ("0.0.0.0", socket.AF_INET), ("::", socket.AF_INET6)):
         with socket.socket(family) as busy:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -126,7 +125,7 @@ class AcpPipe:
         return self.call("session/prompt", {"sessionId": session, "prompt": [{"type": "text", "text": text}]})
 
 
-def stderr_collector(proc) -> tuple[list[str], "object"]:
+def stderr_collector(proc) -> tuple[list[str], object]:
     """Read a process's stderr lines into a list on a thread; returns (lines, thread)."""
     import threading
 

@@ -92,5 +92,6 @@ async def wait_ready(base_url: str, *, interval: float = 0.05, connect_timeout: 
                 if isinstance(data, dict) and data.get("choices"):
                     return anyio.current_time() - start
             elif GENERATION_DIED in response.text:
-                raise ProbeFailed(LaunchReason.GENERATION_FAILED, f"HTTP {response.status_code}: {response.text.strip()}")
+                detail = f"HTTP {response.status_code}: {response.text.strip()}"
+                raise ProbeFailed(LaunchReason.GENERATION_FAILED, detail)
             await anyio.sleep(interval)

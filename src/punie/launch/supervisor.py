@@ -279,7 +279,9 @@ class _Supervisor:
             try:
                 await wait_ready(self.plan.base_url, interval=self.probe_interval)
             except ProbeFailed as exc:
-                reason = LaunchReason.ADAPTER_FAILED if exc.reason == LaunchReason.GENERATION_FAILED and self.plan.adapter else exc.reason
+                reason = exc.reason
+                if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter:
+                    reason = LaunchReason.ADAPTER_FAILED
                 failure = (reason, exc.detail)
                 return await fatal.defer(failure) if fatal else failure
             return None
@@ -296,13 +298,15 @@ class _Supervisor:
         (once it is ready) also until the liveness probe fails ``liveness_failures`` times in a row."""
 
         async def exited() -> Failure:
-            return await fatal.defer((LaunchReason.SERVER_DIED, f"mlx_lm.server exited with code {await server.wait()}"))
+            rc = await server.wait()
+            return await fatal.defer((LaunchReason.SERVER_DIED, f"mlx_lm.server exited with code {rc}"))
 
         async def fatal_line() -> Failure:
             await fatal.seen.wait()
             await anyio.sleep(0.2)  # the rest of a traceback arrives right after its first line
             reason = fatal.reason
-            if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter and any("dapter" in x for x in server.tail):
+            adapter_said = any("dapter" in x for x in server.tail)
+            if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter and adapter_said:
                 reason = LaunchReason.ADAPTER_FAILED
             return reason, _strip_log_prefix(fatal.line)
 
@@ -329,7 +333,8 @@ class _Supervisor:
         await server.stop(self.grace)
         server.close()
         policy = self.plan.restart
-        restartable = reason not in _NOT_RESTARTABLE and (reason == LaunchReason.SERVER_DIED or self.ready_seconds is not None)
+        restartable = reason not in _NOT_RESTARTABLE and (
+            reason == LaunchReason.SERVER_DIED or self.ready_seconds is not None)
         if policy.mode == "on-failure" and restartable and self.restarts < policy.max_restarts:
             self.restarts += 1
             delay = policy.delay(self.restarts)
@@ -392,7 +397,8 @@ class _Supervisor:
                     self.signals += 1
                     if self.signals == 1:
                         name = signal.Signals(signum).name
-                        if self._finish(UpOutcome(reason=LaunchReason.SIGNAL, exit_code=0, message=f"stopped by {name}")):
+                        stopped = UpOutcome(reason=LaunchReason.SIGNAL, exit_code=0, message=f"stopped by {name}")
+                        if self._finish(stopped):
                             self.status(f"{name} received: stopping (press Ctrl-C again to force)")
                     else:
                         self.forced = True
