@@ -216,3 +216,30 @@ def test_rotating_log_keeps_appending_across_runs(tmp_path: Path) -> None:
         log.close()
     assert path.read_text().startswith("run 2") and (tmp_path / "a.log.1").read_text().startswith("run 1")
     assert not (tmp_path / "a.log.2").exists()
+
+
+@pytest.mark.parametrize("how", ["sigint", "agent-sigkill"])
+def test_a_detached_grandchild_of_the_agent_is_gone_when_punie_stops(tmp_path: Path, how: str) -> None:
+    detached = tmp_path / "detached.pid"
+    plan = fake_plan(tmp_path, agent_args=["--detach", str(detached)])
+    path = tmp_path / "plan.json"
+    path.write_text(plan.model_dump_json())
+    proc = subprocess.Popen([sys.executable, RUN_PLAN, str(path), "1.0"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: bool(pids(detached)) or proc.poll() is not None, 20)
+        (sleeper,) = pids(detached)
+        assert alive(sleeper) and os.getsid(sleeper) == sleeper  # its own session: no group signal reaches it
+        if how == "sigint":
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.kill(pids(tmp_path / "agent.pid")[0], signal.SIGKILL)
+        proc.communicate(timeout=15)
+        assert not alive(sleeper)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids(detached):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

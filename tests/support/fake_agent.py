@@ -21,6 +21,8 @@ parser.add_argument("--ignore-term", action="store_true")
 parser.add_argument("--marker")
 parser.add_argument("--base-url")
 parser.add_argument("--options")
+parser.add_argument("--detach", help="start `setsid sleep 1000` through a shell that exits at once (a run_command "
+                    "child that escapes its parent, like `setsid ... &`), its pid appended to this file")
 parser.add_argument("--prompt", help="write this to stderr without a newline, then finish the line 0.4 s later")
 args = parser.parse_args()
 
@@ -38,6 +40,11 @@ def on_term(signum, frame):
 
 
 signal.signal(signal.SIGTERM, on_term)
+if args.detach:
+    import subprocess
+
+    subprocess.run(["sh", "-c", f'setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $! >> "{args.detach}"'],
+                   check=True)
 print(f"fake agent on {args.base_url}", file=sys.stderr, flush=True)
 print("agent-stdout-line", flush=True)
 if args.prompt:

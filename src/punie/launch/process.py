@@ -13,6 +13,7 @@ Every child process of every command (up, serve, eval, train) goes through `Chil
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -146,6 +147,62 @@ class StreamSink:
 
 
 stderr_sink = StreamSink()
+
+
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of its descendants (Linux PR_SET_CHILD_SUBREAPER).
+
+    Orphans below it (a child's detached grandchildren) are then re-parented here, not to init,
+    so `reap_adopted` can end them. False where the kernel has no such thing.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_adopted(known: set[int] | frozenset[int] = frozenset(), *, grace: float = 0.5) -> list[int]:
+    """SIGTERM, then SIGKILL, the processes adopted by this (subreaper) process, and reap them.
+
+    Only direct children that are not in ``known`` (the `Child` processes, reaped by their
+    owners) are touched; their own descendants go with their process groups. Returns their pids.
+    """
+    from punie.net import descendants
+
+    me = os.getpid()
+    adopted = []
+    for pid in descendants(me):
+        if pid == me or pid in known:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            adopted.append(pid)
+    # Everything below an adopted process too: it may have its own session and group.
+    victims = [p for pid in adopted for p in descendants(pid)]
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + (grace if signum == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            for pid in victims:  # those re-parented here meanwhile too
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+            if not any(process_state(p) not in (None, "Z", "X") for p in victims):
+                break
+            time.sleep(0.01)
+    for pid in victims:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+    return adopted
 
 
 class Child:

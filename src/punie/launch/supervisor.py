@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from punie.errors import LaunchFailed, LaunchReason
@@ -37,7 +38,7 @@ from punie.launch.messages import hint as _hint
 from punie.launch.messages import quote as _quote
 from punie.launch.messages import strip_log_prefix as _strip_log_prefix
 from punie.launch.plan import LaunchPlan
-from punie.launch.process import Child, Sink, stderr_sink
+from punie.launch.process import Child, Sink, become_subreaper, reap_adopted, stderr_sink
 from punie.launch.readiness import ProbeFailed, liveness_probe, owner_problem, port_in_use, wait_ready
 from punie.net import remote_warning
 from punie.weights import Progress
@@ -123,6 +124,7 @@ class _Supervisor:
     follow_server: bool = True  # False: once ready, the server's output goes to its log file only
     with_agent: bool = True  # False: serve only, until cancelled (`punie.launch.server.running_server`)
     on_ready: Callable[[float, int | None], None] | None = None  # seconds to ready and server pid, once
+    subreaper: bool = False  # orphans of the children (setsid, double fork) are adopted and killed at stop
     server: Child | None = None  # the current one (a restart replaces it)
     agent: Child | None = None
     signals: int = 0
@@ -377,6 +379,9 @@ class _Supervisor:
             for child in (self.agent, self.server):
                 if child is not None and child.process is not None:
                     tg.start_soon(self._stop_one, child, grace)
+        if self.subreaper:
+            known = {c.pid for c in (self.agent, self.server) if c is not None and c.pid}
+            await anyio.to_thread.run_sync(partial(reap_adopted, known))
 
     async def _stop_one(self, child: Child, grace: float) -> None:
         try:
@@ -424,6 +429,7 @@ async def supervise(
     follow_server: bool = True,
     with_agent: bool = True,
     on_ready: Callable[[float, int | None], None] | None = None,
+    subreaper: bool = False,
 ) -> UpOutcome:
     """Run ``plan`` until the agent exits, a child fails or a signal arrives (async core).
 
@@ -434,7 +440,13 @@ async def supervise(
     talks to the user in the same terminal. ``with_agent=False`` serves only, until the caller
     cancels (or the server fails); ``on_ready`` is told the seconds to ready and the server's pid
     (None when external), the first time.
+    ``subreaper=True`` (the `punie up` process;
+    Linux) makes this process the child subreaper of its tree: a process a child started
+    and detached (setsid, double fork) is re-parented here instead of to init when its
+    parent dies, and is killed when the session stops.
     """
+    if subreaper:
+        become_subreaper()
     supervisor = _Supervisor(
         plan,
         grace=grace,
@@ -445,6 +457,7 @@ async def supervise(
         follow_server=follow_server,
         with_agent=with_agent,
         on_ready=on_ready,
+        subreaper=subreaper,
     )
     return await supervisor.run()
 
@@ -485,4 +498,4 @@ def run_up(
         on_plan(plan)
     if dry_run:
         return UpOutcome(reason=LaunchReason.DRY_RUN, exit_code=0, plan=plan)
-    return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server)
+    return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server, subreaper=True)
