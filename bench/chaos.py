@@ -66,7 +66,7 @@ from punie.errors import PunieError
 from punie.launch import run_up
 config, grace, agent = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 try:
-    outcome = run_up(load_profile("chaos", config=config), agent_argv=agent, grace=grace)
+    outcome = run_up(load_profile("chaos", config=config), agent_argv=agent, grace=grace, subreaper=True)
 except PunieError as exc:
     sys.stderr.write(f"PUNIE-ERROR {getattr(exc, 'reason', '')}: {exc}\\n")
     sys.exit(exc.exit_code)

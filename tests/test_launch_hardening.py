@@ -19,19 +19,7 @@ from punie.launch import build_plan, run_plan
 from punie.launch.process import Child, RotatingLog
 from punie.net import port_problem
 from tests.support.launch_helpers import RUN_PLAN, alive, fake_plan, pids, resolved, wait_for
-from tests.support.ports import free_port, port_free
-
-TIME_WAIT = "06"
-
-
-def _time_wait_on(port: int) -> bool:
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as fh:
-            for line in list(fh)[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == TIME_WAIT:
-                    return True
-    return False
+from tests.support.ports import free_port, port_free, time_wait_on
 
 
 def _leave_time_wait(port: int) -> None:
@@ -50,7 +38,7 @@ def _leave_time_wait(port: int) -> None:
 def test_time_wait_is_not_a_busy_port_but_listeners_are() -> None:
     port = free_port()
     _leave_time_wait(port)
-    assert _time_wait_on(port)
+    assert time_wait_on(port)
     with socket.socket() as strict, pytest.raises(OSError):  # the old check (no SO_REUSEADDR) was refused
         strict.bind(("127.0.0.1", port))
     assert port_problem("127.0.0.1", port) is None

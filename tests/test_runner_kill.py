@@ -13,7 +13,7 @@ import pytest
 
 from punie.net import descendants, socket_inodes
 from tests.support.launch_helpers import alive, wait_for
-from tests.support.ports import free_port
+from tests.support.ports import free_port, time_wait_on
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlx]
 pytest.importorskip("mlx_lm")
@@ -89,15 +89,6 @@ def test_sigkilled_punie_eval_leaves_no_process(tmp_path: Path, tiny_model: Path
     _kill_mid_run(argv, tmp_path, serving)
 
 
-def _time_wait_on(port: int) -> bool:
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "06":
-                return True
-    return False
-
-
 def _up_until_ready(config: Path, cwd: Path) -> tuple[subprocess.Popen, list[str], threading.Event]:
     proc = subprocess.Popen([sys.executable, "-m", "punie", "--config", str(config), "up", "tiny"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
@@ -136,4 +127,4 @@ def test_stop_then_start_reuses_the_port_at_once(tmp_path: Path, tiny_model: Pat
         if run == 0:
             # The server closed the probe's connection first: its side of it stays in TIME_WAIT,
             # which the old check (bind without SO_REUSEADDR) refused for ~60 s.
-            assert _time_wait_on(port), "no TIME_WAIT left: the test would not test the restart"
+            assert time_wait_on(port), "no TIME_WAIT left: the test would not test the restart"

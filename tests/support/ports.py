@@ -23,3 +23,14 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def time_wait_on(port: int) -> bool:
+    """True when a TCP connection on local ``port`` is in TIME_WAIT (Linux /proc/net/tcp{,6})."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in list(fh)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "06":  # TCP_TIME_WAIT
+                    return True
+    return False

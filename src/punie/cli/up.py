@@ -55,7 +55,7 @@ def up_command(
     if follow_server is None:  # the interactive agent shares the terminal: keep it readable
         follow_server = not sys.stdin.isatty()
     outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
-                     follow_server=follow_server)
+                     follow_server=follow_server, subreaper=True)
     if dry_run:
         assert outcome.plan is not None
         if fmt == "json":

@@ -97,6 +97,11 @@ class LaunchPlan(_Frozen):
                 f"on-failure (max {self.restart.max_restarts}, backoff {self.restart.backoff:g}s doubling)"
             )
             lines.append(f"  restart: {restart}")
+            if self.liveness_interval > 0:
+                lines.append(f"  alive:   GET /health every {self.liveness_interval:g}s, "
+                             f"frozen after {self.liveness_failures} misses")
+            if self.remote:
+                lines.append(f"  WARNING: binds {self.host}, reachable from other machines (allow_remote)")
         lines += [
             f"ready:     1-token chat completion on {self.base_url} within {self.ready_timeout:g}s",
             f"agent:     {shlex.join(self.agent_argv)}",

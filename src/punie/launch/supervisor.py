@@ -479,6 +479,7 @@ def run_up(
     on_plan: Callable[[LaunchPlan], None] | None = None,
     progress: Progress | None = None,
     follow_server: bool = True,
+    subreaper: bool = False,
 ) -> UpOutcome:
     """`punie up`: check the profile, build its plan, and (unless ``dry_run``) supervise it.
 
@@ -486,7 +487,8 @@ def run_up(
     errors, ModelError/AdapterError when they cannot be resolved, LaunchFailed
     when the server never became ready. ``agent_argv`` replaces the agent
     command (tests). ``progress`` hears about a builtin model being provisioned.
-    ``follow_server``: see `supervise`.
+    ``follow_server``, ``subreaper``: see `supervise` (the CLI process sets ``subreaper``; a
+    library caller that has children of its own should not).
     A dry run returns ``UpOutcome(reason="dry-run", plan=...)``.
     """
     from punie.launch.prepare import prepare
@@ -498,4 +500,4 @@ def run_up(
         on_plan(plan)
     if dry_run:
         return UpOutcome(reason=LaunchReason.DRY_RUN, exit_code=0, plan=plan)
-    return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server, subreaper=True)
+    return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server, subreaper=subreaper)
