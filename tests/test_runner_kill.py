@@ -128,3 +128,18 @@ def test_stop_then_start_reuses_the_port_at_once(tmp_path: Path, tiny_model: Pat
             # The server closed the probe's connection first: its side of it stays in TIME_WAIT,
             # which the old check (bind without SO_REUSEADDR) refused for ~60 s.
             assert time_wait_on(port), "no TIME_WAIT left: the test would not test the restart"
+
+
+def test_an_eval_server_that_does_not_load_is_a_launch_failed_naming_the_profile(tmp_path: Path) -> None:
+    from punie.config.models import Profile, ResolvedProfile, ServerOptions
+    from punie.errors import LaunchFailed
+    from punie.training.evaluate import serve
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "qwen2"}')  # no weights
+    res = ResolvedProfile(name="x", config_path=str(tmp_path / "punie.toml"),
+                          profile=Profile(model=str(broken), server=ServerOptions(ready_timeout=60)))
+    with pytest.raises(LaunchFailed) as info, serve(res, log_dir=tmp_path / "logs"):
+        pass
+    assert info.value.where == "profiles.x" and "No safetensors" in info.value.render()

@@ -61,15 +61,20 @@ async def running_server(
     # The block's own exception (or cancellation, or KeyboardInterrupt) is carried past the task
     # group and re-raised as it is: a task group would wrap it in an ExceptionGroup.
     raised: BaseException | None = None
-    async with anyio.create_task_group() as tg:
-        seconds, pid = await tg.start(run)
-        try:
-            yield RunningServer(
-                base_url=plan.base_url, model_id=None, adapter=plan.adapter, pid=pid, ready_seconds=seconds
-            )
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the server stopped
-            raised = exc
-        finally:
-            tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            seconds, pid = await tg.start(run)
+            try:
+                yield RunningServer(
+                    base_url=plan.base_url, model_id=None, adapter=plan.adapter, pid=pid, ready_seconds=seconds
+                )
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the server stopped
+                raised = exc
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the server task's own error (LaunchFailed...), not a group
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     if raised is not None:
         raise raised

@@ -6,9 +6,9 @@ another profile, ``--vs``), because one server process cannot serve the base
 model reliably: any request ``model`` other than "default_model" silently
 reloads the base model, and back. Requests always send "default_model".
 
-The server command is the launcher's (`punie.launch.prepare`); starting, readiness
-and stopping are the launch runner's (`punie.launch.runner.serving`: guarded child,
-1-token probe, the answer proven to come from that child), without the agent.
+The server is run by the supervisor of `punie up` without the agent
+(`punie.launch.server.running_server`: same plan, guarded child, 1-token probe, the
+answer proven to come from that child, liveness, stop), on a blocking portal's loop.
 """
 
 from __future__ import annotations
@@ -87,27 +87,47 @@ def _on_port(resolved: ResolvedProfile, port: int) -> ResolvedProfile:
     return resolved.model_copy(update={"profile": resolved.profile.model_copy(update={"server": server})})
 
 
+def _discard(line: str) -> None:
+    """The server's output goes to its log file only (eval prints its own progress)."""
+
+
+@contextlib.contextmanager
+def context_exit(context: Any) -> Iterator[None]:
+    """Exit an already entered context manager when this block ends, passing on how it ended."""
+    try:
+        yield
+    except BaseException as exc:
+        if not context.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        context.__exit__(None, None, None)
+
+
 @contextlib.contextmanager
 def serve(resolved: ResolvedProfile, *, log_dir: Path) -> Iterator[tuple[str, str | None]]:
     """Start mlx_lm.server for ``resolved`` on a free port; yield (base URL ending in /v1, adapter)."""
-    from punie.launch.prepare import prepare
-    from punie.launch.runner import serving
+    import anyio.from_thread
+
+    from punie.launch.server import running_server
 
     if resolved.profile.server.url:
         yield openai_base_url(resolved.profile.server.url), None
         return
-    plan = prepare(_on_port(resolved, free_port()), check=False, provision=True, log_dir=log_dir)
-    assert plan.server_argv is not None
-    log_path = log_dir / f"eval-{resolved.name}-{plan.port}.log"
-    logger.info("starting %s", " ".join(plan.server_argv))
-    env = {"MLX_DISABLE_COMPILE": os.environ.get("MLX_DISABLE_COMPILE", "1")}
-    try:
-        with serving(plan, log_path=log_path, env=env):
-            yield plan.base_url, plan.adapter
-    except LaunchFailed as exc:
-        if exc.where is None:
-            exc.where = f"profiles.{resolved.name}"
-        raise
+    os.environ.setdefault("MLX_DISABLE_COMPILE", "1")  # inherited by the server (tiny cost on CPU)
+    on_port = _on_port(resolved, free_port())
+    # The supervisor of `punie up` without the agent, on an event loop in a helper thread:
+    # the same guard, readiness (the answer from our own child), liveness and stop.
+    with anyio.from_thread.start_blocking_portal() as portal:
+        try:
+            context = portal.wrap_async_context_manager(
+                running_server(on_port, check=False, log_dir=log_dir, sink=_discard))
+            server = context.__enter__()
+        except LaunchFailed as exc:
+            if exc.where is None:
+                exc.where = f"profiles.{resolved.name}"
+            raise
+        with context_exit(context):
+            yield server.base_url, server.adapter
 
 
 def run_suite(
