@@ -113,14 +113,15 @@ def serve(resolved: ResolvedProfile, *, log_dir: Path) -> Iterator[tuple[str, st
     if resolved.profile.server.url:
         yield openai_base_url(resolved.profile.server.url), None
         return
-    os.environ.setdefault("MLX_DISABLE_COMPILE", "1")  # inherited by the server (tiny cost on CPU)
+    # No JIT compile for eval's servers unless asked (as before: a first-run cost, no gain here).
+    env = {"MLX_DISABLE_COMPILE": os.environ.get("MLX_DISABLE_COMPILE", "1")}
     on_port = _on_port(resolved, free_port())
     # The supervisor of `punie up` without the agent, on an event loop in a helper thread:
     # the same guard, readiness (the answer from our own child), liveness and stop.
     with anyio.from_thread.start_blocking_portal() as portal:
         try:
             context = portal.wrap_async_context_manager(
-                running_server(on_port, check=False, log_dir=log_dir, sink=_discard))
+                running_server(on_port, check=False, log_dir=log_dir, sink=_discard, server_env=env))
             server = context.__enter__()
         except LaunchFailed as exc:
             if exc.where is None:
