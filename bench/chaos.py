@@ -49,8 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from punie.net import descendants, listening_inodes  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
+from punie.net import descendants, listening_inodes
+from tests.support.ports import free_port
 
 FAKE_AGENT = str(ROOT / "tests" / "support" / "fake_agent.py")
 FAKE_SERVER = str(ROOT / "tests" / "support" / "fake_server.py")

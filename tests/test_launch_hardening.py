@@ -18,7 +18,14 @@ from punie.errors import ConfigError, LaunchFailed
 from punie.launch import build_plan, run_plan
 from punie.launch.process import Child, RotatingLog
 from punie.net import port_problem
-from tests.support.launch_helpers import RUN_PLAN, alive, fake_plan, pids, resolved, wait_for
+from tests.support.launch_helpers import (
+    RUN_PLAN,
+    alive,
+    fake_plan,
+    pids,
+    resolved,
+    wait_for,
+)
 from tests.support.ports import free_port, port_free, time_wait_on
 
 
@@ -154,7 +161,7 @@ def test_punie_up_no_check_refuses_a_non_loopback_host(tmp_path: Path) -> None:
     config.write_text(f'[profiles.t]\nmodel = "{tmp_path / "model"}"\n')
     base = [sys.executable, "-m", "punie", "--config", str(config), "up", "t", "--set", "server.host=0.0.0.0"]
     for extra in (["--no-check"], ["--no-check", "--dry-run"]):
-        result = subprocess.run(base + extra, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        result = subprocess.run(base + extra, check=False, capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert "allow_remote" in result.stderr
         assert "server ready" not in result.stderr

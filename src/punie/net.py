@@ -81,7 +81,7 @@ def connect_host(host: str) -> str:
 def server_root(url: str) -> str:
     """``http://h:p/v1/`` or ``http://h:p`` -> ``http://h:p``."""
     root = url.rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
+    return root.removesuffix("/v1")
 
 
 def openai_base_url(url: str) -> str:

@@ -16,8 +16,8 @@ from punie.launch.supervisor import UpOutcome, run_plan, run_up, supervise
 
 __all__ = [
     "LaunchFailed",
-    "LaunchReason",
     "LaunchPlan",
+    "LaunchReason",
     "RestartPolicy",
     "UpOutcome",
     "build_plan",

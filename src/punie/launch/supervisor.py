@@ -38,8 +38,20 @@ from punie.launch.messages import hint as _hint
 from punie.launch.messages import quote as _quote
 from punie.launch.messages import strip_log_prefix as _strip_log_prefix
 from punie.launch.plan import LaunchPlan
-from punie.launch.process import Child, Sink, become_subreaper, reap_adopted, stderr_sink
-from punie.launch.readiness import ProbeFailed, liveness_probe, owner_problem, port_in_use, wait_ready
+from punie.launch.process import (
+    Child,
+    Sink,
+    become_subreaper,
+    reap_adopted,
+    stderr_sink,
+)
+from punie.launch.readiness import (
+    ProbeFailed,
+    liveness_probe,
+    owner_problem,
+    port_in_use,
+    wait_ready,
+)
 from punie.net import remote_warning
 from punie.weights import Progress
 

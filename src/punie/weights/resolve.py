@@ -13,7 +13,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from punie.errors import ModelError, ModelNotAvailable, ModelNotProvisioned, did_you_mean
+from punie.errors import (
+    ModelError,
+    ModelNotAvailable,
+    ModelNotProvisioned,
+    did_you_mean,
+)
 from punie.paths import hf_hub_cache
 from punie.weights import Progress
 
