@@ -14,7 +14,11 @@ and one fault:
   between the port check and mlx_lm's own bind);
 - run-command: the agent starts `setsid sleep 1000` through a shell that exits at once
   (what `run_command "setsid ... &"` leaves), then punie is stopped one of the ways above
-  (SIGINT, SIGTERM, SIGKILL of the agent, SIGKILL of the supervisor).
+  (SIGINT, SIGTERM, SIGKILL of the agent, SIGKILL of the supervisor). The fake agent
+  contains its descendants as the real agent's run_command is meant to (child subreaper,
+  kill them all on SIGTERM: a stand-in for agent/'s containment, `--contain`);
+- run-command-raw: the same with an agent that contains nothing: what the supervisor
+  alone covers (its own subreaper: everything but a SIGKILL of the supervisor itself).
 
 The same port is used by every cycle, so each start also proves a port in TIME_WAIT is
 no obstacle. After each cycle every process the supervisor ever had below it (sampled
@@ -55,8 +59,8 @@ from tests.support.ports import free_port
 FAKE_AGENT = str(ROOT / "tests" / "support" / "fake_agent.py")
 FAKE_SERVER = str(ROOT / "tests" / "support" / "fake_server.py")
 KINDS = ("sigint", "sigterm", "sigkill-supervisor", "sigkill-server", "sigkill-agent", "sigstop-server",
-         "busy-port", "foreign-server", "run-command")
-STOPS = ("sigint", "sigterm", "sigkill-agent", "sigkill-supervisor")
+         "busy-port", "foreign-server", "run-command", "run-command-raw")
+STOPS = tuple(os.environ.get("CHAOS_STOPS", "").split(",")) if os.environ.get("CHAOS_STOPS") else ("sigint", "sigterm", "sigkill-agent", "sigkill-supervisor")
 
 # The supervisor process: the code path of `punie up` without click (its agent is replaced).
 DRIVER = """\
@@ -145,8 +149,8 @@ def run_cycle(kind: str, *, work: Path, config: Path, port: int, grace: float, e
     for name in ("agent.pid", "detached.pid", "foreign.pid"):
         (work / name).unlink(missing_ok=True)
     agent = [sys.executable, FAKE_AGENT, "--pidfile", str(work / "agent.pid")]
-    if kind == "run-command":
-        agent += ["--detach", str(work / "detached.pid")]
+    if kind.startswith("run-command"):
+        agent += ["--detach", str(work / "detached.pid")] + (["--contain"] if kind == "run-command" else [])
         cycle.stop = rng.choice(STOPS)
     busy: socket.socket | None = None
     foreign: subprocess.Popen | None = None
@@ -171,7 +175,7 @@ def run_cycle(kind: str, *, work: Path, config: Path, port: int, grace: float, e
             deadline = time.monotonic() + 10  # the agent writes its pid right after it starts
             while not _pids(work / "agent.pid") and time.monotonic() < deadline:
                 time.sleep(0.01)
-            if kind == "run-command":
+            if kind.startswith("run-command"):
                 deadline = time.monotonic() + 10
                 while not _pids(work / "detached.pid") and time.monotonic() < deadline:
                     time.sleep(0.01)
@@ -225,7 +229,7 @@ def run_cycle(kind: str, *, work: Path, config: Path, port: int, grace: float, e
             "foreign-server": rc == 1 and ("PUNIE-ERROR foreign-server" in out or "PUNIE-ERROR port-busy" in out)
             and not _pids(work / "agent.pid"),
         }
-        if kind == "run-command":
+        if kind.startswith("run-command"):
             stop_ok = {"sigint": rc == 0, "sigterm": rc == 0, "sigkill-agent": rc == 1,
                        "sigkill-supervisor": rc == -signal.SIGKILL}
             ok = stop_ok[cycle.stop]
