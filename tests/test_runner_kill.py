@@ -6,13 +6,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from punie.net import descendants, socket_inodes
-from tests.support.launch_helpers import alive, wait_for
+from tests.support.launch_helpers import alive, start_punie_up, wait_for
 from tests.support.ports import free_port, time_wait_on
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlx]
@@ -89,24 +88,6 @@ def test_sigkilled_punie_eval_leaves_no_process(tmp_path: Path, tiny_model: Path
     _kill_mid_run(argv, tmp_path, serving)
 
 
-def _up_until_ready(config: Path, cwd: Path) -> tuple[subprocess.Popen, list[str], threading.Event]:
-    proc = subprocess.Popen([sys.executable, "-m", "punie", "--config", str(config), "up", "tiny"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "server ready on" in line or "started the agent" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    return proc, lines, ready
-
-
 @pytest.mark.timeout(180)
 def test_stop_then_start_reuses_the_port_at_once(tmp_path: Path, tiny_model: Path) -> None:
     port = free_port()
@@ -114,7 +95,7 @@ def test_stop_then_start_reuses_the_port_at_once(tmp_path: Path, tiny_model: Pat
     config.write_text(f'[profiles.tiny]\nmodel = "{tiny_model}"\n[profiles.tiny.server]\n'
                       f"port = {port}\nready_timeout = 60\nmax_tokens = 4\n")
     for run in range(2):
-        proc, lines, ready = _up_until_ready(config, tmp_path)
+        proc, lines, ready = start_punie_up(config, "tiny", tmp_path)
         try:
             assert ready.wait(90), "".join(lines)
             assert proc.poll() is None and any("server ready on" in x for x in lines), "".join(lines)

@@ -142,3 +142,25 @@ def pid_in(lines: list[str], what: str) -> int:
     match = re.search(rf"started {re.escape(what)} \(pid (\d+)\)", "".join(lines))
     assert match, "".join(lines)
     return int(match.group(1))
+
+
+def start_punie_up(config: Path, profile: str, cwd: Path, *extra: str):
+    """Start `punie --config CONFIG up PROFILE` (stdin a pipe: the agent waits for ACP); returns
+    (process, stderr lines, an event set once the agent was started, or stderr ended)."""
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "punie", "--config", str(config), "up", profile, *extra],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in iter(proc.stderr.readline, ""):
+            lines.append(line)
+            if "started the agent" in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, lines, ready
