@@ -44,7 +44,7 @@ os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from punie.launch.guard import guarded_argv  # noqa: E402
+from punie.launch.guard import guarded_argv
 
 PROBE = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
 

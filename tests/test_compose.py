@@ -377,7 +377,7 @@ def test_cli_compose_writes_and_reports(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     make_part(tmp_path / "adapters" / "general-v1", rank=4, layers=[0, 1], keys=["self_attn.q_proj"], seed=1)
     make_part(tmp_path / "b", rank=2, layers=[1], keys=["mlp.up_proj"], seed=2)
-    result = CliRunner().invoke(_adapters_group(), ["compose", "general-v1", "b:0.5", "--out", "ab", "--json"])
+    result = CliRunner().invoke(_adapters_group(), ["compose", "general-v1", "b:0.5", "--out", "ab", "--format", "json"])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     assert shown["adapter_config"]["lora_parameters"]["rank"] == 6

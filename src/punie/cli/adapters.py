@@ -1,9 +1,4 @@
-"""CLI: `punie adapters list` (and `adapters compose`, attached from punie.cli.adapters_compose).
-
-Other modules attach subcommands to the same group::
-
-    from punie.cli.adapters import adapters_group
-"""
+"""CLI: `punie adapters list` (`adapters compose` is attached by punie.cli from adapters_compose)."""
 
 from __future__ import annotations
 
@@ -12,7 +7,7 @@ from typing import Any
 
 import click
 
-from punie.cli._common import echo_json, state_of
+from punie.cli._common import echo_json, format_option, state_of
 
 
 @click.group("adapters", invoke_without_command=True)
@@ -40,9 +35,9 @@ def _table(rows: list[list[str]], heads: list[str]) -> str:
 
 
 @adapters_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the adapters as JSON.")
+@format_option()
 @click.pass_context
-def list_command(ctx: click.Context, as_json: bool) -> None:
+def list_command(ctx: click.Context, fmt: str = "text") -> None:
     """Every adapter under adapters/: base model, rank, layers, size, date, score, fits."""
     from punie.adapters.registry import adapter_fits, adapters_root, list_adapters
     from punie.config import load_profiles
@@ -55,7 +50,7 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
         info.name: {p.name: dict(zip(("fits", "reason"), adapter_fits(info, p), strict=True)) for p in profiles}
         for info in infos
     }
-    if as_json:
+    if fmt == "json":
         echo_json([info.model_dump(mode="json") | {"fits": fits[info.name]} for info in infos])
         return
     if not infos:
@@ -78,9 +73,5 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Add the `adapters` group, with `compose` from punie.cli.adapters_compose."""
-    from punie.cli.adapters_compose import attach
-
-    if "compose" not in adapters_group.commands:
-        attach(adapters_group)
+    """Add the `adapters` group to the top-level group."""
     group.add_command(adapters_group)

@@ -22,6 +22,7 @@ from pydantic_settings import SettingsError
 from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
 from punie.config.loader import (
+    CONFIG_NAME,
     ConfigSource,
     Problem,
     extends_chain,
@@ -82,6 +83,12 @@ def check_profile_name(source: ConfigSource, name: str, *, where: str | None = N
     names = source.profile_names
     if name in names:
         return
+    if source.embedded:  # as when an IDE starts `punie up NAME` outside the project
+        raise ConfigError(
+            f"no {CONFIG_NAME} found in {Path.cwd()} or its parents, and '{name}' is not a built-in profile",
+            where=where if where and where != source.display else None,
+            hint=f"name one with --config FILE or PUNIE_CONFIG (built-in profiles: {', '.join(names)})",
+        )
     hint = did_you_mean(name, names)
     raise ConfigError(
         f"unknown profile '{name}'" + (f", {hint}" if hint else ""),

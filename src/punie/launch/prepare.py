@@ -24,7 +24,7 @@ def run_check(resolved: ResolvedProfile) -> None:
     report = check_profiles([resolved])
     errors = [p for p in report.problems if p.severity == "error"]
     for problem in report.problems:
-        if problem.severity != "error":
+        if problem.severity != "error" and problem.code != "model-not-provisioned":  # provisioning says it once
             logger.warning("%s: %s", problem.where or problem.profile, problem.message)
     if errors:
         lines = [f"profile '{resolved.name}' has {len(errors)} error(s); not launching (--no-check skips this):"]
@@ -55,9 +55,9 @@ def resolve_model_path(
             from punie.weights.builtin import builtin_dir
 
             target = builtin_dir(spec.removeprefix("builtin:"))
-            logger.warning("%s is not provisioned yet: `punie up` will fetch it to %s", spec, target)
+            logger.info("%s is not provisioned yet: `punie up` will fetch it to %s", spec, target)
             return target
-        logger.warning("provisioning %s (first use)", spec)
+        logger.info("provisioning %s (first use)", spec)
         return weights.provision_model(spec, progress=progress)
     except ModelError as exc:
         if exc.where is None:
