@@ -215,3 +215,41 @@ def test_first_run_provisioning_is_info_and_said_once(tmp_path: Path) -> None:
     assert "WARNING" not in loud.stderr
     lines = [line for line in loud.stderr.splitlines() if "not provisioned" in line or "provisioning" in line]
     assert len(lines) == 1 and lines[0].startswith("punie: INFO: "), loud.stderr
+
+
+def test_check_and_dry_run_do_not_import_pydantic_settings_or_asyncio(tmp_path: Path) -> None:
+    """The start-up every `punie up` and CI check pays: pydantic-settings (which imports asyncio)
+    is loaded only when a PUNIE_ profile variable or --set gives it something to read."""
+    config = tmp_path / "punie.toml"
+    config.write_text('[profiles.demo]\nmodel = "builtin:smollm2-135m-instruct"\nserver.port = 18125\n')
+    code = (
+        "import sys; from punie.cli import main\n"
+        "try:\n    main(sys.argv[1:], prog_name='punie')\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('asyncio', 'pydantic_settings', 'httpx') if m in sys.modules), "
+        "file=sys.stderr)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUNIE_")}
+    env["PUNIE_CACHE_DIR"] = str(tmp_path / "cache")
+    for args in (["check"], ["up", "--dry-run"]):
+        proc = subprocess.run([sys.executable, "-c", code, "--config", str(config), *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.stderr.strip().splitlines()[-1] == "[]", (args, proc.stderr)
+    proc = subprocess.run([sys.executable, "-c", code, "--config", str(config), "--set", "server.port=18126",
+                           "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert "pydantic_settings" in proc.stderr.strip().splitlines()[-1]  # --set goes through it
+
+
+def test_profile_resolved_without_pydantic_settings_equals_the_one_through_it(tmp_path: Path) -> None:
+    from punie.config import load_profile
+
+    config = tmp_path / "punie.toml"
+    config.write_text(
+        '[defaults.server]\nhost = "127.0.0.1"\n[profiles.base]\nmodel = "m"\nadapters = ["a", {path = "b", weight = 0.5}]\n'
+        '[profiles.p]\nextends = "base"\nserver.port = 8081\nagent.permissions.run_command = "allow"\n'
+        'agent.tools = ["read_file"]\n'
+    )
+    plain = load_profile("p", config=str(config), env={})
+    through = load_profile("p", config=str(config), env={"PUNIE_SERVER__PORT": "8081"})
+    assert through.sources["server.port"] == "env" and plain.sources["server.port"] == "file"
+    assert plain.profile == through.profile
+    assert load_profile("p", config=str(config), env={}, overrides=["server.port=8081"]).profile == plain.profile
