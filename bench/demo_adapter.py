@@ -43,11 +43,11 @@ os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from punie.config import load_profile  # noqa: E402
-from punie.training.evaluate import evaluate_profile, run_suite, serve  # noqa: E402
-from punie.training.suite import load_suite  # noqa: E402
-from punie.training.train import TrainOptions, train_adapter  # noqa: E402
-from punie.weights.builtin import ensure_builtin  # noqa: E402
+from punie.config import load_profile
+from punie.training.evaluate import evaluate_profile, run_suite, serve
+from punie.training.suite import load_suite
+from punie.training.train import TrainOptions, train_adapter
+from punie.weights.builtin import ensure_builtin
 
 DATA = REPO / "src" / "punie" / "data" / "datasets" / "tool-calling"
 CONFIG = REPO / "punie.toml"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
+from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, NON_PROFILE_ENV
 from punie.config.loader import (
     CONFIG_NAME,
     ConfigSource,
@@ -32,7 +33,6 @@ from punie.config.loader import (
 from punie.config.locate import KeyPath, dotted, key_lines, line_of
 from punie.config.models import Profile, ResolvedProfile
 from punie.config.overrides import deep_merge, leaves, overrides_to_dict
-from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, NON_PROFILE_ENV
 from punie.errors import ConfigError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -378,13 +378,13 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
 __all__ = [
     "LEAF_KEYS",
     "Problem",
+    "ProfileListing",
     "check_profile_name",
     "describe_source",
-    "written_at",
+    "list_profiles",
     "load_profile",
     "load_profiles",
-    "list_profiles",
-    "ProfileListing",
     "resolve_profile",
     "select_profile",
+    "written_at",
 ]
