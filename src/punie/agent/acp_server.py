@@ -233,8 +233,9 @@ class PunieAcpAgent:
             content = None
             if request.tool == "write_file" and session is not None:
                 try:
-                    real = session.agent.workspace.resolve(request.args["path"])
-                    old = real.read_text(errors="replace") if real.is_file() else None
+                    ws = session.agent.workspace
+                    real = ws.resolve(request.args["path"])
+                    old = await asyncio.to_thread(ws.existing_text, request.args["path"])  # never on the loop
                     content = [tool_diff_content(str(real), request.args.get("content", ""), old)]
                 except Exception:
                     content = None
