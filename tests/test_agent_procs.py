@@ -161,3 +161,31 @@ def test_command_environment_is_an_allow_list_plus_agent_env(tmp_path: Path,
     assert env["PROJECT_MODE"] == "ci" and env["HOME"] == str(tmp_path)  # agent.env wins
     assert env["LC_ALL"] == "C.UTF-8" and env["PATH"] == os.environ["PATH"]
     assert env["PWD"] == str(ws.root)
+
+
+ADOPTING_AGENT = """
+import asyncio, sys
+from punie.agent import procs
+from punie.agent.tools import run_command_impl
+from punie.agent.workspace import Workspace
+assert procs.adopt_orphans()
+ws = Workspace(sys.argv[1], env={"PUNIE_TEST_MARK": sys.argv[2]})
+code, out = asyncio.run(run_command_impl(ws, sys.argv[3], timeout=600))
+print(code, flush=True)
+"""
+
+
+def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent(tmp_path: Path,
+                                                                                  marker: str) -> None:
+    import subprocess
+
+    command = "setsid sleep 1000 & nohup sleep 1000 >/dev/null 2>&1 & sleep 0.2; kill -9 $PPID; sleep 1000"
+    try:
+        proc = subprocess.run([sys.executable, "-c", ADOPTING_AGENT, str(tmp_path), marker, command],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == str(128 + signal.SIGKILL) or proc.stdout.strip() == "-9"
+        assert "killed the processes left by command reaper" in proc.stderr
+        assert marked(marker) == []
+    finally:
+        _kill_leftovers(marker)

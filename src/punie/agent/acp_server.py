@@ -343,6 +343,9 @@ class _BlockingWriteTransport(asyncio.WriteTransport):
 
 async def serve_stdio_async(options: AgentOptions, base_url: str) -> None:
     """Serve ACP on stdin/stdout until the client closes stdin."""
+    from punie.agent.procs import adopt_orphans
+
+    adopt_orphans()  # run_command's processes never outlive their reaper (see punie.agent.procs)
     reader, writer = await _stdio_streams()
     logger.info("punie agent: ACP on stdio, model server %s", base_url)
     await run_agent(PunieAcpAgent(options, base_url), writer, reader)

@@ -36,6 +36,84 @@ ENV_ALLOW = ("PATH", "HOME", "LANG", "LANGUAGE", "TERM", "USER", "LOGNAME", "SHE
              "COLUMNS", "LINES", "NO_COLOR")
 
 _lifeline: tuple[int, int] | None = None
+_reapers: set[int] = set()  # pids of the reapers this process started and has not seen exit
+_adopting = False
+_spawning = 0  # reapers being started: their pids are not known yet, so no sweep meanwhile
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> bool:
+    """Make this process (the agent) a child subreaper, so a command that kills its own reaper
+    (``kill -9 $PPID``) leaves its processes to us rather than to init: they are killed as soon
+    as that reaper is seen gone. Only for the agent's own process (serve entry points), never a
+    test runner or library caller that has other children. True when it took effect (Linux)."""
+    global _adopting
+    if _adopting or not sys.platform.startswith("linux"):
+        return _adopting
+    import ctypes
+
+    _adopting = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return _adopting
+
+
+def sweep_orphans() -> int:
+    """Kill and reap every child of ours that is not a live reaper (adopted orphans); how many were found."""
+    if not _adopting:
+        return 0
+    if _spawning:
+        with contextlib.suppress(RuntimeError):  # a reaper is being started: look again shortly
+            asyncio.get_running_loop().call_later(0.2, sweep_orphans)
+        return 0
+    from punie.agent.reaper import descendants
+
+    found = 0
+    for _ in range(100):
+        me = os.getpid()
+        tree = descendants(me)
+        adopted = [pid for pid in _children(me) if pid not in _reapers]
+        if not adopted:
+            break
+        stray = set(adopted)
+        for pid in tree:  # the adopted ones and whatever they started, not the live reapers' trees
+            if pid in stray or _ancestor_in(pid, stray):
+                stray.add(pid)
+        found += len(adopted)
+        for pid in stray:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in adopted:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (zombies included: they need reaping too)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _ppid(int(name)) == pid:
+            out.append(int(name))
+    return out
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2:].split()[1])
+
+
+def _ancestor_in(pid: int, pids: set[int]) -> bool:
+    for _ in range(64):
+        parent = _ppid(pid)
+        if parent is None or parent <= 1:
+            return False
+        if parent in pids:
+            return True
+        pid = parent
+    return False
 
 
 def lifeline_fd() -> int:
@@ -92,7 +170,7 @@ async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeo
     command's whole tree is stopped before the CancelledError goes on.
     """
     lifeline = lifeline_fd()
-    spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
+    spawn = asyncio.ensure_future(_spawn(
         sys.executable, "-I", "-S", REAPER, str(lifeline), str(grace), "--", *argv,
         cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True, pass_fds=(lifeline,),
@@ -114,21 +192,80 @@ async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeo
 
     reader = asyncio.ensure_future(pump())
     try:
-        await asyncio.wait_for(proc.wait(), timeout)
-    except asyncio.TimeoutError:
-        await _stop(proc, grace)
-        await _finish(reader)
-        partial = output.text()
-        return None, f"timed out after {timeout:g} s (process killed)" + (f"; output so far:\n{partial}" if partial else "")
-    except asyncio.CancelledError:
-        # Finish stopping even if cancelled again: a half-stopped tree is what this module exists to prevent.
-        stopping = asyncio.ensure_future(_stop(proc, grace))
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(stopping)
-        reader.cancel()
-        raise
+        try:
+            await asyncio.wait_for(_exited(proc), timeout)
+        except asyncio.TimeoutError:
+            await _stop(proc, grace)
+            await _settle(proc, reader)
+            partial = output.text()
+            return None, (f"timed out after {timeout:g} s (process killed)"
+                          + (f"; output so far:\n{partial}" if partial else ""))
+        except asyncio.CancelledError:
+            # Finish stopping even if cancelled again: a half-stopped tree is what this module exists to prevent.
+            stopping = asyncio.ensure_future(_stop(proc, grace))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(stopping)
+            reader.cancel()
+            raise
+        await _settle(proc, reader)
+        return proc.returncode, output.text()
+    finally:
+        if proc.returncode is not None:
+            _reapers.discard(proc.pid)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Return when the reaper process has exited.
+
+    Not ``proc.wait()``: asyncio's waits for the pipes to close too, and a command that
+    killed its reaper leaves processes holding them. A pidfd says "exited" by itself.
+    """
+    if proc.returncode is not None:
+        return
+    pidfd_open = getattr(os, "pidfd_open", None)
+    fd = -1
+    if pidfd_open is not None:
+        try:
+            fd = pidfd_open(proc.pid)
+        except ProcessLookupError:
+            return  # already gone and reaped
+        except OSError:
+            fd = -1
+    if fd < 0:
+        while proc.returncode is None:
+            await asyncio.sleep(0.1)
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def _settle(proc: asyncio.subprocess.Process, reader: asyncio.Future[None]) -> None:
+    """After the reaper exited: kill what a killed reaper left (adopt_orphans), then collect the
+    exit status and the rest of the output, without waiting for ever on pipes held by strays."""
+    if sweep_orphans():
+        logger.warning("killed the processes left by command reaper %s (it was killed)", proc.pid)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(proc.wait(), 2.0)
+    while proc.returncode is None:  # exited (pidfd) but not yet reported by asyncio's child watcher
+        await asyncio.sleep(0.01)
     await _finish(reader)
-    return proc.returncode, output.text()
+
+
+async def _spawn(*argv: str, **options: object) -> asyncio.subprocess.Process:
+    global _spawning
+    _spawning += 1
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, **options)  # type: ignore[arg-type]
+        _reapers.add(proc.pid)
+        return proc
+    finally:
+        _spawning -= 1
 
 
 async def _finish(reader: asyncio.Future[None]) -> None:
@@ -146,9 +283,9 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), grace + 5.0)
+        await asyncio.wait_for(_exited(proc), grace + 5.0)
     except asyncio.TimeoutError:
         logger.warning("command reaper %s did not stop in time: killing its session", proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await _exited(proc)
