@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from punie.errors import OutsideWorkspace, ToolFailure
+from punie.paths import current_umask
 
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _NOCTTY = getattr(os, "O_NOCTTY", 0)
@@ -354,9 +355,7 @@ def write_atomic(target: Target, data: bytes, shown: str) -> None:
             if st is not None:
                 os.fchmod(fd, mode)
             else:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(fd, mode & ~umask)
+                os.fchmod(fd, mode & ~current_umask())
             if FSYNC:
                 os.fsync(fd)
         finally:
