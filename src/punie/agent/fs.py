@@ -39,7 +39,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from punie.errors import OutsideWorkspace, ToolFailure
+import punie.envvars  # noqa: F401  -- loaded before punie.paths, whose `from punie import envvars` otherwise
+from punie.errors import OutsideWorkspace, ToolFailure  # goes through punie.__getattr__ into a circular import
 from punie.paths import current_umask
 
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
