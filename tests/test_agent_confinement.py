@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 import stat
@@ -22,7 +21,7 @@ from punie.agent.workspace import Workspace
 from punie.config.models import AgentOptions
 from punie.errors import OutsideWorkspace, PunieError, ToolFailure
 
-linux = pytest.mark.skipif(not os.uname().sysname == "Linux", reason="renameat2 is Linux-only")
+linux = pytest.mark.skipif(os.uname().sysname != "Linux", reason="renameat2 is Linux-only")
 
 # A separate process swaps two names as fast as it can (renameat2 RENAME_EXCHANGE): a real race on
 # another core, not a thread taking turns with the tools for the GIL. It prints its swap count on SIGTERM.

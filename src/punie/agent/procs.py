@@ -194,7 +194,7 @@ async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeo
     try:
         try:
             await asyncio.wait_for(_exited(proc), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await _stop(proc, grace)
             await _settle(proc, reader)
             partial = output.text()
@@ -272,7 +272,7 @@ async def _finish(reader: asyncio.Future[None]) -> None:
     """Let the output reader drain; the reaper's exit means every writer is gone, so this is quick."""
     try:
         await asyncio.wait_for(reader, 2.0)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         reader.cancel()
 
 
@@ -284,7 +284,7 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
         proc.send_signal(signal.SIGTERM)
     try:
         await asyncio.wait_for(_exited(proc), grace + 5.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         logger.warning("command reaper %s did not stop in time: killing its session", proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
