@@ -39,8 +39,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import punie.envvars  # noqa: F401  -- loaded before punie.paths, whose `from punie import envvars` otherwise
-from punie.errors import OutsideWorkspace, ToolFailure  # goes through punie.__getattr__ into a circular import
+from punie.errors import OutsideWorkspace, ToolFailure
 from punie.paths import current_umask
 
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
