@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 
 from punie.adapters.compose import compose, ensure_composed
-from punie.adapters.tensors import write_safetensors
+from punie.weights.safetensors import write_safetensors
 from punie.config.models import AdapterRef
 
 HIDDEN, LAYERS, INTER, HEADS, KV_HEADS, VOCAB = 1536, 28, 8960, 12, 2, 151936

@@ -10,7 +10,7 @@ import pytest
 
 from punie.adapters.fit import fit_adapter, layer_index
 from punie.adapters.inspect import inspect_adapter, read_adapter
-from punie.adapters.safetensors import write_safetensors
+from punie.weights.safetensors import write_safetensors
 from punie.errors import AdapterError, CorruptFileError
 from punie.weights.headers import read_model_shapes
 
@@ -141,7 +141,7 @@ def test_unknown_module_and_leaf(tmp_path: Path, tiny_model: Path) -> None:
     assert _codes(findings) == {"module-missing", "not-adapter-tensor"}
 
 
-def _moe_model(out: Path, *, experts: int, hidden: int = 32, inter: int = 48, bits: int | None = None) -> Path:
+def _moe_model(out: Path, *, experts: int, hidden: int = 32, inter: int = 64, bits: int | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, tuple[str, tuple[int, ...]]] = {"model.embed_tokens.weight": ("F32", (100, hidden))}
     for i in range(2):
@@ -161,7 +161,7 @@ def _moe_model(out: Path, *, experts: int, hidden: int = 32, inter: int = 48, bi
     return out
 
 
-def _moe_adapter(out: Path, *, experts: int, hidden: int = 32, inter: int = 48, rank: int = 2) -> Path:
+def _moe_adapter(out: Path, *, experts: int, hidden: int = 32, inter: int = 64, rank: int = 2) -> Path:
     tensors = {}
     for i in range(2):
         p = f"model.layers.{i}.mlp.switch_mlp"
@@ -181,7 +181,7 @@ def test_moe_switch_linear_shapes(tmp_path: Path) -> None:
 
 
 def test_sharded_model_headers_are_all_read(tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> None:
-    from punie.adapters.safetensors import read_header
+    from punie.weights.safetensors import read_header
 
     sharded = tmp_path / "sharded"
     sharded.mkdir()
@@ -215,16 +215,27 @@ def test_per_module_quantization_override(tmp_path: Path) -> None:
     assert shapes.module("model.layers.0.self_attn.k_proj").in_features == 64
 
 
+def test_lora_parameters_read_only_when_a_module_is_wrapped(tmp_path: Path, tiny_model: Path) -> None:
+    # mlx_lm reads rank and dropout only in to_lora: they matter once a module is wrapped.
+    adapter = write_adapter(tmp_path / "ad")
+    for params, fragment in [({"rank": 0, "scale": 1, "dropout": 0}, "lora_parameters.rank"),
+                             ({"rank": 4, "scale": 1}, "lora_parameters.dropout"),
+                             ({"rank": 4, "scale": 1, "dropout": 1.5}, "lora_parameters.dropout")]:
+        (adapter / "adapter_config.json").write_text(json.dumps({"num_layers": 2, "lora_parameters": params}))
+        findings = fit_adapter(inspect_adapter(adapter), read_model_shapes(tiny_model))
+        assert any(fragment in f.where for f in findings), findings
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"num_layers": 2, "fine_tune_type": "qlora", "lora_parameters": {"rank": 4, "scale": 10.0, "dropout": 0}}))
+    inspection = inspect_adapter(adapter)
+    assert inspection.ok and [f.severity for f in inspection.findings] == ["warning"]  # applied as lora
+
+
 @pytest.mark.parametrize(
     ("config", "fragment"),
     [
-        ({"fine_tune_type": "qlora", "num_layers": 2, "lora_parameters": {"rank": 4, "scale": 1, "dropout": 0}},
-         "fine_tune_type"),
         ({"fine_tune_type": "lora", "lora_parameters": {"rank": 4, "scale": 1, "dropout": 0}}, "num_layers"),
         ({"num_layers": "2", "lora_parameters": {"rank": 4, "scale": 1, "dropout": 0}}, "num_layers"),
-        ({"num_layers": 2, "lora_parameters": {"rank": 0, "scale": 1, "dropout": 0}}, "lora_parameters.rank"),
         ({"num_layers": 2, "lora_parameters": {"rank": 4, "alpha": 16, "dropout": 0}}, "not 'alpha'"),
-        ({"num_layers": 2, "lora_parameters": {"rank": 4, "scale": 1}}, "dropout"),
         ({"num_layers": 2}, "lora_parameters"),
         ([1, 2], "JSON object"),
     ],

@@ -176,12 +176,14 @@ def _resolved(profile: ResolvedProfile | str | None) -> ResolvedProfile:
     return profile if isinstance(profile, ResolvedProfile) else load_profile(profile)
 
 
-def check(profiles: Sequence[ResolvedProfile | str] | ResolvedProfile | str | None = None) -> Report:
+def check(profiles: Sequence[ResolvedProfile | str] | ResolvedProfile | str | None = None, *,
+          strict: bool = False) -> Report:
     """Validate profiles, base models and adapters from headers only (`punie check`).
 
     ``profiles``: resolved profiles or names (None: every profile of the CLI's file). Problems are
     in the returned `Report` (``report.ok``, ``report.problems``; ``report.to_json()`` is exactly
-    what ``punie check --format json`` prints); nothing is raised for them.
+    what ``punie check --format json`` prints); nothing is raised for them. ``strict``: an adapter
+    trained on a different base model is an error even when its shapes fit.
     """
     from punie.checks import check_profiles
 
@@ -191,7 +193,7 @@ def check(profiles: Sequence[ResolvedProfile | str] | ResolvedProfile | str | No
         resolved = [_resolved(profiles)]
     else:
         resolved = [_resolved(p) for p in profiles]
-    return check_profiles(resolved)
+    return check_profiles(resolved, strict=strict)
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from punie.adapters.safetensors import TensorInfo
-from punie.adapters.tensors import load_tensor, numpy_module, tensor_index, write_safetensors
-from punie.errors import AdapterError, CorruptFileError
+from punie.adapters.files import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
+from punie.adapters.identity import RecordedBase, recorded_base, same_base
+from punie.adapters.tensors import load_tensor, numpy_module, tensor_index
+from punie.errors import AdapterError
+from punie.jsonio import load_json_file
 from punie.paths import state_dir
+from punie.weights.safetensors import TensorInfo, write_safetensors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,15 +52,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapters.safetensors"
-METADATA_FILE = "punie-adapter.json"
 COMPOSED_SCALE = 1.0
 # Bumped when the output format changes, so old cache entries are not reused.
 FORMAT_VERSION = "punie-compose-1"
 
 _LEAF = re.compile(r"^(?P<module>.+)\.(?P<leaf>lora_a|lora_b|m)$")
 _LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?layers)\.(?P<index>\d+)\.(?P<key>.+)$")
+
+
+class CompositionError(AdapterError):
+    """Parts that cannot be composed; ``part`` (and ``other``) index the parts at fault."""
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None,
+                 part: int | None = None, other: int | None = None):
+        self.part, self.other = part, other
+        super().__init__(message, where=where, hint=hint)
 
 
 # --------------------------------------------------------------------------- reading parts
@@ -108,12 +117,7 @@ def read_part(path: Path, weight: float = 1.0) -> Part:
             f"no {WEIGHTS_FILE}", where=where,
             hint="mlx_lm lora writes adapter_config.json before training: was training interrupted?",
         )
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"cannot parse ({exc})", where=str(config_path)) from exc
-    if not isinstance(config, dict):
-        raise CorruptFileError("is not a JSON object", where=str(config_path))
+    config = load_json_file(config_path)
     metadata = _read_metadata(path / METADATA_FILE)
 
     kind = config.get("fine_tune_type", "lora")
@@ -191,10 +195,7 @@ def read_part(path: Path, weight: float = 1.0) -> Part:
 def _read_metadata(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"cannot parse ({exc})", where=str(path)) from exc
+    value = load_json_file(path, expect=None)
     return value if isinstance(value, dict) else None
 
 
@@ -213,26 +214,34 @@ class Plan:
     modules: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     model: str | None = None
     fingerprint: str | None = None
+    base: dict[str, Any] | None = None  # the parts' common BaseIdentity, when known
     # Human-readable facts about coverage differences (modules a part does not adapt get zero blocks).
     notes: tuple[str, ...] = ()
 
 
-def _same_base(first: Part, other: Part) -> bool:
-    if first.fingerprint and other.fingerprint:
-        return first.fingerprint == other.fingerprint
-    if first.model is None or other.model is None:
-        return True
-    return os.path.normpath(os.path.expanduser(first.model)) == os.path.normpath(os.path.expanduser(other.model))
+def _recorded(part: Part, project_dir: Path | None) -> RecordedBase:
+    from punie.adapters.metadata import AdapterMeta
+
+    meta = None
+    if part.metadata:
+        try:
+            meta = AdapterMeta.model_validate(part.metadata)
+        except ValueError:
+            meta = None
+    return recorded_base(meta, part.model, project_dir)
 
 
 def _with_rank(shape: tuple[int, ...], axis: int, rank: int) -> tuple[int, ...]:
     return tuple(rank if i == axis else d for i, d in enumerate(shape))
 
 
-def plan_composition(parts: Sequence[tuple[Path, float]]) -> Plan:
+def plan_composition(parts: Sequence[tuple[Path, float]], *, project_dir: Path | None = None) -> Plan:
     """Read the parts' headers, explain any incompatibility, and describe the composed adapter.
 
-    Reads no tensor data; raises AdapterError naming the part and module at fault.
+    Reads no tensor data; raises AdapterError naming the part and module at fault
+    (CompositionError when parts disagree). Parts are of one base when their
+    `punie.adapters.identity` agree (``project_dir`` resolves relative model paths),
+    so `punie check` and `punie up` decide alike.
     """
     if len(parts) < 1:
         raise AdapterError("nothing to compose: give at least one adapter")
@@ -241,30 +250,33 @@ def plan_composition(parts: Sequence[tuple[Path, float]]) -> Plan:
             raise AdapterError(f"weight must be a finite number, not {weight}", where=str(path))
     loaded = tuple(read_part(Path(p), w) for p, w in parts)
     first = loaded[0]
-    for other in loaded[1:]:
-        if not _same_base(first, other):
-            a = first.fingerprint or first.model
-            b = other.fingerprint or other.model
-            raise AdapterError(
-                f"was trained on base model '{b}' but {first.path} on '{a}'; "
+    bases = [_recorded(part, project_dir) for part in loaded]
+    for i, other in enumerate(loaded[1:], start=1):
+        if bases[0].identity is None and bases[i].identity is None and first.fingerprint and other.fingerprint:
+            same: bool | None = first.fingerprint == other.fingerprint  # legacy config fingerprints
+        else:
+            same = same_base(bases[0], bases[i])
+        if same is False:
+            raise CompositionError(
+                f"was trained on base model '{bases[i].label}' but {first.path} on '{bases[0].label}'; "
                 "adapters of different base models cannot be composed",
-                where=str(other.path),
+                where=str(other.path), part=i, other=0,
             )
 
     # Module shapes must agree across parts (except the rank axis).
     modules: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     owner: dict[str, Part] = {}
-    for part in loaded:
+    for index, part in enumerate(loaded):
         for module, (a, b) in part.modules.items():
             ra, rb = _rank_axes(len(a))
             key = (_with_rank(a, ra, 0), _with_rank(b, rb, 0))
             if module in modules and modules[module] != key:
                 seen = owner[module]
-                raise AdapterError(
+                raise CompositionError(
                     f"module '{module}' has lora_a {list(a)} / lora_b {list(b)} here but "
                     f"{list(seen.modules[module][0])} / {list(seen.modules[module][1])} in {seen.path} "
                     "(different base model dimensions)",
-                    where=str(part.path),
+                    where=str(part.path), part=index, other=loaded.index(seen),
                 )
             modules[module] = key
             owner.setdefault(module, part)
@@ -313,6 +325,7 @@ def plan_composition(parts: Sequence[tuple[Path, float]]) -> Plan:
         modules=composed,
         model=next((p.model for p in loaded if p.model), None),
         fingerprint=fingerprints.pop() if len(fingerprints) == 1 else None,
+        base=next((b.identity.model_dump(mode="json") for b in bases if b.identity is not None), None),
         notes=notes,
     )
 
@@ -386,6 +399,7 @@ def composed_metadata(plan: Plan) -> dict[str, Any]:
     return {
         "base_model": base_model,
         "base_fingerprint": plan.fingerprint,
+        "base": plan.base,
         "dataset_hash": None,
         "iters": None,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -468,7 +482,7 @@ def composition_hash(parts: Iterable[tuple[Path, float]]) -> str:
 
 def resolve_refs(refs: Sequence[AdapterRef], project_dir: Path) -> list[tuple[Path, float]]:
     """Adapter directories and weights of a profile's ``adapters`` list."""
-    from punie.adapters.registry import resolve_adapter
+    from punie.adapters.locate import resolve_adapter
 
     return [(Path(resolve_adapter(ref.path, Path(project_dir))), float(ref.weight)) for ref in refs]
 
@@ -485,7 +499,7 @@ def ensure_composed(refs: Sequence[AdapterRef], project_dir: Path) -> Path:
     if (target / CONFIG_FILE).is_file() and (target / WEIGHTS_FILE).is_file():
         logger.debug("reusing composed adapter %s", target)
         return target
-    plan = plan_composition(parts)
+    plan = plan_composition(parts, project_dir=Path(project_dir))
     logger.info("composing %s into %s", ", ".join(str(p) for p, _ in parts), target)
     for note in plan.notes:
         logger.info("%s", note)

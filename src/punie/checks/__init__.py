@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from punie.checks.profile import check_adapter, check_profile, check_profile_report
+from punie.checks.profile import adapter_fits, check_adapter, check_profile, check_profile_report
 from punie.checks.report import Problem, ProfileReport, Report
 from punie.config.models import ResolvedProfile
 
@@ -19,6 +19,7 @@ __all__ = [
     "Problem",
     "ProfileReport",
     "Report",
+    "adapter_fits",
     "check_adapter",
     "check_profile",
     "check_profile_report",
@@ -26,13 +27,16 @@ __all__ = [
 ]
 
 
-def check_profiles(profiles: Iterable[ResolvedProfile]) -> Report:
-    """Check every profile and collect all problems in one report (nothing is raised for problems)."""
+def check_profiles(profiles: Iterable[ResolvedProfile], *, strict: bool = False) -> Report:
+    """Check every profile and collect all problems in one report (nothing is raised for problems).
+
+    ``strict``: an adapter trained on a different base model is an error even when its shapes fit.
+    """
     from punie.checks.ports import shared_port_problems
 
     resolved = list(profiles)
     shared = shared_port_problems(resolved)
-    reports = [check_profile_report(r) for r in resolved]
+    reports = [check_profile_report(r, strict=strict) for r in resolved]
     return Report(profiles=[
         r.model_copy(update={"problems": [*r.problems, *shared[r.name]]}) if r.name in shared else r for r in reports
     ])

@@ -10,14 +10,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from punie.adapters.fit import fit_adapter, model_layers, module_dims
-from punie.adapters.inspect import AdapterInspection, Finding, inspect_adapter
-from punie.checks.report import Problem, ProfileReport
+from punie.adapters.fit import fit_adapter
+from punie.adapters.inspect import AdapterInspection, inspect_adapter
+from punie.adapters.registry import AdapterInfo
+from punie.checks.identity import base_verdict
+from punie.checks.report import GROUP_LIMIT, Problem, ProfileReport
 from punie.checks.server import server_findings
 from punie.config.locate import dotted
 from punie.config.models import ResolvedProfile
 from punie.config.resolve import describe_source, written_at
 from punie.errors import AdapterError, CorruptFileError, ModelError, ModelNotProvisioned, PunieError
+from punie.findings import Finding
 from punie.weights.headers import ModelShapes, read_model_shapes
 from punie.weights.resolve import ModelNotAvailable, find_in_hf_cache, resolve_model
 
@@ -29,12 +32,30 @@ logger = logging.getLogger(__name__)
 @dataclass
 class _Collector:
     resolved: ResolvedProfile
+    strict: bool = False
     problems: list[Problem] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
+    # (severity, code, file) -> how many problems of that kind were seen; past GROUP_LIMIT only counted
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def add(self, severity: str, code: str, where: str | None, message: str) -> None:
+        group = (severity, code, (where or "").split(": ", 1)[0])
+        seen = self.counts.get(group, 0) + 1
+        self.counts[group] = seen
+        if seen > GROUP_LIMIT:
+            return
         self.problems.append(Problem(profile=self.resolved.name, severity=severity,  # type: ignore[arg-type]
                                      code=code, where=where, message=message))
+
+    def finish(self) -> list[Problem]:
+        """The problems, with one "... and N more" line closing each kind capped at GROUP_LIMIT."""
+        out = list(self.problems)
+        for (severity, code, file), seen in self.counts.items():
+            if seen > GROUP_LIMIT:
+                out.append(Problem(profile=self.resolved.name, severity=severity,  # type: ignore[arg-type]
+                                   code=code, where=file or None,
+                                   message=f"... and {seen - GROUP_LIMIT} more like this"))
+        return out
 
     def finding(self, f: Finding, *, severity: str | None = None) -> None:
         self.add(severity or f.severity, f.code, f.where, f.message)
@@ -72,23 +93,29 @@ def same_model(recorded: str, spec: str, model_path: Path, project_dir: str) -> 
     """Whether the ``model`` recorded in adapter_config.json names the profile's base model."""
     if recorded.strip().rstrip("/") in (spec.strip().rstrip("/"), str(model_path)):
         return True
-    candidate = Path(recorded).expanduser()
+    try:
+        candidate = Path(recorded).expanduser()
+    except (RuntimeError, ValueError):
+        return False
     for path in ([candidate] if candidate.is_absolute() else [Path(project_dir) / candidate, candidate]):
         try:
             if path.exists() and path.resolve() == model_path.resolve():
                 return True
-        except OSError:
+        except (OSError, ValueError):
             continue
-    if not candidate.is_absolute() and recorded.count("/") == 1:
-        found = find_in_hf_cache(recorded)
+    if not candidate.is_absolute() and recorded.count("/") == 1 and len(recorded) < 200:
+        try:
+            found = find_in_hf_cache(recorded)
+        except (OSError, ValueError):
+            found = None
         if found is not None and found.resolve() == model_path.resolve():
             return True
     return False
 
 
-def check_profile(resolved: ResolvedProfile) -> list[Problem]:
+def check_profile(resolved: ResolvedProfile, *, strict: bool = False) -> list[Problem]:
     """Every problem of one profile (errors and warnings); `punie up` refuses to start on errors."""
-    return check_profile_report(resolved).problems
+    return check_profile_report(resolved, strict=strict).problems
 
 
 def check_adapter(adapter_dir: str | Path, resolved: ResolvedProfile) -> list[Problem]:
@@ -103,12 +130,15 @@ def check_adapter(adapter_dir: str | Path, resolved: ResolvedProfile) -> list[Pr
     for f in inspection.findings:
         c.finding(f)
     _fit(c, inspection, model_path, shapes)
-    return c.problems
+    return c.finish()
 
 
-def check_profile_report(resolved: ResolvedProfile) -> ProfileReport:
-    """Check one profile and also record what passed and which paths it resolved to."""
-    c = _Collector(resolved)
+def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> ProfileReport:
+    """Check one profile and also record what passed and which paths it resolved to.
+
+    ``strict``: an adapter trained on a different base of the same shapes is an error, not a warning.
+    """
+    c = _Collector(resolved, strict=strict)
     profile = resolved.profile
     server = profile.server
     for severity, code, key, message in server_findings(server):
@@ -120,7 +150,7 @@ def check_profile_report(resolved: ResolvedProfile) -> ProfileReport:
         if has_adapter:
             c.add("warning", "adapter-ignored", c.key("adapter" if profile.adapter else "adapters"),
                   "server.url is set, so nothing is started and this adapter is not served by Punie")
-        return ProfileReport(name=resolved.name, passed=c.passed, problems=c.problems)
+        return ProfileReport(name=resolved.name, passed=c.passed, problems=c.finish())
     model_path, shapes = _check_model(c)
     adapter_path = None
     if profile.adapter is not None:
@@ -132,7 +162,7 @@ def check_profile_report(resolved: ResolvedProfile) -> ProfileReport:
         model_path=str(model_path) if model_path else None,
         adapter_path=str(adapter_path) if adapter_path else None,
         passed=c.passed,
-        problems=c.problems,
+        problems=c.finish(),
     )
 
 
@@ -158,12 +188,16 @@ def _check_model(c: _Collector) -> tuple[Path | None, ModelShapes | None]:
         c.add("error", "corrupt-file", exc.where or str(path), exc.message)
         return path, None
     except (ModelError, OSError) as exc:
-        c.add("error", "model-unreadable", str(path), exc.message if isinstance(exc, PunieError) else str(exc))
+        c.add("error", "model-unreadable", exc.where if isinstance(exc, PunieError) and exc.where else str(path),
+              exc.message if isinstance(exc, PunieError) else str(exc))
         return path, None
-    layers = model_layers(shapes)
-    bits = shapes.quantization.get("bits")
-    detail = ", ".join(x for x in (f"{layers} layers" if layers else "", f"{bits}-bit" if bits else "") if x)
-    c.passed.append(f"model: {path}" + (f" ({detail})" if detail else ""))
+    for f in shapes.problems:
+        c.finding(f)
+    layers = shapes.total_layers
+    bits = shapes.bits_summary()
+    detail = ", ".join(x for x in (f"{layers} layers" if layers else "", bits or "") if x)
+    if not any(f.severity == "error" for f in shapes.problems):
+        c.passed.append(f"model: {path}" + (f" ({detail})" if detail else ""))
     return path, shapes
 
 
@@ -202,14 +236,14 @@ def _fit(c: _Collector, inspection: AdapterInspection, model_path: Path | None,
     for f in findings:
         c.finding(f)
     fits = not any(f.severity == "error" for f in findings)
-    recorded = inspection.config.model
-    spec = c.resolved.profile.model or ""
-    if recorded and model_path is not None and not same_model(recorded, spec, model_path, c.resolved.project_dir):
-        severity = "warning" if fits else "error"
-        tail = ("shapes match (a differently quantized copy of one base?)" if fits
-                else "and its tensors do not fit this model")
-        c.add(severity, "model-differs", f"{display}/adapter_config.json: model",
-              f"adapter was trained on {recorded!r}, the profile uses {spec!r}; {tail}")
+    if model_path is not None:
+        verdict = base_verdict(inspection, model_path, shapes, c.resolved, display=display, fits=fits,
+                               strict=c.strict)
+        for f in verdict.findings:
+            c.finding(f)
+        if verdict.note:
+            c.passed.append(verdict.note)
+        fits = fits and not any(f.severity == "error" for f in verdict.findings)
     if fits:
         config = inspection.config
         kind = config.fine_tune_type + (f" rank {config.rank}" if config.rank else "")
@@ -228,17 +262,48 @@ def _check_single_adapter(c: _Collector, spec: str, model_path: Path | None,
 
 
 def _check_composition(c: _Collector, model_path: Path | None, shapes: ModelShapes | None) -> None:
-    parts: list[tuple[int, AdapterInspection]] = []
+    """Each part against the base, then the composition exactly as `punie up` plans it."""
+    from punie.adapters.compose import CompositionError, plan_composition
+
+    parts: list[tuple[int, AdapterInspection, float]] = []
     for i, ref in enumerate(c.resolved.profile.adapter_refs()):
         inspection = _inspect(c, ref.path, "adapters")
         if inspection is not None:
             _fit(c, inspection, model_path, shapes)
-            parts.append((i, inspection))
-    seen: dict[str, tuple[int, tuple[int, ...]]] = {}
-    for i, inspection in parts:
-        for module, dims in module_dims(inspection).items():
-            first = seen.setdefault(module, (i, dims))
-            if first[1] != dims:
-                c.add("error", "compose-mismatch", f"{c.key('adapters')}[{i}]",
-                      f"{module}: dims {dims} differ from {first[1]} in adapters[{first[0]}]; "
-                      "these adapters cannot be composed")
+            parts.append((i, inspection, float(ref.weight)))
+    usable = [(i, ins, w) for i, ins, w in parts if ins.ok]
+    if len(usable) < 2:
+        return
+    try:
+        plan_composition([(ins.path, w) for _, ins, w in usable], project_dir=Path(c.resolved.project_dir))
+    except CompositionError as exc:
+        index = usable[exc.part][0] if exc.part is not None else usable[0][0]
+        first = usable[exc.other][0] if exc.other is not None else usable[0][0]
+        c.add("error", "compose-mismatch", f"{c.key('adapters')}[{index}]",
+              f"{exc.message} (adapters[{first}] is the first part); these adapters cannot be composed")
+    except AdapterError as exc:
+        c.add("error", "compose-mismatch", c.key("adapters"), exc.render())
+
+
+#: Problems that mean the base model itself could not be read, so the adapter was not shape-checked.
+_MODEL_UNKNOWN = frozenset({"model-not-provisioned", "model-not-available", "model-not-found", "model-unreadable"})
+
+
+def adapter_fits(info: AdapterInfo, resolved: ResolvedProfile) -> tuple[str, str | None]:
+    """Does a listed adapter fit the profile's base model? ("yes" | "no" | "unknown", reason).
+
+    The answer is the validator's adapter check. Never loads weights and never
+    provisions a model: when the base model is not available locally, "unknown".
+    """
+    if info.problem:
+        return "no", info.problem
+    if not resolved.profile.model:
+        return "unknown", "the profile names no base model"
+    problems = check_adapter(Path(info.path), resolved)
+    unknown = [p for p in problems if p.code in _MODEL_UNKNOWN]
+    if unknown:
+        return "unknown", unknown[0].message
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        return "no", errors[0].message
+    return "yes", None

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Severity = Literal["error", "warning"]
 
-#: Repeated problems of one kind in one file: how many the text output lists before "... and N more".
-TEXT_GROUP_LIMIT = 3
+#: Problems of one kind in one file: how many a report keeps before "... and N more like this".
+GROUP_LIMIT = 50
+TEXT_GROUP_LIMIT = GROUP_LIMIT
 
 
 class Problem(BaseModel):
@@ -102,9 +103,12 @@ class Report(BaseModel):
             for (severity, _code, _file), items in groups.items():
                 mark = "✗" if severity == "error" else "!"
                 label = "" if severity == "error" else "warning: "
-                lines += [f"  {mark} {label}{p.render()}".replace("\n", "\n    ") for p in items[:limit]]
-                if len(items) > limit:
-                    lines.append(f"    ... and {len(items) - limit} more like this")
+                capped = [p for p in items if not p.message.startswith("... and ")]
+                already = sum(int(p.message.split()[2]) for p in items if p.message.startswith("... and "))
+                lines += [f"  {mark} {label}{p.render()}".replace("\n", "\n    ") for p in capped[:limit]]
+                more = len(capped) - min(len(capped), limit) + already
+                if more:
+                    lines.append(f"    ... and {more} more like this")
         errors, warnings = len(self.errors), len(self.warnings)
         summary = f"{len(self.profiles)} profile(s) checked: {errors} error(s), {warnings} warning(s)"
         lines.append(summary)

@@ -2,34 +2,63 @@
 
 from __future__ import annotations
 
+import logging
+import traceback
+
 import click
 
-from punie.cli._common import complete_profiles, echo_json, format_option, set_option, state_of
+from punie.cli._common import State, complete_profiles, echo_json, format_option, set_option, state_of
+
+#: Exit code of a crash inside Punie: never to be mistaken for a verdict (0 ok, 1 problems, 2 usage).
+INTERNAL_ERROR = 3
 
 
 @click.command("check")
 @click.argument("profiles", nargs=-1, shell_complete=complete_profiles)
 @format_option("Output format (json for CI).")
+@click.option("--strict", is_flag=True,
+              help="An adapter trained on a different base model is an error, even when its shapes fit.")
 @set_option()
 @click.pass_context
-def check_command(ctx: click.Context, profiles: tuple[str, ...], fmt: str,
+def check_command(ctx: click.Context, profiles: tuple[str, ...], fmt: str, strict: bool,
                   overrides: tuple[str, ...]) -> None:
     """Check PROFILES (all when none are named): server, model, adapter files and shapes.
 
     Reports every problem at once. Exit code: 0 when all pass (warnings allowed),
-    1 when problems are found, 2 for a usage or configuration error.
+    1 when problems are found, 2 for a usage or configuration error (also a
+    profiles file with no profiles), 3 for an internal error.
     """
-    from punie.api import check
-    from punie.config import load_profiles
+    from punie.errors import PunieError
 
-    state = state_of(ctx)
-    resolved = load_profiles(profiles, config=state.config, overrides=state.with_overrides(overrides))
-    report = check(resolved)
+    try:
+        report = _run(state_of(ctx), profiles, overrides, strict)
+    except PunieError:
+        raise
+    except Exception as exc:  # a crash must never pass for a verdict
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+        detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+        click.echo(f"punie: internal error: {type(exc).__name__}{': ' + detail if detail else ''} "
+                   "(run with -vv for the traceback)", err=True)
+        ctx.exit(INTERNAL_ERROR)
     if fmt == "json":
         echo_json(report.to_json())
     else:
         click.echo(report.render_text())
     ctx.exit(0 if report.ok else 1)
+
+
+def _run(state: State, profiles: tuple[str, ...], overrides: tuple[str, ...], strict: bool):  # noqa: ANN202
+    from punie.api import check
+    from punie.config import load_profiles
+    from punie.errors import ConfigError
+
+    resolved = load_profiles(profiles, config=state.config, overrides=state.with_overrides(overrides))
+    if not resolved:
+        where = state.config or "punie.toml"
+        raise ConfigError("defines no profiles: nothing to check", where=where,
+                          hint="add a [profiles.NAME] table with at least `model = ...`")
+    return check(resolved, strict=strict)
 
 
 def register(group: click.Group) -> None:

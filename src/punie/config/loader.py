@@ -30,14 +30,14 @@ _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
 @dataclass(frozen=True)
-class Problem:
+class ConfigProblem:
     """One located configuration problem (several are reported together)."""
 
     where: str
     message: str
 
 
-def raise_problems(problems: Sequence[Problem], *, where: str | None = None) -> NoReturn:
+def raise_problems(problems: Sequence[ConfigProblem], *, where: str | None = None) -> NoReturn:
     """Raise one ConfigError for all ``problems`` (the first names the place)."""
     if not problems:
         raise ConfigError("invalid configuration", where=where)
@@ -220,7 +220,7 @@ def validation_problems(
     *,
     prefix: KeyPath = (),
     root: Any = PunieFile,
-) -> list[Problem]:
+) -> list[ConfigProblem]:
     """Turn a pydantic ValidationError into located problems with "did you mean" for unknown keys.
 
     ``where(path)`` names the place of a full key path; ``prefix`` is put in
@@ -241,7 +241,7 @@ def validation_problems(
         elif message.startswith(("Value error, ", "Assertion failed, ")):
             message = message.split(", ", 1)[1]
         found.append((loc, tagged, message))
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
     seen: set[tuple[str, str]] = set()
     merged: dict[tuple[object, ...], str] = {}
     for loc, tagged, message in found:
@@ -259,7 +259,7 @@ def validation_problems(
         key = (where(full), text)
         if key not in seen:
             seen.add(key)
-            problems.append(Problem(key[0], text))
+            problems.append(ConfigProblem(key[0], text))
     return problems
 
 
@@ -274,20 +274,20 @@ def _nested_hint(model: Any, key: str) -> str | None:
     return None
 
 
-def structure_problems(source: ConfigSource) -> list[Problem]:
+def structure_problems(source: ConfigSource) -> list[ConfigProblem]:
     """Checks the schema cannot express: `extends` targets, cycles, default_profile."""
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
     profiles = source.file.profiles
     names = list(profiles)
     if source.file.defaults.extends is not None:
         problems.append(
-            Problem(source.where(("defaults", "extends")), "defaults.extends: 'extends' is not allowed in [defaults]")
+            ConfigProblem(source.where(("defaults", "extends")), "defaults.extends: 'extends' is not allowed in [defaults]")
         )
     default = source.file.default_profile
     if default is not None and default not in profiles:
         hint = did_you_mean(default, names)
         problems.append(
-            Problem(
+            ConfigProblem(
                 source.where(("default_profile",)),
                 f"default_profile: unknown profile '{default}'"
                 + (f", {hint}" if hint else f" (profiles: {', '.join(names) or 'none'})"),
@@ -302,7 +302,7 @@ def structure_problems(source: ConfigSource) -> list[Problem]:
         if target not in profiles:
             hint = did_you_mean(target, [n for n in names if n != name])
             problems.append(
-                Problem(
+                ConfigProblem(
                     source.where(loc),
                     f"{dotted(loc)}: unknown profile '{target}'"
                     + (f", {hint}" if hint else f" (profiles: {', '.join(names)})"),
@@ -320,7 +320,7 @@ def structure_problems(source: ConfigSource) -> list[Problem]:
                 continue
             reported.add(frozenset(cycle))
             problems.append(
-                Problem(source.where(loc), f"{dotted(loc)}: cycle in extends: {' -> '.join(cycle + [cycle[0]])}")
+                ConfigProblem(source.where(loc), f"{dotted(loc)}: cycle in extends: {' -> '.join(cycle + [cycle[0]])}")
             )
     return problems
 

@@ -24,7 +24,7 @@ from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, N
 from punie.config.loader import (
     CONFIG_NAME,
     ConfigSource,
-    Problem,
+    ConfigProblem,
     extends_chain,
     raise_problems,
     read_config,
@@ -377,7 +377,7 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
 
 __all__ = [
     "LEAF_KEYS",
-    "Problem",
+    "ConfigProblem",
     "ProfileListing",
     "check_profile_name",
     "describe_source",
