@@ -41,8 +41,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 
 from punie.adapters.compose import compose, ensure_composed
-from punie.weights.safetensors import write_safetensors
 from punie.config.models import AdapterRef
+from punie.weights.safetensors import write_safetensors
 
 HIDDEN, LAYERS, INTER, HEADS, KV_HEADS, VOCAB = 1536, 28, 8960, 12, 2, 151936
 HEAD_DIM = HIDDEN // HEADS

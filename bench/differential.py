@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from tests.support.corpus import build_corpus  # noqa: E402
-from tests.support.oracle import run_oracle  # noqa: E402
-from tests.test_differential import STRICTER, punie_verdict  # noqa: E402
+from tests.support.corpus import build_corpus
+from tests.support.oracle import run_oracle
+from tests.test_differential import STRICTER, punie_verdict
 
 
 def main() -> None:

@@ -21,10 +21,10 @@ from punie.adapters.compose import (
     plan_composition,
 )
 from punie.adapters.tensors import load_tensor, tensor_index
-from punie.weights.safetensors import write_safetensors
 from punie.cli.adapters_compose import attach, parse_part
 from punie.config.models import AdapterRef
 from punie.errors import AdapterError, CorruptFileError
+from punie.weights.safetensors import write_safetensors
 
 # Shapes of the conftest tiny model (hidden 64, 4 heads, 2 kv heads -> k/v out 32, intermediate 128).
 TINY_SHAPES = {

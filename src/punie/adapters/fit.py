@@ -147,7 +147,7 @@ class _Wrapping:
                                             "wrapped through its block key: mlx_lm cannot wrap it twice"))
                     else:
                         self._wrap(module, config, facts, key)
-                elif key in model.parents and "." in key or key in ("model",):
+                elif (key in model.parents and "." in key) or key in ("model",):
                     self.errors.append(("key-not-wrappable", key, f"key {key!r} names a container module, not "
                                         "a Linear or Embedding: mlx_lm cannot convert it to LoRA"))
 
@@ -202,7 +202,7 @@ def fit_adapter(adapter: AdapterInspection, model: ModelShapes, *, display: str 
     findings: list[Finding] = []
     total = model.total_layers
     wrapping = _Wrapping(config, model, facts)
-    for code, key, message in wrapping.errors:
+    for code, _key, message in wrapping.errors:
         findings.append(Finding("error", code, f"{where_config}: lora_parameters.keys", message))
     if wrapping.wrapped:
         findings += _parameter_findings(config, where_config)

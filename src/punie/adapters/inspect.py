@@ -23,8 +23,18 @@ from punie.findings import Finding, Severity
 from punie.jsonio import load_json_file
 from punie.weights.safetensors import SafetensorsHeader, read_header
 
-__all__ = ["AdapterConfig", "AdapterInspection", "Finding", "Severity", "inspect_adapter", "read_adapter",
-           "validate_adapter_config", "CONFIG_NAME", "WEIGHTS_NAME", "FINE_TUNE_TYPES"]
+__all__ = [
+    "CONFIG_NAME",
+    "FINE_TUNE_TYPES",
+    "WEIGHTS_NAME",
+    "AdapterConfig",
+    "AdapterInspection",
+    "Finding",
+    "Severity",
+    "inspect_adapter",
+    "read_adapter",
+    "validate_adapter_config",
+]
 
 CONFIG_NAME = CONFIG_FILE
 WEIGHTS_NAME = WEIGHTS_FILE

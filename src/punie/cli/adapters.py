@@ -1,4 +1,4 @@
-"""CLI: `punie adapters list` and `adapters stamp` (`adapters compose` is attached by punie.cli from adapters_compose)."""
+"""CLI: `punie adapters list` and `adapters stamp` (`adapters compose` is attached from adapters_compose)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def list_command(ctx: click.Context, fmt: str = "text") -> None:
 
 @adapters_group.command("stamp")
 @click.argument("name")
-@click.option("--base", "profile", required=True, metavar="PROFILE", help="Profile whose base model the adapter is for.")
+@click.option("--base", "profile", required=True, metavar="PROFILE",
+              help="Profile whose base model the adapter is for.")
 @click.option("--force", is_flag=True, help="Stamp even if the adapter does not fit the base model.")
 @click.pass_context
 def stamp_command(ctx: click.Context, name: str, profile: str, force: bool) -> None:

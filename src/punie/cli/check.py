@@ -48,7 +48,7 @@ def check_command(ctx: click.Context, profiles: tuple[str, ...], fmt: str, stric
     ctx.exit(0 if report.ok else 1)
 
 
-def _run(state: State, profiles: tuple[str, ...], overrides: tuple[str, ...], strict: bool):  # noqa: ANN202
+def _run(state: State, profiles: tuple[str, ...], overrides: tuple[str, ...], strict: bool):
     from punie.api import check
     from punie.config import load_profiles
     from punie.errors import ConfigError

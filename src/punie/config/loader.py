@@ -281,7 +281,8 @@ def structure_problems(source: ConfigSource) -> list[ConfigProblem]:
     names = list(profiles)
     if source.file.defaults.extends is not None:
         problems.append(
-            ConfigProblem(source.where(("defaults", "extends")), "defaults.extends: 'extends' is not allowed in [defaults]")
+            ConfigProblem(source.where(("defaults", "extends")),
+                          "defaults.extends: 'extends' is not allowed in [defaults]")
         )
     default = source.file.default_profile
     if default is not None and default not in profiles:

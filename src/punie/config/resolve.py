@@ -23,8 +23,8 @@ from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
 from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, NON_PROFILE_ENV
 from punie.config.loader import (
     CONFIG_NAME,
-    ConfigSource,
     ConfigProblem,
+    ConfigSource,
     extends_chain,
     raise_problems,
     read_config,

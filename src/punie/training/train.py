@@ -379,7 +379,8 @@ def train_adapter(
                 where=str(target),
             )
         meta = AdapterMeta(
-            base_model=base_model, base_fingerprint=identity.config if identity else None, base=identity, dataset_hash=dataset.hash,
+            base_model=base_model, base_fingerprint=identity.config if identity else None, base=identity,
+            dataset_hash=dataset.hash,
             iters=plan.iters, created=now_iso(), score=None, eval=None,
         )
         _settle_config(staging / "adapter_config.json", target=target, base_model=base_model,
