@@ -80,3 +80,28 @@ def test_stricter_cases_are_really_loaded_by_mlx_lm(corpus: tuple[list[Pair], di
     _, truth = corpus
     for pid in STRICTER:
         assert truth[pid]["ok"], f"{pid} is refused by mlx_lm too: remove it from STRICTER"
+
+
+def test_punie_check_end_to_end_agrees(corpus: tuple[list[Pair], dict[str, dict]], tmp_path: Path) -> None:
+    """The same verdicts through profiles and `check_profiles`, the path `punie check` and `punie up` take."""
+    import json
+
+    from punie.checks import check_profiles
+    from punie.config import load_profiles
+
+    pairs, truth = corpus
+    names = {f"p{i}": pair for i, pair in enumerate(pairs)}
+    lines = []
+    for name, pair in names.items():
+        lines.append(f"[profiles.{name}]\nmodel = {json.dumps(str(pair.model))}\n"
+                     f"adapter = {json.dumps(str(pair.adapter))}\n")
+    (tmp_path / "punie.toml").write_text("".join(lines))
+    report = check_profiles(load_profiles(config=str(tmp_path / "punie.toml")))
+    disagree = []
+    for prof in report.profiles:
+        pair = names[prof.name]
+        expected = truth[pair.id]["ok"] and pair.id not in STRICTER
+        errors = [p.code for p in prof.problems if p.severity == "error" and p.code not in ("port", "host")]
+        if (not errors) != expected:
+            disagree.append(f"{pair.id}: mlx_lm {truth[pair.id]}, punie check {errors}")
+    assert not disagree, "\n".join(disagree)
