@@ -118,6 +118,9 @@ def test_punie_train_writes_adapter_and_metadata(tmp_path: Path, tiny_model: Pat
     assert meta is not None
     assert meta.base_model == str(tiny_model) and meta.iters == 3 and meta.score is None
     assert meta.base_fingerprint == config_fingerprint(tiny_model)
+    from punie.weights.fingerprint import base_identity
+
+    assert meta.base is not None and meta.base.weights == base_identity(tiny_model).weights  # the weights' identity
     assert meta.dataset_hash == validate_dataset(tiny_dataset).hash
     assert [p.name for p in (tmp_path / "adapters").iterdir()] == ["tool-v1"]  # no staging left
 
