@@ -1,0 +1,147 @@
+"""The adapter canary: what the base model alone and the base with the adapter answer to one probe.
+
+A server that starts and answers is not yet a server with the adapter applied
+(mlx_lm once ignored ``--adapter-path``; vLLM serves the base when module names
+do not match). So each adapter records, in ``punie-adapter.json`` under
+``canary``, a fixed probe prompt and the top-k first-token logprobs of the base
+alone and of the base with the adapter, computed once with mlx_lm and tagged
+with the base's fingerprint. At readiness the server is sent the same probe
+(`punie.launch.canary` compares the answer).
+
+Computing needs mlx: it runs ``python -m punie.adapters.canary_mlx`` in a child
+process (through the orphan guard), so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from punie.errors import AdapterError
+
+logger = logging.getLogger(__name__)
+
+#: The probe: one user turn, rendered with the base model's chat template (so the adapter's
+#: training format is exercised) and sent as a plain ``/v1/completions`` prompt.
+PROBE_MESSAGES: tuple[dict[str, str], ...] = ({"role": "user", "content": "List the files in this directory."},)
+#: How many first-token logprobs are recorded and asked for (mlx_lm.server allows at most 11).
+TOP_K = 5
+#: The key of the canary in punie-adapter.json.
+CANARY_KEY = "canary"
+#: Seconds computing a canary may take (two forward passes plus loading the model).
+COMPUTE_TIMEOUT = 600.0
+
+
+class TopToken(BaseModel):
+    """One of the top-k first tokens: engine id, raw vocabulary token, decoded text, logprob."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int
+    token: str
+    text: str
+    logprob: float
+
+
+class Canary(BaseModel):
+    """The canary recorded in ``punie-adapter.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(description="The probe, as sent to /v1/completions (chat template applied).")
+    top_k: int = Field(TOP_K, ge=1)
+    base_fingerprint: str | None = Field(None, description="config_fingerprint of the base it was computed on.")
+    engine: str = Field("mlx_lm", description="What computed it (mlx_lm VERSION).")
+    created: str | None = None
+    base: list[TopToken] = Field(description="Top-k first-token logprobs of the base model alone.")
+    adapter: list[TopToken] = Field(description="Top-k first-token logprobs of the base with the adapter.")
+
+
+def canary_of(meta: Mapping[str, Any] | BaseModel | None, *, where: str | None = None) -> Canary | None:
+    """The canary in an adapter's metadata (a dict or AdapterMeta), None when it has none.
+
+    Raises AdapterError when a canary is there but malformed.
+    """
+    if meta is None:
+        return None
+    data = meta.model_dump() if isinstance(meta, BaseModel) else dict(meta)
+    raw = data.get(CANARY_KEY)
+    if raw is None:
+        return None
+    try:
+        return Canary.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise AdapterError(f"canary.{loc}: {first['msg']}", where=where) from exc
+
+
+def read_canary(adapter_dir: str | Path) -> Canary | None:
+    """The canary recorded for an adapter directory, None when it has none (or no metadata)."""
+    from punie.adapters.registry import METADATA_FILE, read_meta
+
+    return canary_of(read_meta(adapter_dir), where=str(Path(adapter_dir) / METADATA_FILE))
+
+
+def _child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("MLX_DISABLE_COMPILE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def compute_canary(
+    model_dir: str | Path,
+    adapter_dir: str | Path,
+    *,
+    python: str = sys.executable,
+    timeout: float = COMPUTE_TIMEOUT,
+) -> Canary:
+    """Compute the canary of ``adapter_dir`` on the base ``model_dir`` with mlx_lm (a child process).
+
+    Raises AdapterError with the child's last output when it fails.
+    """
+    from punie.adapters.registry import config_fingerprint, now_iso
+    from punie.launch.guard import guarded_argv
+
+    argv = [python, "-m", "punie.adapters.canary_mlx", "--model", str(model_dir), "--adapter", str(adapter_dir),
+            "--messages", json.dumps(list(PROBE_MESSAGES)), "--top-k", str(TOP_K)]
+    logger.info("computing the canary of %s on %s", adapter_dir, model_dir)
+    try:
+        proc = subprocess.run(guarded_argv(argv), env=_child_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AdapterError(f"cannot compute the canary: {exc}", where=str(adapter_dir)) from exc
+    if proc.returncode != 0:
+        tail = "\n  ".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise AdapterError(f"computing the canary with mlx_lm failed (exit code {proc.returncode}):\n  {tail}",
+                           where=str(adapter_dir))
+    try:
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        return Canary(prompt=data["prompt"], top_k=TOP_K, base_fingerprint=config_fingerprint(model_dir),
+                      engine=data.get("engine", "mlx_lm"), created=now_iso(), base=data["base"],
+                      adapter=data["adapter"])
+    except (ValueError, KeyError, IndexError, ValidationError) as exc:
+        raise AdapterError(f"mlx_lm printed no canary ({exc})", where=str(adapter_dir)) from exc
+
+
+def canary_field(canary: Canary) -> dict[str, Any]:
+    """The canary as stored under ``canary`` in punie-adapter.json."""
+    return canary.model_dump(mode="json")
+
+
+def record_canary(adapter_dir: str | Path, canary: Canary) -> None:
+    """Store ``canary`` in the adapter's punie-adapter.json (created from its config if missing)."""
+    from punie.adapters.registry import update_meta
+
+    update_meta(adapter_dir, **{CANARY_KEY: canary_field(canary)})
