@@ -140,8 +140,18 @@ def canary_field(canary: Canary) -> dict[str, Any]:
     return canary.model_dump(mode="json")
 
 
-def record_canary(adapter_dir: str | Path, canary: Canary) -> None:
-    """Store ``canary`` in the adapter's punie-adapter.json (created from its config if missing)."""
+
+
+def stamp_canary(adapter_dir: str | Path, model_dir: str | Path, *, base_model: str | None = None) -> Canary:
+    """Compute the adapter's canary on ``model_dir`` and record it with the base's fingerprint.
+
+    ``base_model`` (the spec the user named, e.g. ``builtin:NAME``) replaces the recorded base.
+    """
     from punie.adapters.registry import update_meta
 
-    update_meta(adapter_dir, **{CANARY_KEY: canary_field(canary)})
+    canary = compute_canary(model_dir, adapter_dir)
+    fields: dict[str, Any] = {CANARY_KEY: canary_field(canary), "base_fingerprint": canary.base_fingerprint}
+    if base_model:
+        fields["base_model"] = base_model
+    update_meta(adapter_dir, **fields)
+    return canary

@@ -43,7 +43,7 @@ def _table(rows: list[list[str]], heads: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the adapters as JSON.")
 @click.pass_context
 def list_command(ctx: click.Context, as_json: bool) -> None:
-    """Every adapter under adapters/: base model, rank, layers, size, date, score, fits."""
+    """Every adapter under adapters/: base model, rank, layers, size, date, score, canary, fits."""
     from punie.adapters.registry import adapter_fits, adapters_root, list_adapters
     from punie.config import load_profiles
 
@@ -72,15 +72,19 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
             _size(info.size_bytes),
             (info.created or "?")[:16].replace("T", " "),
             f"{info.score:.2f}" if info.score is not None else "-",
+            {True: "yes", False: "no", None: "bad"}[info.canary],
             fit if not info.problem else f"{fit} ({info.problem})",
         ])
-    click.echo(_table(rows, ["name", "base model", "rank", "layers", "size", "created", "score", "fits"]))
+    click.echo(_table(rows, ["name", "base model", "rank", "layers", "size", "created", "score", "canary", "fits"]))
 
 
 def register(group: click.Group) -> None:
     """Add the `adapters` group, with `compose` from punie.cli.adapters_compose."""
     from punie.cli.adapters_compose import attach
+    from punie.cli.adapters_stamp import stamp_command
 
     if "compose" not in adapters_group.commands:
         attach(adapters_group)
+    if "stamp" not in adapters_group.commands:
+        adapters_group.add_command(stamp_command)
     group.add_command(adapters_group)

@@ -37,8 +37,11 @@ def _resolve(spec: str, project_dir: Path) -> Path:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the composed adapter's config as JSON.")
+@click.option("--base", "base", metavar="PROFILE",
+              help="Also record the composed adapter's canary on this profile's model (needs mlx).")
 @click.pass_context
-def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, force: bool, as_json: bool) -> None:
+def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, force: bool, as_json: bool,
+                    base: str | None) -> None:
     """Compose LoRA adapters into one (ranks concatenated: exact).
 
     Each ADAPTER is a directory or a name under adapters/, optionally followed
@@ -55,6 +58,14 @@ def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, for
             raise UsageError(f"empty adapter in '{text}'")
         parts.append((_resolve(spec, project_dir), weight))
     result = compose(parts, Path(out), force=force)
+    if base is not None:
+        from punie.adapters.canary import stamp_canary
+        from punie.config import load_profile
+        from punie.launch.prepare import resolve_model_path
+
+        resolved = load_profile(base, config=state.config if state else None,
+                                overrides=state.overrides if state else ())
+        stamp_canary(result, resolve_model_path(resolved, provision=True))
     config = json.loads((result / "adapter_config.json").read_text())
     meta = json.loads((result / "punie-adapter.json").read_text())
     if as_json:

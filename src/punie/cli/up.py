@@ -17,7 +17,7 @@ from punie.cli._common import State, format_option, pass_state, render_progress,
 @click.command("up")
 @click.argument("profile", required=False)
 @click.option("--dry-run", is_flag=True, help="Print the launch plan (after resolving and checking) and exit.")
-@format_option("Format of the --dry-run plan.")
+@format_option("Format of the --dry-run plan, and of the session's final status (stderr).")
 @click.option("--no-check", is_flag=True, help="Launch without running `punie check` first.")
 @click.option(
     "--follow-server/--no-follow-server", default=None,
@@ -66,6 +66,10 @@ def up_command(
     if outcome.message:
         prefix = "punie: error: " if outcome.exit_code else "punie: "
         click.echo(prefix + outcome.message, err=True)
+    if fmt == "json":  # the session's status; on stderr, as stdout belongs to the agent
+        status = {"profile": resolved.name, "reason": outcome.reason, "exit_code": outcome.exit_code,
+                  "ready_seconds": outcome.ready_seconds, "restarts": outcome.restarts, "canary": outcome.canary}
+        click.echo(json.dumps(status), err=True)
     ctx.exit(outcome.exit_code)
 
 

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from punie.adapters.canary import Canary, TopToken
 
 #: Largest distance (nats) at which the server's answer still matches a recorded distribution.
@@ -39,6 +41,27 @@ MIN_SEPARATION = 2 * MATCH_TOLERANCE
 
 Verdict = Literal["adapter-active", "base", "neither", "indistinct", "no-logprobs"]
 Backend = Literal["mlx", "vllm"]
+
+
+class ExpectedCanary(BaseModel):
+    """What the readiness probe of a plan checks: the served adapter and its recorded canary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    adapter: str = Field(description="The adapter directory the server should be applying.")
+    canary: Canary
+    model: str | None = Field(
+        None, description="Model id sent with the probe: None for mlx_lm.server (its --adapter-path "
+        "applies only without one); the LoRA's id on a vLLM server."
+    )
+
+    def request(self) -> tuple[str, dict[str, Any]]:
+        """(path, body) of the probe, for `punie.launch.readiness.wait_ready`."""
+        return probe_request(self.canary, model=self.model)
+
+    def judge(self, data: Any) -> CanaryResult:
+        """What the probe's answer says about the adapter."""
+        return judge(self.canary, data, adapter=self.adapter)
 
 
 @dataclass(frozen=True)

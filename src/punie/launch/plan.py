@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from punie.config.models import ResolvedProfile
+from punie.launch.canary import ExpectedCanary
 from punie.paths import state_dir
 
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
@@ -62,6 +63,9 @@ class LaunchPlan(_Frozen):
     ensure_dirs: tuple[str, ...] = ()
     ready_timeout: float = 180.0
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    canary: ExpectedCanary | None = Field(
+        None, description="The adapter's canary: the readiness probe proves the server applies the adapter."
+    )
 
     @property
     def external(self) -> bool:
@@ -93,8 +97,12 @@ class LaunchPlan(_Frozen):
                 f"on-failure (max {self.restart.max_restarts}, backoff {self.restart.backoff:g}s doubling)"
             )
             lines.append(f"  restart: {restart}")
+        if self.canary is not None:
+            ready = f"canary of {self.canary.adapter} (top-{self.canary.canary.top_k} first-token logprobs)"
+        else:
+            ready = "1-token chat completion"
         lines += [
-            f"ready:     1-token chat completion on {self.base_url} within {self.ready_timeout:g}s",
+            f"ready:     {ready} on {self.base_url} within {self.ready_timeout:g}s",
             f"agent:     {shlex.join(self.agent_argv)}",
             f"  cwd:     {self.cwd}",
             f"  log:     {self.agent_log}",

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from punie.config.models import ResolvedProfile
 from punie.errors import CheckFailed, ConfigError, ModelError, ModelNotProvisioned
+from punie.errors import AdapterError
+from punie.launch.canary import ExpectedCanary
 from punie.launch.plan import LaunchPlan, build_plan
 from punie.weights import Progress
 
@@ -93,4 +95,58 @@ def prepare(
     else:
         model = resolve_model_path(resolved, provision=provision, progress=progress)
         adapter = resolve_adapter_path(resolved)
-    return build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
+    plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
+    canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
+    return plan.model_copy(update={"canary": canary}) if canary is not None else plan
+
+
+def expected_canary(
+    resolved: ResolvedProfile, *, model_path: Path | None, adapter_path: Path | None, compute: bool = False
+) -> ExpectedCanary | None:
+    """The canary the readiness probe checks, when the served adapter has one.
+
+    With ``server.url`` the adapter is not started by Punie but the profile still
+    names it: the running server is then checked for it too. No canary (or one
+    recorded on another base model) means the adapter is not verified: a warning.
+    A composition of the profile's ``adapters`` gets its canary computed here once
+    (``compute``; its directory is a cache), as nobody else could stamp it.
+    """
+    from punie.adapters.canary import read_canary
+    from punie.adapters.registry import config_fingerprint
+
+    profile = resolved.profile
+    if adapter_path is None and profile.server.url and (profile.adapter or profile.adapters):
+        try:
+            adapter_path = resolve_adapter_path(resolved)
+        except AdapterError as exc:
+            logger.warning("%s: the running server cannot be checked for it", exc.render())
+            return None
+    if adapter_path is None:
+        return None
+    try:
+        canary = read_canary(adapter_path)
+    except AdapterError as exc:
+        logger.warning("%s", exc.render())
+        return None
+    if canary is None and compute and profile.adapters and model_path is not None:
+        from punie.adapters.canary import stamp_canary
+
+        logger.warning("computing the canary of the composed adapter %s (once)", adapter_path)
+        try:
+            canary = stamp_canary(adapter_path, model_path)
+        except AdapterError as exc:
+            logger.warning("%s", exc.render())
+    if canary is None:
+        logger.warning("adapter %s has no canary: readiness cannot prove the server applies it "
+                       "(record one: `punie adapters stamp %s --base %s`)", adapter_path, adapter_path, resolved.name)
+        return None
+    if model_path is not None and canary.base_fingerprint:
+        try:
+            fingerprint = config_fingerprint(model_path)
+        except AdapterError:
+            fingerprint = None
+        if fingerprint is not None and fingerprint != canary.base_fingerprint:
+            logger.warning("the canary of %s was recorded on another base model (fingerprint %s, this one %s): "
+                           "not checked", adapter_path, canary.base_fingerprint, fingerprint)
+            return None
+    return ExpectedCanary(adapter=str(adapter_path), canary=canary)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict
@@ -32,6 +32,9 @@ from punie.adapters.registry import effective_adapter, now_iso, read_meta, updat
 from punie.config.models import ResolvedProfile
 from punie.errors import LaunchError, TrainingError, UsageError
 from punie.training.suite import CaseResult, Suite, load_suite, request_body, score_case
+
+if TYPE_CHECKING:
+    from punie.launch.canary import ExpectedCanary
 
 logger = logging.getLogger(__name__)
 
@@ -105,18 +108,27 @@ def _tail(path: Path) -> str:
     return "\n  ".join(lines[-LOG_TAIL:])
 
 
-async def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, timeout: float) -> str | None:
-    """None when ready; else why not (process exited, generation thread died, timeout)."""
+async def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, timeout: float,
+                      expected: ExpectedCanary | None = None) -> str | None:
+    """None when ready; else why not (process exited, generation thread died, timeout, or the
+    adapter's canary proving the server answers without the adapter)."""
     from punie.launch.readiness import ProbeFailed, wait_ready
 
     outcome: dict[str, str | None] = {}
+    answers: list[dict[str, Any]] = []
 
     async def probe() -> None:
         try:
-            await wait_ready(base_url)
+            await wait_ready(base_url, request=expected.request() if expected else None, on_answer=answers.append)
             outcome["result"] = None
         except ProbeFailed as exc:
             outcome["result"] = f"{exc.reason}: {exc.detail}"
+            return
+        if expected is not None and answers:
+            verdict = expected.judge(answers[0])
+            (logger.warning if verdict.warn else logger.info)("%s", verdict.message())
+            if verdict.refuse:
+                outcome["result"] = verdict.message()
 
     with anyio.move_on_after(timeout):
         async with anyio.create_task_group() as tg:
@@ -157,7 +169,7 @@ def serve(resolved: ResolvedProfile, *, log_dir: Path) -> Iterator[tuple[str, st
         except OSError as exc:
             raise LaunchError(f"cannot start mlx_lm.server: {exc}") from exc
     try:
-        problem = anyio.run(_wait_ready, proc, plan.base_url, resolved.profile.server.ready_timeout)
+        problem = anyio.run(_wait_ready, proc, plan.base_url, resolved.profile.server.ready_timeout, plan.canary)
         if problem is not None:
             raise LaunchError(
                 f"{problem}; last lines of {log_path}:\n  {_tail(log_path)}", where=f"profiles.{resolved.name}"
