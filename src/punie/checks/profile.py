@@ -12,6 +12,7 @@ from pathlib import Path
 
 from punie.adapters.fit import fit_adapter, model_layers, module_dims
 from punie.adapters.inspect import AdapterInspection, Finding, inspect_adapter
+from punie.adapters.registry import AdapterInfo
 from punie.checks.report import Problem, ProfileReport
 from punie.checks.server import server_findings
 from punie.config.locate import dotted
@@ -242,3 +243,27 @@ def _check_composition(c: _Collector, model_path: Path | None, shapes: ModelShap
                 c.add("error", "compose-mismatch", f"{c.key('adapters')}[{i}]",
                       f"{module}: dims {dims} differ from {first[1]} in adapters[{first[0]}]; "
                       "these adapters cannot be composed")
+
+
+#: Problems that mean the base model itself could not be read, so the adapter was not shape-checked.
+_MODEL_UNKNOWN = frozenset({"model-not-provisioned", "model-not-available", "model-not-found", "model-unreadable"})
+
+
+def adapter_fits(info: AdapterInfo, resolved: ResolvedProfile) -> tuple[str, str | None]:
+    """Does a listed adapter fit the profile's base model? ("yes" | "no" | "unknown", reason).
+
+    The answer is the validator's adapter check. Never loads weights and never
+    provisions a model: when the base model is not available locally, "unknown".
+    """
+    if info.problem:
+        return "no", info.problem
+    if not resolved.profile.model:
+        return "unknown", "the profile names no base model"
+    problems = check_adapter(Path(info.path), resolved)
+    unknown = [p for p in problems if p.code in _MODEL_UNKNOWN]
+    if unknown:
+        return "unknown", unknown[0].message
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        return "no", errors[0].message
+    return "yes", None
