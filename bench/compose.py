@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 from punie.adapters.compose import compose, ensure_composed  # noqa: E402
-from punie.adapters.tensors import write_safetensors  # noqa: E402
+from punie.weights.safetensors import write_safetensors  # noqa: E402
 from punie.config.models import AdapterRef  # noqa: E402
 
 HIDDEN, LAYERS, INTER, HEADS, KV_HEADS, VOCAB = 1536, 28, 8960, 12, 2, 151936

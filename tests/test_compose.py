@@ -20,7 +20,8 @@ from punie.adapters.compose import (
     ensure_composed,
     plan_composition,
 )
-from punie.adapters.tensors import load_tensor, tensor_index, write_safetensors
+from punie.adapters.tensors import load_tensor, tensor_index
+from punie.weights.safetensors import write_safetensors
 from punie.cli.adapters_compose import attach, parse_part
 from punie.config.models import AdapterRef
 from punie.errors import AdapterError, CorruptFileError
@@ -280,7 +281,7 @@ def test_refuses_disagreeing_shapes_naming_the_module(tmp_path: Path) -> None:
     ("damage", "message"),
     [
         (lambda d: (d / "adapters.safetensors").unlink(), "no adapters.safetensors"),
-        (lambda d: (d / "adapter_config.json").write_text("{nope"), "cannot parse"),
+        (lambda d: (d / "adapter_config.json").write_text("{nope"), "not valid JSON"),
         (lambda d: (d / "adapters.safetensors").write_bytes(b"\x10\x00"), "shorter than the 8-byte header length"),
         (lambda d: (d / "adapters.safetensors").write_bytes((10**9).to_bytes(8, "little") + b"{}"), "exceeds"),
         (lambda d: (d / "adapter_config.json").write_text(

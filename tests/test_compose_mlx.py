@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from punie.adapters.compose import compose
-from punie.adapters.tensors import write_safetensors
+from punie.weights.safetensors import write_safetensors
 from tests.support import tiny
 from tests.test_compose import deltas, make_part
 

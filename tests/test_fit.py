@@ -10,7 +10,7 @@ import pytest
 
 from punie.adapters.fit import fit_adapter, layer_index
 from punie.adapters.inspect import inspect_adapter, read_adapter
-from punie.adapters.safetensors import write_safetensors
+from punie.weights.safetensors import write_safetensors
 from punie.errors import AdapterError, CorruptFileError
 from punie.weights.headers import read_model_shapes
 
@@ -181,7 +181,7 @@ def test_moe_switch_linear_shapes(tmp_path: Path) -> None:
 
 
 def test_sharded_model_headers_are_all_read(tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> None:
-    from punie.adapters.safetensors import read_header
+    from punie.weights.safetensors import read_header
 
     sharded = tmp_path / "sharded"
     sharded.mkdir()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from punie.adapters.safetensors import (
+from punie.weights.safetensors import (
     MAX_HEADER_BYTES,
     parse_header,
     read_header,

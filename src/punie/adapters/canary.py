@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from punie.errors import AdapterError
+from punie.errors import AdapterError, PunieError
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +86,23 @@ def canary_of(meta: Mapping[str, Any] | BaseModel | None, *, where: str | None =
 
 def read_canary(adapter_dir: str | Path) -> Canary | None:
     """The canary recorded for an adapter directory, None when it has none (or no metadata)."""
-    from punie.adapters.registry import METADATA_FILE, read_meta
+    from punie.adapters.metadata import metadata_path, read_meta
 
-    return canary_of(read_meta(adapter_dir), where=str(Path(adapter_dir) / METADATA_FILE))
+    return canary_of(read_meta(adapter_dir), where=str(metadata_path(adapter_dir)))
+
+
+def base_fingerprint(model_dir: str | Path) -> str | None:
+    """The fingerprint a canary is tagged with: the base's weights identity (None if unreadable).
+
+    Another quantization or a fine-tune of the base has other logprobs, so the
+    identity of the weights themselves (`punie.weights.fingerprint`), not only of config.json.
+    """
+    from punie.weights.fingerprint import base_identity
+
+    try:
+        return base_identity(model_dir).weights
+    except (PunieError, OSError):
+        return None
 
 
 def _child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -111,7 +125,7 @@ def compute_canary(
 
     Raises AdapterError with the child's last output when it fails.
     """
-    from punie.adapters.registry import config_fingerprint, now_iso
+    from punie.adapters.metadata import now_iso
     from punie.launch.guard import guarded_argv
 
     argv = [python, "-m", "punie.adapters.canary_mlx", "--model", str(model_dir), "--adapter", str(adapter_dir),
@@ -128,7 +142,7 @@ def compute_canary(
                            where=str(adapter_dir))
     try:
         data = json.loads(proc.stdout.strip().splitlines()[-1])
-        return Canary(prompt=data["prompt"], top_k=TOP_K, base_fingerprint=config_fingerprint(model_dir),
+        return Canary(prompt=data["prompt"], top_k=TOP_K, base_fingerprint=base_fingerprint(model_dir),
                       engine=data.get("engine", "mlx_lm"), created=now_iso(), base=data["base"],
                       adapter=data["adapter"])
     except (ValueError, KeyError, IndexError, ValidationError) as exc:
@@ -143,14 +157,14 @@ def canary_field(canary: Canary) -> dict[str, Any]:
 
 
 def stamp_canary(adapter_dir: str | Path, model_dir: str | Path, *, base_model: str | None = None) -> Canary:
-    """Compute the adapter's canary on ``model_dir`` and record it with the base's fingerprint.
+    """Compute the adapter's canary on ``model_dir`` and record it (tagged with the base's fingerprint).
 
     ``base_model`` (the spec the user named, e.g. ``builtin:NAME``) replaces the recorded base.
     """
-    from punie.adapters.registry import update_meta
+    from punie.adapters.metadata import update_meta
 
     canary = compute_canary(model_dir, adapter_dir)
-    fields: dict[str, Any] = {CANARY_KEY: canary_field(canary), "base_fingerprint": canary.base_fingerprint}
+    fields: dict[str, Any] = {CANARY_KEY: canary_field(canary)}
     if base_model:
         fields["base_model"] = base_model
     update_meta(adapter_dir, **fields)

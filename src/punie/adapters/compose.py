@@ -37,10 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from punie.adapters.safetensors import TensorInfo
-from punie.adapters.tensors import load_tensor, numpy_module, tensor_index, write_safetensors
-from punie.errors import AdapterError, CorruptFileError
+from punie.adapters.files import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
+from punie.adapters.tensors import load_tensor, numpy_module, tensor_index
+from punie.errors import AdapterError
+from punie.jsonio import load_json_file
 from punie.paths import state_dir
+from punie.weights.safetensors import TensorInfo, write_safetensors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,9 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapters.safetensors"
-METADATA_FILE = "punie-adapter.json"
 COMPOSED_SCALE = 1.0
 # Bumped when the output format changes, so old cache entries are not reused.
 FORMAT_VERSION = "punie-compose-1"
@@ -108,12 +107,7 @@ def read_part(path: Path, weight: float = 1.0) -> Part:
             f"no {WEIGHTS_FILE}", where=where,
             hint="mlx_lm lora writes adapter_config.json before training: was training interrupted?",
         )
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"cannot parse ({exc})", where=str(config_path)) from exc
-    if not isinstance(config, dict):
-        raise CorruptFileError("is not a JSON object", where=str(config_path))
+    config = load_json_file(config_path)
     metadata = _read_metadata(path / METADATA_FILE)
 
     kind = config.get("fine_tune_type", "lora")
@@ -191,10 +185,7 @@ def read_part(path: Path, weight: float = 1.0) -> Part:
 def _read_metadata(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"cannot parse ({exc})", where=str(path)) from exc
+    value = load_json_file(path, expect=None)
     return value if isinstance(value, dict) else None
 
 
@@ -468,7 +459,7 @@ def composition_hash(parts: Iterable[tuple[Path, float]]) -> str:
 
 def resolve_refs(refs: Sequence[AdapterRef], project_dir: Path) -> list[tuple[Path, float]]:
     """Adapter directories and weights of a profile's ``adapters`` list."""
-    from punie.adapters.registry import resolve_adapter
+    from punie.adapters.locate import resolve_adapter
 
     return [(Path(resolve_adapter(ref.path, Path(project_dir))), float(ref.weight)) for ref in refs]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from punie.adapters.safetensors import SafetensorsHeader, read_header
+from punie.weights.safetensors import SafetensorsHeader, read_header
 from punie.errors import AdapterError, CorruptFileError
 
 CONFIG_NAME = "adapter_config.json"

@@ -1,24 +1,22 @@
 """Tensor data of safetensors files as numpy arrays: read one tensor, write a whole file.
 
-Headers go through `punie.adapters.safetensors` (the one validating reader);
-this module adds the data: float tensors read as float32, and files written
-the way mlx_lm writes adapters. numpy is imported on first use.
+Headers go through `punie.weights.safetensors` (the one validating reader and
+writer); this module adds reading the data: float tensors read as float32.
+numpy is imported on first use.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from punie.adapters.safetensors import TensorInfo, read_header
+from punie.weights.safetensors import TensorInfo, read_header
 from punie.errors import AdapterError, CorruptFileError
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["load_tensor", "numpy_module", "tensor_index", "write_safetensors"]
+__all__ = ["load_tensor", "numpy_module", "tensor_index"]
 
 
 def tensor_index(path: Path) -> dict[str, TensorInfo]:
@@ -68,32 +66,6 @@ def load_tensor(path: Path, info: TensorInfo) -> np.ndarray:
     else:
         arr = np.frombuffer(raw, dtype=_NP_DTYPES[info.dtype]).astype(np.float32)
     return arr.reshape(info.shape)
-
-
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write float32/float16 numpy arrays as a safetensors file (names sorted, 8-byte aligned header)."""
-    np = numpy_module()
-    codes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16"}
-    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "mlx"})}
-    arrays: list[np.ndarray] = []
-    offset = 0
-    for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
-        if arr.dtype not in codes:
-            arr = arr.astype(np.float32)
-        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-        header[name] = {
-            "dtype": codes[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]
-        }
-        arrays.append(arr)
-        offset += arr.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(text)))
-        fh.write(text)
-        for arr in arrays:
-            fh.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
 def numpy_module() -> Any:

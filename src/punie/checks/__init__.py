@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from punie.checks.profile import check_adapter, check_profile, check_profile_report
+from punie.checks.profile import adapter_fits, check_adapter, check_profile, check_profile_report
 from punie.checks.report import Problem, ProfileReport, Report
 from punie.config.models import ResolvedProfile
 
@@ -19,6 +19,7 @@ __all__ = [
     "Problem",
     "ProfileReport",
     "Report",
+    "adapter_fits",
     "check_adapter",
     "check_profile",
     "check_profile_report",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from punie.adapters.fit import fit_adapter, model_layers, module_dims
 from punie.adapters.inspect import AdapterInspection, Finding, inspect_adapter
+from punie.adapters.registry import AdapterInfo
 from punie.checks.report import Problem, ProfileReport
 from punie.checks.server import server_findings
 from punie.config.locate import dotted
@@ -231,8 +232,8 @@ def _check_single_adapter(c: _Collector, spec: str, model_path: Path | None,
 
 def _canary(c: _Collector, adapter_dir: Path, model_path: Path | None) -> None:
     """Does the adapter have a canary for this base (so readiness can prove the server applies it)?"""
-    from punie.adapters.canary import read_canary
-    from punie.adapters.registry import METADATA_FILE, config_fingerprint
+    from punie.adapters.canary import base_fingerprint, read_canary
+    from punie.adapters.files import METADATA_FILE
 
     display = display_path(adapter_dir, c.resolved.project_dir)
     try:
@@ -245,14 +246,11 @@ def _canary(c: _Collector, adapter_dir: Path, model_path: Path | None) -> None:
         c.add("warning", "no-canary", f"{display}/{METADATA_FILE}",
               f"no canary: readiness cannot prove the server applies this adapter; record one with {stamp}")
         return
-    try:
-        fingerprint = config_fingerprint(model_path) if model_path is not None else None
-    except AdapterError:
-        fingerprint = None
+    fingerprint = base_fingerprint(model_path) if model_path is not None else None
     if fingerprint and canary.base_fingerprint and fingerprint != canary.base_fingerprint:
         c.add("warning", "canary-other-base", f"{display}/{METADATA_FILE}: canary.base_fingerprint",
-              f"the canary was recorded on another base (fingerprint {canary.base_fingerprint}, this model "
-              f"{fingerprint}): readiness will not check it; record it again with {stamp}")
+              f"the canary was recorded on another base (fingerprint {canary.base_fingerprint[:16]}, this model "
+              f"{fingerprint[:16]}): readiness will not check it; record it again with {stamp}")
         return
     c.passed.append(f"adapter: canary recorded ({canary.engine}, top-{canary.top_k}): readiness proves "
                     "the server applies it")
@@ -292,3 +290,27 @@ def _check_composition(c: _Collector, model_path: Path | None, shapes: ModelShap
                 c.add("error", "compose-mismatch", f"{c.key('adapters')}[{i}]",
                       f"{module}: dims {dims} differ from {first[1]} in adapters[{first[0]}]; "
                       "these adapters cannot be composed")
+
+
+#: Problems that mean the base model itself could not be read, so the adapter was not shape-checked.
+_MODEL_UNKNOWN = frozenset({"model-not-provisioned", "model-not-available", "model-not-found", "model-unreadable"})
+
+
+def adapter_fits(info: AdapterInfo, resolved: ResolvedProfile) -> tuple[str, str | None]:
+    """Does a listed adapter fit the profile's base model? ("yes" | "no" | "unknown", reason).
+
+    The answer is the validator's adapter check. Never loads weights and never
+    provisions a model: when the base model is not available locally, "unknown".
+    """
+    if info.problem:
+        return "no", info.problem
+    if not resolved.profile.model:
+        return "unknown", "the profile names no base model"
+    problems = check_adapter(Path(info.path), resolved)
+    unknown = [p for p in problems if p.code in _MODEL_UNKNOWN]
+    if unknown:
+        return "unknown", unknown[0].message
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        return "no", errors[0].message
+    return "yes", None

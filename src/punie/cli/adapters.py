@@ -1,4 +1,4 @@
-"""CLI: `punie adapters list` (and `adapters compose`, attached from punie.cli.adapters_compose).
+"""CLI: `punie adapters list`, `adapters stamp` (and `adapters compose`, attached from punie.cli.adapters_compose).
 
 Other modules attach subcommands to the same group::
 
@@ -18,7 +18,7 @@ from punie.cli._common import echo_json, state_of
 @click.group("adapters", invoke_without_command=True)
 @click.pass_context
 def adapters_group(ctx: click.Context) -> None:
-    """LoRA adapters under adapters/ (list; compose several into one)."""
+    """LoRA adapters under adapters/ (list; stamp with a base identity; compose several into one)."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(list_command)
 
@@ -44,7 +44,8 @@ def _table(rows: list[list[str]], heads: list[str]) -> str:
 @click.pass_context
 def list_command(ctx: click.Context, as_json: bool) -> None:
     """Every adapter under adapters/: base model, rank, layers, size, date, score, canary, fits."""
-    from punie.adapters.registry import adapter_fits, adapters_root, list_adapters
+    from punie.adapters.registry import adapters_root, list_adapters
+    from punie.checks import adapter_fits
     from punie.config import load_profiles
 
     state = state_of(ctx)
@@ -78,13 +79,55 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
     click.echo(_table(rows, ["name", "base model", "rank", "layers", "size", "created", "score", "canary", "fits"]))
 
 
+@adapters_group.command("stamp")
+@click.argument("name")
+@click.option("--base", "profile", required=True, metavar="PROFILE", help="Profile whose base model the adapter is for.")
+@click.option("--force", is_flag=True, help="Stamp even if the adapter does not fit the base model.")
+@click.option("--canary/--no-canary", default=True, show_default=True,
+              help="Also record the adapter's canary (computed once with mlx_lm; checked at readiness).")
+@click.pass_context
+def stamp_command(ctx: click.Context, name: str, profile: str, force: bool, canary: bool) -> None:
+    """Record the base model identity and the canary of adapter NAME (one Punie did not train).
+
+    Afterwards `punie check` tells the same base from a different one with the
+    same shapes, as for adapters trained by `punie train`, and `punie up` proves
+    at readiness that the server applies the adapter (its first-token logprobs).
+    """
+    from punie.adapters.registry import resolve_adapter, stamp_adapter
+    from punie.checks import check_adapter
+    from punie.config import load_profiles
+    from punie.errors import CheckFailed, UsageError
+    from punie.weights.resolve import resolve_model
+
+    state = state_of(ctx)
+    resolved = load_profiles((profile,), config=state.config, overrides=state.overrides)[0]
+    if not resolved.profile.model:
+        raise UsageError(f"profile {profile!r} names no base model")
+    project = Path(resolved.project_dir)
+    adapter_dir = resolve_adapter(name, project)
+    model_dir = resolve_model(resolved.profile.model, project)
+    errors = [p for p in check_adapter(adapter_dir, resolved) if p.severity == "error"]
+    if errors and not force:
+        lines = "\n".join(f"  {p.render()}" for p in errors[:10])
+        raise CheckFailed(f"adapter {name!r} does not fit profile {profile!r}'s base model:\n{lines}\n"
+                          "  (use --force to stamp anyway)")
+    meta = stamp_adapter(adapter_dir, model_dir, base_spec=resolved.profile.model)
+    assert meta.base is not None
+    click.echo(f"stamped {adapter_dir}: base {meta.base_model} (weights {meta.base.weights[:12]}, "
+               f"shapes {meta.base.shapes[:12]})")
+    if canary:
+        from punie.adapters.canary import stamp_canary
+
+        recorded = stamp_canary(adapter_dir, model_dir)
+        top = ", ".join  # the three likeliest first tokens of each side
+        click.echo("  canary, base alone:   " + top(f"{t.text!r} {t.logprob:.2f}" for t in recorded.base[:3]))
+        click.echo("  canary, with adapter: " + top(f"{t.text!r} {t.logprob:.2f}" for t in recorded.adapter[:3]))
+
+
 def register(group: click.Group) -> None:
     """Add the `adapters` group, with `compose` from punie.cli.adapters_compose."""
     from punie.cli.adapters_compose import attach
-    from punie.cli.adapters_stamp import stamp_command
 
     if "compose" not in adapters_group.commands:
         attach(adapters_group)
-    if "stamp" not in adapters_group.commands:
-        adapters_group.add_command(stamp_command)
     group.add_command(adapters_group)

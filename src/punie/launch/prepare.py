@@ -111,8 +111,7 @@ def expected_canary(
     A composition of the profile's ``adapters`` gets its canary computed here once
     (``compute``; its directory is a cache), as nobody else could stamp it.
     """
-    from punie.adapters.canary import read_canary
-    from punie.adapters.registry import config_fingerprint
+    from punie.adapters.canary import base_fingerprint, read_canary
 
     profile = resolved.profile
     if adapter_path is None and profile.server.url and (profile.adapter or profile.adapters):
@@ -141,12 +140,9 @@ def expected_canary(
                        "(record one: `punie adapters stamp %s --base %s`)", adapter_path, adapter_path, resolved.name)
         return None
     if model_path is not None and canary.base_fingerprint:
-        try:
-            fingerprint = config_fingerprint(model_path)
-        except AdapterError:
-            fingerprint = None
+        fingerprint = base_fingerprint(model_path)
         if fingerprint is not None and fingerprint != canary.base_fingerprint:
             logger.warning("the canary of %s was recorded on another base model (fingerprint %s, this one %s): "
-                           "not checked", adapter_path, canary.base_fingerprint, fingerprint)
+                           "not checked", adapter_path, canary.base_fingerprint[:16], fingerprint[:16])
             return None
     return ExpectedCanary(adapter=str(adapter_path), canary=canary)

@@ -27,17 +27,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from punie.adapters.registry import (
-    ADAPTERS_DIR,
-    SPECIAL_SPECS,
-    WEIGHTS_FILE,
-    AdapterMeta,
-    config_fingerprint,
-    now_iso,
-    write_meta,
-)
+from punie.adapters.files import ADAPTERS_DIR, SPECIAL_SPECS, WEIGHTS_FILE
+from punie.adapters.metadata import AdapterMeta, now_iso, write_meta
 from punie.config.models import ResolvedProfile
-from punie.errors import ModelError, TrainingError, UsageError
+from punie.errors import ModelError, PunieError, TrainingError, UsageError
 from punie.training.dataset import DatasetInfo, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -133,17 +126,14 @@ def parse_progress_line(line: str, total: int | None = None) -> ProgressEvent | 
 
 
 def model_layer_count(model_dir: str | Path) -> int | None:
-    """``num_hidden_layers`` of a model's config.json (also in ``text_config``), None if absent."""
+    """The model's layer count from its config.json (see `punie.weights.headers.layer_count`), None if unknown."""
+    from punie.jsonio import load_json_file
+    from punie.weights.headers import layer_count
+
     try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return layer_count(load_json_file(Path(model_dir) / "config.json"))
+    except (OSError, PunieError):
         return None
-    for scope in (config, config.get("text_config") or {}):
-        for key in ("num_hidden_layers", "n_layer", "num_layers"):
-            value = scope.get(key) if isinstance(scope, dict) else None
-            if isinstance(value, int) and value > 0:
-                return value
-    return None
 
 
 def default_output(resolved: ResolvedProfile, *, stamp: str | None = None) -> Path:
@@ -341,7 +331,7 @@ def run_plan(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | Non
 def _with_canary(adapter_dir: Path, model_dir: Path, meta: AdapterMeta) -> AdapterMeta:
     """Record the adapter's canary (what readiness checks); a failure to compute it is only a warning."""
     from punie.adapters.canary import stamp_canary
-    from punie.adapters.registry import read_meta
+    from punie.adapters.metadata import read_meta
     from punie.errors import AdapterError
 
     try:
@@ -374,7 +364,6 @@ def train_adapter(
     target = Path(output).expanduser() if output is not None else default_output(resolved)
     target = target.resolve()
     model_dir, base_model = _model_for(resolved)
-    fingerprint = config_fingerprint(model_dir)
     staging_hint = target.parent / f".{target.name}.staging"
     plan_args = dict(
         model_dir=model_dir, base_model=base_model, model_layers=model_layer_count(model_dir),
@@ -387,6 +376,13 @@ def train_adapter(
         return plan
     if target.exists() and not target.is_dir():
         raise UsageError("output exists and is not a directory", where=str(target))
+    from punie.weights.fingerprint import base_identity
+
+    try:
+        identity = base_identity(model_dir, spec=base_model)
+    except PunieError as exc:  # mlx_lm will say what is wrong with the model; the identity stays unknown
+        logger.warning("base model identity not recorded: %s", exc)
+        identity = None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
     fd, config_name = tempfile.mkstemp(prefix=f".{target.name}.lora-", suffix=".yaml", dir=target.parent)
@@ -415,7 +411,7 @@ def train_adapter(
                 where=str(target),
             )
         meta = AdapterMeta(
-            base_model=base_model, base_fingerprint=fingerprint, dataset_hash=dataset.hash,
+            base_model=base_model, base_fingerprint=identity.config if identity else None, base=identity, dataset_hash=dataset.hash,
             iters=plan.iters, created=now_iso(), score=None, eval=None,
         )
         _settle_config(staging / "adapter_config.json", target=target, base_model=base_model,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from punie.adapters.safetensors import TensorInfo, read_header
+from punie.weights.safetensors import TensorInfo, read_header
 from punie.errors import CorruptFileError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -130,13 +130,16 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 def layer_count(config: dict[str, Any]) -> int | None:
-    """Number of transformer layers from a config.json (text_config nesting for VLMs)."""
+    """Number of transformer layers from a config.json (text_config nesting for VLMs).
+
+    The one home of this rule (training picks ``--num-layers`` from it, checks compare with it).
+    """
     for source in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
         if not isinstance(source, dict):
             continue
         for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
             value = source.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
     return None
 

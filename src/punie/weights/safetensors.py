@@ -147,22 +147,43 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     return parse_header(prefix + body, file_size=size, path=path)
 
 
+_NP_CODES = {"float32": "F32", "float16": "F16", "float64": "F64", "int8": "I8", "uint8": "U8", "int16": "I16",
+             "uint16": "U16", "int32": "I32", "uint32": "U32", "int64": "I64", "uint64": "U64", "bool": "BOOL"}
+
+
 def write_safetensors(
     path: str | os.PathLike[str],
-    tensors: Mapping[str, tuple[str, tuple[int, ...] | list[int]]],
+    tensors: Mapping[str, object],
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write a valid safetensors file of zero-filled tensors given as ``{name: (dtype, shape)}``.
+    """Write a safetensors file; the one writer of the format in Punie.
 
-    Used to build synthetic adapters and models whose shapes are all that matters.
+    Each value is a numpy array (written as is, little-endian; other dtypes as
+    float32) or a ``(dtype, shape)`` pair, written zero-filled without
+    allocating it (synthetic models and adapters whose shapes are all that
+    matters). Names are written sorted, the header padded to 8 bytes.
     """
     header: dict[str, object] = {}
-    if metadata:
+    if metadata is not None:
         header["__metadata__"] = dict(metadata)
+    arrays: list[object] = []
     offset = 0
-    for name, (dtype, shape) in tensors.items():
-        nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+    for name in sorted(tensors):
+        value = tensors[name]
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+            dtype, shape = value[0], list(value[1])
+            nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
+            arrays.append(nbytes)
+        else:
+            import numpy as np
+
+            arr = np.ascontiguousarray(value)
+            if arr.dtype.name not in _NP_CODES:
+                arr = arr.astype(np.float32)
+            arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+            dtype, shape, nbytes = _NP_CODES[arr.dtype.name], list(arr.shape), arr.nbytes
+            arrays.append(arr)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -170,5 +191,11 @@ def write_safetensors(
     with open(path, "wb") as fh:
         fh.write(struct.pack("<Q", len(raw)))
         fh.write(raw)
+        for item in arrays:
+            if isinstance(item, int):
+                if item:
+                    fh.seek(item, os.SEEK_CUR)
+            else:
+                fh.write(memoryview(item.reshape(-1)).cast("B"))  # type: ignore[attr-defined]
         fh.truncate(8 + len(raw) + offset)
     return path

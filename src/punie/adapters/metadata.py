@@ -1,0 +1,123 @@
+"""``punie-adapter.json``: what Punie knows about an adapter beyond mlx_lm's config.
+
+One typed reader and one atomic writer. Fields other helpers add (the logprob
+``canary``) are typed here as they land; unknown keys are kept, so an older
+Punie reading a newer file loses nothing.
+
+The base model identity (`BaseIdentity`, see `punie.weights.fingerprint`) says
+which weights the adapter was trained on: ``punie check`` compares it with the
+profile's base model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from punie.adapters.files import CONFIG_FILE, METADATA_FILE
+from punie.errors import AdapterError, CorruptFileError
+from punie.jsonio import load_json_file
+from punie.weights.fingerprint import BaseIdentity
+
+#: punie-adapter.json files larger than this are refused as corrupt.
+MAX_METADATA_BYTES = 4 * 1024 * 1024
+
+
+class AdapterMeta(BaseModel):
+    """``punie-adapter.json``. Extra keys are kept (a composed adapter records its parts)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    base_model: str = Field(description="Base model spec or path the adapter was trained on.")
+    base_fingerprint: str | None = Field(
+        None, description="Legacy: sha256 prefix of the base's config.json; now base.weights.")
+    base: BaseIdentity | None = Field(None, description="Identity of the base model's files.")
+    dataset_hash: str | None = Field(None, description="sha256 prefix over the dataset's split files.")
+    iters: int | None = Field(None, description="Training iterations.")
+    created: str = Field(description="ISO-8601 time the adapter was written.")
+    score: float | None = Field(None, description="Eval score of the adapter (0..1), if evaluated.")
+    eval: dict[str, Any] | None = Field(None, description="Last evaluation: suite, scores per case, baseline.")
+    # Room for the logprob canary (recorded by `punie train` / `adapters stamp`): typed by its owner.
+    canary: dict[str, Any] | None = Field(None, description="Logprob canary of the adapter on its base.")
+    stamped: bool = Field(False, description="True when the identity was recorded by `punie adapters stamp`.")
+
+
+def now_iso() -> str:
+    """The current UTC time, ISO-8601 to the second (the format of ``created``)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def metadata_path(adapter_dir: str | Path) -> Path:
+    return Path(adapter_dir) / METADATA_FILE
+
+
+def read_meta(adapter_dir: str | Path) -> AdapterMeta | None:
+    """The adapter's ``punie-adapter.json``, or None when it has none.
+
+    Raises CorruptFileError when the file exists but is not valid metadata
+    (bad JSON, too large or deep, wrong types), AdapterError when unreadable.
+    """
+    path = metadata_path(adapter_dir)
+    try:
+        doc = load_json_file(path, max_bytes=MAX_METADATA_BYTES)
+    except FileNotFoundError:
+        return None
+    try:
+        return AdapterMeta.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise CorruptFileError(f"{loc + ': ' if loc else ''}{first['msg']}", where=str(path)) from None
+
+
+def write_meta(adapter_dir: str | Path, meta: AdapterMeta) -> Path:
+    """Write ``punie-adapter.json`` atomically (a reader never sees half a file)."""
+    target = metadata_path(adapter_dir)
+    data = json.dumps(meta.model_dump(mode="json", exclude_none=False), indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{METADATA_FILE}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+        # mkstemp creates 0600 files; metadata is as readable as the adapter's other files.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def mtime_iso(adapter_dir: Path) -> str:
+    """The adapter's weights (else config) modification time, ISO-8601 (``created`` without metadata)."""
+    from punie.adapters.files import WEIGHTS_FILE
+
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        try:
+            stamp = (adapter_dir / name).stat().st_mtime
+        except OSError:
+            continue
+        return _dt.datetime.fromtimestamp(stamp, _dt.UTC).isoformat(timespec="seconds")
+    return _dt.datetime.fromtimestamp(0, _dt.UTC).isoformat(timespec="seconds")
+
+
+def update_meta(adapter_dir: str | Path, **fields: Any) -> AdapterMeta:
+    """Change some fields of an adapter's metadata (created from its config when it has none)."""
+    adapter_dir = Path(adapter_dir)
+    meta = read_meta(adapter_dir)
+    if meta is None:
+        config = load_json_file(adapter_dir / CONFIG_FILE, missing=AdapterError)
+        model = config.get("model")
+        meta = AdapterMeta(base_model=model if isinstance(model, str) and model else "unknown",
+                           created=mtime_iso(adapter_dir))
+    data = meta.model_dump() | fields
+    meta = AdapterMeta.model_validate(data)
+    write_meta(adapter_dir, meta)
+    return meta
