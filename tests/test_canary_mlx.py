@@ -207,3 +207,21 @@ def test_a_composed_adapter_gets_its_canary_when_launched(project: Path, tiny_mo
     plan = prepare(resolved, check=False)
     assert plan.canary is not None and Path(plan.canary.adapter) == Path(plan.adapter)
     assert read_canary(plan.adapter) == plan.canary.canary
+
+
+def test_the_shipped_demo_tools_adapter_is_proven_active_on_smollm2() -> None:
+    """The builtin demo-tools profile: its shipped canary was recorded on the SmolLM2 that Punie
+    provisions (same weights identity), and a real `punie up` proves the adapter applied."""
+    from punie.adapters.canary import base_fingerprint
+    from punie.config import load_profile
+    from punie.weights.builtin import ensure_builtin
+
+    repo = Path(__file__).resolve().parents[1]
+    canary = read_canary(repo / "adapters" / "demo-tools-v1")
+    assert canary is not None
+    assert canary.base_fingerprint == base_fingerprint(ensure_builtin("smollm2-135m-instruct"))
+    resolved = load_profile("demo-tools", config=repo / "punie.toml", overrides=(f"server.port={free_port()}",))
+    lines: list[str] = []
+    outcome = run_up(resolved, check=False, sink=lines.append, agent_argv=[sys.executable, "-c", "pass"])
+    assert outcome.canary is not None and outcome.canary["verdict"] == "adapter-active", "\n".join(lines)
+    assert outcome.canary["distance_to_base"] > 1.0  # the adapter moves "<" (a tool call) from -4.4 to -0.04
