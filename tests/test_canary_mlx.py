@@ -65,7 +65,7 @@ def _resolved(project: Path, **server: object) -> ResolvedProfile:
 def test_stamped_canary_tells_adapter_from_base(project: Path, tiny_model: Path) -> None:
     canary = read_canary(project / "adapters" / "strong")
     assert canary is not None and canary.top_k == len(canary.base) == len(canary.adapter) == 5
-    assert "List the files in this directory." in canary.prompt and canary.prompt.startswith("<|im_start|>")
+    assert canary.prompt.startswith("<|im_start|>") and "user\nhi<|im_end|>" in canary.prompt  # chat template
     assert distance(keyed(canary.base, "mlx"), keyed(canary.adapter, "mlx")) > MIN_SEPARATION
 
 
@@ -224,4 +224,26 @@ def test_the_shipped_demo_tools_adapter_is_proven_active_on_smollm2() -> None:
     lines: list[str] = []
     outcome = run_up(resolved, check=False, sink=lines.append, agent_argv=[sys.executable, "-c", "pass"])
     assert outcome.canary is not None and outcome.canary["verdict"] == "adapter-active", "\n".join(lines)
-    assert outcome.canary["distance_to_base"] > 1.0  # the adapter moves "<" (a tool call) from -4.4 to -0.04
+    assert outcome.canary["distance_to_base"] > 1.0  # "Hello": -1.18 alone, below -3.55 with the adapter
+
+
+def test_punie_up_format_json_reports_the_canary(project: Path) -> None:
+    """`punie up --format json`: the session's final status (on stderr) carries the canary verdict."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "punie", "--config", str(project / "punie.toml"), "up", "tiny", "--no-check",
+         "--format", "json", "--set", f"server.port={free_port()}"],
+        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, env=tiny.mlx_env(),
+    )
+    assert proc.returncode == 0, proc.stderr  # the agent exits at the end of its (empty) stdin
+    status = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert status["profile"] == "tiny" and status["canary"]["verdict"] == "adapter-active"
+    assert "adapter active" in status["canary"]["message"]
+
+
+def test_punie_serve_with_an_adapter_checks_its_canary(project: Path, tiny_model: Path) -> None:
+    """`punie serve --model M --adapter A` launches through the same plan: its probe is the canary."""
+    adapter = project / "adapters" / "strong"
+    result = CliRunner().invoke(main, ["serve", "--model", str(tiny_model), "--adapter", str(adapter),
+                                       "--port", str(free_port()), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"ready:     canary of {adapter}" in result.output

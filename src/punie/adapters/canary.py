@@ -30,8 +30,12 @@ from punie.errors import AdapterError, PunieError
 logger = logging.getLogger(__name__)
 
 #: The probe: one user turn, rendered with the base model's chat template (so the adapter's
-#: training format is exercised) and sent as a plain ``/v1/completions`` prompt.
-PROBE_MESSAGES: tuple[dict[str, str], ...] = ({"role": "user", "content": "List the files in this directory."},)
+#: training format is exercised) and sent as a plain ``/v1/completions`` prompt. The turn is
+#: the readiness probe's own "hi": every prompt token costs time-to-ready (~0.1 s each for
+#: SmolLM2 on 2 CPU cores; "List the files in this directory." made the canary cost +13 %),
+#: and one word already tells an adapter from its base (demo-tools-v1: "Hello" -1.18 alone,
+#: below -3.55 with the adapter).
+PROBE_MESSAGES: tuple[dict[str, str], ...] = ({"role": "user", "content": "hi"},)
 #: How many first-token logprobs are recorded and asked for (mlx_lm.server allows at most 11).
 TOP_K = 5
 #: The key of the canary in punie-adapter.json.
