@@ -215,12 +215,19 @@ def test_external_server_with_a_stamped_adapter_is_checked(tmp_path: Path) -> No
     assert expected is not None and Path(expected.adapter) == adapter.resolve() and expected.model is None
 
 
-def test_no_canary_or_another_base_is_not_checked(tmp_path: Path, tiny_model: Path,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_no_canary_is_not_checked(tmp_path: Path, tiny_model: Path, caplog: pytest.LogCaptureFixture) -> None:
     adapter = _adapter_dir(tmp_path)
     resolved = _resolved(tmp_path, model=str(tiny_model), adapter="a")
     assert expected_canary(resolved, model_path=tiny_model, adapter_path=adapter) is None
     assert "has no canary" in caplog.text
+
+
+def test_a_canary_of_another_base_can_only_warn(tmp_path: Path, tiny_model: Path) -> None:
+    adapter = _adapter_dir(tmp_path)
     update_meta(adapter, canary=CANARY.model_dump(mode="json"))  # recorded on base "fff..."
-    assert expected_canary(resolved, model_path=tiny_model, adapter_path=adapter) is None
-    assert "recorded on another base model" in caplog.text
+    resolved = _resolved(tmp_path, model=str(tiny_model), adapter="a")
+    expected = expected_canary(resolved, model_path=tiny_model, adapter_path=adapter)
+    assert expected is not None and expected.other_base and "another base" in expected.other_base
+    result = expected.judge(_mlx_answer(BASE))
+    assert result.verdict == "neither" and not result.refuse and "another base" in result.message()
+    assert expected.judge(_mlx_answer(ADAPTED)).verdict == "adapter-active"

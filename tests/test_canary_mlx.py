@@ -247,3 +247,56 @@ def test_punie_serve_with_an_adapter_checks_its_canary(project: Path, tiny_model
                                        "--port", str(free_port()), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert f"ready:     canary of {adapter}" in result.output
+
+
+@pytest.fixture(scope="module")
+def zeroed(project: Path) -> Path:
+    """The strong adapter with LoRA scale 0: mlx_lm loads and applies it, and answers as the base alone."""
+    path = project / "zeroed"
+    shutil.copytree(project / "adapters" / "strong", path)
+    config = json.loads((path / "adapter_config.json").read_text())
+    config["lora_parameters"]["scale"] = 0.0
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_our_own_server_answering_as_the_base_is_refused_with_its_log_tail(project: Path, zeroed: Path) -> None:
+    """A server Punie starts with --adapter-path that still answers as the base (here a later
+    --adapter-path in extra_args wins in mlx_lm's argparse, as if it ignored ours)."""
+    resolved = _resolved(project, extra_args=["--adapter-path", str(zeroed)])
+    lines: list[str] = []
+    with pytest.raises(LaunchFailed) as info:
+        run_up(resolved, check=False, sink=lines.append, agent_argv=[sys.executable, "-c", "pass"])
+    assert info.value.reason == "adapter-not-applied"
+    message = info.value.message
+    assert "the server is answering without the adapter" in message and "last server log lines" in message
+    assert info.value.hint and "mlx_lm version" in info.value.hint
+    assert not any("started the agent" in line for line in lines)
+
+
+def test_eval_refuses_a_server_answering_as_the_base(project: Path, zeroed: Path, tmp_path: Path) -> None:
+    from punie.errors import LaunchError
+    from punie.training.evaluate import serve
+
+    with pytest.raises(LaunchError, match="the server is answering without the adapter"):
+        with serve(_resolved(project, extra_args=["--adapter-path", str(zeroed)]), log_dir=tmp_path):
+            pass
+
+
+def test_another_version_of_the_base_is_a_warning_naming_the_distance(project: Path, tmp_path: Path) -> None:
+    """The same architecture with other weights (a retrained or requantized base): the canary matches
+    neither side, which is a warning naming both distances; the agent still starts. (The tiny
+    model's own 4-bit copy lands at 0.07 from the adapter side: just past the tolerance, too close
+    to make a stable test of.)"""
+    other = tiny.build_tiny_model(tmp_path / "tiny-a-seed1", seed=1)
+    resolved = _resolved(project)
+    resolved = resolved.model_copy(update={"profile": resolved.profile.model_copy(update={"model": str(other)})})
+    lines: list[str] = []
+    outcome = run_up(resolved, check=False, sink=lines.append, agent_argv=[sys.executable, "-c", "pass"])
+    assert outcome.exit_code == 0 and outcome.canary is not None
+    assert outcome.canary["verdict"] == "neither", outcome.canary
+    assert min(outcome.canary["distance_to_adapter"], outcome.canary["distance_to_base"]) > 0.05
+    assert "another base" in outcome.canary["message"]
+    warning = next(line for line in lines if line.startswith("punie | warning: the canary of"))
+    assert f"{outcome.canary['distance_to_base']:.4f}" in warning
+    assert any("started the agent" in line for line in lines)

@@ -250,7 +250,7 @@ def _canary(c: _Collector, adapter_dir: Path, model_path: Path | None) -> None:
     if fingerprint and canary.base_fingerprint and fingerprint != canary.base_fingerprint:
         c.add("warning", "canary-other-base", f"{display}/{METADATA_FILE}: canary.base_fingerprint",
               f"the canary was recorded on another base (fingerprint {canary.base_fingerprint[:16]}, this model "
-              f"{fingerprint[:16]}): readiness will not check it; record it again with {stamp}")
+              f"{fingerprint[:16]}): readiness can only warn, not refuse; record it again with {stamp}")
         return
     c.passed.append(f"adapter: canary recorded ({canary.engine}, top-{canary.top_k}): readiness proves "
                     "the server applies it")

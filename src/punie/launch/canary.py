@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +54,10 @@ class ExpectedCanary(BaseModel):
         None, description="Model id sent with the probe: None for mlx_lm.server (its --adapter-path "
         "applies only without one); the LoRA's id on a vLLM server."
     )
+    other_base: str | None = Field(
+        None, description="Set when the canary was recorded on another base than the one served (say how): "
+        "then no answer can prove the adapter absent, and a base-like answer is only a warning."
+    )
 
     def request(self) -> tuple[str, dict[str, Any]]:
         """(path, body) of the probe, for `punie.launch.readiness.wait_ready`."""
@@ -61,7 +65,11 @@ class ExpectedCanary(BaseModel):
 
     def judge(self, data: Any) -> CanaryResult:
         """What the probe's answer says about the adapter."""
-        return judge(self.canary, data, adapter=self.adapter)
+        result = judge(self.canary, data, adapter=self.adapter)
+        if self.other_base is None:
+            return result
+        verdict: Verdict = "neither" if result.verdict == "base" else result.verdict
+        return replace(result, verdict=verdict, note=self.other_base)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class CanaryResult:
     to_adapter: float | None = None
     to_base: float | None = None
     separation: float | None = None
+    note: str | None = None  # why the comparison is weaker (recorded on another base)
 
     @property
     def refuse(self) -> bool:
@@ -85,6 +94,10 @@ class CanaryResult:
 
     def message(self) -> str:
         """One line for the log and the status."""
+        text = self._message()
+        return f"{text} ({self.note})" if self.note else text
+
+    def _message(self) -> str:
         d = _fmt
         if self.verdict == "adapter-active":
             return (f"adapter active: the canary matches {self.adapter} (distance {d(self.to_adapter)}, "
@@ -105,7 +118,7 @@ class CanaryResult:
     def to_json(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "adapter": self.adapter, "distance_to_adapter": self.to_adapter,
                 "distance_to_base": self.to_base, "separation": self.separation,
-                "tolerance": MATCH_TOLERANCE, "message": self.message()}
+                "tolerance": MATCH_TOLERANCE, "note": self.note, "message": self.message()}
 
 
 def _fmt(value: float | None) -> str:

@@ -106,8 +106,9 @@ def expected_canary(
     """The canary the readiness probe checks, when the served adapter has one.
 
     With ``server.url`` the adapter is not started by Punie but the profile still
-    names it: the running server is then checked for it too. No canary (or one
-    recorded on another base model) means the adapter is not verified: a warning.
+    names it: the running server is then checked for it too. No canary means the
+    adapter is not verified (a warning); one recorded on another base model (another
+    quantization, say) is still compared, but can only warn.
     A composition of the profile's ``adapters`` gets its canary computed here once
     (``compute``; its directory is a cache), as nobody else could stamp it.
     """
@@ -139,10 +140,11 @@ def expected_canary(
         logger.warning("adapter %s has no canary: readiness cannot prove the server applies it "
                        "(record one: `punie adapters stamp %s --base %s`)", adapter_path, adapter_path, resolved.name)
         return None
+    other_base = None
     if model_path is not None and canary.base_fingerprint:
         fingerprint = base_fingerprint(model_path)
         if fingerprint is not None and fingerprint != canary.base_fingerprint:
-            logger.warning("the canary of %s was recorded on another base model (fingerprint %s, this one %s): "
-                           "not checked", adapter_path, canary.base_fingerprint[:16], fingerprint[:16])
-            return None
-    return ExpectedCanary(adapter=str(adapter_path), canary=canary)
+            other_base = (f"its canary was recorded on another base: fingerprint {canary.base_fingerprint[:16]}, "
+                          f"this model {fingerprint[:16]}")
+            logger.warning("adapter %s: %s; readiness compares it anyway but cannot refuse", adapter_path, other_base)
+    return ExpectedCanary(adapter=str(adapter_path), canary=canary, other_base=other_base)
