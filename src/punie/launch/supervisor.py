@@ -122,6 +122,8 @@ class _Supervisor:
     probe_interval: float
     guard: bool
     follow_server: bool = True  # False: once ready, the server's output goes to its log file only
+    with_agent: bool = True  # False: serve only, until cancelled (`punie.launch.server.running_server`)
+    on_ready: Callable[[float, int | None], None] | None = None  # seconds to ready and server pid, once
     server: Child | None = None  # the current one (a restart replaces it)
     agent: Child | None = None
     signals: int = 0
@@ -187,6 +189,8 @@ class _Supervisor:
         async with anyio.create_task_group() as tg:
             try:
                 await tg.start(self._serve)
+                if not self.with_agent:
+                    await anyio.sleep_forever()  # until the caller cancels, or the server fails
                 agent = await self._start_agent()
             except (LaunchFailed, OSError) as exc:  # OSError: creating the log folders
                 self._finish(error=exc)
@@ -242,6 +246,8 @@ class _Supervisor:
             self.server.echo = False
         if self.ready_seconds is None:  # the first time: now the agent can start
             self.ready_seconds = total
+            if self.on_ready is not None:
+                self.on_ready(total, self.server.pid if self.server is not None else None)
             task_status.started()
 
     async def _spawn_server(self) -> tuple[Child, _FatalLine]:
@@ -400,6 +406,8 @@ async def supervise(
     probe_interval: float = 0.05,
     guard: bool = True,
     follow_server: bool = True,
+    with_agent: bool = True,
+    on_ready: Callable[[float, int | None], None] | None = None,
 ) -> UpOutcome:
     """Run ``plan`` until the agent exits, a child fails or a signal arrives (async core).
 
@@ -407,7 +415,9 @@ async def supervise(
     ``guard=False`` starts children without the orphan guard (only for measuring it).
     ``follow_server=False`` stops showing the server's output once it is ready (it still
     goes to its log file, and its last lines are quoted if it fails): for an agent that
-    talks to the user in the same terminal.
+    talks to the user in the same terminal. ``with_agent=False`` serves only, until the caller
+    cancels (or the server fails); ``on_ready`` is told the seconds to ready and the server's pid
+    (None when external), the first time.
     """
     supervisor = _Supervisor(
         plan,
@@ -417,6 +427,8 @@ async def supervise(
         probe_interval=probe_interval,
         guard=guard,
         follow_server=follow_server,
+        with_agent=with_agent,
+        on_ready=on_ready,
     )
     return await supervisor.run()
 

@@ -1,0 +1,350 @@
+"""Punie's public Python API: what the CLI does, for scripts, notebooks and CI gates.
+
+    import anyio
+    import punie.api as punie
+
+    profile = punie.load_profile("demo-tools")
+    report = punie.check([profile])                  # the report `punie check --format json` prints
+    result = punie.evaluate(profile, baseline=True)  # baseline vs adapter, servers managed for you
+    print(result.baseline_score, result.score, result.improvement)
+
+    async def main() -> None:
+        async with punie.serve(profile) as server:   # same plan, guard and readiness as `punie up`
+            print(server.base_url, server.model_id)  # an OpenAI-compatible endpoint until the block ends
+
+    anyio.run(main)
+
+Every name here is listed in ``__all__`` and documented; everything else in the
+package is private and may change. Errors are `PunieError` subclasses (the CLI
+turns the same errors into its messages and exit codes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from punie.adapters.registry import AdapterInfo
+from punie.checks.report import Problem, ProfileReport, Report
+from punie.config.models import Profile, ResolvedProfile
+from punie.errors import (
+    AdapterError,
+    CheckFailed,
+    ConfigError,
+    LaunchError,
+    ModelError,
+    PunieError,
+    TrainingError,
+    UsageError,
+)
+from punie.training.evaluate import EvalReport, SuiteResult
+from punie.training.suite import CaseResult
+
+__all__ = [
+    "AdapterError",
+    "AdapterInfo",
+    "CaseResult",
+    "CheckFailed",
+    "ConfigError",
+    "EvalReport",
+    "Evaluation",
+    "LaunchError",
+    "ModelError",
+    "Problem",
+    "Profile",
+    "ProfileReport",
+    "PunieError",
+    "Report",
+    "ResolvedProfile",
+    "Server",
+    "SuiteResult",
+    "TrainingError",
+    "UsageError",
+    "best_adapter",
+    "check",
+    "compose_adapters",
+    "evaluate",
+    "latest_adapter",
+    "list_adapters",
+    "load_profile",
+    "load_profiles",
+    "record_evaluation",
+    "serve",
+]
+
+_ProfilesSource = str | os.PathLike[str] | Mapping[str, Any] | None
+"""Where profiles come from: a punie.toml path, a dict shaped like the TOML file, ``"builtin"``
+for Punie's embedded default, or None for the CLI's lookup (``PUNIE_CONFIG``, then punie.toml in
+the current directory or a parent, then the embedded default)."""
+
+_BUILTIN = "builtin"
+
+
+def _source_text(source: Mapping[str, Any]) -> str:
+    import tomlkit
+
+    try:
+        return tomlkit.dumps(dict(source))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"profiles dict cannot be written as TOML: {exc}", where="<dict>") from None
+
+
+def _read(source: _ProfilesSource, env: Mapping[str, str] | None, cwd: str | os.PathLike[str] | None) -> Any:
+    """The parsed profiles file, the one way the CLI reads it."""
+    from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
+    from punie.config.loader import parse_config, read_config
+
+    environ = os.environ if env is None else env
+    if isinstance(source, Mapping):
+        base = Path(cwd) if cwd is not None else Path.cwd()
+        # Relative adapter and model paths resolve against ``cwd``, as they would next to a file.
+        return parse_config(_source_text(source), display="<dict>", path=base / "punie.toml")
+    if source == _BUILTIN:
+        return parse_config(EMBEDDED_DEFAULT_TOML, display=EMBEDDED_NAME)
+    return read_config(source, env=environ, cwd=cwd)
+
+
+def load_profiles(
+    source: _ProfilesSource = None,
+    names: Sequence[str] = (),
+    *,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> list[ResolvedProfile]:
+    """Resolve ``names`` (every profile, in file order, when empty) from ``source``.
+
+    The layering is the CLI's: model defaults < ``[defaults]`` < ``extends`` < the profile <
+    ``PUNIE_*`` variables of ``env`` (default: ``os.environ``) < ``overrides`` (``"KEY=VALUE"``,
+    like ``--set``). Raises ConfigError naming the place of every problem.
+    """
+    from punie.config.resolve import resolve_many
+
+    environ = os.environ if env is None else env
+    try:
+        return resolve_many(_read(source, environ, cwd), names, overrides=overrides, env=environ)
+    except RecursionError:
+        raise ConfigError("configuration values are nested too deeply") from None
+
+
+def load_profile(
+    name: str | None = None,
+    source: _ProfilesSource = None,
+    *,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> ResolvedProfile:
+    """Resolve one profile: ``name``, else ``$PUNIE_PROFILE``, else the file's ``default_profile``,
+    else its only profile. See `load_profiles` for ``source``, ``overrides`` and ``env``."""
+    from punie.config.resolve import select_profile
+
+    environ = os.environ if env is None else env
+    parsed = _read(source, environ, cwd)
+    chosen = select_profile(parsed, name, environ)
+    return load_profiles(source, [chosen], overrides=overrides, env=environ, cwd=cwd)[0]
+
+
+def _resolved(profile: ResolvedProfile | str | None) -> ResolvedProfile:
+    return profile if isinstance(profile, ResolvedProfile) else load_profile(profile)
+
+
+def check(profiles: Sequence[ResolvedProfile | str] | ResolvedProfile | str | None = None) -> Report:
+    """Validate profiles, base models and adapters from headers only (`punie check`).
+
+    ``profiles``: resolved profiles or names (None: every profile of the CLI's file). Problems are
+    in the returned `Report` (``report.ok``, ``report.problems``; ``report.to_json()`` is exactly
+    what ``punie check --format json`` prints); nothing is raised for them.
+    """
+    from punie.checks import check_profiles
+
+    if profiles is None:
+        resolved = load_profiles()
+    elif isinstance(profiles, (ResolvedProfile, str)):
+        resolved = [_resolved(profiles)]
+    else:
+        resolved = [_resolved(p) for p in profiles]
+    return check_profiles(resolved)
+
+
+@dataclass(frozen=True)
+class Server:
+    """A model server that answers, as `serve` yields it.
+
+    ``base_url`` is the OpenAI base URL (``http://127.0.0.1:8080/v1``); ``model_id`` is the
+    ``model`` field requests must send to get the profile's adapter (None: send none, as on
+    mlx_lm.server, where any other value serves the base model without the adapter).
+    ``pid`` is the server process (None for an external ``server.url``).
+    """
+
+    profile: str
+    base_url: str
+    model_id: str | None
+    adapter: str | None
+    pid: int | None
+    ready_seconds: float
+
+
+@asynccontextmanager
+async def serve(
+    profile: ResolvedProfile | str | None = None,
+    *,
+    check: bool = True,
+    grace: float = 5.0,
+    log_dir: str | os.PathLike[str] | None = None,
+) -> AsyncIterator[Server]:
+    """Start (or attach to) ``profile``'s model server for the duration of an ``async with`` block.
+
+    The plan, the pre-launch check, the orphan guard and the readiness probe are those of
+    ``punie up`` (no agent is started). However the block exits (normally, by an exception,
+    by cancellation or KeyboardInterrupt) the server's whole process group is stopped: SIGTERM,
+    ``grace`` seconds, then SIGKILL. Raises CheckFailed when the check finds errors and
+    LaunchError when the server never answers.
+    """
+    from punie.launch.server import running_server
+
+    resolved = _resolved(profile)
+    async with running_server(
+        resolved, check=check, grace=grace, log_dir=Path(log_dir) if log_dir is not None else None
+    ) as running:
+        yield Server(
+            profile=resolved.name,
+            base_url=running.base_url,
+            model_id=running.model_id,
+            adapter=running.adapter,
+            pid=running.pid,
+            ready_seconds=running.ready_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """`evaluate`'s result: the adapter's score against its baseline on one suite.
+
+    ``report`` is the full `EvalReport` (per-case results of both sides) that ``punie eval``
+    renders; the properties are its headline numbers.
+    """
+
+    report: EvalReport
+
+    @property
+    def suite(self) -> str:
+        return self.report.suite
+
+    @property
+    def score(self) -> float:
+        """Mean score of the profile with its adapter (0..1)."""
+        return self.report.candidate.score
+
+    @property
+    def baseline_score(self) -> float:
+        """Mean score of the baseline (the profile without adapter, or ``vs``)."""
+        return self.report.baseline.score
+
+    @property
+    def improvement(self) -> float:
+        """``score - baseline_score``, rounded as ``punie eval`` prints it."""
+        return self.report.delta
+
+    @property
+    def cases(self) -> dict[str, float]:
+        """Per-case scores of the adapter side."""
+        return {c.id: c.score for c in self.report.candidate.cases}
+
+    @property
+    def baseline_cases(self) -> dict[str, float]:
+        """Per-case scores of the baseline side."""
+        return {c.id: c.score for c in self.report.baseline.cases}
+
+
+def evaluate(
+    profile: ResolvedProfile | str | None = None,
+    *,
+    suite: str | os.PathLike[str] | None = None,
+    baseline: bool | ResolvedProfile | str = True,
+    record: bool = False,
+) -> Evaluation:
+    """Score ``profile`` on an eval suite against a baseline, servers started and stopped for you.
+
+    ``suite``: a shipped suite name or a suite file (default: the tool-calling suite).
+    ``baseline``: True compares with the same profile without its adapter; a profile (or name)
+    compares with that one instead. ``record=True`` stores the result in the adapter's
+    ``punie-adapter.json`` (as ``punie eval --record``); `record_evaluation` does it later.
+    """
+    from punie.training.evaluate import evaluate_profile
+
+    if baseline is False:
+        raise UsageError("an evaluation needs a baseline: baseline=True or another profile")
+    resolved = _resolved(profile)
+    vs = None if baseline is True else _resolved(baseline)
+    report = evaluate_profile(resolved, vs=vs, suite=Path(suite) if isinstance(suite, os.PathLike) else suite,
+                              store=False)
+    result = Evaluation(report)
+    if record:
+        record_evaluation(resolved, result)
+    return result
+
+
+def record_evaluation(profile: ResolvedProfile | str | None, evaluation: Evaluation | EvalReport) -> Path:
+    """Store an evaluation in the profile's adapter metadata (``punie-adapter.json``); returns the
+    adapter directory. Raises UsageError when the profile has no adapter."""
+    from punie.adapters.registry import effective_adapter
+    from punie.training.evaluate import store_result
+
+    resolved = _resolved(profile)
+    adapter_dir = effective_adapter(resolved)
+    if adapter_dir is None:
+        raise UsageError(f"profile '{resolved.name}' has no adapter to record the evaluation in")
+    report = evaluation.report if isinstance(evaluation, Evaluation) else evaluation
+    return store_result(adapter_dir, report)
+
+
+def _project(project_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(project_dir) if project_dir is not None else Path.cwd()
+
+
+def list_adapters(project_dir: str | os.PathLike[str] | None = None) -> list[AdapterInfo]:
+    """Every adapter under ``<project_dir>/adapters/`` (default: the current directory), by name."""
+    from punie.adapters.registry import list_adapters as _list
+
+    return _list(_project(project_dir))
+
+
+def _special(spec: str, project_dir: str | os.PathLike[str] | None) -> AdapterInfo:
+    from punie.adapters.registry import adapter_info, resolve_adapter
+
+    return adapter_info(resolve_adapter(spec, _project(project_dir)))
+
+
+def latest_adapter(project_dir: str | os.PathLike[str] | None = None) -> AdapterInfo:
+    """The newest usable adapter (what ``adapter = "latest"`` serves). Raises AdapterError if none."""
+    return _special("latest", project_dir)
+
+
+def best_adapter(project_dir: str | os.PathLike[str] | None = None) -> AdapterInfo:
+    """The usable adapter with the highest recorded eval score (``adapter = "best"``)."""
+    return _special("best", project_dir)
+
+
+def compose_adapters(
+    parts: Sequence[str | os.PathLike[str] | tuple[str | os.PathLike[str], float]],
+    out: str | os.PathLike[str],
+    *,
+    project_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> Path:
+    """Compose adapters of one base into one (ranks concatenated; exact under mlx_lm), as
+    ``punie adapters compose``. A part is a directory or name, or ``(part, weight)``."""
+    from punie.adapters.compose import compose
+    from punie.adapters.registry import resolve_adapter
+
+    project = _project(project_dir)
+    resolved: list[tuple[Path, float]] = []
+    for part in parts:
+        spec, weight = part if isinstance(part, tuple) else (part, 1.0)
+        resolved.append((resolve_adapter(str(spec), project), float(weight)))
+    return compose(resolved, Path(out), force=force)

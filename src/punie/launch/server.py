@@ -1,0 +1,75 @@
+"""A profile's model server alone, for the length of an ``async with`` block.
+
+The same plan, orphan guard, readiness probe and stop as `punie up`: the
+supervisor runs with ``with_agent=False`` in a task of the caller's task group
+and is cancelled when the block ends, however it ends (its stop is shielded:
+SIGTERM to the server's process group, the grace period, SIGKILL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskStatus
+
+from punie.config.models import ResolvedProfile
+from punie.launch.process import Sink
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A server that answered the readiness probe."""
+
+    base_url: str
+    model_id: str | None
+    adapter: str | None
+    pid: int | None
+    ready_seconds: float
+
+
+@asynccontextmanager
+async def running_server(
+    resolved: ResolvedProfile,
+    *,
+    check: bool = True,
+    grace: float = 5.0,
+    log_dir: Path | None = None,
+    sink: Sink | None = None,
+) -> AsyncIterator[RunningServer]:
+    """Start (or attach to) ``resolved``'s server; yield it once it answers; stop it on exit.
+
+    Raises CheckFailed (the pre-launch check), ModelError/AdapterError (resolution) or
+    LaunchFailed (never ready) before the block runs. Signals stay the caller's.
+    """
+    from punie.launch.prepare import prepare
+    from punie.launch.supervisor import supervise
+
+    plan = await anyio.to_thread.run_sync(
+        lambda: prepare(resolved, check=check, provision=True, log_dir=log_dir)
+    )
+
+    async def run(*, task_status: TaskStatus[tuple[float, int | None]]) -> None:
+        def ready(seconds: float, pid: int | None) -> None:
+            task_status.started((seconds, pid))
+
+        await supervise(plan, grace=grace, sink=sink, handle_signals=False, with_agent=False, on_ready=ready)
+
+    # The block's own exception (or cancellation, or KeyboardInterrupt) is carried past the task
+    # group and re-raised as it is: a task group would wrap it in an ExceptionGroup.
+    raised: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+        seconds, pid = await tg.start(run)
+        try:
+            yield RunningServer(
+                base_url=plan.base_url, model_id=None, adapter=plan.adapter, pid=pid, ready_seconds=seconds
+            )
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the server stopped
+            raised = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if raised is not None:
+        raise raised
