@@ -292,7 +292,7 @@ class _Supervisor:
         result = self.canary = self.plan.canary.judge(answer)
         if result.refuse:
             return "adapter-not-applied", result.message()
-        (logger.warning if result.warn else logger.info)("%s", result.message())
+        logger.info("canary: %s", result.message())  # shown by the status line; logged for -v and tests
         self.status(("warning: " if result.warn else "") + result.message())
         return None
 
