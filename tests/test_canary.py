@@ -49,11 +49,12 @@ def _mlx_answer(items: list[tuple[str, int, float]], shift: float = 0.0) -> dict
                          "logprobs": {"content": [dict(top[0], top_logprobs=top)]}}]}
 
 
-def _openai_answer(items: list[tuple[str, int, float]], shift: float = 0.0) -> dict:
-    """What vLLM (and OpenAI's completions API) returns for "logprobs": 5."""
+def _openai_answer(items: list[tuple[str, int, float]], shift: float = 0.0, *, ids: bool = False) -> dict:
+    """What OpenAI's completions API (and vLLM) returns for "logprobs": 5; ``ids``: what vLLM
+    returns when also asked for "return_tokens_as_token_ids"."""
     return {"choices": [{"index": 0, "text": items[0][0], "logprobs": {
         "tokens": [items[0][0]], "token_logprobs": [items[0][2]],
-        "top_logprobs": [{t: v + shift for t, _, v in items}], "text_offset": [0]}}]}
+        "top_logprobs": [{(f"token_id:{i}" if ids else t): v + shift for t, i, v in items}], "text_offset": [0]}}]}
 
 
 # --------------------------------------------------------------------------- distance
@@ -102,18 +103,24 @@ def test_a_token_missing_below_the_floor_costs_nothing_and_above_it_costs_the_ga
 # --------------------------------------------------------------------------- tolerances
 
 
-@pytest.mark.parametrize("backend", ["mlx", "vllm"])
+def _answer(backend: str, items: list[tuple[str, int, float]]) -> dict:
+    if backend == "mlx":
+        return _mlx_answer(items)
+    return _openai_answer(items, ids=backend == "vllm-ids")
+
+
+@pytest.mark.parametrize("backend", ["mlx", "vllm-ids", "openai-text"])
 def test_the_adapters_own_answer_is_adapter_active(backend: str) -> None:
-    answer = (_mlx_answer if backend == "mlx" else _openai_answer)(ADAPTED)
+    answer = _answer(backend, ADAPTED)
     result = judge(CANARY, answer, adapter="adapters/x")
     assert result.verdict == "adapter-active" and not result.refuse and not result.warn
     assert result.to_adapter == 0.0 and result.to_base > 1.0
     assert "adapter active" in result.message()
 
 
-@pytest.mark.parametrize("backend", ["mlx", "vllm"])
+@pytest.mark.parametrize("backend", ["mlx", "vllm-ids", "openai-text"])
 def test_the_base_alone_is_refused(backend: str) -> None:
-    answer = (_mlx_answer if backend == "mlx" else _openai_answer)(BASE)
+    answer = _answer(backend, BASE)
     result = judge(CANARY, answer, adapter="adapters/x")
     assert result.verdict == "base" and result.refuse
     assert "the server is answering without the adapter adapters/x" in result.message()
@@ -148,6 +155,18 @@ def test_the_tolerances_are_consistent() -> None:
     assert 0 < MATCH_TOLERANCE and MIN_SEPARATION >= 2 * MATCH_TOLERANCE
 
 
+def test_partial_utf8_tokens_are_not_compared_by_text() -> None:
+    """Measured on vLLM: two byte tokens that mlx_lm decodes to "\ufffd" came back as one "" key.
+    By text they would collide; compared without them, the rest decides."""
+    base = [("\ufffd", 131, -4.15), ("\ufffd", 132, -4.50), ("N", 50, -4.51), (" Par", 60, -4.56)]
+    canary = CANARY.model_copy(update={"base": _tokens(base)})
+    observed = {"": -4.50, "N": -4.51, " Par": -4.56, "[": -4.56}
+    answer = {"choices": [{"logprobs": {"top_logprobs": [observed]}}]}
+    assert judge(canary, answer, adapter="a").verdict == "base"
+    assert keyed(canary.base, "vllm") == {"N": -4.51, " Par": -4.56}
+    assert observed_top(answer)[0] == {"N": -4.51, " Par": -4.56, "[": -4.56}
+
+
 def test_an_answer_without_logprobs_cannot_verify() -> None:
     answer = {"choices": [{"index": 0, "text": "<", "finish_reason": "length"}]}
     result = judge(CANARY, answer, adapter="a")
@@ -171,7 +190,7 @@ def test_probe_for_mlx_sends_no_model_and_asks_for_top_logprobs() -> None:
     assert path == "/completions"
     assert "model" not in body  # mlx_lm applies --adapter-path only without a model field
     assert body == {"prompt": CANARY.prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
-                    "top_logprobs": 5}
+                    "top_logprobs": 5, "return_tokens_as_token_ids": True}
 
 
 def test_probe_for_a_vllm_lora_names_it_and_asks_for_integer_logprobs() -> None:

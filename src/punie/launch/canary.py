@@ -146,11 +146,12 @@ def distance(expected: Mapping[str, float], observed: Mapping[str, float]) -> fl
 def keyed(tokens: Sequence[TopToken], backend: Backend) -> dict[str, float]:
     """A recorded top-k as the map the backend's answer is compared with.
 
-    mlx_lm.server answers with token ids; vLLM with decoded token texts.
+    mlx_lm.server (and vLLM asked for ``return_tokens_as_token_ids``) answers with token ids; other
+    OpenAI-style servers with decoded texts, compared without the ambiguous ones (partial UTF-8).
     """
     if backend == "mlx":
         return {str(t.id): t.logprob for t in tokens}
-    return {t.text: t.logprob for t in tokens}
+    return {t.text: t.logprob for t in tokens if not _ambiguous(t.text)}
 
 
 def classify(canary: Canary, observed: Mapping[str, float] | None, *, adapter: str,
@@ -178,12 +179,14 @@ def probe_request(canary: Canary, *, model: str | None = None) -> tuple[str, dic
     """(path under the OpenAI base URL, JSON body) of the canary probe.
 
     ``model`` None sends no model field (mlx_lm.server then uses ``--adapter-path``; any model
-    name makes it serve the base alone). vLLM needs the LoRA's model id. Both ``logprobs`` forms
-    are sent: mlx_lm reads a bool ``logprobs`` and ``top_logprobs``, vLLM's completions API an
-    integer ``logprobs``; each ignores the other's key.
+    name makes it serve the base alone). vLLM needs the LoRA's model id, and gets an integer
+    ``logprobs`` (its completions API) where mlx_lm reads a bool ``logprobs`` and ``top_logprobs``.
     """
     body: dict[str, Any] = {"prompt": canary.prompt, "max_tokens": 1, "temperature": 0.0,
-                            "logprobs": True, "top_logprobs": canary.top_k}
+                            "logprobs": True, "top_logprobs": canary.top_k,
+                            # vLLM: keys "token_id:N" instead of decoded texts, which are ambiguous
+                            # for partial UTF-8 byte tokens (several decode to "" or "\ufffd").
+                            "return_tokens_as_token_ids": True}
     if model is not None:
         body["model"] = model
         body["logprobs"] = canary.top_k
@@ -195,8 +198,8 @@ def observed_top(data: Any) -> tuple[dict[str, float] | None, Backend]:
     """The first token's top logprobs in a completions answer, and which format it was in.
 
     mlx_lm.server: ``choices[0].logprobs.content[0].top_logprobs`` = [{"id", "token", "logprob"}]
-    (keyed by id). OpenAI/vLLM completions: ``choices[0].logprobs.top_logprobs[0]`` = {text: logprob}.
-    None when the answer has no logprobs.
+    (keyed by id). OpenAI/vLLM completions: ``choices[0].logprobs.top_logprobs[0]`` = {text: logprob},
+    or {"token_id:N": logprob} from vLLM asked for ids (keyed by id). None without logprobs.
     """
     try:
         logprobs = data["choices"][0].get("logprobs") or {}
@@ -212,9 +215,20 @@ def observed_top(data: Any) -> tuple[dict[str, float] | None, Backend]:
         return (out or None), "mlx"
     tops = logprobs.get("top_logprobs")
     if isinstance(tops, list) and tops and isinstance(tops[0], dict):
-        out = {str(k): float(v) for k, v in tops[0].items() if isinstance(v, int | float)}
+        items = {str(k): float(v) for k, v in tops[0].items() if isinstance(v, int | float)}
+        if items and all(k.startswith(_TOKEN_ID) for k in items):  # vLLM's return_tokens_as_token_ids
+            return {k[len(_TOKEN_ID):]: v for k, v in items.items()}, "mlx"
+        out = {k: v for k, v in items.items() if not _ambiguous(k)}
         return (out or None), "vllm"
     return None, "mlx"
+
+
+_TOKEN_ID = "token_id:"
+
+
+def _ambiguous(text: str) -> bool:
+    """A decoded token text that several tokens share (partial UTF-8 bytes): not comparable by text."""
+    return not text or "\ufffd" in text
 
 
 def judge(canary: Canary, data: Any, *, adapter: str) -> CanaryResult:
