@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from punie.adapters.canary import Canary, TopToken, canary_of, read_canary
 from punie.adapters.metadata import update_meta
 from punie.config.models import Profile, ResolvedProfile, ServerOptions
-from punie.errors import AdapterError
+from punie.errors import AdapterError, CorruptFileError
 from punie.launch.canary import (
     MATCH_TOLERANCE,
     MIN_SEPARATION,
@@ -220,6 +220,14 @@ def test_canary_round_trips_through_punie_adapter_json(tmp_path: Path) -> None:
 def test_a_malformed_canary_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(AdapterError, match="canary.base"):
         canary_of({"canary": {"prompt": "p", "adapter": []}})
+    adapter = _adapter_dir(tmp_path)
+    update_meta(adapter, canary=CANARY.model_dump(mode="json"))
+    path = adapter / "punie-adapter.json"
+    data = json.loads(path.read_text())
+    data["canary"]["top_k"] = "five"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CorruptFileError, match="canary.top_k"):  # typed in punie-adapter.json's model
+        read_canary(adapter)
 
 
 def _resolved(tmp_path: Path, **values: object) -> ResolvedProfile:

@@ -76,10 +76,9 @@ def canary_of(meta: Mapping[str, Any] | BaseModel | None, *, where: str | None =
     """
     if meta is None:
         return None
-    data = meta.model_dump() if isinstance(meta, BaseModel) else dict(meta)
-    raw = data.get(CANARY_KEY)
-    if raw is None:
-        return None
+    raw = getattr(meta, CANARY_KEY, None) if isinstance(meta, BaseModel) else meta.get(CANARY_KEY)
+    if raw is None or isinstance(raw, Canary):
+        return raw
     try:
         return Canary.model_validate(raw)
     except ValidationError as exc:

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from punie.adapters.canary import Canary
 from punie.adapters.files import CONFIG_FILE, METADATA_FILE
 from punie.errors import AdapterError, CorruptFileError
 from punie.jsonio import load_json_file
@@ -43,8 +44,9 @@ class AdapterMeta(BaseModel):
     created: str = Field(description="ISO-8601 time the adapter was written.")
     score: float | None = Field(None, description="Eval score of the adapter (0..1), if evaluated.")
     eval: dict[str, Any] | None = Field(None, description="Last evaluation: suite, scores per case, baseline.")
-    # Room for the logprob canary (recorded by `punie train` / `adapters stamp`): typed by its owner.
-    canary: dict[str, Any] | None = Field(None, description="Logprob canary of the adapter on its base.")
+    canary: Canary | None = Field(
+        None, description="Logprob canary of the adapter on its base (`punie.adapters.canary`): checked at readiness."
+    )
     stamped: bool = Field(False, description="True when the identity was recorded by `punie adapters stamp`.")
 
 
