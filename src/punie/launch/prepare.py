@@ -97,7 +97,13 @@ def prepare(
         adapter = resolve_adapter_path(resolved)
     plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
     canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
-    return plan.model_copy(update={"canary": canary}) if canary is not None else plan
+    if canary is None:
+        return plan
+    # A vLLM plan names the LoRA's model id (one server, several ids): the probe must send it.
+    model_id = getattr(plan, "model_id", None)
+    if model_id:
+        canary = canary.model_copy(update={"model": model_id})
+    return plan.model_copy(update={"canary": canary})
 
 
 def expected_canary(
