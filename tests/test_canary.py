@@ -258,3 +258,18 @@ def test_a_canary_of_another_base_can_only_warn(tmp_path: Path, tiny_model: Path
     result = expected.judge(_mlx_answer(BASE))
     assert result.verdict == "neither" and not result.refuse and "another base" in result.message()
     assert expected.judge(_mlx_answer(ADAPTED)).verdict == "adapter-active"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["choices", "logprobs", "content", "top_logprobs", "id", "logprob", "token_id:1", "x"]),
+        children, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(json_values)
+def test_any_answer_is_judged_without_raising(data: object) -> None:
+    result = judge(CANARY, data, adapter="a")
+    assert result.verdict in ("adapter-active", "base", "neither", "indistinct", "no-logprobs")

@@ -145,13 +145,15 @@ def test_punie_up_cli_refuses_with_a_clear_message(project: Path, bare_server: _
     bare_server.wait()
     proc = subprocess.run(
         [sys.executable, "-m", "punie", "--config", str(project / "punie.toml"), "up", "tiny", "--no-check",
-         "--set", f"server.url={bare_server.url}"],
+         "--format", "json", "--set", f"server.url={bare_server.url}"],
         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=tiny.mlx_env(),
     )
     assert proc.returncode == 1, proc.stderr
     assert "punie: error:" in proc.stderr and "the server is answering without the adapter" in proc.stderr
     assert "hint: restart that server with the adapter" in proc.stderr
     assert "started the agent" not in proc.stderr
+    status = next(json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{"))
+    assert status["reason"] == "adapter-not-applied" and status["exit_code"] == 1
 
 
 def test_an_external_server_with_the_adapter_passes(project: Path, tiny_model: Path, tmp_path: Path) -> None:

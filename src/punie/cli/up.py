@@ -54,8 +54,16 @@ def up_command(
     resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
     if follow_server is None:  # the interactive agent shares the terminal: keep it readable
         follow_server = not sys.stdin.isatty()
-    outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
-                     follow_server=follow_server)
+    from punie.launch import LaunchFailed
+
+    try:
+        outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
+                         follow_server=follow_server)
+    except LaunchFailed as exc:
+        if fmt == "json" and not dry_run:  # the status of a session that never got ready (e.g. no adapter)
+            click.echo(json.dumps({"profile": resolved.name, "reason": exc.reason, "exit_code": exc.exit_code,
+                                   "message": exc.message}), err=True)
+        raise
     if dry_run:
         assert outcome.plan is not None
         if fmt == "json":
