@@ -336,3 +336,37 @@ def test_quoted_key_parts() -> None:
     after = set_value(FILE, "base", 'server.chat_template_args."enable.thinking"', True)
     assert tomllib.loads(after)["profiles"]["base"]["server"]["chat_template_args"] == {"enable.thinking": True}
     assert unset_value(after, "base", 'server.chat_template_args."enable.thinking"') == FILE
+
+
+def test_remove_force_inlines_nested_tables_and_respects_the_adapter_form() -> None:
+    from punie.config.loader import parse_config
+    from punie.config.resolve import resolve_many
+
+    text = """\
+[profiles.root]
+model = "builtin:smollm2-135m-instruct"
+
+[profiles.mid]
+extends = "root"
+adapter = "a1"
+server = { port = 8100, chat_template_args = { x = { y = 1 }, "odd key" = true } }
+
+[profiles.leaf]  # keeps its comment
+extends = "mid"
+adapters = ["b1", "b2"]
+
+[profiles.leaf.server.chat_template_args.x]
+z = 2
+"""
+
+    def resolved(t: str) -> dict[str, object]:
+        source = parse_config(t, display="punie.toml")
+        return {r.name: r.profile.model_dump(exclude={"extends"}) for r in resolve_many(source, (), env={})}
+
+    after = remove_profile(text, "mid", force=True)
+    assert "[profiles.leaf]  # keeps its comment" in after
+    leaf = tomllib.loads(after)["profiles"]["leaf"]
+    assert leaf["extends"] == "root" and "adapter" not in leaf
+    assert leaf["server"]["chat_template_args"] == {"x": {"y": 1, "z": 2}, "odd key": True}
+    before = resolved(text)
+    assert resolved(after) == {"root": before["root"], "leaf": before["leaf"]}

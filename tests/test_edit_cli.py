@@ -89,7 +89,9 @@ def test_new_creates_file_and_profiles(tmp_path: Path, monkeypatch: pytest.Monke
     assert _run("profiles", "set", "demo", "model", "builtin:smollm2-135m-instruct")[0] == 0
     assert _run("profiles", "new", "copy", "--from", "demo")[0] == 0
     data = tomllib.loads((tmp_path / "punie.toml").read_text())
-    assert data["profiles"]["copy"] == data["profiles"]["demo"] == {"model": "builtin:smollm2-135m-instruct"}
+    # The copy is the source on a port of its own (issue 15: two profiles on one port cannot both run).
+    assert data["profiles"]["demo"] == {"model": "builtin:smollm2-135m-instruct"}
+    assert data["profiles"]["copy"] == {"model": "builtin:smollm2-135m-instruct", "server": {"port": 8081}}
     code, out, _ = _run("profiles")
     assert code == 0 and "copy" in out and "demo" in out
 
@@ -186,3 +188,105 @@ def test_unset_missing_key_exits_2(config: Path) -> None:
     code, _, err = _run("profiles", "unset", "tuned", "server.port")
     assert code == 2 and "profiles.tuned: 'server.port' is not set" in err
     assert config.read_text() == FILE
+
+
+CHAIN = """\
+default_profile = "demo"
+
+# the base
+[profiles.demo]
+model = "builtin:smollm2-135m-instruct"
+server.port = 8090
+agent.max_turns = 4
+
+[profiles.demo-tools]
+extends = "demo"
+adapter = "demo-tools-v1"
+
+[profiles.deeper]
+extends = "demo-tools"
+description = "two levels down"
+
+[profiles.other]
+model = "builtin:smollm2-135m-instruct"
+server.port = 8091
+"""
+
+
+@pytest.fixture
+def chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "punie.toml"
+    path.write_text(CHAIN)
+    return path
+
+
+def test_rm_refuses_to_break_extends_and_names_the_dependants(chain: Path) -> None:
+    code, _, err = _run("profiles", "rm", "demo")
+    assert code == 2
+    assert "extended by 'demo-tools' (and 'deeper' through them)" in err
+    assert "--cascade" in err and "--force" in err
+    assert chain.read_text() == CHAIN
+
+
+def test_rm_force_keeps_dependants_resolving_the_same(chain: Path) -> None:
+    from punie.config import load_profile
+
+    before = {n: load_profile(n, config=chain).profile for n in ("demo-tools", "deeper", "other")}
+    code, _, err = _run("profiles", "rm", "demo", "--force")
+    assert code == 0, err
+    assert "removed profile demo; demo-tools now holds the values inherited from it" in err
+    data = tomllib.loads(chain.read_text())
+    assert "demo" not in data["profiles"] and "default_profile" not in data
+    assert "extends" not in data["profiles"]["demo-tools"]
+    assert data["profiles"]["deeper"]["extends"] == "demo-tools"
+    for name, profile in before.items():
+        now = load_profile(name, config=chain).profile
+        assert now.model_dump(exclude={"extends"}) == profile.model_dump(exclude={"extends"}), name
+    code, out, _ = _run("profiles")  # every profile of the file resolves
+    assert code == 0 and "demo-tools" in out
+
+
+def test_rm_cascade_removes_the_dependants(chain: Path) -> None:
+    code, _, err = _run("profiles", "rm", "demo-tools", "--cascade")
+    assert code == 0, err
+    assert "removed profile demo-tools and deeper (extending it)" in err
+    data = tomllib.loads(chain.read_text())
+    assert list(data["profiles"]) == ["demo", "other"]
+    assert chain.read_text().startswith(CHAIN[: CHAIN.index("[profiles.demo-tools]")])
+    # The default profile is among the removed ones: that needs --force as well.
+    code, _, err = _run("profiles", "rm", "demo", "--cascade")
+    assert code == 2 and "it is the default_profile" in err
+    assert _run("profiles", "rm", "demo", "--cascade", "--force")[0] == 0
+    assert list(tomllib.loads(chain.read_text())["profiles"]) == ["other"]
+
+
+def test_new_from_picks_a_port_no_other_profile_uses(chain: Path) -> None:
+    assert _run("profiles", "new", "copy", "--from", "demo")[0] == 0
+    # 8090 is demo's (and demo-tools' and deeper's, through extends), 8091 is other's.
+    assert tomllib.loads(chain.read_text())["profiles"]["copy"]["server"]["port"] == 8092
+    assert _run("profiles", "new", "copy2", "--from", "copy")[0] == 0
+    assert tomllib.loads(chain.read_text())["profiles"]["copy2"]["server"]["port"] == 8093
+    # Copying a profile that inherits its port gets one of its own too.
+    assert _run("profiles", "new", "copy3", "--from", "deeper")[0] == 0
+    copy3 = tomllib.loads(chain.read_text())["profiles"]["copy3"]
+    assert copy3["server"]["port"] == 8094 and copy3["extends"] == "demo-tools"
+
+
+def test_new_from_with_set_port_keeps_the_given_port(chain: Path) -> None:
+    code, _, err = _run("profiles", "new", "copy", "--from", "demo", "--set", "server.port=8090", "--set", "agent.max_turns=9")
+    assert code == 0, err
+    copy = tomllib.loads(chain.read_text())["profiles"]["copy"]
+    assert copy["server"]["port"] == 8090 and copy["agent"]["max_turns"] == 9
+    code, _, err = _run("profiles", "new", "bad", "--set", "server.port")
+    assert code == 2 and "KEY=VALUE" in err
+
+
+def test_new_from_a_remote_profile_sets_no_port(chain: Path) -> None:
+    assert _run("profiles", "set", "other", "server.url", "http://127.0.0.1:9999")[0] == 0
+    assert _run("profiles", "new", "remote", "--from", "other")[0] == 0
+    # It starts no server, so its (copied, unused) port is left as it was.
+    assert tomllib.loads(chain.read_text())["profiles"]["remote"]["server"] == {
+        "port": 8091,
+        "url": "http://127.0.0.1:9999",
+    }

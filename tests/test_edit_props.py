@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import tomlkit
@@ -24,6 +24,8 @@ from punie.config.edit import (
     unset_value,
     validate_text,
 )
+from punie.config.loader import parse_config
+from punie.config.resolve import resolve_many
 
 # EDIT_PROPS_EXAMPLES=2000 for a longer search than the one CI runs.
 SETTINGS = settings(
@@ -341,25 +343,59 @@ def test_new_and_remove(doc: Doc, data: st.DataObject) -> None:
     assert same(remove_profile(empty, new), doc.text)
 
 
+def _resolved(text: str) -> dict[str, dict[str, Any]]:
+    source = parse_config(text, display="punie.toml", path=Path("punie.toml"))
+    return {
+        r.name: r.profile.model_dump(exclude={"extends"})
+        for r in resolve_many(source, (), env={"PUNIE_MODEL": "(stand-in)"})
+    }
+
+
 @SETTINGS
 @given(doc=documents(), data=st.data())
-def test_remove_keeps_other_profiles(doc: Doc, data: st.DataObject) -> None:
+def test_remove_force_keeps_every_other_profile_resolving_the_same(doc: Doc, data: st.DataObject) -> None:
     name = data.draw(st.sampled_from(doc.names))
     after = remove_profile(doc.text, name, force=True)
     validate_text(after)
     loaded = tomllib.loads(after)
     assert name not in loaded.get("profiles", {})
-    for other in doc.names:
-        if other != name:
-            expected = dict(doc.data["profiles"][other])
-            if expected.get("extends") == name:
-                del expected["extends"]
-            assert loaded["profiles"][other] == expected
-    # Every line left is a line of the original, in order, but for dropped `extends`.
-    removed, added = _changed_lines(doc.text, after)
+    before = _resolved(doc.text)
+    now = _resolved(after)
+    assert set(now) == set(before) - {name}
+    for other in now:
+        assert now[other] == before[other], other
     children = [n for n in doc.names if doc.data["profiles"][n].get("extends") == name]
-    assert len(added) <= len(children)
-    assert not any(re.search(r"\bextends\s*=", line) for line in added)
+    for other in doc.names:
+        if other != name and other not in children:
+            assert loaded["profiles"][other] == doc.data["profiles"][other]
+        elif other in children:
+            assert loaded["profiles"][other].get("extends") == doc.data["profiles"][name].get("extends")
+
+
+@SETTINGS
+@given(doc=documents(), data=st.data())
+def test_remove_cascade_takes_the_dependants_and_keeps_the_rest(doc: Doc, data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(doc.names))
+    after = remove_profile(doc.text, name, cascade=True, force=True)
+    validate_text(after)
+    loaded = tomllib.loads(after).get("profiles", {})
+    profiles = doc.data["profiles"]
+
+    def reaches(n: str) -> bool:
+        seen = set()
+        while n is not None and n not in seen:
+            if n == name:
+                return True
+            seen.add(n)
+            n = profiles[n].get("extends")
+        return False
+
+    assert set(loaded) == {n for n in doc.names if not reaches(n)}
+    for other in loaded:
+        assert loaded[other] == profiles[other]
+    # Every line left is a line of the original, in order (blank lines aside).
+    _, added = _changed_lines(doc.text, after)
+    assert [line for line in added if line.strip()] == []
 
 
 @SETTINGS

@@ -7,7 +7,7 @@ codes (0 ok, 1 problems found, 2 usage or configuration error).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class PunieError(Exception):
@@ -34,9 +34,24 @@ class PunieError(Exception):
 
 
 class ConfigError(PunieError):
-    """The profiles file, an override or an environment variable is wrong."""
+    """The profiles file, an override or an environment variable is wrong.
+
+    ``problems`` holds every located problem when several are reported in one
+    error (the message lists them all; the first names the place).
+    """
 
     exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+        problems: Sequence[object] = (),
+    ):
+        self.problems = list(problems)
+        super().__init__(message, where=where, hint=hint)
 
 
 class UsageError(PunieError):

@@ -15,7 +15,8 @@ import click
 from punie.cli._common import state_of
 from punie.config.edit import (
     apply_edit,
-    new_profile,
+    create_profile,
+    dependants,
     parse_value,
     profile_snippet,
     remove_profile,
@@ -25,7 +26,7 @@ from punie.config.edit import (
     unset_value,
 )
 from punie.config.loader import CONFIG_NAME, find_config
-from punie.errors import ConfigError
+from punie.errors import ConfigError, UsageError
 
 
 def _config_path(ctx: click.Context, *, create: bool = False) -> Path:
@@ -60,9 +61,14 @@ def _shown(path: Path) -> str:
 
 def _edit(ctx: click.Context, fn: Callable[[str], str], message: str, *, create: bool = False) -> None:
     path = _config_path(ctx, create=create)
-    before = path.read_bytes() if path.is_file() else None
-    apply_edit(path, fn, create=create)
-    _done(path, message if path.read_bytes() != before else "nothing changed")
+    seen: list[str] = []
+
+    def edit(text: str) -> str:
+        seen.append(text)  # what the edit saw, under the lock: no race with other writers
+        return fn(text)
+
+    after = apply_edit(path, edit, create=create)
+    _done(path, message if not seen or after != seen[0] else "nothing changed")
 
 
 def attach(group: click.Group) -> None:
@@ -73,15 +79,31 @@ def attach(group: click.Group) -> None:
 
 @click.command("new")
 @click.argument("name")
-@click.option("--from", "from_", metavar="OTHER", help="Start as a copy of profile OTHER.")
+@click.option("--from", "from_", metavar="OTHER", help="Start as a copy of profile OTHER (on a port of its own).")
+@click.option(
+    "--set",
+    "values",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="Set KEY of the new profile (repeatable); --set server.port=N keeps the port of your choice.",
+)
 @click.pass_context
-def new_command(ctx: click.Context, name: str, from_: str | None) -> None:
+def new_command(ctx: click.Context, name: str, from_: str | None, values: tuple[str, ...]) -> None:
     """Add profile NAME to punie.toml (empty, or a copy of OTHER).
 
-    Creates ./punie.toml when there is none.
+    A copy gets the first port above OTHER's that no other profile uses, unless
+    --set server.port=N is given. Creates ./punie.toml when there is none.
     """
+    pairs = [_pair(text) for text in values]
     what = f"added profile {name}" + (f" (copy of {from_})" if from_ else "")
-    _edit(ctx, lambda text: new_profile(text, name, from_), what, create=True)
+    _edit(ctx, lambda text: create_profile(text, name, from_, pairs), what, create=True)
+
+
+def _pair(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"expected KEY=VALUE, not {text!r}", where="--set", hint="e.g. --set server.port=8090")
+    return key.strip(), parse_value(raw)
 
 
 @click.command("set")
@@ -119,11 +141,31 @@ def rename_command(ctx: click.Context, old: str, new: str) -> None:
 
 @click.command("rm")
 @click.argument("name")
-@click.option("--force", is_flag=True, help="Also drop `extends` and default_profile entries that point at NAME.")
+@click.option("--cascade", is_flag=True, help="Also remove the profiles that extend NAME (directly or not).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Keep the profiles that extend NAME working: copy NAME's values into them and point their "
+    "extends at NAME's parent; also drop a default_profile that names a removed profile.",
+)
 @click.pass_context
-def rm_command(ctx: click.Context, name: str, force: bool) -> None:
-    """Remove profile NAME (refused while other profiles extend it, unless --force)."""
-    _edit(ctx, lambda text: remove_profile(text, name, force=force), f"removed profile {name}")
+def rm_command(ctx: click.Context, name: str, cascade: bool, force: bool) -> None:
+    """Remove profile NAME; refused while other profiles extend it (named in the error)
+    unless --cascade or --force, so the file never keeps a broken extends."""
+    gone: list[str] = []
+    repointed: list[str] = []
+
+    def remove(text: str) -> str:
+        gone[:] = dependants(text, name) if cascade else []
+        repointed[:] = dependants(text, name, direct=True) if force and not cascade else []
+        return remove_profile(text, name, force=force, cascade=cascade)
+
+    path = _config_path(ctx)
+    apply_edit(path, remove)
+    extra = f" and {', '.join(gone)} (extending it)" if gone else ""
+    if repointed:
+        extra += f"; {', '.join(repointed)} now hold{'s' if len(repointed) == 1 else ''} the values inherited from it"
+    _done(path, f"removed profile {name}{extra}")
 
 
 @click.command("edit")

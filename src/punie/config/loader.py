@@ -43,9 +43,7 @@ def raise_problems(problems: Sequence[Problem], *, where: str | None = None) -> 
         raise ConfigError("invalid configuration", where=where)
     first, rest = problems[0], problems[1:]
     message = first.message + "".join(f"\n{p.where}: {p.message}" for p in rest)
-    error = ConfigError(message, where=first.where)
-    error.problems = list(problems)  # type: ignore[attr-defined]
-    raise error
+    raise ConfigError(message, where=first.where, problems=problems)
 
 
 @dataclass(frozen=True)

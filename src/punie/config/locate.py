@@ -2,7 +2,8 @@
 
 `tomllib` reports positions only for syntax errors. Validation errors carry a
 key path (``profiles.demo.server.port``), so a small scan of table headers and
-``key =`` lines maps each path to the line where it first appears. The scan
+``key =`` lines (read with the one key lexer, punie.config.lexer) maps each
+path to the line where it first appears. The scan
 runs on text `tomllib` has already accepted and is best effort: a path it
 cannot place falls back to its longest placed prefix (the table header).
 """
@@ -12,55 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from punie.config import lexer
+
 KeyPath = tuple[str, ...]
 
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
 _POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
-
-
-def _parse_key(text: str, pos: int) -> tuple[list[str], int] | None:
-    """Parse a dotted TOML key starting at ``pos``; return its parts and the end position."""
-    parts: list[str] = []
-    n = len(text)
-    while True:
-        while pos < n and text[pos] in " \t":
-            pos += 1
-        if pos >= n:
-            return None
-        ch = text[pos]
-        if ch == '"':
-            end = pos + 1
-            buf: list[str] = []
-            while end < n and text[end] != '"':
-                if text[end] == "\\" and end + 1 < n:
-                    # Escapes in keys are rare; keep the escaped character as written.
-                    buf.append(text[end + 1])
-                    end += 2
-                    continue
-                buf.append(text[end])
-                end += 1
-            if end >= n:
-                return None
-            parts.append("".join(buf))
-            pos = end + 1
-        elif ch == "'":
-            end = text.find("'", pos + 1)
-            if end < 0:
-                return None
-            parts.append(text[pos + 1 : end])
-            pos = end + 1
-        else:
-            match = _BARE.match(text, pos)
-            if not match:
-                return None
-            parts.append(match.group())
-            pos = match.end()
-        while pos < n and text[pos] in " \t":
-            pos += 1
-        if pos < n and text[pos] == ".":
-            pos += 1
-            continue
-        return parts, pos
 
 
 def key_lines(text: str) -> dict[KeyPath, int]:
@@ -89,23 +46,17 @@ def _scan(text: str, lines: dict[KeyPath, int]) -> None:
         stripped = line.lstrip()
         if not stripped or stripped.startswith("#"):
             continue
-        if stripped.startswith("[["):
-            parsed = _parse_key(stripped, 2)
-            if parsed and stripped[parsed[1] :].startswith("]]"):
-                current = tuple(parsed[0])
-                _record(lines, current, lineno)
-            continue
         if stripped.startswith("["):
-            parsed = _parse_key(stripped, 1)
-            if parsed and stripped[parsed[1] :].startswith("]"):
-                current = tuple(parsed[0])
+            found = lexer.header(stripped)
+            if found is not None:
+                current = found[0].parts
                 _record(lines, current, lineno)
             continue
-        parsed = _parse_key(stripped, 0)
-        if not parsed or not stripped[parsed[1] :].startswith("="):
+        key = lexer.read_key(stripped, 0)
+        if key is None or not stripped.startswith("=", key.end):
             continue
-        _record(lines, current + tuple(parsed[0]), lineno)
-        value = stripped[parsed[1] + 1 :].lstrip()
+        _record(lines, current + key.parts, lineno)
+        value = stripped[key.end + 1 :].lstrip()
         for delim in ('"""', "'''"):
             if value.startswith(delim) and delim not in value[3:]:
                 in_string = delim
@@ -144,7 +95,6 @@ def dotted(path: Sequence[object]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
-        text = str(part)
-        piece = text if _BARE.fullmatch(text) else '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        piece = lexer.render(str(part))
         out = f"{out}.{piece}" if out else piece
     return out

@@ -89,6 +89,13 @@ class AdapterRef(_Strict):
     weight: float = Field(1.0, description="Scale applied to this adapter's delta.")
 
 
+def one_adapter_form(profile: Any) -> Any:
+    """A profile (or the settings built from one) sets `adapter` or `adapters`, not both."""
+    if profile.adapter is not None and profile.adapters:
+        raise ValueError("set either 'adapter' or 'adapters', not both")
+    return profile
+
+
 class Profile(_Strict):
     """One named launch profile: base model, adapter, server and agent options."""
 
@@ -109,9 +116,7 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _one_adapter_form(self) -> Profile:
-        if self.adapter is not None and self.adapters:
-            raise ValueError("set either 'adapter' or 'adapters', not both")
-        return self
+        return one_adapter_form(self)
 
     def adapter_refs(self) -> list[AdapterRef]:
         """The composed adapters as AdapterRef values (plain strings get weight 1)."""

@@ -7,7 +7,7 @@ import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from punie.config import keys
+from punie.config import keys, lexer
 from punie.errors import ConfigError
 
 KeyPath = tuple[str, ...]
@@ -46,14 +46,39 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     where = f"--set {text}"
     if "=" not in text:
         raise ConfigError("expected KEY=VALUE, e.g. --set server.port=8081", where=where)
-    raw_key, raw_value = text.split("=", 1)
-    parts = tuple(p.strip() for p in raw_key.strip().split("."))
-    if not raw_key.strip() or not all(parts):
-        raise ConfigError("empty key; expected KEY=VALUE, e.g. --set server.port=8081", where=where)
+    raw_key, raw_value = _split_pair(text)
+    read = lexer.split_key(raw_key.strip())
+    if read is None:
+        if not raw_key.strip() or not all(p.strip() for p in raw_key.split(".")):
+            raise ConfigError("empty key; expected KEY=VALUE, e.g. --set server.port=8081", where=where)
+        raise ConfigError(
+            f"not a valid key: {raw_key.strip()!r}",
+            where=where,
+            hint="write it like server.port; quote a part with other characters: "
+            "server.chat_template_args.\"my key\"=1",
+        )
+    parts: KeyPath = read
     if parts[0] == "extends":
         raise ConfigError("'extends' can only be set in the profiles file", where=where)
     keys.require_known(parts, where=where)
     return parts, parse_value(raw_value)
+
+
+def _split_pair(text: str) -> tuple[str, str]:
+    """KEY and VALUE of ``KEY=VALUE``: the first ``=`` outside a quoted key part."""
+    i = 0
+    while i < len(text):
+        if text[i] in "\"'":
+            try:
+                i = lexer.skip_string(text, i)
+            except ValueError:
+                break
+            continue
+        if text[i] == "=":
+            return text[:i], text[i + 1 :]
+        i += 1
+    key, _, value = text.partition("=")
+    return key, value
 
 
 def leaves(value: Any, prefix: KeyPath = ()) -> Iterator[KeyPath]:

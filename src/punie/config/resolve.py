@@ -38,7 +38,7 @@ from punie.config.settings import (
     FILE_ONLY_FIELDS,
     NON_PROFILE_ENV,
     ProfileSettings,
-    build_settings,
+    build_profile,
     read_env,
 )
 from punie.errors import ConfigError, did_you_mean
@@ -188,9 +188,7 @@ def resolve_profile(
         _record(sources, layer, label)
     own_extends = raw_profiles[name].get("extends")
     try:
-        settings = build_settings(file_used, env_used, cli_layer)
-        values = {f: getattr(settings, f) for f in ProfileSettings.model_fields}
-        profile = Profile(**values, extends=own_extends)
+        profile = build_profile(file_used, env_used, cli_layer, extends=own_extends)
     except ValidationError as exc:
         everything = deep_merge(deep_merge(file_used, env_used), cli_layer)
 

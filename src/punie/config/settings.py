@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from pydantic import create_model
+from pydantic import create_model, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -22,7 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from punie.config.models import Profile
+from punie.config.models import Profile, one_adapter_form
 
 ENV_PREFIX = "PUNIE_"
 ENV_DELIMITER = "__"
@@ -50,14 +50,20 @@ class DictSource(PydanticBaseSettingsSource):
 
 
 class MappingEnvSource(EnvSettingsSource):
-    """`EnvSettingsSource` reading a given mapping instead of `os.environ` (tests pass one)."""
+    """`EnvSettingsSource` reading a given mapping instead of `os.environ` (tests pass one).
+
+    Only the public surface is used: the source is built as usual, then its
+    ``env_vars`` (the variables it parses) are set from the mapping, normalised
+    the way the source's own settings ask (case-insensitive, empty ignored).
+    """
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
-        self._environ = environ
         super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {k.lower(): v for k, v in self._environ.items() if k.upper().startswith(ENV_PREFIX) and v != ""}
+        self.env_vars = {
+            (k if self.case_sensitive else k.lower()): v
+            for k, v in environ.items()
+            if k.upper().startswith(ENV_PREFIX) and not (self.env_ignore_empty and v == "")
+        }
 
 
 class _SettingsBase(BaseSettings):
@@ -92,6 +98,7 @@ ProfileSettings: type[_SettingsBase] = create_model(  # type: ignore[call-overlo
     "ProfileSettings",
     __base__=_SettingsBase,
     __doc__="A profile's values from the file, PUNIE_ environment variables and --set overrides.",
+    __validators__={"_one_adapter_form": model_validator(mode="after")(one_adapter_form)},
     **{
         name: (field.annotation, field)
         for name, field in Profile.model_fields.items()
@@ -119,7 +126,17 @@ def _layers(file: dict[str, Any], env: dict[str, Any]) -> Iterator[None]:
         _ENV_LAYER.reset(env_token)
 
 
-def build_settings(file: dict[str, Any], env: dict[str, Any], cli: dict[str, Any]) -> _SettingsBase:
-    """Validate the three layers merged (cli > env > file); raises pydantic.ValidationError."""
+def build_profile(
+    file: dict[str, Any], env: dict[str, Any], cli: dict[str, Any], *, extends: str | None = None
+) -> Profile:
+    """The profile the three layers make (cli > env > file), validated once.
+
+    pydantic-settings validates the merged layers into ProfileSettings (which has
+    every field and validator of Profile but `extends`); the Profile is then
+    assembled from those validated values with ``model_construct`` and the file's
+    own ``extends``, so nothing is validated twice. Raises pydantic.ValidationError.
+    """
     with _layers(file, env):
-        return ProfileSettings(**cli)
+        settings = ProfileSettings(**cli)
+    values = {name: getattr(settings, name) for name in ProfileSettings.model_fields}
+    return Profile.model_construct(**values, extends=extends)

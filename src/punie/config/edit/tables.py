@@ -1,8 +1,10 @@
 """tomlkit helpers for punie.config.edit: where a new key goes, when a table is empty.
 
-Internal to the editing code: they work on tomlkit's parse tree (including a
-few of its private attributes, pinned by the property tests) and are only used
-to produce text that is parsed again.
+Internal to the editing code: they work on tomlkit's parse tree through its
+public API only (items, ``Table.value.body``, trivia, ``is_super_table()``);
+what that API cannot express (a new header for a table written only through
+its sub-tables, whether a table is written as dotted keys) is done on the text
+in punie.config.edit.sections. The property tests pin the result byte for byte.
 """
 
 from __future__ import annotations
@@ -10,8 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 import tomlkit
-from tomlkit.container import Container
-from tomlkit.items import AoT, Comment, InlineTable, Item, Null, String, StringType, Table, Whitespace
+from tomlkit.container import Container, OutOfOrderTableProxy
+from tomlkit.items import (
+    AoT,
+    Comment,
+    InlineTable,
+    Item,
+    Null,
+    String,
+    StringType,
+    Table,
+    Whitespace,
+)
 
 
 def new_item(value: Any, old: Item | None = None) -> Item:
@@ -36,7 +48,7 @@ def new_item(value: Any, old: Item | None = None) -> Item:
 
 
 def is_container(item: Any) -> bool:
-    return isinstance(item, (Table, InlineTable)) or hasattr(item, "_internal_container")
+    return isinstance(item, (Table, InlineTable, OutOfOrderTableProxy))
 
 
 def _insert_pos(table: Table, first: str | None = None) -> int:
@@ -57,7 +69,7 @@ def _insert_pos(table: Table, first: str | None = None) -> int:
 
 
 def table_add(table: Any, parts: list[str], item: Item) -> None:
-    """Add ``parts = item`` to a (non-inline) table, placed after its last key/value."""
+    """Add ``parts = item`` to a (non-inline, not super) table, placed after its last key/value."""
     key = tomlkit.key(parts if len(parts) > 1 else parts[0])
     if not isinstance(table, Table):  # out-of-order proxy: let tomlkit place it
         table.add(key, item)
@@ -67,17 +79,10 @@ def table_add(table: Any, parts: list[str], item: Item) -> None:
     # tomlkit may pad a neighbour (a newline in front of the next table); the
     # place is chosen here, so every existing item keeps its spacing.
     spacing = [(value, _trivia(value)) for _, value in body]
-    was_super = table.is_super_table()
     pos = _insert_pos(table, parts[0] if len(parts) > 1 else None)
     table.add(key, item)
-    if not was_super:  # (a new header, though, needs the blank line tomlkit adds)
-        for value, saved in spacing:
-            _restore_trivia(value, saved)
-    if was_super:
-        table._is_super_table = False  # noqa: SLF001 - now holds a value of its own
-        # The header tomlkit writes must not borrow a sub-table's header comment.
-        table.trivia.comment_ws = table.trivia.comment = ""
-        return  # tomlkit writes a new header before the sub-tables: already in place
+    for value, saved in spacing:
+        _restore_trivia(value, saved)
     new = [i for i, (_, value) in enumerate(body) if id(value) not in before]
     if len(new) == 1 and new[0] != pos:
         body.insert(pos, body.pop(new[0]))
@@ -96,29 +101,13 @@ def _restore_trivia(item: Item, saved: tuple[str, str, str, str] | None) -> None
         item.trivia.indent, item.trivia.comment_ws, item.trivia.comment, item.trivia.trail = saved
 
 
-def dotted_child(parent: Any, key: str) -> bool:
-    """Whether ``parent[key]`` is written with dotted keys (``server.port = 1``)."""
-    tables = getattr(parent, "_tables", None)
-    if tables is not None:  # several `a.x = ..` lines: a proxy over one table per line
-        holding = [t for t in tables if key in t]
-        return bool(holding) and all(dotted_child(t, key) for t in holding)
-    container = getattr(parent, "value", None)
-    if isinstance(parent, (Table, InlineTable)) and isinstance(container, Container):
-        index = container._map.get(tomlkit.key(key))  # noqa: SLF001
-        if index is None:
-            return False
-        indices = index if isinstance(index, tuple) else (index,)
-        return all(container.body[i][0].is_dotted() for i in indices)
-    return False
-
-
 def is_empty(item: Any) -> bool:
     """True for a table with no keys and no comment of its own.
 
     Comments after a blank line at the end of a table are the heading of the
     next table, not this one's: they do not count (and survive its removal).
     """
-    if isinstance(item, InlineTable) or hasattr(item, "_internal_container"):
+    if isinstance(item, (InlineTable, OutOfOrderTableProxy)):
         return len(item) == 0
     if not isinstance(item, Table) or item.trivia.comment:
         return False
@@ -142,10 +131,14 @@ def remove_table(parent: Any, key: str) -> None:
         if first is not None:
             kept = [v for _, v in body[first:]]
     container = parent.value if isinstance(parent, Table) else parent
-    index = container._map.get(tomlkit.key(key)) if isinstance(container, Container) else None  # noqa: SLF001
+    indices = (
+        [i for i, (k, _) in enumerate(container.body) if k is not None and k.key == key]
+        if isinstance(container, Container)
+        else []
+    )
     del parent[key]
-    if kept and isinstance(index, int):
-        container.body[index + 1 : index + 1] = [(None, v) for v in kept]
+    if kept and len(indices) == 1:
+        container.body[indices[0] + 1 : indices[0] + 1] = [(None, v) for v in kept]
 
 
 def only_subtables(table: Table) -> bool:
@@ -173,6 +166,11 @@ def implicit_sole(prof: Any) -> bool:
 
 def render_key(part: str) -> str:
     return tomlkit.key(part).as_string()
+
+
+def nested_key(parts: list[str]) -> str:
+    """``a.b`` for parts [a, b], each part quoted when it needs it."""
+    return ".".join(render_key(p) for p in parts)
 
 
 def nested_text(parts: list[str], item: Item) -> str:

@@ -7,9 +7,9 @@ the table as written, so that adding a pair and removing it again is exact.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 
+from punie.config import lexer
 from punie.errors import ConfigError
 
 
@@ -18,29 +18,6 @@ class _Pair:
     start: int
     end: int  # exclusive, after the value's last non-blank character
     key: str  # first part of the pair's key
-
-
-def _skip_string(text: str, i: int) -> int:
-    """Index just after the string literal starting at ``text[i]``."""
-    quote = text[i]
-    if text.startswith(quote * 3, i):
-        close = text.find(quote * 3, i + 3)
-        if close < 0:
-            raise ValueError("unterminated string")
-        end = close + 3
-        while end < len(text) and text[end] == quote:  # up to two quotes may end the content
-            end += 1
-        return end
-    j = i + 1
-    while j < len(text):
-        c = text[j]
-        if quote == '"' and c == "\\":
-            j += 2
-            continue
-        if c == quote:
-            return j + 1
-        j += 1
-    raise ValueError("unterminated string")
 
 
 def _pairs(text: str) -> list[_Pair]:
@@ -56,7 +33,7 @@ def _pairs(text: str) -> list[_Pair]:
         if c in "\"'":
             if start is None:
                 start = i
-            i = _skip_string(text, i)
+            i = lexer.skip_string(text, i)
             last = i
             continue
         if c == "#":
@@ -84,15 +61,16 @@ def _pairs(text: str) -> list[_Pair]:
 
 
 def _make_pair(text: str, start: int, end: int) -> _Pair:
-    data = tomllib.loads(text[start:end] + "\n")
-    (key,) = data.keys()
-    return _Pair(start, end, key)
+    key = lexer.read_key(text, start)
+    if key is None or key.end >= end or text[key.end] != "=":
+        raise ValueError(f"not a key = value pair: {text[start:end]!r}")
+    return _Pair(start, end, key.parts[0])
 
 
 def _parse_pairs(text: str) -> list[_Pair]:
     try:
         return _pairs(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+    except ValueError as exc:
         raise ConfigError(f"cannot edit the inline table {text!r} in place: {exc}") from None
 
 
