@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from punie.config.models import ResolvedProfile
-from punie.errors import CheckFailed, ConfigError, ModelError, ModelNotProvisioned
-from punie.errors import AdapterError
+from punie.errors import AdapterError, CheckFailed, ConfigError, ModelError, ModelNotProvisioned
 from punie.launch.canary import ExpectedCanary
 from punie.launch.plan import LaunchPlan, build_plan
 from punie.weights import Progress
