@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 import punie.api as api
 from punie.cli import main
-from tests.scripts.launch_helpers import alive, free_port, port_free
+from tests.support.launch_helpers import alive, free_port, port_free
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

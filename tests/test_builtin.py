@@ -24,7 +24,7 @@ from punie.weights.builtin import (
     ensure_builtin,
     is_provisioned,
 )
-from tests.scripts.launch_helpers import AcpPipe, alive, free_port, pid_in, port_free, stderr_collector
+from tests.support.launch_helpers import AcpPipe, alive, free_port, pid_in, port_free, stderr_collector
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,8 +25,8 @@ from punie.cli import main
 from punie.config.models import Profile, ResolvedProfile, ServerOptions
 from punie.launch import LaunchFailed, prepare, run_up
 from punie.launch.canary import MIN_SEPARATION, distance, keyed
-from tests.scripts.launch_helpers import free_port
 from tests.support import tiny
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlx]
 pytest.importorskip("mlx_lm")
@@ -136,7 +136,7 @@ def test_an_external_server_without_the_adapter_is_refused(project: Path, bare_s
                agent_argv=[sys.executable, "-c", f"open({str(marker)!r}, 'w')"])
     assert info.value.reason == "adapter-not-applied"
     assert "the server is answering without the adapter" in info.value.message
-    assert "not starting the agent" in info.value.message
+    assert "refused: nothing is started on a server without its adapter" in info.value.message
     assert info.value.hint and "--adapter-path" in info.value.hint
     assert not marker.exists()
 
@@ -172,7 +172,7 @@ def test_an_external_server_with_the_adapter_passes(project: Path, tiny_model: P
 def test_eval_server_checks_the_canary(project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from punie.training.evaluate import serve
 
-    caplog.set_level("INFO", logger="punie.training.evaluate")
+    caplog.set_level("INFO", logger="punie.launch.supervisor")  # eval serves through the supervisor
     with serve(_resolved(project), log_dir=tmp_path) as (base_url, adapter):
         assert adapter is not None and base_url.startswith("http://")
     assert "adapter active: the canary matches" in caplog.text

@@ -14,7 +14,7 @@ import pytest
 
 from punie.config.models import Profile, ResolvedProfile, ServerOptions
 from punie.launch import LaunchFailed, run_up
-from tests.scripts.launch_helpers import AcpPipe, alive, free_port, pid_in, port_free, stderr_collector
+from tests.support.launch_helpers import AcpPipe, alive, free_port, pid_in, port_free, stderr_collector
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlx]
 pytest.importorskip("mlx_lm")

@@ -97,7 +97,7 @@ def test_text_rendering_quotes_arguments_for_display(tmp_path: Path) -> None:
 
 def test_guard_wraps_the_command_without_a_shell() -> None:
     argv = guarded_argv(["echo", "a b"], parent_pid=42, python="py")
-    assert argv[:4] == ["py", "-I", "-S", "-c"] and argv[5:] == ["42", "-1", "auto", "--", "echo", "a b"]
+    assert argv[:4] == ["py", "-I", "-S", "-c"] and argv[5:] == ["42", "-1", "auto", "5.0", "--", "echo", "a b"]
 
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)

@@ -1,4 +1,4 @@
-"""Signals to a real supervisor process (tests/scripts/run_plan.py): nothing survives it."""
+"""Signals to a real supervisor process (tests/support/run_plan.py): nothing survives it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.scripts.launch_helpers import RUN_PLAN, alive, fake_plan, pids, port_free, wait_for
+from tests.support.launch_helpers import RUN_PLAN, alive, fake_plan, pids, port_free, wait_for
 
 
 def _start(tmp_path: Path, plan, grace: float = 5.0, guard_mode: str | None = None) -> subprocess.Popen:
@@ -56,10 +56,12 @@ def test_sigterm_stops_both_children(tmp_path: Path) -> None:
 
 def test_second_ctrl_c_forces_the_stop(tmp_path: Path) -> None:
     # Both children ignore SIGTERM and the grace period is long: only the second signal ends it.
-    plan = fake_plan(tmp_path, server_args=["--ignore-term"], agent_args=["--ignore-term"])
+    marker = tmp_path / "agent-term"
+    plan = fake_plan(tmp_path, server_args=["--ignore-term"], agent_args=["--ignore-term", "--marker", str(marker)])
     proc = _start(tmp_path, plan, grace=60)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    # The event: the agent got the graceful stop's SIGTERM (and ignored it).
+    assert wait_for(lambda: marker.exists() and "term" in marker.read_text(), 10)
     assert proc.poll() is None  # still in the grace period
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)

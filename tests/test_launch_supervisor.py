@@ -1,4 +1,4 @@
-"""The supervisor against real child processes: fake servers and agents in tests/scripts."""
+"""The supervisor against real child processes: fake servers and agents in tests/support."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from punie.launch import LaunchFailed, run_plan
-from tests.scripts.launch_helpers import FAKE_SERVER, alive, fake_plan, free_port, pids, port_free
+from tests.support.launch_helpers import FAKE_SERVER, alive, fake_plan, free_port, pids, port_free
 
 
 def _run(plan, lines=None, **kw):

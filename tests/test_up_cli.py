@@ -12,7 +12,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from punie.cli import main
-from tests.scripts.launch_helpers import FAKE_SERVER, AcpPipe, alive, free_port, pid_in, stderr_collector
+from tests.support.launch_helpers import FAKE_SERVER, AcpPipe, alive, free_port, pid_in, stderr_collector
 
 
 def _config(tmp_path: Path, body: str) -> Path:

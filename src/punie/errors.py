@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from enum import StrEnum
 
 
 class PunieError(Exception):
@@ -84,6 +85,42 @@ class LaunchError(PunieError):
     """A child process could not be started, did not become ready, or died."""
 
 
+class LaunchReason(StrEnum):
+    """Why a `punie up` session or launch ended (a str: JSON and comparisons see the plain code)."""
+
+    DRY_RUN = "dry-run"
+    SIGNAL = "signal"
+    AGENT_EXITED = "agent-exited"
+    AGENT_FAILED = "agent-failed"
+    SERVER_FAILED = "server-failed"
+    SERVER_DIED = "server-died"
+    SERVER_UNRESPONSIVE = "server-unresponsive"
+    GENERATION_FAILED = "generation-failed"
+    ADAPTER_FAILED = "adapter-failed"
+    PORT_BUSY = "port-busy"
+    FOREIGN_SERVER = "foreign-server"
+    READY_TIMEOUT = "ready-timeout"
+    ADAPTER_NOT_APPLIED = "adapter-not-applied"  # the readiness canary: the server answers as the base alone
+
+
+class LaunchFailed(LaunchError):
+    """The server (or a child) never became ready. ``reason`` is a `LaunchReason`, ``log_tail`` the last lines."""
+
+    def __init__(self, reason: str, message: str, *, log_tail: Sequence[str] = (), hint: str | None = None):
+        self.reason = LaunchReason(reason) if reason in LaunchReason._value2member_map_ else reason
+        self.log_tail = list(log_tail)
+        super().__init__(message, hint=hint)
+
+
+class ProbeFailed(LaunchError):
+    """The server answered the readiness probe in a way that will never become ready (reason, detail)."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason = LaunchReason(reason) if reason in LaunchReason._value2member_map_ else reason
+        self.detail = detail
+        super().__init__(detail)
+
+
 class AgentError(PunieError):
     """The agent could not complete a turn (server unreachable, server error...)."""
 
@@ -96,6 +133,10 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """Return a `did you mean 'x'?` hint for a misspelt ``word``, or None."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"did you mean '{matches[0]}'?" if matches else None
+
+
+class ModelNotAvailable(ModelError):
+    """A Hugging Face id that is not in the local cache (Punie never downloads from the hub)."""
 
 
 class ModelNotProvisioned(ModelError):

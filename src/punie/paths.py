@@ -1,14 +1,17 @@
-"""Where Punie keeps files outside the project: caches of provisioned models."""
+"""Where Punie keeps files: its cache, the project state folder, the Hugging Face cache; the umask."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+
+from punie import envvars
 
 
 def cache_dir() -> Path:
     """Punie's cache: $PUNIE_CACHE_DIR, else $XDG_CACHE_HOME/punie, else ~/.cache/punie."""
-    if env := os.environ.get("PUNIE_CACHE_DIR"):
+    if env := os.environ.get(envvars.CACHE_DIR):
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "punie"
@@ -17,3 +20,33 @@ def cache_dir() -> Path:
 def state_dir(project_dir: str | Path) -> Path:
     """The project's own state folder (`.punie/`: logs, composed adapters)."""
     return Path(project_dir) / ".punie"
+
+
+def hf_hub_cache(env: Mapping[str, str] | None = None) -> Path:
+    """THE Hugging Face hub cache, as huggingface_hub finds it (one resolver for every caller).
+
+    $HF_HUB_CACHE, else the legacy $HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else
+    $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub.
+    """
+    env = os.environ if env is None else env
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(env[name]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "huggingface" / "hub"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (no window for other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,8 +39,6 @@ PROBE_MESSAGES: tuple[dict[str, str], ...] = ({"role": "user", "content": "hi"},
 TOP_K = 5
 #: The key of the canary in punie-adapter.json.
 CANARY_KEY = "canary"
-#: Seconds computing a canary may take (two forward passes plus loading the model).
-COMPUTE_TIMEOUT = 600.0
 
 
 class TopToken(BaseModel):
@@ -117,39 +114,39 @@ def _child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def compute_canary(
-    model_dir: str | Path,
-    adapter_dir: str | Path,
-    *,
-    python: str = sys.executable,
-    timeout: float = COMPUTE_TIMEOUT,
-) -> Canary:
-    """Compute the canary of ``adapter_dir`` on the base ``model_dir`` with mlx_lm (a child process).
+def compute_canary(model_dir: str | Path, adapter_dir: str | Path, *, python: str = sys.executable) -> Canary:
+    """Compute the canary of ``adapter_dir`` on the base ``model_dir`` with mlx_lm (a child process,
+    through the launch runner: guarded, own process group, stopped on Ctrl-C).
 
     Raises AdapterError with the child's last output when it fails.
     """
     from punie.adapters.metadata import now_iso
-    from punie.launch.guard import guarded_argv
+    from punie.launch.runner import run_to_end
 
     argv = [python, "-m", "punie.adapters.canary_mlx", "--model", str(model_dir), "--adapter", str(adapter_dir),
             "--messages", json.dumps(list(PROBE_MESSAGES)), "--top-k", str(TOP_K)]
     logger.info("computing the canary of %s on %s", adapter_dir, model_dir)
+    printed: list[str] = []
     try:
-        proc = subprocess.run(guarded_argv(argv), env=_child_env(), stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        code, tail = run_to_end("canary", argv, env=_child_env(),
+                                on_line=lambda line: printed.append(line) if line.startswith(_RESULT) else None)
+    except OSError as exc:
         raise AdapterError(f"cannot compute the canary: {exc}", where=str(adapter_dir)) from exc
-    if proc.returncode != 0:
-        tail = "\n  ".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise AdapterError(f"computing the canary with mlx_lm failed (exit code {proc.returncode}):\n  {tail}",
+    if code != 0 or not printed:
+        lines = "\n  ".join(tail[-8:])
+        raise AdapterError(f"computing the canary with mlx_lm failed (exit code {code}):\n  {lines}",
                            where=str(adapter_dir))
     try:
-        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        data = json.loads(printed[-1])
         return Canary(prompt=data["prompt"], top_k=TOP_K, base_fingerprint=base_fingerprint(model_dir),
                       engine=data.get("engine", "mlx_lm"), created=now_iso(), base=data["base"],
                       adapter=data["adapter"])
-    except (ValueError, KeyError, IndexError, ValidationError) as exc:
+    except (ValueError, KeyError, ValidationError) as exc:
         raise AdapterError(f"mlx_lm printed no canary ({exc})", where=str(adapter_dir)) from exc
+
+
+#: How canary_mlx's one line of JSON starts (its other output is logs).
+_RESULT = '{"prompt": '
 
 
 def canary_field(canary: Canary) -> dict[str, Any]:

@@ -87,9 +87,9 @@ def write_meta(adapter_dir: str | Path, meta: AdapterMeta) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(data)
         # mkstemp creates 0600 files; metadata is as readable as the adapter's other files.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
+        from punie.paths import current_umask
+
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,11 +26,13 @@ from punie.agent.tools import ToolCallRecord, ToolHooks, TurnDeps, make_tools
 from punie.agent.workspace import ToolFailure, Workspace, resolve_workspace
 from punie.config.models import AgentOptions
 from punie.errors import AgentError
+from punie.net import SERVED_MODEL_NAME as _SERVED_MODEL_NAME
+from punie.net import openai_base_url
 
 logger = logging.getLogger(__name__)
 
 #: mlx_lm.server applies its --adapter-path only to this model name (or none).
-SERVED_MODEL_NAME = "default_model"
+SERVED_MODEL_NAME = _SERVED_MODEL_NAME  # one home: punie.net
 #: How often the model may send a malformed call to one tool before the turn fails.
 TOOL_RETRIES = 2
 
@@ -38,12 +40,6 @@ DEFAULT_INSTRUCTIONS = (
     "You are Punie, a coding agent working in the user's project. Use the tools to look at files "
     "before answering questions about them, keep changes minimal, and answer concisely."
 )
-
-
-def openai_base_url(url: str) -> str:
-    """The OpenAI base URL of a server URL (``http://host:port`` -> ``http://host:port/v1``)."""
-    url = url.rstrip("/")
-    return url if url.endswith("/v1") else url + "/v1"
 
 
 @dataclass

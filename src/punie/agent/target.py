@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from punie.agent.runner import openai_base_url
 from punie.config.models import AgentOptions, ResolvedProfile, ServerOptions
 from punie.errors import UsageError
-
-_WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+from punie.net import local_base_url, openai_base_url
 
 
 @dataclass(frozen=True)
@@ -32,10 +30,7 @@ def server_base_url(server: ServerOptions) -> str:
     """``server.url`` (with ``/v1``), else ``http://host:port/v1`` (a wildcard bind is reached on loopback)."""
     if server.url:
         return openai_base_url(server.url)
-    host = "127.0.0.1" if server.host in _WILDCARD_HOSTS else server.host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{server.port}/v1"
+    return local_base_url(server.host, server.port)
 
 
 def agent_target(resolved: ResolvedProfile, *, base_url: str | None = None) -> AgentTarget:

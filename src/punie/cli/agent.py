@@ -180,7 +180,7 @@ def serve_command(state: State, ctx: click.Context, model: str, adapter: str | N
     target = serve_profile(model, adapter=adapter, port=port, host=host, base=resolved)
     from punie.launch import run_up
 
-    outcome = run_up(target, check=True, dry_run=dry_run, progress=render_progress)
+    outcome = run_up(target, check=True, dry_run=dry_run, progress=render_progress, subreaper=True)
     if dry_run:
         if outcome.plan is not None:
             click.echo(outcome.plan.render_text())

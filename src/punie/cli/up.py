@@ -58,7 +58,7 @@ def up_command(
 
     try:
         outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
-                         follow_server=follow_server)
+                         follow_server=follow_server, subreaper=True)
     except LaunchFailed as exc:
         if fmt == "json" and not dry_run:  # the status of a session that never got ready (e.g. no adapter)
             click.echo(json.dumps({"profile": resolved.name, "reason": exc.reason, "exit_code": exc.exit_code,

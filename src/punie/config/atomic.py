@@ -80,9 +80,9 @@ def write_atomic(path: str | os.PathLike[str], text: str, *, encoding: str = "ut
         st = os.stat(target)
         mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = _DEFAULT_MODE & ~umask
+        from punie.paths import current_umask
+
+        mode = _DEFAULT_MODE & ~current_umask()
 
     data = text.encode(encoding)
     tmp_name = _temp_name(target)

@@ -53,6 +53,13 @@ class ServerOptions(_Strict):
     restart_backoff: float = Field(
         1.0, ge=0, description="Seconds before the first restart; doubles after each."
     )
+    liveness_interval: float = Field(
+        5.0, ge=0, description="Seconds between liveness probes (GET /health) once the server is ready; "
+        "0 turns them off."
+    )
+    liveness_failures: int = Field(
+        3, ge=1, description="Consecutive failed liveness probes after which the server counts as frozen."
+    )
 
     @field_validator("url")
     @classmethod

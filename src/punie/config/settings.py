@@ -23,11 +23,12 @@ from pydantic_settings import (
 )
 
 from punie.config.models import Profile, one_adapter_form
+from punie.envvars import NON_PROFILE_KEYS
 
 ENV_PREFIX = "PUNIE_"
 ENV_DELIMITER = "__"
 # PUNIE_ variables that are not profile fields (read elsewhere, never an error here).
-NON_PROFILE_ENV = frozenset({"CONFIG", "PROFILE", "CACHE_DIR"})
+NON_PROFILE_ENV = NON_PROFILE_KEYS  # one home: punie.envvars
 FILE_ONLY_FIELDS = frozenset({"extends"})
 
 _FILE_LAYER: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("punie_file_layer")

@@ -9,13 +9,15 @@
 completion, start the agent, stop both on exit or signal).
 """
 
+from punie.errors import LaunchFailed, LaunchReason
 from punie.launch.plan import LaunchPlan, RestartPolicy, build_plan
 from punie.launch.prepare import prepare
-from punie.launch.supervisor import LaunchFailed, UpOutcome, run_plan, run_up, supervise
+from punie.launch.supervisor import UpOutcome, run_plan, run_up, supervise
 
 __all__ = [
     "LaunchFailed",
     "LaunchPlan",
+    "LaunchReason",
     "RestartPolicy",
     "UpOutcome",
     "build_plan",

@@ -21,11 +21,15 @@ def headline(reason: str, detail: str, plan: LaunchPlan) -> str:
     if reason == "adapter-failed":
         return f"{where}: the adapter {plan.adapter} did not load ({detail or 'generation thread died'})"
     if reason == "adapter-not-applied":
-        return f"{where}: {detail}; not starting the agent"
+        return f"{where}: {detail}; refused: nothing is started on a server without its adapter"
     if reason == "generation-failed":
         return f"{where}: the model did not load ({detail or 'generation thread died'})"
     if reason == "port-busy":
         return f"{where}: port {plan.port} is already in use ({detail})"
+    if reason == "foreign-server":
+        return f"{where}: {detail}; not starting the agent against it"
+    if reason == "server-unresponsive":
+        return f"{where} stopped answering: {detail}"
     if reason == "ready-timeout":
         return f"{where} did not answer a 1-token completion within {plan.ready_timeout:g}s"
     return f"{where}: {detail}" if detail else f"{where} failed ({reason})"
@@ -43,6 +47,8 @@ def hint(reason: str, plan: LaunchPlan) -> str | None:
                 "(some releases ignore --adapter-path) and `punie check` on this profile")
     if reason == "port-busy":
         return "stop the other server, or pick another port: --set server.port=PORT"
+    if reason == "foreign-server":
+        return "another server took the port: stop it, or pick another port: --set server.port=PORT"
     if reason == "ready-timeout":
         return "a large model may need more time: --set server.ready_timeout=SECONDS"
     return None

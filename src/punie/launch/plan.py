@@ -16,14 +16,15 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from punie.config.models import ResolvedProfile
+from punie.errors import ConfigError
 from punie.launch.canary import ExpectedCanary
-from punie.paths import state_dir
-
-_WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+from punie.net import connect_host, is_loopback, remote_host_problem, server_root
+from punie.paths import hf_hub_cache, state_dir
 
 
 class _Frozen(BaseModel):
@@ -63,6 +64,9 @@ class LaunchPlan(_Frozen):
     ensure_dirs: tuple[str, ...] = ()
     ready_timeout: float = 180.0
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    liveness_interval: float = 5.0
+    liveness_failures: int = 3
+    remote: bool = Field(False, description="The server is (or binds) a non-loopback address (allow_remote).")
     canary: ExpectedCanary | None = Field(
         None, description="The adapter's canary: the readiness probe proves the server applies the adapter."
     )
@@ -97,6 +101,11 @@ class LaunchPlan(_Frozen):
                 f"on-failure (max {self.restart.max_restarts}, backoff {self.restart.backoff:g}s doubling)"
             )
             lines.append(f"  restart: {restart}")
+            if self.liveness_interval > 0:
+                lines.append(f"  alive:   GET /health every {self.liveness_interval:g}s, "
+                             f"frozen after {self.liveness_failures} misses")
+            if self.remote:
+                lines.append(f"  WARNING: binds {self.host}, reachable from other machines (allow_remote)")
         if self.canary is not None:
             ready = f"canary of {self.canary.adapter} (top-{self.canary.canary.top_k} first-token logprobs)"
         else:
@@ -110,24 +119,27 @@ class LaunchPlan(_Frozen):
         return "\n".join(lines)
 
 
-def _connect_host(host: str) -> str:
-    """The address a client uses to reach a server bound to ``host`` (wildcards mean loopback)."""
-    host = "127.0.0.1" if host in _WILDCARD_HOSTS else host
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
 def _fmt_number(value: float | int) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
 def default_hf_hub_cache(environ: Mapping[str, str]) -> str:
-    """Where huggingface_hub looks for its cache, following its own variables."""
-    if environ.get("HF_HUB_CACHE"):
-        return environ["HF_HUB_CACHE"]
-    home = environ.get("HF_HOME") or os.path.join(
-        environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
-    )
-    return os.path.join(home, "hub")
+    """Where huggingface_hub looks for its cache (`punie.paths.hf_hub_cache`, the one resolver)."""
+    return str(hf_hub_cache(environ))
+
+
+def refuse_remote(resolved: ResolvedProfile) -> bool:
+    """Raise ConfigError for a non-loopback host without allow_remote (every path, --no-check too).
+
+    Returns whether the server is remote (allowed): every start then warns about it.
+    """
+    server = resolved.profile.server
+    what, host = ("server.url", urlsplit(server.url).hostname or "") if server.url else ("server.host", server.host)
+    if is_loopback(host) is not False:  # loopback, or a name that does not resolve (the bind/connect says so)
+        return False
+    if problem := remote_host_problem(host, server.allow_remote, what=what):
+        raise ConfigError(problem, where=f"profiles.{resolved.name}.{what}")
+    return True
 
 
 def server_argv(
@@ -170,6 +182,7 @@ def build_plan(
     ``environ`` (default os.environ) is only read to find the Hugging Face cache.
     """
     env = os.environ if environ is None else environ
+    remote = refuse_remote(resolved)
     profile = resolved.profile
     server = profile.server
     project = resolved.project_dir
@@ -177,8 +190,7 @@ def build_plan(
     agent_log = str(logs / f"{resolved.name}-agent.log")
 
     if server.url:
-        root = server.url.rstrip("/")
-        root = root[: -len("/v1")] if root.endswith("/v1") else root
+        root = server_root(server.url)
         argv: tuple[str, ...] | None = None
         server_env: dict[str, str] = {}
         server_log = None
@@ -188,7 +200,7 @@ def build_plan(
     else:
         if model_path is None:
             raise ValueError("model_path is required when the server is started (no server.url)")
-        root = f"http://{_connect_host(server.host)}:{server.port}"
+        root = f"http://{connect_host(server.host)}:{server.port}"
         model = str(model_path)
         adapter = str(adapter_path) if adapter_path is not None else None
         argv = server_argv(resolved, model=model, adapter=adapter, python=python)
@@ -225,4 +237,7 @@ def build_plan(
         restart=RestartPolicy(
             mode=server.restart, max_restarts=server.max_restarts, backoff=server.restart_backoff
         ),
+        liveness_interval=server.liveness_interval,
+        liveness_failures=server.liveness_failures,
+        remote=remote,
     )

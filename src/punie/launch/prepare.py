@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 
 from punie.config.models import ResolvedProfile
-from punie.errors import AdapterError, CheckFailed, ConfigError, ModelError, ModelNotProvisioned
+from punie.errors import (
+    AdapterError,
+    CheckFailed,
+    ConfigError,
+    ModelError,
+    ModelNotProvisioned,
+)
 from punie.launch.canary import ExpectedCanary
-from punie.launch.plan import LaunchPlan, build_plan
+from punie.launch.plan import LaunchPlan, build_plan, refuse_remote
 from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
@@ -87,6 +93,7 @@ def prepare(
     ``provision=False`` (a dry run) never downloads: a builtin model that is
     not provisioned yet appears at the path it will be provisioned to.
     """
+    refuse_remote(resolved)  # --no-check included: never bind or call out without allow_remote
     if check:
         run_check(resolved)
     if resolved.profile.server.url:

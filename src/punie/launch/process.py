@@ -5,12 +5,15 @@ new session, so Ctrl-C on the terminal reaches only `punie up`, and a stop
 can signal the whole group: SIGTERM, a grace period, then SIGKILL. Output
 lines are prefixed (``server | ...``), handed to a sink (stderr in the CLI),
 appended to a log file, kept in a short tail for error messages, and matched
-against failure patterns.
+against failure patterns. Log files are size-capped and rotated (`RotatingLog`).
+
+Every child process of every command (up, serve, eval, train) goes through `Child`.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -35,6 +38,61 @@ Sink = Callable[[str], None]
 shown a line a child leaves unfinished for a moment (a prompt such as ``punie> ``) early."""
 TAIL_LINES = 15
 PARTIAL_AFTER = 0.1  # seconds of silence after which an unfinished line is shown
+LOG_MAX_BYTES = 10 * 1024 * 1024  # a log file is rotated when it would grow past this
+LOG_BACKUPS = 3  # rotated files kept: name.log.1 (newest) .. name.log.3
+
+
+class RotatingLog:
+    """An append-only text log capped at ``max_bytes``, rotated to ``path.1`` .. ``path.N``.
+
+    Written by the supervisor (children write to a pipe, never to the file), so the
+    cap holds however chatty a child is.
+    """
+
+    def __init__(self, path: str | Path, *, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[bytes] | None = open(self.path, "ab")  # noqa: SIM115
+        self._size = self._fh.tell()
+
+    def write(self, text: str) -> None:
+        if self._fh is None:
+            return
+        data = text.encode("utf-8", errors="replace")
+        if self._size and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        assert self._fh is not None
+        self._fh.write(data)
+        self._fh.flush()
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        assert self._fh is not None
+        self._fh.close()
+        if self.backups > 0:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._fh = open(self.path, "wb")  # noqa: SIM115
+        self._size = 0
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` from /proc (R, S, T for stopped, Z...), or None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 class StreamSink:
@@ -91,6 +149,62 @@ class StreamSink:
 stderr_sink = StreamSink()
 
 
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of its descendants (Linux PR_SET_CHILD_SUBREAPER).
+
+    Orphans below it (a child's detached grandchildren) are then re-parented here, not to init,
+    so `reap_adopted` can end them. False where the kernel has no such thing.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_adopted(known: set[int] | frozenset[int] = frozenset(), *, grace: float = 0.5) -> list[int]:
+    """SIGTERM, then SIGKILL, the processes adopted by this (subreaper) process, and reap them.
+
+    Only direct children that are not in ``known`` (the `Child` processes, reaped by their
+    owners) are touched; their own descendants go with their process groups. Returns their pids.
+    """
+    from punie.net import descendants
+
+    me = os.getpid()
+    adopted = []
+    for pid in descendants(me):
+        if pid == me or pid in known:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            adopted.append(pid)
+    # Everything below an adopted process too: it may have its own session and group.
+    victims = [p for pid in adopted for p in descendants(pid)]
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + (grace if signum == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            for pid in victims:  # those re-parented here meanwhile too
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+            if not any(process_state(p) not in (None, "Z", "X") for p in victims):
+                break
+            time.sleep(0.01)
+    for pid in victims:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+    return adopted
+
+
 class Child:
     """A child process in its own process group; see the module docstring.
 
@@ -112,6 +226,11 @@ class Child:
         patterns: Mapping[str, str] | None = None,
         on_match: Callable[[str, str], None] | None = None,
         guard: bool = True,
+        guard_grace: float = 5.0,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
+        on_line: Callable[[str], None] | None = None,
+        tail_lines: int = TAIL_LINES,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -123,11 +242,17 @@ class Child:
         self.patterns = dict(patterns or {})
         self.on_match = on_match
         self.guard = guard
-        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.guard_grace = guard_grace
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        #: Set when the child is known not to answer (liveness): a stop then kills it at once.
+        self.unresponsive = False
+        self.on_line = on_line  # called with every complete output line (no prefix), e.g. to parse progress
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self.process: Process | None = None
         self.started_at: float | None = None
         self.stopping = False
-        self._log: IO[str] | None = None
+        self._log: RotatingLog | None = None
         self._pumped = anyio.Event()
         self._shown = ""  # the part of the current line already shown as a partial line
         #: Whether output lines go to the sink; when False they still go to the log file and tail.
@@ -145,16 +270,13 @@ class Child:
         """Start the process (through the guard) in a new session."""
         argv, pass_fds = self.argv, ()
         if self.guard:
-            mode = guard_mode()
-            fd = lifeline_fd() if mode == "watchdog" else -1
-            argv = guarded_argv(self.argv, mode=mode, lifeline=fd)
-            pass_fds = (fd,) if fd >= 0 else ()
+            fd = lifeline_fd()
+            argv = guarded_argv(self.argv, mode=guard_mode(), lifeline=fd, grace=self.guard_grace)
+            pass_fds = (fd,)
         if self.log_path:
-            Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
-            self._log.write(f"=== punie up: {self.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            self._log = RotatingLog(self.log_path, max_bytes=self.log_max_bytes, backups=self.log_backups)
+            self._log.write(f"=== punie: {self.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                             f"{' '.join(self.argv)}\n")
-            self._log.flush()
         kwargs: dict[str, Any] = {"env": self.env, "cwd": self.cwd, "start_new_session": True, "pass_fds": pass_fds}
         if self.capture == "stdout":
             kwargs |= {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
@@ -184,7 +306,8 @@ class Child:
             self.sink(f"{self.name} | {line}")
         if self._log:
             self._log.write(line + "\n")
-            self._log.flush()
+        if self.on_line is not None:
+            self.on_line(line)
         for pattern, reason in self.patterns.items():
             if pattern in line and self.on_match:
                 self.on_match(reason, line)
@@ -225,6 +348,11 @@ class Child:
                 self._emit(buffer)
             self._pumped.set()
 
+    async def drained(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until the output pump has reached EOF."""
+        with anyio.move_on_after(timeout):
+            await self._pumped.wait()
+
     async def wait(self) -> int:
         """Wait for the process to exit and return its return code."""
         assert self.process is not None
@@ -239,12 +367,23 @@ class Child:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def frozen(self) -> bool:
+        """True when the child cannot act on SIGTERM: stopped (SIGSTOP) or known unresponsive."""
+        if self.unresponsive:
+            return True
+        return self.pid is not None and process_state(self.pid) in ("T", "t")
+
     async def stop(self, grace: float) -> int | None:
-        """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL it. Returns the return code."""
+        """SIGTERM the group, wait up to ``grace`` seconds, then SIGKILL it. Returns the return code.
+
+        A frozen child (`frozen`) is SIGKILLed at once: it would only sit out the grace.
+        """
         if self.process is None:
             return None
         self.stopping = True
-        if self.process.returncode is None:
+        if self.process.returncode is None and self.frozen():
+            logger.warning("%s is frozen: killing it", self.name)
+        elif self.process.returncode is None:
             self.signal_group(signal.SIGTERM)
             with anyio.move_on_after(grace):
                 await self.process.wait()

@@ -5,53 +5,64 @@ so the only real readiness probe is a 1-token chat completion. The probe sends
 NO ``model`` field: any model name other than "default_model" makes mlx_lm
 serve the base model without the adapter, and the probe must exercise what
 the agent will get.
+
+Two more questions are answered here: is the answer from OUR child (`owner_problem`:
+on Linux the socket listening on the port must belong to the child's process tree,
+else a foreign server that took the port between the check and the bind would be
+used), and, once ready, is the server still alive (`liveness_probe`: a cheap
+``GET /health`` with a timeout; a frozen server never answers it, mlx_lm whose
+generation thread died answers 503).
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 
+from punie.errors import LaunchReason, ProbeFailed
+from punie.net import is_loopback_url, owns_listener, port_in_use, server_root
+
 PROBE_BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 GENERATION_DIED = "generation thread died"
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+__all__ = ["GENERATION_DIED", "PROBE_BODY", "ProbeFailed", "liveness_probe", "owner_problem", "port_in_use",
+           "wait_ready"]
 
 
-class ProbeFailed(Exception):
-    """The server answered in a way that will never become ready (reason, detail)."""
+def owner_problem(pid: int, host: str, port: int) -> str | None:
+    """Why the server answering on ``host:port`` is not process ``pid``'s (tree), or None.
 
-    def __init__(self, reason: str, detail: str):
-        self.reason = reason
-        self.detail = detail
-        super().__init__(detail)
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """True when ``host:port`` cannot be bound the way mlx_lm.server binds it.
-
-    mlx_lm hangs forever when its port is taken, so this is checked before it
-    is started. SO_REUSEADDR matches http.server (a TIME_WAIT socket is no conflict).
+    On Linux every socket listening on the port (overlapping ``host``) must be one of
+    the fds of ``pid`` or its descendants; elsewhere this cannot be told and None is returned.
     """
+    owned = owns_listener(pid, port, host)
+    if owned is False:
+        return (f"another process answers on port {port}: the socket listening there does not belong to "
+                f"the server Punie started (pid {pid})")
+    return None
+
+
+async def liveness_probe(base_url: str, *, timeout: float) -> str | None:
+    """One cheap liveness probe (``GET /health``): None when alive, else what was wrong.
+
+    A SIGSTOPped server accepts the connection (the kernel does) but never answers:
+    the timeout catches it. mlx_lm whose generation thread died answers 503.
+    """
+    import httpx
+
+    url = server_root(base_url) + "/health"
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror:
-        return False  # let mlx_lm report the bad host itself
-    family, socktype, proto, _, address = infos[0]
-    with socket.socket(family, socktype, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError:
-            return True
-    return False
-
-
-def _is_loopback(url: str) -> bool:
-    return (urlsplit(url).hostname or "") in _LOOPBACK
+        async with httpx.AsyncClient(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
+            response = await client.get(url)
+    except httpx.TimeoutException:
+        return f"GET /health did not answer within {timeout:g}s"
+    except httpx.TransportError as exc:
+        return f"GET /health failed: {exc.__class__.__name__}: {exc}"
+    if response.status_code != 200:
+        return f"GET /health answered HTTP {response.status_code}: {response.text.strip()[:200]}"
+    return None
 
 
 async def wait_ready(
@@ -77,7 +88,7 @@ async def wait_ready(
     url = base_url.rstrip("/") + path
     # A loopback server must not be reached through an HTTP proxy from the environment.
     timeout = httpx.Timeout(None, connect=connect_timeout)
-    async with httpx.AsyncClient(timeout=timeout, trust_env=not _is_loopback(url)) as client:
+    async with httpx.AsyncClient(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
         while True:
             try:
                 response = await client.post(url, json=dict(body))
@@ -94,5 +105,6 @@ async def wait_ready(
                         on_answer(data)
                     return anyio.current_time() - start
             elif GENERATION_DIED in response.text:
-                raise ProbeFailed("generation-failed", f"HTTP {response.status_code}: {response.text.strip()}")
+                detail = f"HTTP {response.status_code}: {response.text.strip()}"
+                raise ProbeFailed(LaunchReason.GENERATION_FAILED, detail)
             await anyio.sleep(interval)

@@ -8,7 +8,7 @@ SIGTERM to the server's process group, the grace period, SIGKILL).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +39,13 @@ async def running_server(
     grace: float = 5.0,
     log_dir: Path | None = None,
     sink: Sink | None = None,
+    server_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Start (or attach to) ``resolved``'s server; yield it once it answers; stop it on exit.
 
     Raises CheckFailed (the pre-launch check), ModelError/AdapterError (resolution) or
     LaunchFailed (never ready) before the block runs. Signals stay the caller's.
+    ``server_env`` adds variables to the server's environment (defaults, under the plan's own).
     """
     from punie.launch.prepare import prepare
     from punie.launch.supervisor import supervise
@@ -51,6 +53,8 @@ async def running_server(
     plan = await anyio.to_thread.run_sync(
         lambda: prepare(resolved, check=check, provision=True, log_dir=log_dir)
     )
+    if server_env:
+        plan = plan.model_copy(update={"server_env": {**server_env, **plan.server_env}})
 
     async def run(*, task_status: TaskStatus[tuple[float, int | None]]) -> None:
         def ready(seconds: float, pid: int | None) -> None:
@@ -61,15 +65,20 @@ async def running_server(
     # The block's own exception (or cancellation, or KeyboardInterrupt) is carried past the task
     # group and re-raised as it is: a task group would wrap it in an ExceptionGroup.
     raised: BaseException | None = None
-    async with anyio.create_task_group() as tg:
-        seconds, pid = await tg.start(run)
-        try:
-            yield RunningServer(
-                base_url=plan.base_url, model_id=None, adapter=plan.adapter, pid=pid, ready_seconds=seconds
-            )
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the server stopped
-            raised = exc
-        finally:
-            tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            seconds, pid = await tg.start(run)
+            try:
+                yield RunningServer(
+                    base_url=plan.base_url, model_id=None, adapter=plan.adapter, pid=pid, ready_seconds=seconds
+                )
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the server stopped
+                raised = exc
+            finally:
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the server task's own error (LaunchFailed...), not a group
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     if raised is not None:
         raise raised

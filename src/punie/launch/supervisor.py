@@ -3,11 +3,16 @@
 Structured with anyio task groups. The server task (`_serve`) is started with
 ``tg.start()``: it spawns mlx_lm.server (unless the server is external) and
 races a 1-token completion against the process exiting, a fatal log line and
-the ready timeout. It reports readiness through ``task_status.started()``;
+the ready timeout; the answer must come from the child itself (the listening socket
+belongs to its process tree, else "foreign-server"). It reports readiness through
+``task_status.started()``;
 a failure before that raises `LaunchFailed` (quoting the server's last log
 lines) out of ``tg.start()``. Once ready, the agent is started and both are
 watched: a server failure restarts the server (restart policy) or ends the
-session, the agent's exit ends it. The signals task ends the session on the
+session, the agent's exit ends it. While it runs, a cheap liveness probe (GET /health
+every ``liveness_interval`` seconds) catches a frozen or dead-inside server: after
+``liveness_failures`` misses it counts as failed (killed at once, then the restart
+policy applies). The signals task ends the session on the
 first SIGINT/SIGTERM/SIGHUP (graceful stop: SIGTERM, grace period, SIGKILL)
 and kills both children on the second.
 """
@@ -24,41 +29,50 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
-from punie.errors import LaunchError
+from punie.errors import LaunchFailed, LaunchReason
 from punie.launch.canary import CanaryResult
 from punie.launch.messages import headline as _headline
 from punie.launch.messages import hint as _hint
 from punie.launch.messages import quote as _quote
 from punie.launch.messages import strip_log_prefix as _strip_log_prefix
 from punie.launch.plan import LaunchPlan
-from punie.launch.process import Child, Sink, stderr_sink
-from punie.launch.readiness import ProbeFailed, port_in_use, wait_ready
+from punie.launch.process import (
+    Child,
+    Sink,
+    become_subreaper,
+    reap_adopted,
+    stderr_sink,
+)
+from punie.launch.readiness import (
+    ProbeFailed,
+    liveness_probe,
+    owner_problem,
+    port_in_use,
+    wait_ready,
+)
+from punie.net import remote_warning
 from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
 
 # Server log lines that mean it will never serve: fail fast instead of waiting for the timeout.
 SERVER_FATAL_PATTERNS = {
-    "generation thread died": "generation-failed",
-    "incompatible tensors": "adapter-failed",
-    "Address already in use": "port-busy",
+    "generation thread died": LaunchReason.GENERATION_FAILED,
+    "incompatible tensors": LaunchReason.ADAPTER_FAILED,
+    "Address already in use": LaunchReason.PORT_BUSY,
 }
 # Restarting cannot fix these.
-_NOT_RESTARTABLE = {"port-busy", "adapter-failed", "ready-timeout", "adapter-not-applied"}
+_NOT_RESTARTABLE = {LaunchReason.PORT_BUSY, LaunchReason.ADAPTER_FAILED, LaunchReason.READY_TIMEOUT,
+                    LaunchReason.FOREIGN_SERVER, LaunchReason.ADAPTER_NOT_APPLIED}
 
 T = TypeVar("T")
 Failure = tuple[str, str]  # (reason code, detail)
 
 
-class LaunchFailed(LaunchError):
-    """`punie up` could not get the server ready. ``reason`` is a short code, ``log_tail`` the last lines."""
-
-    def __init__(self, reason: str, message: str, *, log_tail: Sequence[str] = (), hint: str | None = None):
-        self.reason = reason
-        self.log_tail = list(log_tail)
-        super().__init__(message, hint=hint)
+__all__ = ["LaunchFailed", "UpOutcome", "run_plan", "run_up", "supervise"]  # LaunchFailed: from errors.py
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,7 @@ class _Supervisor:
     follow_server: bool = True  # False: once ready, the server's output goes to its log file only
     with_agent: bool = True  # False: serve only, until cancelled (`punie.launch.server.running_server`)
     on_ready: Callable[[float, int | None], None] | None = None  # seconds to ready and server pid, once
+    subreaper: bool = False  # orphans of the children (setsid, double fork) are adopted and killed at stop
     server: Child | None = None  # the current one (a restart replaces it)
     agent: Child | None = None
     signals: int = 0
@@ -162,7 +177,7 @@ class _Supervisor:
             raise self.error
         assert self.outcome is not None
         outcome = self.outcome
-        if self.forced and outcome.reason == "signal":
+        if self.forced and outcome.reason == LaunchReason.SIGNAL:
             outcome = replace(outcome, forced=True, exit_code=128 + signal.SIGINT)
         return replace(
             outcome,
@@ -197,10 +212,10 @@ class _Supervisor:
                 return
             rc = await agent.wait()
             if rc == 0:
-                self._finish(UpOutcome(reason="agent-exited", exit_code=0, message="the agent exited"))
+                self._finish(UpOutcome(reason=LaunchReason.AGENT_EXITED, exit_code=0, message="the agent exited"))
             else:
                 quoted = _quote(agent.tail, "agent", self.plan.agent_log)
-                self._finish(UpOutcome(reason="agent-exited", exit_code=1,
+                self._finish(UpOutcome(reason=LaunchReason.AGENT_EXITED, exit_code=1,
                                        message=f"the agent exited with code {rc}{quoted}"))
 
     # -- server ------------------------------------------------------------------------------
@@ -227,14 +242,22 @@ class _Supervisor:
                 server, fatal = await self._spawn_server()
                 failure = await self._wait_ready(server, fatal)
                 if failure is None:
+                    failure = self._foreign(server)
+                if failure is None:
                     self._ready(task_status)
-                    failure = await self._until_failure(server, fatal)
+                    failure = await self._until_failure(server, fatal, live=True)
                 if not await self._failed(server, *failure):
                     return
         except LaunchFailed as exc:
             if self.ready_seconds is None:
                 raise
             self._finish(error=exc)  # a restart could not start the server
+
+    def _foreign(self, server: Child) -> Failure | None:
+        """The answer must come from our child: else a foreign server took the port (never restarted)."""
+        assert server.pid is not None and self.plan.port is not None
+        problem = owner_problem(server.pid, self.plan.host, self.plan.port)
+        return (LaunchReason.FOREIGN_SERVER, problem) if problem else None
 
     def _ready(self, task_status: TaskStatus[None]) -> None:
         total = anyio.current_time() - self.t0
@@ -253,13 +276,16 @@ class _Supervisor:
     async def _spawn_server(self) -> tuple[Child, _FatalLine]:
         plan = self.plan
         assert plan.server_argv is not None and plan.port is not None
+        if plan.remote and (warning := remote_warning(plan.host)):
+            logger.warning("%s", warning)
+            self.status(warning)
         if port_in_use(plan.host, plan.port):
             message = f"port {plan.port} on {plan.host} is already in use (mlx_lm.server would hang on it)"
-            raise LaunchFailed("port-busy", message, hint=_hint("port-busy", plan))
+            raise LaunchFailed(LaunchReason.PORT_BUSY, message, hint=_hint(LaunchReason.PORT_BUSY, plan))
         fatal = _FatalLine()
         self.server = self._child("server", plan.server_argv, plan.server_env, plan.server_log, capture="stdout",
                                   patterns=SERVER_FATAL_PATTERNS, on_match=fatal)
-        await self._start(self.server, "mlx_lm.server", "server-failed")
+        await self._start(self.server, "mlx_lm.server", LaunchReason.SERVER_FAILED)
         self.status(f"started mlx_lm.server (pid {self.server.pid}), waiting for a 1-token completion")
         return self.server, fatal
 
@@ -274,7 +300,9 @@ class _Supervisor:
                 await wait_ready(self.plan.base_url, interval=self.probe_interval, on_answer=answers.append,
                                  request=expected.request() if expected else None)
             except ProbeFailed as exc:
-                reason = "adapter-failed" if exc.reason == "generation-failed" and self.plan.adapter else exc.reason
+                reason = exc.reason
+                if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter:
+                    reason = LaunchReason.ADAPTER_FAILED
                 failure = (reason, exc.detail)
                 return await fatal.defer(failure) if fatal else failure
             return self._judge_canary(answers[0]) if expected and answers else None
@@ -284,33 +312,50 @@ class _Supervisor:
             waiters.append(partial(self._until_failure, server, fatal))
         with anyio.move_on_after(self.plan.ready_timeout):
             return await _first(*waiters)
-        return "ready-timeout", ""
+        return LaunchReason.READY_TIMEOUT, ""
 
     def _judge_canary(self, answer: dict[str, Any]) -> Failure | None:
         """The readiness answer against the adapter's canary: a failure when it proves the adapter absent."""
         assert self.plan.canary is not None
         result = self.canary = self.plan.canary.judge(answer)
         if result.refuse:
-            return "adapter-not-applied", result.message()
+            return LaunchReason.ADAPTER_NOT_APPLIED, result.message()
         logger.info("canary: %s", result.message())  # shown by the status line; logged for -v and tests
         self.status(("warning: " if result.warn else "") + result.message())
         return None
 
-    async def _until_failure(self, server: Child, fatal: _FatalLine) -> Failure:
-        """Wait until the server exits or logs a line meaning it will never serve."""
+    async def _until_failure(self, server: Child, fatal: _FatalLine, *, live: bool = False) -> Failure:
+        """Wait until the server exits or logs a line meaning it will never serve; with ``live``
+        (once it is ready) also until the liveness probe fails ``liveness_failures`` times in a row."""
 
         async def exited() -> Failure:
-            return await fatal.defer(("server-died", f"mlx_lm.server exited with code {await server.wait()}"))
+            rc = await server.wait()
+            return await fatal.defer((LaunchReason.SERVER_DIED, f"mlx_lm.server exited with code {rc}"))
 
         async def fatal_line() -> Failure:
             await fatal.seen.wait()
             await anyio.sleep(0.2)  # the rest of a traceback arrives right after its first line
             reason = fatal.reason
-            if reason == "generation-failed" and self.plan.adapter and any("dapter" in x for x in server.tail):
-                reason = "adapter-failed"
+            adapter_said = any("dapter" in x for x in server.tail)
+            if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter and adapter_said:
+                reason = LaunchReason.ADAPTER_FAILED
             return reason, _strip_log_prefix(fatal.line)
 
-        return await _first(exited, fatal_line)
+        async def liveness() -> Failure:
+            interval, needed = self.plan.liveness_interval, self.plan.liveness_failures
+            if not live or interval <= 0:
+                await anyio.sleep_forever()
+            timeout = min(max(interval, 1.0), 10.0)
+            misses = 0
+            while True:
+                await anyio.sleep(interval)
+                problem = await liveness_probe(self.plan.base_url, timeout=timeout)
+                misses = misses + 1 if problem else 0
+                if problem and misses >= needed:
+                    server.unresponsive = True  # stopping it must not wait out the grace
+                    return LaunchReason.SERVER_UNRESPONSIVE, f"{problem} ({misses} probes in a row)"
+
+        return await _first(exited, fatal_line, liveness)
 
     async def _failed(self, server: Child, reason: str, detail: str) -> bool:
         """Stop a failed server. True when the restart policy brings it back (after the backoff);
@@ -319,7 +364,8 @@ class _Supervisor:
         await server.stop(self.grace)
         server.close()
         policy = self.plan.restart
-        restartable = reason not in _NOT_RESTARTABLE and (reason == "server-died" or self.ready_seconds is not None)
+        restartable = reason not in _NOT_RESTARTABLE and (
+            reason == LaunchReason.SERVER_DIED or self.ready_seconds is not None)
         if policy.mode == "on-failure" and restartable and self.restarts < policy.max_restarts:
             self.restarts += 1
             delay = policy.delay(self.restarts)
@@ -338,13 +384,13 @@ class _Supervisor:
     async def _start_agent(self) -> Child:
         plan = self.plan
         self.agent = self._child("agent", plan.agent_argv, plan.agent_env, plan.agent_log, capture="stderr")
-        await self._start(self.agent, "the agent", "agent-failed")
+        await self._start(self.agent, "the agent", LaunchReason.AGENT_FAILED)
         self.status(f"started the agent (pid {self.agent.pid}) on {plan.base_url}")
         return self.agent
 
     def _child(self, name: str, argv: Sequence[str], env: dict[str, str], log: str | None, **options: Any) -> Child:
         return Child(name, argv, env={**os.environ, **env}, cwd=self.plan.cwd, log_path=log, sink=self.sink,
-                     guard=self.guard, **options)
+                     guard=self.guard, guard_grace=self.grace, **options)
 
     async def _start(self, child: Child, what: str, reason: str) -> None:
         try:
@@ -362,6 +408,9 @@ class _Supervisor:
             for child in (self.agent, self.server):
                 if child is not None and child.process is not None:
                     tg.start_soon(self._stop_one, child, grace)
+        if self.subreaper:
+            known = {c.pid for c in (self.agent, self.server) if c is not None and c.pid}
+            await anyio.to_thread.run_sync(partial(reap_adopted, known))
 
     async def _stop_one(self, child: Child, grace: float) -> None:
         try:
@@ -382,7 +431,8 @@ class _Supervisor:
                     self.signals += 1
                     if self.signals == 1:
                         name = signal.Signals(signum).name
-                        if self._finish(UpOutcome(reason="signal", exit_code=0, message=f"stopped by {name}")):
+                        stopped = UpOutcome(reason=LaunchReason.SIGNAL, exit_code=0, message=f"stopped by {name}")
+                        if self._finish(stopped):
                             self.status(f"{name} received: stopping (press Ctrl-C again to force)")
                     else:
                         self.forced = True
@@ -408,6 +458,7 @@ async def supervise(
     follow_server: bool = True,
     with_agent: bool = True,
     on_ready: Callable[[float, int | None], None] | None = None,
+    subreaper: bool = False,
 ) -> UpOutcome:
     """Run ``plan`` until the agent exits, a child fails or a signal arrives (async core).
 
@@ -418,7 +469,13 @@ async def supervise(
     talks to the user in the same terminal. ``with_agent=False`` serves only, until the caller
     cancels (or the server fails); ``on_ready`` is told the seconds to ready and the server's pid
     (None when external), the first time.
+    ``subreaper=True`` (the `punie up` process;
+    Linux) makes this process the child subreaper of its tree: a process a child started
+    and detached (setsid, double fork) is re-parented here instead of to init when its
+    parent dies, and is killed when the session stops.
     """
+    if subreaper:
+        become_subreaper()
     supervisor = _Supervisor(
         plan,
         grace=grace,
@@ -429,6 +486,7 @@ async def supervise(
         follow_server=follow_server,
         with_agent=with_agent,
         on_ready=on_ready,
+        subreaper=subreaper,
     )
     return await supervisor.run()
 
@@ -450,6 +508,7 @@ def run_up(
     on_plan: Callable[[LaunchPlan], None] | None = None,
     progress: Progress | None = None,
     follow_server: bool = True,
+    subreaper: bool = False,
 ) -> UpOutcome:
     """`punie up`: check the profile, build its plan, and (unless ``dry_run``) supervise it.
 
@@ -457,7 +516,8 @@ def run_up(
     errors, ModelError/AdapterError when they cannot be resolved, LaunchFailed
     when the server never became ready. ``agent_argv`` replaces the agent
     command (tests). ``progress`` hears about a builtin model being provisioned.
-    ``follow_server``: see `supervise`.
+    ``follow_server``, ``subreaper``: see `supervise` (the CLI process sets ``subreaper``; a
+    library caller that has children of its own should not).
     A dry run returns ``UpOutcome(reason="dry-run", plan=...)``.
     """
     from punie.launch.prepare import prepare
@@ -468,5 +528,5 @@ def run_up(
     if on_plan is not None:
         on_plan(plan)
     if dry_run:
-        return UpOutcome(reason="dry-run", exit_code=0, plan=plan)
-    return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server)
+        return UpOutcome(reason=LaunchReason.DRY_RUN, exit_code=0, plan=plan)
+    return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server, subreaper=subreaper)

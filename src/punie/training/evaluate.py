@@ -6,10 +6,9 @@ another profile, ``--vs``), because one server process cannot serve the base
 model reliably: any request ``model`` other than "default_model" silently
 reloads the base model, and back. Requests always send "default_model".
 
-The server command is the launcher's (`punie.launch.prepare`), readiness is the
-launcher's 1-token probe (`punie.launch.readiness.wait_ready`); starting and
-stopping the process is done here (the launcher's supervisor also runs the
-agent, which eval does not want).
+The server is run by the supervisor of `punie up` without the agent
+(`punie.launch.server.running_server`: same plan, guarded child, 1-token probe, the
+answer proven to come from that child, liveness, stop), on a blocking portal's loop.
 """
 
 from __future__ import annotations
@@ -17,24 +16,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import anyio
 from pydantic import BaseModel, ConfigDict
 
 from punie.adapters.registry import effective_adapter, now_iso, read_meta, update_meta
 from punie.config.models import ResolvedProfile
-from punie.errors import LaunchError, TrainingError, UsageError
+from punie.errors import LaunchError, LaunchFailed, TrainingError, UsageError
+from punie.net import free_port, is_loopback_url, openai_base_url
 from punie.training.suite import CaseResult, Suite, load_suite, request_body, score_case
-
-if TYPE_CHECKING:
-    from punie.launch.canary import ExpectedCanary
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +76,6 @@ class EvalEvent(BaseModel):
     total: int | None = None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def without_adapter(resolved: ResolvedProfile) -> ResolvedProfile:
     """The same profile serving its bare base model."""
     profile = resolved.profile.model_copy(update={"adapter": None, "adapters": []})
@@ -100,89 +87,48 @@ def _on_port(resolved: ResolvedProfile, port: int) -> ResolvedProfile:
     return resolved.model_copy(update={"profile": resolved.profile.model_copy(update={"server": server})})
 
 
-def _tail(path: Path) -> str:
+def _discard(line: str) -> None:
+    """The server's output goes to its log file only (eval prints its own progress)."""
+
+
+@contextlib.contextmanager
+def context_exit(context: Any) -> Iterator[None]:
+    """Exit an already entered context manager when this block ends, passing on how it ended."""
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n  ".join(lines[-LOG_TAIL:])
-
-
-async def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, timeout: float,
-                      expected: ExpectedCanary | None = None) -> str | None:
-    """None when ready; else why not (process exited, generation thread died, timeout, or the
-    adapter's canary proving the server answers without the adapter)."""
-    from punie.launch.readiness import ProbeFailed, wait_ready
-
-    outcome: dict[str, str | None] = {}
-    answers: list[dict[str, Any]] = []
-
-    async def probe() -> None:
-        try:
-            await wait_ready(base_url, request=expected.request() if expected else None, on_answer=answers.append)
-            outcome["result"] = None
-        except ProbeFailed as exc:
-            outcome["result"] = f"{exc.reason}: {exc.detail}"
-            return
-        if expected is not None and answers:
-            verdict = expected.judge(answers[0])
-            (logger.warning if verdict.warn else logger.info)("%s", verdict.message())
-            if verdict.refuse:
-                outcome["result"] = verdict.message()
-
-    with anyio.move_on_after(timeout):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(probe)
-            while "result" not in outcome and proc.poll() is None:
-                await anyio.sleep(0.1)
-            tg.cancel_scope.cancel()
-    if "result" in outcome:
-        return outcome["result"]
-    if proc.poll() is not None:
-        return f"the server exited (code {proc.returncode})"
-    return f"the server did not answer a 1-token completion within {timeout:g} s"
+        yield
+    except BaseException as exc:
+        if not context.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        context.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
 def serve(resolved: ResolvedProfile, *, log_dir: Path) -> Iterator[tuple[str, str | None]]:
     """Start mlx_lm.server for ``resolved`` on a free port; yield (base URL ending in /v1, adapter)."""
-    from punie.launch.prepare import prepare
+    import anyio.from_thread
+
+    from punie.launch.server import running_server
 
     if resolved.profile.server.url:
-        url = resolved.profile.server.url.rstrip("/")
-        yield (url if url.endswith("/v1") else url + "/v1"), None
+        yield openai_base_url(resolved.profile.server.url), None
         return
-    plan = prepare(_on_port(resolved, free_port()), check=False, provision=True, log_dir=log_dir)
-    assert plan.server_argv is not None
-    for folder in plan.ensure_dirs:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"eval-{resolved.name}-{plan.port}.log"
-    env = dict(os.environ) | plan.server_env
-    env.setdefault("MLX_DISABLE_COMPILE", "1")
-    logger.info("starting %s", " ".join(plan.server_argv))
-    with open(log_path, "wb") as log:
+    # No JIT compile for eval's servers unless asked (as before: a first-run cost, no gain here).
+    env = {"MLX_DISABLE_COMPILE": os.environ.get("MLX_DISABLE_COMPILE", "1")}
+    on_port = _on_port(resolved, free_port())
+    # The supervisor of `punie up` without the agent, on an event loop in a helper thread:
+    # the same guard, readiness (the answer from our own child), liveness and stop.
+    with anyio.from_thread.start_blocking_portal() as portal:
         try:
-            proc = subprocess.Popen(
-                list(plan.server_argv), env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=plan.cwd, start_new_session=True,
-            )
-        except OSError as exc:
-            raise LaunchError(f"cannot start mlx_lm.server: {exc}") from exc
-    try:
-        problem = anyio.run(_wait_ready, proc, plan.base_url, resolved.profile.server.ready_timeout, plan.canary)
-        if problem is not None:
-            raise LaunchError(
-                f"{problem}; last lines of {log_path}:\n  {_tail(log_path)}", where=f"profiles.{resolved.name}"
-            )
-        yield plan.base_url, plan.adapter
-    finally:
-        if proc.poll() is None:
-            proc.terminate()  # SIGTERM is a clean stop for mlx_lm.server (SIGINT may abort)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            context = portal.wrap_async_context_manager(
+                running_server(on_port, check=False, log_dir=log_dir, sink=_discard, server_env=env))
+            server = context.__enter__()
+        except LaunchFailed as exc:
+            if exc.where is None:
+                exc.where = f"profiles.{resolved.name}"
+            raise
+        with context_exit(context):
+            yield server.base_url, server.adapter
 
 
 def run_suite(
@@ -198,8 +144,7 @@ def run_suite(
 
     results: list[CaseResult] = []
     url = base_url.rstrip("/") + "/chat/completions"
-    loopback = (httpx.URL(url).host or "") in {"127.0.0.1", "localhost", "::1"}
-    with httpx.Client(timeout=timeout, trust_env=not loopback) as client:
+    with httpx.Client(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
         for index, case in enumerate(suite.cases):
             try:
                 response = client.post(url, json=request_body(suite, case))

@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from punie.errors import TrainingError, UsageError, did_you_mean
+from punie.net import SERVED_MODEL_NAME
 
 SUITE_PACKAGE = "punie.data"
 SUITE_DIR = "eval"
@@ -149,7 +150,7 @@ def request_body(suite: Suite, case: EvalCase) -> dict[str, Any]:
         messages.append({"role": "system", "content": suite.system})
     messages.append({"role": "user", "content": case.prompt})
     body: dict[str, Any] = {
-        "model": "default_model",
+        "model": SERVED_MODEL_NAME,
         "messages": messages,
         "max_tokens": suite.max_tokens,
         "temperature": 0.0,

@@ -11,13 +11,11 @@ module never prints.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ from punie.adapters.files import ADAPTERS_DIR, SPECIAL_SPECS, WEIGHTS_FILE
 from punie.adapters.metadata import AdapterMeta, now_iso, write_meta
 from punie.config.models import ResolvedProfile
 from punie.errors import ModelError, PunieError, TrainingError, UsageError
+from punie.paths import current_umask
 from punie.training.dataset import DatasetInfo, validate_dataset
 
 logger = logging.getLogger(__name__)
@@ -169,9 +168,9 @@ def train_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     env["NO_COLOR"] = "1"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if "HF_HUB_CACHE" not in env:
-        from punie.launch.plan import default_hf_hub_cache
+        from punie.paths import hf_hub_cache
 
-        env["HF_HUB_CACHE"] = default_hf_hub_cache(env)
+        env["HF_HUB_CACHE"] = str(hf_hub_cache(env))
     return env
 
 
@@ -276,16 +275,10 @@ def _settle_config(path: Path, *, target: Path, base_model: str, dataset: Path, 
     path.write_text(json.dumps(config, indent=4, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _swap_into_place(staging: Path, output: Path) -> None:
     """Replace ``output`` by ``staging`` (renames within one directory)."""
     # mkdtemp makes a private (0700) directory; the adapter gets the usual permissions.
-    os.chmod(staging, 0o777 & ~_umask())
+    os.chmod(staging, 0o777 & ~current_umask())
     if output.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
         os.rename(output, old / output.name)
@@ -295,37 +288,26 @@ def _swap_into_place(staging: Path, output: Path) -> None:
         os.rename(staging, output)
 
 
-def run_plan(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | None = None) -> tuple[int, list[str]]:
-    """Run mlx_lm lora, feeding progress events; return (exit code, last lines of output)."""
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+def run_lora(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | None = None) -> tuple[int, list[str]]:
+    """Run mlx_lm lora (through the launch runner: guarded, own process group), feeding progress
+    events; return (exit code, last lines of output). A Ctrl-C stops mlx_lm before it propagates."""
+    from punie.launch.runner import run_to_end
+
     Path(plan.env["HF_HUB_CACHE"]).mkdir(parents=True, exist_ok=True)
     logger.info("running %s", " ".join(plan.argv))
+
+    def on_line(raw: str) -> None:
+        line = _ANSI.sub("", raw)
+        logger.debug("mlx_lm | %s", line)
+        event = parse_progress_line(line, plan.iters)
+        if event is not None and on_progress is not None:
+            on_progress(event)
+
     try:
-        proc = subprocess.Popen(
-            plan.argv, env=plan.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
-        )
+        code, tail = run_to_end("mlx_lm", plan.argv, env=plan.env, on_line=on_line, tail_lines=TAIL_LINES)
     except OSError as exc:
         raise TrainingError(f"cannot start mlx_lm: {exc}") from exc
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = _ANSI.sub("", raw.rstrip("\n"))
-            tail.append(line)
-            logger.debug("mlx_lm | %s", line)
-            event = parse_progress_line(line, plan.iters)
-            if event is not None and on_progress is not None:
-                on_progress(event)
-        return proc.wait(), list(tail)
-    finally:
-        if proc.poll() is None:
-            # Interrupted (Ctrl-C in the parent): stop the child; SIGTERM is a clean stop for mlx.
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return code, [_ANSI.sub("", line) for line in tail]
 
 
 def _with_canary(adapter_dir: Path, model_dir: Path, meta: AdapterMeta) -> AdapterMeta:
@@ -403,7 +385,7 @@ def train_adapter(
             if on_progress is not None:
                 on_progress(event)
 
-        code, tail = run_plan(plan, progress)
+        code, tail = run_lora(plan, progress)
         if code != 0 or not (staging / WEIGHTS_FILE).is_file():
             kept = " (the previous adapter is kept)" if target.exists() else ""
             raise TrainingError(

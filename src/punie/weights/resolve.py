@@ -13,7 +13,13 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from punie.errors import ModelError, ModelNotProvisioned, did_you_mean
+from punie.errors import (
+    ModelError,
+    ModelNotAvailable,
+    ModelNotProvisioned,
+    did_you_mean,
+)
+from punie.paths import hf_hub_cache
 from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
@@ -25,29 +31,12 @@ KNOWN_BUILTINS = ("smollm2-135m-instruct",)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ModelNotAvailable(ModelError):
-    """A Hugging Face id that is not in the local cache (Punie never downloads from the hub)."""
-
-
 def _known_builtins() -> tuple[str, ...]:
     try:
         from punie.weights.builtin import BUILTINS
     except Exception:  # the provisioning module is optional for checking
         return KNOWN_BUILTINS
     return tuple(BUILTINS)
-
-
-def hf_hub_cache(env: Mapping[str, str] | None = None) -> Path:
-    """The HF hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
-    env = os.environ if env is None else env
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
-    if env.get("HUGGINGFACE_HUB_CACHE"):
-        return Path(env["HUGGINGFACE_HUB_CACHE"]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "huggingface" / "hub"
 
 
 def find_in_hf_cache(repo_id: str, revision: str = "main", env: Mapping[str, str] | None = None) -> Path | None:

@@ -11,7 +11,7 @@ from punie.launch.supervisor import LaunchFailed
 plan = LaunchPlan.model_validate_json(open(sys.argv[1]).read())
 grace = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
 try:
-    outcome = run_plan(plan, grace=grace)
+    outcome = run_plan(plan, grace=grace, subreaper=True)
 except LaunchFailed as exc:
     sys.stderr.write(f"LAUNCH-FAILED {exc.reason}: {exc}\n")
     sys.exit(1)

@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 
 from punie.config.models import Profile, ResolvedProfile, ServerOptions
 from punie.launch import LaunchPlan, build_plan
+from tests.support.ports import free_port, port_free
 
 SCRIPTS = Path(__file__).parent
 FAKE_SERVER = str(SCRIPTS / "fake_server.py")
 FAKE_AGENT = str(SCRIPTS / "fake_agent.py")
 RUN_PLAN = str(SCRIPTS / "run_plan.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+__all__ = ["free_port", "port_free"]  # re-exported: tests import them from here too
 
 
 def alive(pid: int) -> bool:
@@ -140,7 +125,7 @@ class AcpPipe:
         return self.call("session/prompt", {"sessionId": session, "prompt": [{"type": "text", "text": text}]})
 
 
-def stderr_collector(proc) -> tuple[list[str], "object"]:
+def stderr_collector(proc) -> tuple[list[str], object]:
     """Read a process's stderr lines into a list on a thread; returns (lines, thread)."""
     import threading
 
@@ -157,3 +142,25 @@ def pid_in(lines: list[str], what: str) -> int:
     match = re.search(rf"started {re.escape(what)} \(pid (\d+)\)", "".join(lines))
     assert match, "".join(lines)
     return int(match.group(1))
+
+
+def start_punie_up(config: Path, profile: str, cwd: Path, *extra: str):
+    """Start `punie --config CONFIG up PROFILE` (stdin a pipe: the agent waits for ACP); returns
+    (process, stderr lines, an event set once the agent was started, or stderr ended)."""
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "punie", "--config", str(config), "up", profile, *extra],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in iter(proc.stderr.readline, ""):
+            lines.append(line)
+            if "started the agent" in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, lines, ready

@@ -7,7 +7,11 @@
 ok: answers chat completions after --load-delay seconds (requests wait, like mlx_lm loading);
 hang: accepts connections and never answers; generation-died: logs mlx_lm's message and answers
 404 {"error": "generation thread died"}; address-in-use: prints the OSError and hangs;
-fail-once: crashes the first time (tracked with --counter), then serves.
+fail-once: crashes the first time (tracked with --counter), then serves;
+foreign: starts a detached ok-mode copy of itself (outside this process tree, its pid in
+--foreign-pidfile) on the port, then sleeps without binding: a foreign server took the port.
+--die-after S: once S seconds passed after serving began, /health answers 503 and every POST 404
+(mlx_lm's "generation thread died" state after ready).
 """
 
 import argparse
@@ -31,7 +35,25 @@ parser.add_argument("--mode", default="ok")
 parser.add_argument("--ignore-term", action="store_true")
 parser.add_argument("--counter")
 parser.add_argument("--chatty", type=int, default=0, help="print this many log lines before serving")
+parser.add_argument("--foreign-pidfile")
+parser.add_argument("--die-after", type=float)
 args = parser.parse_args()
+
+if args.mode == "foreign":
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.execv(sys.executable, [sys.executable, __file__, "--port", str(args.port), "--host", args.host,
+                                      *(["--pidfile", args.foreign_pidfile] if args.foreign_pidfile else [])])
+        os._exit(0)
+    os.wait()
+    print("fake server: a foreign server was started on the port; not binding", flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    while True:
+        time.sleep(1)
 
 if args.pidfile:
     with open(args.pidfile, "a") as fh:
@@ -104,7 +126,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
+    def _dead(self):
+        return args.die_after is not None and time.monotonic() - started > args.die_after
+
     def do_GET(self):
+        if self._dead():
+            return self._send(503, {"status": "unavailable"})
         self._send(200, {"status": "ok"})
 
     def do_POST(self):
@@ -114,6 +141,8 @@ class Handler(BaseHTTPRequestHandler):
                 fh.write(json.dumps(body) + "\n")
         if args.mode == "hang":
             time.sleep(3600)
+        if self._dead():
+            return self._send(404, {"error": "generation thread died"})
         if args.mode == "generation-died":
             time.sleep(args.load_delay + 0.05)
             return self._send(404, {"error": "generation thread died"})

@@ -1,0 +1,18 @@
+"""THE list of PUNIE_ environment variables that are not profile keys (one home).
+
+Every other ``PUNIE_<KEY>`` variable is read as a profile override (pydantic-settings);
+config warns about a PUNIE_ variable that is neither. A module that reads a new
+non-profile PUNIE_ variable adds its name here (tests/test_envvars.py checks the source).
+"""
+
+from __future__ import annotations
+
+CONFIG = "PUNIE_CONFIG"  # the profiles file
+PROFILE = "PUNIE_PROFILE"  # the profile to use
+CACHE_DIR = "PUNIE_CACHE_DIR"  # Punie's cache (provisioned models)
+GUARD_MODE = "PUNIE_GUARD_MODE"  # the orphan guard's mode (launch/guard.py)
+
+NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE})
+PREFIX = "PUNIE_"
+#: The same names without the prefix (how config's env layer compares them).
+NON_PROFILE_KEYS = frozenset(name[len(PREFIX):] for name in NON_PROFILE)

@@ -1,0 +1,245 @@
+"""Network facts in one place: loopback, URLs of a server, and whether a port is taken.
+
+Everything here is stdlib-only and cheap to import (the CLI's check path uses it).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+from urllib.parse import urlsplit
+
+#: The request ``model`` under which mlx_lm serves the model WITH its ``--adapter-path``
+#: (any other name, even the model's own path, silently reloads the bare base model).
+SERVED_MODEL_NAME = "default_model"
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
+
+
+def is_loopback(host: str) -> bool | None:
+    """True for a loopback address or a name resolving only to loopback; None if it does not resolve."""
+    name = host.strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        return None
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when the URL's host is a loopback literal or localhost (no DNS: for proxy decisions)."""
+    host = (urlsplit(url).hostname or "").strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_host_problem(host: str, allow_remote: bool, *, what: str = "server.host") -> str | None:
+    """Why ``host`` may not be used, or None. THE rule for non-loopback hosts, used by check and plan.
+
+    A host that is not loopback needs ``server.allow_remote = true`` (mlx_lm.server has no
+    authentication); without it a host that does not resolve is refused too.
+    """
+    if allow_remote:
+        return None
+    loop = is_loopback(host)
+    if loop is None:
+        return f"host {host!r} does not resolve"
+    if loop:
+        return None
+    if what == "server.url":
+        return f"{host} is not a loopback address; set server.allow_remote = true to use a remote server"
+    return (f"{host} is not a loopback address: mlx_lm.server has no authentication; "
+            "set server.allow_remote = true to expose it")
+
+
+def remote_warning(host: str) -> str | None:
+    """The warning printed at every start of a server bound to a non-loopback ``host`` (None: loopback)."""
+    if is_loopback(host):
+        return None
+    return (f"WARNING: the server listens on {host} (server.allow_remote = true): anyone who can reach "
+            "this machine can use the model server, which has no authentication")
+
+
+def connect_host(host: str) -> str:
+    """The address a client uses to reach a server bound to ``host`` (wildcards mean loopback), URL-ready."""
+    host = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def server_root(url: str) -> str:
+    """``http://h:p/v1/`` or ``http://h:p`` -> ``http://h:p``."""
+    root = url.rstrip("/")
+    return root.removesuffix("/v1")
+
+
+def openai_base_url(url: str) -> str:
+    """The OpenAI base URL of a server URL (``http://host:port`` -> ``http://host:port/v1``)."""
+    return server_root(url) + "/v1"
+
+
+def local_base_url(host: str, port: int) -> str:
+    """The OpenAI base URL of a server Punie starts on ``host:port``."""
+    return f"http://{connect_host(host)}:{port}/v1"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host.strip("[]"), 0))
+        return int(sock.getsockname()[1])
+
+
+# -- is the port taken? --------------------------------------------------------------------------
+
+
+def _proc_listeners(port: int) -> list[tuple[str, int]]:
+    """(address, inode) of every LISTEN socket on ``port`` in /proc/net/tcp{,6} (Linux; [] elsewhere)."""
+    found: list[tuple[str, int]] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as fh:
+                next(fh, None)
+                for line in fh:
+                    fields = line.split()
+                    if len(fields) < 10 or fields[3] != _LISTEN:
+                        continue
+                    address, _, hexport = fields[1].rpartition(":")
+                    if int(hexport, 16) == port:
+                        found.append((_proc_address(address), int(fields[9])))
+        except OSError:
+            continue
+    return found
+
+
+def _proc_address(hexaddr: str) -> str:
+    raw = bytes.fromhex(hexaddr)
+    # /proc prints each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    addr = ipaddress.ip_address(words)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def listening_inodes(port: int) -> set[int]:
+    """Inodes of the sockets listening on ``port`` (any address), from /proc/net (Linux)."""
+    return {inode for _, inode in _proc_listeners(port)}
+
+
+def _overlaps(listener: str, host: str) -> bool:
+    if listener in ("0.0.0.0", "::") or host in WILDCARD_HOSTS:
+        return True
+    try:
+        a, b = ipaddress.ip_address(listener), ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True  # a name: be safe
+    return a == b
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now, or None when it could.
+
+    Binds the way mlx_lm.server and vLLM bind (SO_REUSEADDR, so a TIME_WAIT left by a
+    server that just stopped is no conflict), and on Linux also looks for a LISTEN socket
+    on the port in /proc/net/tcp{,6}: a listener on 127.0.0.1, 0.0.0.0 or :: overlapping
+    ``host`` is a conflict even where the bind alone would not show it.
+    """
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"host {host!r} does not resolve ({exc})"
+    busy = f"port {port} on {host} is already in use"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return busy
+            if exc.errno == errno.EACCES:
+                return f"no permission to listen on port {port} of {host}"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"address {host} is not an address of this machine"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    bound = str(address[0])
+    for listener, _ in _proc_listeners(port):
+        if _overlaps(listener, bound):
+            return f"{busy} (a server listens on {listener})"
+    return None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something listens on ``host:port`` (TIME_WAIT does not count); see `port_problem`."""
+    problem = port_problem(host, port)
+    return problem is not None and "already in use" in problem
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets open in process ``pid`` (Linux /proc/PID/fd; empty when unreadable)."""
+    found: set[int] = set()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(int(target[8:-1]))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (by parent pid, from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [pid]
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def owns_listener(pid: int, port: int, host: str = "") -> bool | None:
+    """Does the process tree of ``pid`` hold every socket listening on ``port`` (overlapping ``host``)?
+
+    None when this cannot be told (no /proc: not Linux); False when no socket listens there
+    or some other process holds one.
+    """
+    if not os.path.isdir("/proc/self/fd") or not os.path.exists("/proc/net/tcp"):
+        return None
+    listeners = {inode for address, inode in _proc_listeners(port) if not host or _overlaps(address, host)}
+    if not listeners:
+        return False
+    ours: set[int] = set()
+    for member in descendants(pid):
+        ours |= socket_inodes(member)
+    return listeners <= ours
