@@ -23,7 +23,7 @@ os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.support import vllm_canary  # noqa: E402
+from tests.support import vllm_canary
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.support.tiny import build_tiny_model, mlx_env, train_tiny_adapter, write_chat_dataset  # noqa: E402
+from tests.support.tiny import build_tiny_model, mlx_env, train_tiny_adapter, write_chat_dataset
 
 
 def free_port() -> int:

@@ -38,11 +38,11 @@ os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from punie.adapters.compose import compose, ensure_composed  # noqa: E402
-from punie.weights.safetensors import write_safetensors  # noqa: E402
-from punie.config.models import AdapterRef  # noqa: E402
+from punie.adapters.compose import compose, ensure_composed
+from punie.config.models import AdapterRef
+from punie.weights.safetensors import write_safetensors
 
 HIDDEN, LAYERS, INTER, HEADS, KV_HEADS, VOCAB = 1536, 28, 8960, 12, 2, 151936
 HEAD_DIM = HIDDEN // HEADS

@@ -1,4 +1,4 @@
-"""Benchmark: the shipped tool-calling adapter (profile `demo-tools`) vs the bare demo model.
+"""Benchmark: the shipped tool-calling adapter (profile `tool-calling`) vs the bare demo model.
 
 Run (from the repository root, ~23 min on a 2-core CPU; ~3 min with --no-train):
 
@@ -9,11 +9,11 @@ What it does, in one run, with the project's own code:
 1. Provisions the builtin SmolLM2-135M-Instruct (4-bit) if needed (`ensure_builtin`).
 2. Unless --no-train: trains a fresh LoRA adapter with `punie.training.train.train_adapter`
    (what `punie train` runs) on the shipped dataset `src/punie/data/datasets/tool-calling`,
-   with the settings the shipped `adapters/demo-tools-v1` was trained with (TRAIN below), into
+   with the settings the shipped `adapters/tool-calling-v1` was trained with (TRAIN below), into
    a temporary directory, and prints the training time.
-3. Evaluates with `punie.training.evaluate.evaluate_profile` (what `punie eval demo-tools --vs
+3. Evaluates with `punie.training.evaluate.evaluate_profile` (what `punie eval tool-calling --vs
    demo` runs) the shipped eval suite `tool-calling` on profile `demo` (no adapter) and on
-   profile `demo-tools` (the shipped adapter), each served by a real mlx_lm.server, and prints
+   profile `tool-calling` (the shipped adapter), each served by a real mlx_lm.server, and prints
    both scores and the difference. The score is not stored in the shipped adapter's metadata.
    The suite sends the agent's system prompt and tools and scores only real OpenAI
    `tool_calls` (what the agent receives); a `<tool_call>` left in the text counts 0.
@@ -24,8 +24,8 @@ Training runs on the 4-bit model through mlx_lm's quantized matmul, which on CPU
 lists the tools in every row's system turn).
 
 Measured on a 2-core x86_64 CPU (mlx 0.32.4 / mlx-lm 0.32.2): training 1058 s (40 iters, train loss 0.31,
-val loss 0.22); eval demo 0.00 (92 s) vs demo-tools 0.45 (66 s), measured with `punie train` and
-`punie eval demo-tools` using these settings (TRAIN below).
+val loss 0.22); eval demo 0.00 (92 s) vs tool-calling 0.45 (66 s), measured with `punie train` and
+`punie eval tool-calling` using these settings (TRAIN below).
 """
 
 from __future__ import annotations
@@ -43,28 +43,28 @@ os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from punie.config import load_profile  # noqa: E402
-from punie.training.evaluate import evaluate_profile, run_suite, serve  # noqa: E402
-from punie.training.suite import load_suite  # noqa: E402
-from punie.training.train import TrainOptions, train_adapter  # noqa: E402
-from punie.weights.builtin import ensure_builtin  # noqa: E402
+from punie.config import load_profile
+from punie.training.evaluate import evaluate_profile, run_suite, serve
+from punie.training.suite import load_suite
+from punie.training.train import TrainOptions, train_adapter
+from punie.weights.builtin import ensure_builtin
 
 DATA = REPO / "src" / "punie" / "data" / "datasets" / "tool-calling"
 CONFIG = REPO / "punie.toml"
-# The settings adapters/demo-tools-v1 was trained with (see adapters/README.md).
+# The settings adapters/tool-calling-v1 was trained with (see adapters/README.md).
 TRAIN = TrainOptions(iters=40, batch_size=1, learning_rate=5e-4, num_layers=8, val_batches=1, seed=0)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-train", action="store_true", help="only evaluate demo vs the shipped demo-tools")
+    parser.add_argument("--no-train", action="store_true", help="only evaluate demo vs the shipped tool-calling")
     args = parser.parse_args()
 
     started = time.monotonic()
     ensure_builtin("smollm2-135m-instruct")
     print(f"model ready ({time.monotonic() - started:.1f} s)", flush=True)
     demo = load_profile("demo", config=CONFIG)
-    tools = load_profile("demo-tools", config=CONFIG)
+    tools = load_profile("tool-calling", config=CONFIG)
 
     with tempfile.TemporaryDirectory(prefix="punie-bench-") as tmp:
         fresh = None
@@ -78,7 +78,7 @@ def main() -> int:
         report = evaluate_profile(tools, vs=demo, store=False)
         print(f"eval suite {report.suite} ({len(report.baseline.cases)} cases)")
         print(f"  demo (no adapter):           {report.baseline.score:.3f}  ({report.baseline.seconds:.1f} s)")
-        print(f"  demo-tools (demo-tools-v1):  {report.candidate.score:.3f}  ({report.candidate.seconds:.1f} s)")
+        print(f"  tool-calling (tool-calling-v1):  {report.candidate.score:.3f}  ({report.candidate.seconds:.1f} s)")
         print(f"  difference:                  {report.delta:+.3f}")
         for base, cand in zip(report.baseline.cases, report.candidate.cases, strict=True):
             print(f"    {cand.id:<20} {base.score:.2f} -> {cand.score:.2f}")

@@ -18,7 +18,7 @@ Runs alternate (by hand, punie up, by hand, ...) and medians are printed with
 the ratios. Goal: time-to-ready overhead < 10 % (or < 150 ms), shutdown < 1 s.
 
 ``--canary``: what the adapter canary adds to time-to-ready, on the builtin
-SmolLM2 profile with the shipped demo-tools-v1 adapter (provisioned on first use):
+SmolLM2 profile with the shipped tool-calling-v1 adapter (provisioned on first use):
 `punie up` with the adapter as shipped (the readiness probe is the canary:
 its prompt on /v1/completions with top-5 logprobs, then the comparison) against
 `punie up` with a copy of the adapter whose canary was removed (the probe is the
@@ -51,7 +51,7 @@ os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from punie.launch.guard import guarded_argv  # noqa: E402
+from punie.launch.guard import guarded_argv
 
 PROBE = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).encode()
 
@@ -157,14 +157,14 @@ def guard_cost(runs: int = 20) -> tuple[float, float]:
 
 
 def canary_overhead(runs: int) -> None:
-    """Time to ready of `punie up` on builtin SmolLM2 + demo-tools-v1, canary on vs off (see the docstring)."""
+    """Time to ready of `punie up` on builtin SmolLM2 + tool-calling-v1, canary on vs off (see the docstring)."""
     import shutil
 
     from punie.adapters.metadata import read_meta, write_meta
     from punie.weights.builtin import ensure_builtin
 
     repo = Path(__file__).resolve().parents[1]
-    shipped = repo / "adapters" / "demo-tools-v1"
+    shipped = repo / "adapters" / "tool-calling-v1"
     ensure_builtin("smollm2-135m-instruct")
     with tempfile.TemporaryDirectory(prefix="punie-bench-canary-") as tmp_name:
         tmp = Path(tmp_name)
@@ -174,7 +174,7 @@ def canary_overhead(runs: int) -> None:
         shutil.copytree(shipped, on)
         shutil.copytree(shipped, off)
         meta = read_meta(off)
-        assert meta is not None and meta.canary is not None, "adapters/demo-tools-v1 has no canary"
+        assert meta is not None and meta.canary is not None, "adapters/tool-calling-v1 has no canary"
         write_meta(off, meta.model_copy(update={"canary": None}))
         configs = {}
         for name in ("on", "off"):
@@ -193,7 +193,7 @@ def canary_overhead(runs: int) -> None:
                   f"{r_fmt(times['on'][-1])}", flush=True)
     on_med, off_med = statistics.median(times["on"]), statistics.median(times["off"])
     print()
-    print(f"model: builtin:smollm2-135m-instruct + adapters/demo-tools-v1 ({runs} runs, medians)")
+    print(f"model: builtin:smollm2-135m-instruct + adapters/tool-calling-v1 ({runs} runs, medians)")
     print(f"time to ready      canary off {r_fmt(off_med)}   canary on {r_fmt(on_med)}   "
           f"ratio {on_med / off_med:.3f}   overhead {1000 * (on_med - off_med):+.0f} ms "
           f"({100 * (on_med - off_med) / off_med:+.1f} %)")
@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="model directory (default: the tiny test model)")
     parser.add_argument("--adapter", type=Path, help="adapter directory (default: a tiny trained adapter)")
     parser.add_argument("--canary", action="store_true",
-                        help="measure the adapter canary's cost instead (builtin SmolLM2 + demo-tools-v1)")
+                        help="measure the adapter canary's cost instead (builtin SmolLM2 + tool-calling-v1)")
     args = parser.parse_args()
     if args.canary:
         canary_overhead(args.runs)

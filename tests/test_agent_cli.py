@@ -60,7 +60,7 @@ def test_ask_prints_tool_calls_on_stderr_and_answer_on_stdout(tmp_path: Path) ->
 def test_ask_json_and_set_overrides(tmp_path: Path) -> None:
     with serve([tool_call_reply(("list_files", {})), text_reply("Two files.")]) as fake:
         config = _project(tmp_path, fake.url)
-        result = _invoke(["--config", str(config), "ask", "--set", "agent.temperature=0.5", "--json", "List"])
+        result = _invoke(["--config", str(config), "ask", "--set", "agent.temperature=0.5", "--format", "json", "List"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["answer"] == "Two files."

@@ -74,7 +74,7 @@ def test_agent_turn_against_real_mlx_server(mlx_server: str, tmp_path: Path) -> 
     assert all(call.status in ("ok", "error", "denied", "invalid") for call in result.tool_calls)
 
     proc = subprocess.run(
-        [sys.executable, "-m", "punie", "ask", "--base-url", mlx_server, "--json", "Say hello."],
+        [sys.executable, "-m", "punie", "ask", "--base-url", mlx_server, "--format", "json", "Say hello."],
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr

@@ -126,7 +126,7 @@ def test_builtin_dir_is_under_cache_dir() -> None:
 
 
 def test_models_list_cli_json() -> None:
-    result = CliRunner().invoke(main, ["models", "list", "--json"])
+    result = CliRunner().invoke(main, ["models", "list", "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert rows[0]["name"] == f"builtin:{NAME}"

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from punie.adapters.canary import Canary, TopToken, canary_of, read_canary
-from punie.adapters.metadata import update_meta
+from punie.adapters.canary import Canary, TopToken, canary_of
+from punie.adapters.metadata import read_canary, update_meta
 from punie.config.models import Profile, ResolvedProfile, ServerOptions
 from punie.errors import AdapterError, CorruptFileError
 from punie.launch.canary import (
@@ -152,7 +152,7 @@ def test_an_adapter_that_barely_changes_the_base_is_indistinct() -> None:
 
 def test_the_tolerances_are_consistent() -> None:
     # Two recorded sides at least MIN_SEPARATION apart can never both match one answer.
-    assert 0 < MATCH_TOLERANCE and MIN_SEPARATION >= 2 * MATCH_TOLERANCE
+    assert MATCH_TOLERANCE > 0 and MIN_SEPARATION >= 2 * MATCH_TOLERANCE
 
 
 def test_partial_utf8_tokens_are_not_compared_by_text() -> None:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from punie.adapters.canary import read_canary
+from punie.adapters.metadata import read_canary
 from punie.cli import main
 from punie.config.models import Profile, ResolvedProfile, ServerOptions
 from punie.launch import LaunchFailed, prepare, run_up
@@ -88,7 +88,7 @@ class _Server:
         self.port = free_port()
         argv = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model), "--port", str(self.port)]
         argv += ["--adapter-path", str(adapter)] if adapter else []
-        self.log = open(log, "wb")  # noqa: SIM115
+        self.log = open(log, "wb")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=tiny.mlx_env())
 
     @property
@@ -211,18 +211,18 @@ def test_a_composed_adapter_gets_its_canary_when_launched(project: Path, tiny_mo
     assert read_canary(plan.adapter) == plan.canary.canary
 
 
-def test_the_shipped_demo_tools_adapter_is_proven_active_on_smollm2() -> None:
-    """The builtin demo-tools profile: its shipped canary was recorded on the SmolLM2 that Punie
+def test_the_shipped_tool_calling_adapter_is_proven_active_on_smollm2() -> None:
+    """The builtin tool-calling profile: its shipped canary was recorded on the SmolLM2 that Punie
     provisions (same weights identity), and a real `punie up` proves the adapter applied."""
     from punie.adapters.canary import base_fingerprint
     from punie.config import load_profile
     from punie.weights.builtin import ensure_builtin
 
     repo = Path(__file__).resolve().parents[1]
-    canary = read_canary(repo / "adapters" / "demo-tools-v1")
+    canary = read_canary(repo / "adapters" / "tool-calling-v1")
     assert canary is not None
     assert canary.base_fingerprint == base_fingerprint(ensure_builtin("smollm2-135m-instruct"))
-    resolved = load_profile("demo-tools", config=repo / "punie.toml", overrides=(f"server.port={free_port()}",))
+    resolved = load_profile("tool-calling", config=repo / "punie.toml", overrides=(f"server.port={free_port()}",))
     lines: list[str] = []
     outcome = run_up(resolved, check=False, sink=lines.append, agent_argv=[sys.executable, "-c", "pass"])
     assert outcome.canary is not None and outcome.canary["verdict"] == "adapter-active", "\n".join(lines)

@@ -21,10 +21,10 @@ from punie.adapters.compose import (
     plan_composition,
 )
 from punie.adapters.tensors import load_tensor, tensor_index
-from punie.weights.safetensors import write_safetensors
 from punie.cli.adapters_compose import attach, parse_part
 from punie.config.models import AdapterRef
 from punie.errors import AdapterError, CorruptFileError
+from punie.weights.safetensors import write_safetensors
 
 # Shapes of the conftest tiny model (hidden 64, 4 heads, 2 kv heads -> k/v out 32, intermediate 128).
 TINY_SHAPES = {
@@ -378,7 +378,7 @@ def test_cli_compose_writes_and_reports(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     make_part(tmp_path / "adapters" / "general-v1", rank=4, layers=[0, 1], keys=["self_attn.q_proj"], seed=1)
     make_part(tmp_path / "b", rank=2, layers=[1], keys=["mlp.up_proj"], seed=2)
-    result = CliRunner().invoke(_adapters_group(), ["compose", "general-v1", "b:0.5", "--out", "ab", "--json"])
+    result = CliRunner().invoke(_adapters_group(), ["compose", "general-v1", "b:0.5", "--out", "ab", "--format", "json"])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
     assert shown["adapter_config"]["lora_parameters"]["rank"] == 6

@@ -109,7 +109,7 @@ def test_eval_cli_compares_profiles_and_stores_score(tmp_path: Path, tiny_adapte
             f'[profiles.plain]\nmodel = "m"\nserver.url = "{base.url}"\n'
         )
         result = CliRunner().invoke(main, ["--config", str(config), "eval", "demo", "--vs", "plain",
-                                           "--suite", str(suite_file)])
+                                           "--suite", str(suite_file), "--record"])
     assert result.exit_code == 0, result.output + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["case", "plain", "demo"]
@@ -119,6 +119,33 @@ def test_eval_cli_compares_profiles_and_stores_score(tmp_path: Path, tiny_adapte
     assert meta is not None and meta.score == 1.0
     assert meta.eval is not None and meta.eval["suites"]["mini"]["baseline_score"] == 0.25
     assert meta.eval["suites"]["mini"]["cases"]["l"] == {"score": 1.0, "baseline": 0.5}
+
+
+def test_eval_writes_results_under_dot_punie_and_leaves_the_adapter_alone(tmp_path: Path, tiny_adapter: Path) -> None:
+    """Without --record, `punie eval` must not rewrite the (tracked) punie-adapter.json."""
+    shutil.copytree(tiny_adapter, tmp_path / "adapters" / "tool")
+    meta_file = tmp_path / "adapters" / "tool" / "punie-adapter.json"
+    before = meta_file.read_bytes() if meta_file.exists() else None
+    suite_file = tmp_path / "suite.json"
+    suite_file.write_text(_suite().model_dump_json())
+    good = [tool_call_reply(("read_file", {"path": "LICENSE"})), tool_call_reply(("list_files", {"path": "src"}))]
+    bad = [text_reply("hello"), tool_call_reply(("read_file", {"path": "src"}))]
+    with serve(good) as tuned, serve(bad) as base:
+        config = tmp_path / "punie.toml"
+        config.write_text(
+            f'[profiles.demo]\nmodel = "m"\nadapter = "tool"\nserver.url = "{tuned.url}"\n'
+            f'[profiles.plain]\nmodel = "m"\nserver.url = "{base.url}"\n'
+        )
+        result = CliRunner().invoke(main, ["--config", str(config), "eval", "demo", "--vs", "plain",
+                                           "--suite", str(suite_file), "--format", "json"])
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads(result.stdout)
+    assert report["stored_in"] is None
+    assert (meta_file.read_bytes() if meta_file.exists() else None) == before
+    (saved,) = (tmp_path / ".punie" / "eval").iterdir()
+    assert saved.name.startswith("demo-mini-") and saved.suffix == ".json"
+    assert report["saved_to"] == str(saved)
+    assert json.loads(saved.read_text())["candidate"]["score"] == report["candidate"]["score"] == 1.0
 
 
 def test_eval_without_adapter_or_vs_is_a_usage_error(tmp_path: Path) -> None:
@@ -141,7 +168,7 @@ def test_train_then_eval_on_tiny_model(tmp_path: Path, tiny_model: Path) -> None
     assert trained.exit_code == 0, trained.output + trained.stderr
     (adapter,) = (tmp_path / "adapters").iterdir()
     assert adapter.name.startswith("demo-")
-    evaluated = runner.invoke(main, ["--config", str(config), "eval", "demo", "--json"])
+    evaluated = runner.invoke(main, ["--config", str(config), "eval", "demo", "--record", "--format", "json"])
     assert evaluated.exit_code == 0, evaluated.output + evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert report["baseline"]["adapter"] is None and report["candidate"]["adapter"] == str(adapter)

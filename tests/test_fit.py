@@ -10,9 +10,9 @@ import pytest
 
 from punie.adapters.fit import fit_adapter, layer_index
 from punie.adapters.inspect import inspect_adapter, read_adapter
-from punie.weights.safetensors import write_safetensors
 from punie.errors import AdapterError, CorruptFileError
 from punie.weights.headers import read_model_shapes
+from punie.weights.safetensors import write_safetensors
 
 H, I = 64, 128  # tiny_model dims: hidden, intermediate; 4 heads, 2 kv heads -> kv out 32
 MODULES = {  # module path within a layer -> (out, in) of tiny_model

@@ -224,7 +224,8 @@ def test_a_detached_grandchild_of_the_agent_is_gone_when_punie_stops(tmp_path: P
     try:
         assert wait_for(lambda: bool(pids(detached)) or proc.poll() is not None, 20)
         (sleeper,) = pids(detached)
-        assert alive(sleeper) and os.getsid(sleeper) == sleeper  # its own session: no group signal reaches it
+        # Its own session (no group signal reaches it) once `setsid` has run: $! is known a moment before.
+        assert wait_for(lambda: alive(sleeper) and os.getsid(sleeper) == sleeper, 10)
         if how == "sigint":
             proc.send_signal(signal.SIGINT)
         else:

@@ -197,7 +197,7 @@ def test_adapters_list_cli(tmp_path: Path, tiny_model: Path, tiny_model_wide: Pa
     line = next(x for x in result.stdout.splitlines() if x.startswith("tiny"))
     assert "0.75" in line and "2026-01-02 03:04" in line and "demo:yes" in line and " 4 " in line
     assert "wide:no" in line
-    as_json = runner.invoke(main, ["--config", str(tmp_path / "punie.toml"), "adapters", "list", "--json"])
+    as_json = runner.invoke(main, ["--config", str(tmp_path / "punie.toml"), "adapters", "list", "--format", "json"])
     data = json.loads(as_json.stdout)
     assert data[0]["name"] == "tiny" and data[0]["fits"]["demo"]["fits"] == "yes"
     assert data[0]["fits"]["wide"]["fits"] == "no" and data[0]["fits"]["wide"]["reason"]

@@ -4,6 +4,7 @@ a SIGKILLed command leaves no process, and stop-then-start reuses the port at on
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,8 @@ def test_stop_then_start_reuses_the_port_at_once(tmp_path: Path, tiny_model: Pat
         try:
             assert ready.wait(90), "".join(lines)
             assert proc.poll() is None and any("server ready on" in x for x in lines), "".join(lines)
+            if run == 0:
+                _server_closes_a_connection_first(port)
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=20) == 0, "".join(lines)
         finally:
@@ -106,9 +109,18 @@ def test_stop_then_start_reuses_the_port_at_once(tmp_path: Path, tiny_model: Pat
                 proc.kill()
                 proc.wait()
         if run == 0:
-            # The server closed the probe's connection first: its side of it stays in TIME_WAIT,
-            # which the old check (bind without SO_REUSEADDR) refused for ~60 s.
+            # The server closed a connection first: its side of it stays in TIME_WAIT, which the
+            # old check (bind without SO_REUSEADDR) refused for ~60 s.
             assert time_wait_on(port), "no TIME_WAIT left: the test would not test the restart"
+
+
+def _server_closes_a_connection_first(port: int) -> None:
+    """An HTTP/1.0 request: the server answers and closes first, so its socket ends in TIME_WAIT
+    (whether the readiness probe's connections did depends on timing)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        while conn.recv(65536):  # until the server's FIN
+            pass
 
 
 def test_an_eval_server_that_does_not_load_is_a_launch_failed_naming_the_profile(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from punie.errors import CorruptFileError, PunieError
 from punie.weights.safetensors import (
     MAX_HEADER_BYTES,
     parse_header,
     read_header,
     write_safetensors,
 )
-from punie.errors import CorruptFileError, PunieError
 
 
 def _raw(header: object, data: bytes = b"") -> bytes:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from punie.adapters.canary import read_canary
+from punie.adapters.metadata import read_canary
 from punie.adapters.registry import config_fingerprint, read_meta
 from punie.cli import main
 from punie.config.models import Profile, ResolvedProfile

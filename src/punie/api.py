@@ -3,7 +3,7 @@
     import anyio
     import punie.api as punie
 
-    profile = punie.load_profile("demo-tools")
+    profile = punie.load_profile("tool-calling")
     report = punie.check([profile])                  # the report `punie check --format json` prints
     result = punie.evaluate(profile, baseline=True)  # baseline vs adapter, servers managed for you
     print(result.baseline_score, result.score, result.improvement)

@@ -55,8 +55,8 @@ def run(vllm_python: str, tmp: Path) -> dict[str, Any]:
     """Probe one vLLM server with the LoRA id and the base id; return what was seen and judged."""
     import httpx
 
-    from punie.adapters.canary import compute_canary
     from punie.launch.canary import ExpectedCanary
+    from punie.launch.stamp import compute_canary
     from tests.support import tiny
 
     model = tiny.build_tiny_model(tmp / "model", hidden=128, heads=2, kv_heads=1, intermediate=256)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from punie.weights.safetensors import SafetensorsHeader, read_header
 from punie.errors import AdapterError, CorruptFileError
+from punie.weights.safetensors import SafetensorsHeader, read_header
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapters.safetensors"

@@ -123,3 +123,9 @@ def update_meta(adapter_dir: str | Path, **fields: Any) -> AdapterMeta:
     meta = AdapterMeta.model_validate(data)
     write_meta(adapter_dir, meta)
     return meta
+
+
+def read_canary(adapter_dir: str | Path) -> Canary | None:
+    """The canary recorded for an adapter directory (`punie.adapters.canary`), None when it has none."""
+    meta = read_meta(adapter_dir)
+    return meta.canary if meta is not None else None

@@ -15,14 +15,13 @@ does this profile serve" (one adapter, a composition of several, or none).
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from punie.adapters.files import ADAPTERS_DIR, SPECIAL_SPECS, CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
+from punie.adapters.files import ADAPTERS_DIR, CONFIG_FILE, METADATA_FILE, SPECIAL_SPECS, WEIGHTS_FILE
 from punie.adapters.locate import adapter_dirs, adapters_root, created_of, resolve_adapter
 from punie.adapters.metadata import AdapterMeta, now_iso, read_meta, update_meta, write_meta
 from punie.config.models import AdapterRef, ResolvedProfile
@@ -34,9 +33,25 @@ logger = logging.getLogger(__name__)
 
 
 __all__ = [
-    "ADAPTERS_DIR", "CONFIG_FILE", "METADATA_FILE", "SPECIAL_SPECS", "WEIGHTS_FILE", "AdapterInfo", "AdapterMeta", "config_fingerprint",
-    "adapter_dirs", "adapter_info", "adapters_root", "effective_adapter", "list_adapters", "now_iso", "read_meta",
-    "resolve_adapter", "stamp_adapter", "update_meta", "write_meta",
+    "ADAPTERS_DIR",
+    "CONFIG_FILE",
+    "METADATA_FILE",
+    "SPECIAL_SPECS",
+    "WEIGHTS_FILE",
+    "AdapterInfo",
+    "AdapterMeta",
+    "adapter_dirs",
+    "adapter_info",
+    "adapters_root",
+    "config_fingerprint",
+    "effective_adapter",
+    "list_adapters",
+    "now_iso",
+    "read_meta",
+    "resolve_adapter",
+    "stamp_adapter",
+    "update_meta",
+    "write_meta",
 ]
 
 

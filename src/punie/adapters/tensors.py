@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from punie.weights.safetensors import TensorInfo, read_header
 from punie.errors import AdapterError, CorruptFileError
+from punie.weights.safetensors import TensorInfo, read_header
 
 if TYPE_CHECKING:
     import numpy as np

@@ -229,7 +229,7 @@ async def run_command_impl(ws: Workspace, command: str, timeout: float = DEFAULT
     try:
         code = await asyncio.wait_for(pump(), timeout)
         return code, output.text()
-    except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+    except (TimeoutError, asyncio.CancelledError) as exc:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:

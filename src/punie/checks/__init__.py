@@ -29,4 +29,11 @@ __all__ = [
 
 def check_profiles(profiles: Iterable[ResolvedProfile]) -> Report:
     """Check every profile and collect all problems in one report (nothing is raised for problems)."""
-    return Report(profiles=[check_profile_report(resolved) for resolved in profiles])
+    from punie.checks.ports import shared_port_problems
+
+    resolved = list(profiles)
+    shared = shared_port_problems(resolved)
+    reports = [check_profile_report(r) for r in resolved]
+    return Report(profiles=[
+        r.model_copy(update={"problems": [*r.problems, *shared[r.name]]}) if r.name in shared else r for r in reports
+    ])

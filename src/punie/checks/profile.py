@@ -232,8 +232,9 @@ def _check_single_adapter(c: _Collector, spec: str, model_path: Path | None,
 
 def _canary(c: _Collector, adapter_dir: Path, model_path: Path | None) -> None:
     """Does the adapter have a canary for this base (so readiness can prove the server applies it)?"""
-    from punie.adapters.canary import base_fingerprint, read_canary
+    from punie.adapters.canary import base_fingerprint
     from punie.adapters.files import METADATA_FILE
+    from punie.adapters.metadata import read_canary
 
     display = display_path(adapter_dir, c.resolved.project_dir)
     try:
@@ -258,7 +259,7 @@ def _canary(c: _Collector, adapter_dir: Path, model_path: Path | None) -> None:
 
 def _external_canary(c: _Collector, url: str) -> bool:
     """With server.url, an adapter with a canary is checked on the running server at readiness."""
-    from punie.adapters.canary import read_canary
+    from punie.adapters.metadata import read_canary
     from punie.adapters.registry import effective_adapter
 
     if c.resolved.profile.adapters:

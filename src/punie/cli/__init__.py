@@ -11,11 +11,10 @@ code the error carries; nothing else in Punie prints or exits.
 from __future__ import annotations
 
 import importlib
-import logging
 
 import click
 
-from punie.cli._common import PunieGroup, State
+from punie.cli._common import PunieGroup, State, configure_logging
 
 #: Top-level command -> the module of punie.cli whose ``register`` adds it.
 COMMANDS: dict[str, str] = {
@@ -30,6 +29,14 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "eval": "train",
     "adapters": "adapters",
+    "ide": "ide",
+    "completion": "completion",
+}
+#: Group -> the modules whose ``attach(group)`` add subcommands to it. The group's own module
+#: does not import them (and they import only punie.cli._common), so no module imports its sibling.
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "profiles": ("profiles_edit",),
+    "adapters": ("adapters_compose",),
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
@@ -43,6 +50,10 @@ class LazyGroup(PunieGroup):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             importlib.import_module(f"punie.cli.{COMMANDS[cmd_name]}").register(self)
+            group = self.commands.get(cmd_name)
+            for module in EXTENSIONS.get(cmd_name, ()):
+                if isinstance(group, click.Group):
+                    importlib.import_module(f"punie.cli.{module}").attach(group)
         return self.commands.get(cmd_name)
 
 
@@ -66,7 +77,6 @@ class LazyGroup(PunieGroup):
 @click.pass_context
 def main(ctx: click.Context, config: str | None, overrides: tuple[str, ...], verbose: int) -> None:
     """Punie: launch a coding agent on a local MLX model with a checked LoRA adapter."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="punie: %(levelname)s: %(message)s")
+    configure_logging(verbose)
     ctx.obj = State(config=config, overrides=overrides)
 

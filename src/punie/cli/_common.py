@@ -1,8 +1,15 @@
-"""Shared pieces of the CLI edge: state, error rendering, output formats."""
+"""Shared pieces of the CLI edge: state, the one error printer, options, output formats.
+
+Every command gets the top-level options through `state_of`, renders errors
+through `print_error` (the only place "punie: error:" is written), takes
+``--format text|json`` from `format_option` and its own ``--set`` from `set_option`.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +20,8 @@ import click
 from punie.errors import PunieError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+PREFIX = "punie"
 
 
 @dataclass(frozen=True)
@@ -27,9 +36,35 @@ class State:
         return (*self.overrides, *extra)
 
 
-def state_of(ctx: click.Context) -> State:
+def state_of(ctx: click.Context | None = None) -> State:
     """The top-level group's State (a default one when a command runs on its own, as in tests)."""
+    ctx = ctx or click.get_current_context()
     return ctx.find_object(State) or State()
+
+
+def configure_logging(verbose: int) -> None:
+    """Core modules log; the CLI shows warnings (-v: info, -vv: debug) on stderr as ``punie: LEVEL: ...``."""
+    import logging
+
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format=f"{PREFIX}: %(levelname)s: %(message)s")
+
+
+def say(message: str) -> None:
+    """A status line on stderr (stdout may belong to the agent protocol)."""
+    click.echo(f"{PREFIX}: {message}", err=True)
+
+
+def print_error(error: PunieError | str) -> None:
+    """The one way an error reaches the user: ``punie: error: MESSAGE`` on stderr."""
+    text = error.render() if isinstance(error, PunieError) else error
+    click.echo(f"{PREFIX}: error: {text}", err=True)
+
+
+def print_outcome(message: str | None, exit_code: int) -> None:
+    """A supervisor's final message: an error when the exit code says so, else a status line."""
+    if message:
+        (print_error if exit_code else say)(message)
 
 
 def set_option(example: str = "server.port=8081") -> Callable[[F], F]:
@@ -41,10 +76,61 @@ def set_option(example: str = "server.port=8081") -> Callable[[F], F]:
 
 
 def format_option(help: str = "Output format.") -> Callable[[F], F]:
-    """``--format text|json``."""
-    return click.option(
-        "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help=help,
-    )
+    """``--format text|json`` as the command's ``fmt`` argument.
+
+    ``--json`` is kept, hidden, as a deprecated spelling of ``--format json``.
+    """
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.pop("json_alias", False):
+                say("warning: --json is deprecated, use --format json")
+                kwargs["fmt"] = "json"
+            return func(*args, **kwargs)
+
+        wrapped = click.option("--json", "json_alias", is_flag=True, hidden=True,
+                               help="Deprecated: --format json.")(wrapper)
+        return click.option(  # type: ignore[return-value]
+            "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help=help,
+        )(wrapped)
+
+    return decorate
+
+
+def _root_config(ctx: click.Context) -> str | None:
+    return ctx.find_root().params.get("config")
+
+
+def complete_profiles(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion: the profile names of the profiles file the command line would use."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        from punie.config import read_config
+
+        names = read_config(_root_config(ctx)).profile_names
+    except Exception:  # completing must never print a traceback into the shell
+        return []
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
+def complete_adapters(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion: adapter names under the project's adapters/, and latest / best."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        from pathlib import Path
+
+        from punie.adapters.registry import adapters_root
+        from punie.config import find_config
+
+        found = find_config(_root_config(ctx))
+        root = adapters_root(found.parent if found else Path.cwd())
+        names = sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())
+    except Exception:  # completing must never print a traceback into the shell
+        names = []
+    return [CompletionItem(name) for name in [*names, "latest", "best"] if name.startswith(incomplete)]
 
 
 class PunieGroup(click.Group):
@@ -54,7 +140,7 @@ class PunieGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PunieError as exc:
-            click.echo(f"punie: error: {exc.render()}", err=True)
+            print_error(exc)
             ctx.exit(exc.exit_code)
 
 
@@ -62,15 +148,15 @@ def render_progress(stage: str, done: int | None, total: int | None) -> None:
     """Show a provisioning step on stderr (stdout may belong to the agent protocol)."""
     if stage == "download" and done is None:
         size = f" ({total >> 20} MB, once)" if total else ""
-        click.echo(f"punie: downloading the model from PyPI{size}...", err=True)
+        say(f"downloading the model from PyPI{size}...")
     elif done is None or not total or (done == 0 and stage != "extract"):
-        click.echo(f"punie: {stage}...", err=True)
+        say(f"{stage}...")
     elif stage == "extract":
         # A line every 32 MB or so, plus the first and the last.
         if done in (0, total) or done % (1 << 25) < (1 << 22):
-            click.echo(f"punie: {stage} {done * 100 // total}% ({done >> 20}/{total >> 20} MB)", err=True)
+            say(f"{stage} {done * 100 // total}% ({done >> 20}/{total >> 20} MB)")
     elif done == total:
-        click.echo(f"punie: {stage} done", err=True)
+        say(f"{stage} done")
 
 
 def echo_json(value: Any) -> None:
@@ -83,4 +169,28 @@ def is_tty(stream: Any = None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-pass_state = click.make_pass_decorator(State)
+def toml_value(value: Any) -> str:
+    """A value written the way it would be in punie.toml (``"text"``, ``8080``, ``["a"]``)."""
+    from punie.config.locate import dotted
+
+    if value is None:
+        return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        return "{ " + ", ".join(f"{dotted([k])} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value, default=str)

@@ -1,9 +1,4 @@
-"""CLI: `punie adapters list`, `adapters stamp` (and `adapters compose`, attached from punie.cli.adapters_compose).
-
-Other modules attach subcommands to the same group::
-
-    from punie.cli.adapters import adapters_group
-"""
+"""CLI: `punie adapters list`, `adapters stamp` (`adapters compose` is attached by punie.cli from adapters_compose)."""
 
 from __future__ import annotations
 
@@ -12,7 +7,7 @@ from typing import Any
 
 import click
 
-from punie.cli._common import echo_json, state_of
+from punie.cli._common import echo_json, format_option, state_of
 
 
 @click.group("adapters", invoke_without_command=True)
@@ -40,9 +35,9 @@ def _table(rows: list[list[str]], heads: list[str]) -> str:
 
 
 @adapters_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the adapters as JSON.")
+@format_option()
 @click.pass_context
-def list_command(ctx: click.Context, as_json: bool) -> None:
+def list_command(ctx: click.Context, fmt: str = "text") -> None:
     """Every adapter under adapters/: base model, rank, layers, size, date, score, canary, fits."""
     from punie.adapters.registry import adapters_root, list_adapters
     from punie.checks import adapter_fits
@@ -56,7 +51,7 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
         info.name: {p.name: dict(zip(("fits", "reason"), adapter_fits(info, p), strict=True)) for p in profiles}
         for info in infos
     }
-    if as_json:
+    if fmt == "json":
         echo_json([info.model_dump(mode="json") | {"fits": fits[info.name]} for info in infos])
         return
     if not infos:
@@ -81,7 +76,8 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
 
 @adapters_group.command("stamp")
 @click.argument("name")
-@click.option("--base", "profile", required=True, metavar="PROFILE", help="Profile whose base model the adapter is for.")
+@click.option("--base", "profile", required=True, metavar="PROFILE",
+              help="Profile whose base model the adapter is for.")
 @click.option("--force", is_flag=True, help="Stamp even if the adapter does not fit the base model.")
 @click.option("--canary/--no-canary", default=True, show_default=True,
               help="Also record the adapter's canary (computed once with mlx_lm; checked at readiness).")
@@ -116,7 +112,7 @@ def stamp_command(ctx: click.Context, name: str, profile: str, force: bool, cana
     click.echo(f"stamped {adapter_dir}: base {meta.base_model} (weights {meta.base.weights[:12]}, "
                f"shapes {meta.base.shapes[:12]})")
     if canary:
-        from punie.adapters.canary import stamp_canary
+        from punie.launch.stamp import stamp_canary
 
         recorded = stamp_canary(adapter_dir, model_dir)
         top = ", ".join  # the three likeliest first tokens of each side
@@ -125,9 +121,5 @@ def stamp_command(ctx: click.Context, name: str, profile: str, force: bool, cana
 
 
 def register(group: click.Group) -> None:
-    """Add the `adapters` group, with `compose` from punie.cli.adapters_compose."""
-    from punie.cli.adapters_compose import attach
-
-    if "compose" not in adapters_group.commands:
-        attach(adapters_group)
+    """Add the `adapters` group to the top-level group."""
     group.add_command(adapters_group)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from punie.cli._common import State, echo_json
+from punie.cli._common import complete_adapters, echo_json, format_option, state_of
 from punie.errors import UsageError
 
 
@@ -33,14 +33,14 @@ def _resolve(spec: str, project_dir: Path) -> Path:
 
 
 @click.command("compose")
-@click.argument("adapters", nargs=-1, required=True, metavar="ADAPTER[:WEIGHT]...")
+@click.argument("adapters", nargs=-1, required=True, metavar="ADAPTER[:WEIGHT]...", shell_complete=complete_adapters)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the composed adapter's config as JSON.")
+@format_option("json: the composed adapter's config.")
 @click.option("--base", "base", metavar="PROFILE",
               help="Also record the composed adapter's canary on this profile's model (needs mlx).")
 @click.pass_context
-def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, force: bool, as_json: bool,
+def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, force: bool, fmt: str,
                     base: str | None) -> None:
     """Compose LoRA adapters into one (ranks concatenated: exact).
 
@@ -49,8 +49,8 @@ def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, for
     """
     from punie.adapters.compose import compose
 
-    state = ctx.find_object(State)
-    project_dir = Path(state.config).resolve().parent if state and state.config else Path.cwd()
+    state = state_of(ctx)
+    project_dir = Path(state.config).resolve().parent if state.config else Path.cwd()
     parts = []
     for text in adapters:
         spec, weight = parse_part(text)
@@ -59,16 +59,15 @@ def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, for
         parts.append((_resolve(spec, project_dir), weight))
     result = compose(parts, Path(out), force=force)
     if base is not None:
-        from punie.adapters.canary import stamp_canary
         from punie.config import load_profile
         from punie.launch.prepare import resolve_model_path
+        from punie.launch.stamp import stamp_canary
 
-        resolved = load_profile(base, config=state.config if state else None,
-                                overrides=state.overrides if state else ())
+        resolved = load_profile(base, config=state.config, overrides=state.overrides)
         stamp_canary(result, resolve_model_path(resolved, provision=True))
     config = json.loads((result / "adapter_config.json").read_text())
     meta = json.loads((result / "punie-adapter.json").read_text())
-    if as_json:
+    if fmt == "json":
         echo_json({"path": str(result), "adapter_config": config, "punie_adapter": meta})
         return
     params = config["lora_parameters"]
@@ -82,4 +81,5 @@ def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, for
 
 def attach(group: click.Group) -> None:
     """Add `compose` to the `adapters` click group."""
-    group.add_command(compose_command)
+    if "compose" not in group.commands:
+        group.add_command(compose_command)

@@ -20,7 +20,19 @@ from typing import Any
 
 import click
 
-from punie.cli._common import State, echo_json, pass_state, render_progress, set_option
+from punie.cli._common import (
+    State,
+    complete_adapters,
+    complete_profiles,
+    echo_json,
+    format_option,
+    print_error,
+    print_outcome,
+    render_progress,
+    say,
+    set_option,
+    state_of,
+)
 from punie.errors import AgentError, UsageError
 
 LOCAL_PREFIX = "local:"
@@ -55,7 +67,7 @@ def _load_target(state: State, profile: str | None, overrides: Sequence[str], ba
 async def _repl(agent: Any) -> None:
     from punie.agent.runner import run_turn
 
-    click.echo(f"punie: agent on {agent.base_url}, workspace {agent.workspace.root} (Ctrl-D to quit)", err=True)
+    say(f"agent on {agent.base_url}, workspace {agent.workspace.root} (Ctrl-D to quit)")
     history: list[Any] = []
     while True:
         click.echo("punie> ", err=True, nl=False)
@@ -69,7 +81,7 @@ async def _repl(agent: Any) -> None:
         try:
             result = await run_turn(agent, prompt, history=history)
         except AgentError as exc:
-            click.echo(f"punie: error: {exc.render()}", err=True)
+            print_error(exc)
             continue
         history = result.messages
         render_tool_calls(result.tool_calls)
@@ -115,22 +127,23 @@ def agent_command(base_url: str, options_text: str | None, mode: str) -> None:
 
 @click.command("ask")
 @click.argument("prompt")
-@click.option("--profile", "-p", "profile", metavar="NAME", help="Profile to use (default: the file's default).")
+@click.option("--profile", "-p", "profile", metavar="NAME", shell_complete=complete_profiles,
+              help="Profile to use (default: the file's default).")
 @click.option("--base-url", metavar="URL", help="Talk to this server instead of the profile's.")
 @set_option()
-@click.option("--json", "as_json", is_flag=True, help="Print the answer and tool calls as one JSON document.")
-@pass_state
-def ask_command(state: State, prompt: str, profile: str | None, base_url: str | None,
-                overrides: tuple[str, ...], as_json: bool) -> None:
+@format_option("json: the answer and tool calls as one JSON document.")
+@click.pass_context
+def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: str | None,
+                overrides: tuple[str, ...], fmt: str) -> None:
     """Run one agent turn in the terminal and print the tool calls and the answer."""
     from punie.agent.permissions import terminal_asker
     from punie.agent.runner import build_agent, run_turn_sync
 
-    target = _load_target(state, profile, overrides, base_url)
+    target = _load_target(state_of(ctx), profile, overrides, base_url)
     agent = build_agent(target.options, target.base_url, permission_asker=terminal_asker(),
                         base_dir=target.base_dir)
     result = run_turn_sync(agent, prompt)
-    if as_json:
+    if fmt == "json":
         echo_json(result.to_json())
         return
     render_tool_calls(result.tool_calls)
@@ -140,22 +153,24 @@ def ask_command(state: State, prompt: str, profile: str | None, base_url: str | 
 @click.command("serve")
 @click.option("--model", "-m", "model", required=True, metavar="SPEC",
               help="local:URL to use a running server, or a model to serve (path, HF id, builtin:NAME).")
-@click.option("--adapter", "-a", metavar="SPEC", help="LoRA adapter to serve with the model.")
+@click.option("--adapter", "-a", metavar="SPEC", shell_complete=complete_adapters,
+              help="LoRA adapter to serve with the model.")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port for mlx_lm.server.")
 @click.option("--host", metavar="ADDR", help="Address mlx_lm.server binds to.")
-@click.option("--profile", "-p", "profile", metavar="NAME", help="Take the agent options from this profile.")
+@click.option("--profile", "-p", "profile", metavar="NAME", shell_complete=complete_profiles,
+              help="Take the agent options from this profile.")
 @set_option()
 @click.option("--mode", type=click.Choice(["auto", "acp", "repl"]), default="auto", show_default=True,
               help="With local:URL: ACP on stdio unless stdin is a terminal.")
 @click.option("--dry-run", is_flag=True, help="Print the launch plan (after checking) and start nothing.")
 @click.pass_context
-@pass_state
-def serve_command(state: State, ctx: click.Context, model: str, adapter: str | None, port: int | None,
+def serve_command(ctx: click.Context, model: str, adapter: str | None, port: int | None,
                   host: str | None, profile: str | None, overrides: tuple[str, ...], mode: str,
                   dry_run: bool) -> None:
     """Serve the agent: on a running server (local:URL), or start mlx_lm.server with a model first."""
     from punie.config.models import ResolvedProfile
 
+    state = state_of(ctx)
     resolved: ResolvedProfile | None = None
     if profile or overrides:
         from punie.config import load_profile
@@ -185,8 +200,7 @@ def serve_command(state: State, ctx: click.Context, model: str, adapter: str | N
         if outcome.plan is not None:
             click.echo(outcome.plan.render_text())
         return
-    if outcome.message:
-        click.echo(("punie: error: " if outcome.exit_code else "punie: ") + outcome.message, err=True)
+    print_outcome(outcome.message, outcome.exit_code)
     ctx.exit(outcome.exit_code)
 
 

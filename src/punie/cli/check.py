@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import click
 
-from punie.cli._common import State, echo_json, format_option, pass_state, set_option
+from punie.cli._common import complete_profiles, echo_json, format_option, set_option, state_of
 
 
 @click.command("check")
-@click.argument("profiles", nargs=-1)
+@click.argument("profiles", nargs=-1, shell_complete=complete_profiles)
 @format_option("Output format (json for CI).")
 @set_option()
-@pass_state
 @click.pass_context
-def check_command(ctx: click.Context, state: State, profiles: tuple[str, ...], fmt: str,
+def check_command(ctx: click.Context, profiles: tuple[str, ...], fmt: str,
                   overrides: tuple[str, ...]) -> None:
     """Check PROFILES (all when none are named): server, model, adapter files and shapes.
 
@@ -23,6 +22,7 @@ def check_command(ctx: click.Context, state: State, profiles: tuple[str, ...], f
     from punie.checks import check_profiles
     from punie.config import load_profiles
 
+    state = state_of(ctx)
     resolved = load_profiles(profiles, config=state.config, overrides=state.with_overrides(overrides))
     report = check_profiles(resolved)
     if fmt == "json":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from punie.cli._common import echo_json, render_progress
+from punie.cli._common import echo_json, format_option, render_progress
 
 
 def register(group: click.Group) -> None:
@@ -23,8 +23,8 @@ def register(group: click.Group) -> None:
         click.echo(str(ensure_builtin(name, progress=render_progress)))
 
     @models.command("list")
-    @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-    def list_(as_json: bool) -> None:
+    @format_option()
+    def list_(fmt: str) -> None:
         """List builtin models and whether they are provisioned."""
         from punie.weights.builtin import BUILTINS, builtin_dir, is_provisioned
 
@@ -33,7 +33,7 @@ def register(group: click.Group) -> None:
              "path": str(builtin_dir(b.name)), "description": b.description}
             for b in BUILTINS.values()
         ]
-        if as_json:
+        if fmt == "json":
             echo_json(rows)
             return
         for r in rows:

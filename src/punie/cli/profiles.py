@@ -1,56 +1,24 @@
 """CLI: `punie profiles` (list), `punie profiles show NAME`, `punie schema`.
 
-Other modules attach more subcommands to the same group::
-
-    from punie.cli.profiles import profiles_group
-
-    @profiles_group.command("new")
-    ...
+The editing subcommands (new, set, rm...) are attached to ``profiles_group`` by
+punie.cli from punie.cli.profiles_edit; this module does not import that one.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import click
 
-from punie.cli._common import echo_json, format_option, set_option, state_of
+from punie.cli._common import complete_profiles, echo_json, format_option, set_option, state_of, toml_value
 from punie.config import EMBEDDED_NAME, list_profiles, load_profile
-from punie.config.locate import dotted
 from punie.config.models import Profile, ResolvedProfile
 from punie.config.resolve import LEAF_KEYS
 from punie.config.schema import SCHEMA_RELPATH, check_schema, schema_text, write_schema
 
 _FORMAT = format_option()
 _SET = set_option()
-
-
-def toml_value(value: Any) -> str:
-    """A value written the way it would be in punie.toml (``"text"``, ``8080``, ``["a"]``)."""
-    if value is None:
-        return "(not set)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return "{ " + ", ".join(f"{dotted([k])} = {toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value, default=str)
 
 
 def _leaf_value(profile: Profile, key: str) -> Any:
@@ -137,7 +105,7 @@ def profiles_group(ctx: click.Context, fmt: str, overrides: tuple[str, ...]) -> 
 
 
 @profiles_group.command("show")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_profiles)
 @_FORMAT
 @_SET
 @click.pass_context
@@ -192,10 +160,6 @@ def schema_command(output: str | None, check: bool) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Add `profiles` (with the editing subcommands) and `schema` to the top-level group."""
-    from punie.cli.profiles_edit import attach
-
-    if "set" not in profiles_group.commands:
-        attach(profiles_group)
+    """Add `profiles` and `schema` to the top-level group."""
     group.add_command(profiles_group)
     group.add_command(schema_command)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from punie.cli._common import state_of
+from punie.cli._common import print_error, state_of
 from punie.config.edit import (
     apply_edit,
     create_profile,
@@ -188,7 +188,7 @@ def edit_command(ctx: click.Context, name: str) -> None:
         try:
             apply_edit(path, lambda text, edited=edited: replace_profile(text, name, edited))
         except ConfigError as exc:
-            click.echo(f"punie: error: {exc.render()}", err=True)
+            print_error(exc)
             if not _ask_again():
                 _done(path, "not changed")
                 ctx.exit(exc.exit_code)
@@ -206,6 +206,6 @@ def _ask_again() -> bool:
 
 
 def _toml(value: object) -> str:
-    from punie.cli.profiles import toml_value
+    from punie.cli._common import toml_value
 
     return toml_value(value)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from punie.cli._common import echo_json, set_option, state_of
+from punie.cli._common import complete_profiles, echo_json, format_option, say, set_option, state_of
 
 _SET = set_option("adapter=latest")
 
@@ -36,7 +36,7 @@ class _TrainBar:
     def __call__(self, event: Any) -> None:
         if event.kind == "status":
             if self.bar is None:
-                click.echo(f"punie: {event.message}", err=True)
+                say(event.message)
             return
         self.losses[event.kind] = event.loss
         if self.bar is None:
@@ -56,7 +56,7 @@ class _TrainBar:
 
 
 @click.command("train")
-@click.argument("profile", required=False)
+@click.argument("profile", required=False, shell_complete=complete_profiles)
 @click.option("--data", "data", required=True, metavar="DIR",
               help="Directory with train.jsonl and valid.jsonl (or a shipped dataset name: tool-calling).")
 @click.option("--iters", type=click.IntRange(min=1), default=100, show_default=True, help="Training iterations.")
@@ -74,11 +74,11 @@ class _TrainBar:
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Adapter directory to write "
               "(default: the profile's adapter; adapters/PROFILE-TIME for latest/best/none).")
 @click.option("--dry-run", is_flag=True, help="Check the dataset and print the mlx_lm command; train nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@format_option("json: the result (or the --dry-run plan) as JSON.")
 @_SET
 @click.pass_context
 def train_command(ctx: click.Context, profile: str | None, data: str, output: str | None, dry_run: bool,
-                  as_json: bool, overrides: tuple[str, ...], **knobs: Any) -> None:
+                  fmt: str, overrides: tuple[str, ...], **knobs: Any) -> None:
     """Train a LoRA adapter for PROFILE's base model with mlx_lm lora.
 
     The dataset is checked first (every problem is reported with file:line).
@@ -88,6 +88,7 @@ def train_command(ctx: click.Context, profile: str | None, data: str, output: st
     from punie.training.dataset import resolve_data_dir
     from punie.training.train import TrainOptions, TrainPlan, train_adapter
 
+    as_json = fmt == "json"
     resolved = _load(ctx, profile, overrides)
     options = TrainOptions(**knobs)
     bar = _TrainBar(options.iters)
@@ -146,28 +147,36 @@ def render_report(report: Any) -> str:
     lines.append(f"suite {report.suite}: {cand.label} {_fmt(cand.score)} vs {base.label} {_fmt(base.score)} "
                  f"({sign}{report.delta:.2f})")
     if report.stored_in:
-        lines.append(f"score stored in {report.stored_in}/punie-adapter.json")
+        lines.append(f"score recorded in {report.stored_in}/punie-adapter.json")
+    if report.saved_to:
+        lines.append(f"results written to {report.saved_to}")
     return "\n".join(lines)
 
 
 @click.command("eval")
-@click.argument("profile", required=False)
-@click.option("--vs", "vs", metavar="OTHER", help="Baseline profile (default: PROFILE without its adapter).")
+@click.argument("profile", required=False, shell_complete=complete_profiles)
+@click.option("--vs", "vs", metavar="OTHER", shell_complete=complete_profiles,
+              help="Baseline profile (default: PROFILE without its adapter).")
 @click.option("--suite", "suite", metavar="NAME|FILE", help="Eval suite (default: the shipped tool-calling suite).")
-@click.option("--no-store", is_flag=True, help="Do not record the score in the adapter's metadata.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--record", is_flag=True,
+              help="Record the score in the adapter's punie-adapter.json (what adapter = \"best\" ranks by).")
+@click.option("--no-store", is_flag=True, hidden=True, help="Deprecated: the score is recorded only with --record.")
+@format_option("json: the report as JSON.")
 @_SET
 @click.pass_context
-def eval_command(ctx: click.Context, profile: str | None, vs: str | None, suite: str | None, no_store: bool,
-                 as_json: bool, overrides: tuple[str, ...]) -> None:
+def eval_command(ctx: click.Context, profile: str | None, vs: str | None, suite: str | None, record: bool,
+                 no_store: bool, fmt: str, overrides: tuple[str, ...]) -> None:
     """Score PROFILE (with its adapter) against a baseline on an eval suite.
 
     Both are served by mlx_lm.server in turn on a free port; each case is a
-    prompt with the expected tool call and keywords, scored 0..1. The score is
-    stored in the adapter's punie-adapter.json (used by adapter = "best").
+    prompt with the expected tool call and keywords, scored 0..1. The report is
+    written under .punie/eval/; with --record the score also goes into the
+    adapter's punie-adapter.json (used by adapter = "best").
     """
+    from punie.paths import state_dir
     from punie.training.evaluate import evaluate_profile
 
+    as_json = fmt == "json"
     resolved = _load(ctx, profile, overrides)
     other = _load(ctx, vs, overrides) if vs else None
 
@@ -175,12 +184,12 @@ def eval_command(ctx: click.Context, profile: str | None, vs: str | None, suite:
         if as_json:
             return
         if event.kind == "server":
-            click.echo(f"punie: {event.message}", err=True)
+            say(event.message)
         elif event.kind == "case" and event.case is not None:
-            click.echo(f"punie: {event.label}: [{event.index + 1}/{event.total}] {event.case.id} "
-                       f"{event.case.score:.2f}", err=True)
+            say(f"{event.label}: [{event.index + 1}/{event.total}] {event.case.id} {event.case.score:.2f}")
 
-    report = evaluate_profile(resolved, vs=other, suite=suite, store=not no_store, on_event=progress)
+    report = evaluate_profile(resolved, vs=other, suite=suite, store=record and not no_store, on_event=progress,
+                              results_dir=state_dir(resolved.project_dir) / "eval")
     if as_json:
         echo_json(report.model_dump(mode="json") | {"delta": report.delta})
     else:

@@ -11,11 +11,19 @@ import sys
 
 import click
 
-from punie.cli._common import State, format_option, pass_state, render_progress, set_option
+from punie.cli._common import (
+    complete_profiles,
+    echo_json,
+    format_option,
+    print_outcome,
+    render_progress,
+    set_option,
+    state_of,
+)
 
 
 @click.command("up")
-@click.argument("profile", required=False)
+@click.argument("profile", required=False, shell_complete=complete_profiles)
 @click.option("--dry-run", is_flag=True, help="Print the launch plan (after resolving and checking) and exit.")
 @format_option("Format of the --dry-run plan, and of the session's final status (stderr).")
 @click.option("--no-check", is_flag=True, help="Launch without running `punie check` first.")
@@ -29,11 +37,9 @@ from punie.cli._common import State, format_option, pass_state, render_progress,
     help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
 )
 @set_option()
-@pass_state
 @click.pass_context
 def up_command(
     ctx: click.Context,
-    state: State,
     profile: str | None,
     dry_run: bool,
     fmt: str,
@@ -49,13 +55,12 @@ def up_command(
     130 when a second Ctrl-C forced the stop.
     """
     from punie.config import load_profile
-    from punie.launch import run_up
+    from punie.launch import LaunchFailed, run_up
 
+    state = state_of(ctx)
     resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
     if follow_server is None:  # the interactive agent shares the terminal: keep it readable
         follow_server = not sys.stdin.isatty()
-    from punie.launch import LaunchFailed
-
     try:
         outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
                          follow_server=follow_server, subreaper=True)
@@ -67,13 +72,11 @@ def up_command(
     if dry_run:
         assert outcome.plan is not None
         if fmt == "json":
-            click.echo(json.dumps(outcome.plan.to_json(), indent=2))
+            echo_json(outcome.plan.to_json())
         else:
             click.echo(outcome.plan.render_text())
         return
-    if outcome.message:
-        prefix = "punie: error: " if outcome.exit_code else "punie: "
-        click.echo(prefix + outcome.message, err=True)
+    print_outcome(outcome.message, outcome.exit_code)
     if fmt == "json":  # the session's status; on stderr, as stdout belongs to the agent
         status = {"profile": resolved.name, "reason": outcome.reason, "exit_code": outcome.exit_code,
                   "ready_seconds": outcome.ready_seconds, "restarts": outcome.restarts, "canary": outcome.canary}

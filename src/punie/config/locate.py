@@ -25,7 +25,7 @@ def key_lines(text: str) -> dict[KeyPath, int]:
     lines: dict[KeyPath, int] = {}
     try:
         _scan(text, lines)
-    except Exception:  # noqa: BLE001 - locating is a courtesy; never let it hide the real error
+    except Exception:
         pass
     return lines
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
 from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
+from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, NON_PROFILE_ENV
 from punie.config.loader import (
+    CONFIG_NAME,
     ConfigSource,
     Problem,
     extends_chain,
@@ -32,15 +33,6 @@ from punie.config.loader import (
 from punie.config.locate import KeyPath, dotted, key_lines, line_of
 from punie.config.models import Profile, ResolvedProfile
 from punie.config.overrides import deep_merge, leaves, overrides_to_dict
-from punie.config.settings import (
-    ENV_DELIMITER,
-    ENV_PREFIX,
-    FILE_ONLY_FIELDS,
-    NON_PROFILE_ENV,
-    ProfileSettings,
-    build_profile,
-    read_env,
-)
 from punie.errors import ConfigError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -82,6 +74,12 @@ def check_profile_name(source: ConfigSource, name: str, *, where: str | None = N
     names = source.profile_names
     if name in names:
         return
+    if source.embedded:  # as when an IDE starts `punie up NAME` outside the project
+        raise ConfigError(
+            f"no {CONFIG_NAME} found in {Path.cwd()} or its parents, and '{name}' is not a built-in profile",
+            where=where if where and where != source.display else None,
+            hint=f"name one with --config FILE or PUNIE_CONFIG (built-in profiles: {', '.join(names)})",
+        )
     hint = did_you_mean(name, names)
     raise ConfigError(
         f"unknown profile '{name}'" + (f", {hint}" if hint else ""),
@@ -140,6 +138,8 @@ def _cli_text(path: Sequence[object], origin: Mapping[tuple[str, ...], str]) -> 
 
 
 def _read_env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    fields = {name for name in Profile.model_fields if name not in FILE_ONLY_FIELDS}
+    profile_vars = False
     for var in env:
         upper = var.upper()
         if not upper.startswith(ENV_PREFIX):
@@ -147,9 +147,16 @@ def _read_env_layer(env: Mapping[str, str]) -> dict[str, Any]:
         head = upper[len(ENV_PREFIX) :].split(ENV_DELIMITER, 1)[0]
         if head.lower() in FILE_ONLY_FIELDS:
             raise ConfigError(f"'{head.lower()}' can only be set in the profiles file", where=var)
-        if head not in NON_PROFILE_ENV and head.lower() not in ProfileSettings.model_fields:
-            hint = did_you_mean(head.lower(), ProfileSettings.model_fields)
+        if head not in NON_PROFILE_ENV and head.lower() not in fields:
+            hint = did_you_mean(head.lower(), fields)
             logger.warning("ignoring %s: not a profile key%s", var, f" ({hint})" if hint else "")
+        profile_vars = profile_vars or head.lower() in fields
+    if not profile_vars:  # nothing for pydantic-settings to read: do not import it
+        return {}
+    from pydantic_settings import SettingsError
+
+    from punie.config.settings import read_env
+
     try:
         return read_env(env)
     except SettingsError as exc:
@@ -188,7 +195,12 @@ def resolve_profile(
         _record(sources, layer, label)
     own_extends = raw_profiles[name].get("extends")
     try:
-        profile = build_profile(file_used, env_used, cli_layer, extends=own_extends)
+        if env_used or cli_layer:
+            from punie.config.settings import build_profile
+
+            profile = build_profile(file_used, env_used, cli_layer, extends=own_extends)
+        else:  # the file alone: what pydantic-settings would validate, without loading it
+            profile = Profile(**file_used, extends=own_extends)
     except ValidationError as exc:
         everything = deep_merge(deep_merge(file_used, env_used), cli_layer)
 
@@ -366,13 +378,13 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
 __all__ = [
     "LEAF_KEYS",
     "Problem",
+    "ProfileListing",
     "check_profile_name",
     "describe_source",
-    "written_at",
+    "list_profiles",
     "load_profile",
     "load_profiles",
-    "list_profiles",
-    "ProfileListing",
     "resolve_profile",
     "select_profile",
+    "written_at",
 ]

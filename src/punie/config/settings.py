@@ -22,14 +22,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, NON_PROFILE_ENV  # noqa: F401
 from punie.config.models import Profile, one_adapter_form
-from punie.envvars import NON_PROFILE_KEYS
-
-ENV_PREFIX = "PUNIE_"
-ENV_DELIMITER = "__"
-# PUNIE_ variables that are not profile fields (read elsewhere, never an error here).
-NON_PROFILE_ENV = NON_PROFILE_KEYS  # one home: punie.envvars
-FILE_ONLY_FIELDS = frozenset({"extends"})
 
 _FILE_LAYER: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("punie_file_layer")
 _ENV_LAYER: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("punie_env_layer")

@@ -33,7 +33,7 @@ from punie.adapters.canary import Canary, TopToken
 #: Largest distance (nats) at which the server's answer still matches a recorded distribution.
 #: The same engine on the same weights agrees to ~1e-4 (prompt cache, batching, BLAS order);
 #: mlx_lm and vLLM agree to 4 decimals on the tiny model. 0.05 leaves room for that, and is far
-#: below what an adapter changes (the shipped demo-tools adapter moves the top token by ~2 nats).
+#: below what an adapter changes (the shipped tool-calling-v1 adapter moves the top token by ~2 nats).
 MATCH_TOLERANCE = 0.05
 #: Smallest distance between the adapter's and the base's distributions for the canary to be
 #: able to tell them apart: twice the match tolerance, so the two match regions never overlap.
@@ -162,14 +162,16 @@ def classify(canary: Canary, observed: Mapping[str, float] | None, *, adapter: s
     if not observed:
         return CanaryResult("no-logprobs", adapter, separation=separation)
     to_adapter, to_base = distance(want, observed), distance(base, observed)
-    result = dict(adapter=adapter, to_adapter=to_adapter, to_base=to_base, separation=separation)
+    verdict: Verdict
     if separation < MIN_SEPARATION:
-        return CanaryResult("indistinct", **result)  # type: ignore[arg-type]
-    if to_adapter <= MATCH_TOLERANCE:
-        return CanaryResult("adapter-active", **result)  # type: ignore[arg-type]
-    if to_base <= MATCH_TOLERANCE:
-        return CanaryResult("base", **result)  # type: ignore[arg-type]
-    return CanaryResult("neither", **result)  # type: ignore[arg-type]
+        verdict = "indistinct"
+    elif to_adapter <= MATCH_TOLERANCE:
+        verdict = "adapter-active"
+    elif to_base <= MATCH_TOLERANCE:
+        verdict = "base"
+    else:
+        verdict = "neither"
+    return CanaryResult(verdict, adapter, to_adapter=to_adapter, to_base=to_base, separation=separation)
 
 
 # --------------------------------------------------------------------------- the probe on the wire

@@ -31,7 +31,7 @@ def run_check(resolved: ResolvedProfile) -> None:
     report = check_profiles([resolved])
     errors = [p for p in report.problems if p.severity == "error"]
     for problem in report.problems:
-        if problem.severity != "error":
+        if problem.severity != "error" and problem.code != "model-not-provisioned":  # provisioning says it once
             logger.warning("%s: %s", problem.where or problem.profile, problem.message)
     if errors:
         lines = [f"profile '{resolved.name}' has {len(errors)} error(s); not launching (--no-check skips this):"]
@@ -62,9 +62,9 @@ def resolve_model_path(
             from punie.weights.builtin import builtin_dir
 
             target = builtin_dir(spec.removeprefix("builtin:"))
-            logger.warning("%s is not provisioned yet: `punie up` will fetch it to %s", spec, target)
+            logger.info("%s is not provisioned yet: `punie up` will fetch it to %s", spec, target)
             return target
-        logger.warning("provisioning %s (first use)", spec)
+        logger.info("provisioning %s (first use)", spec)
         return weights.provision_model(spec, progress=progress)
     except ModelError as exc:
         if exc.where is None:
@@ -124,7 +124,8 @@ def expected_canary(
     A composition of the profile's ``adapters`` gets its canary computed here once
     (``compute``; its directory is a cache), as nobody else could stamp it.
     """
-    from punie.adapters.canary import base_fingerprint, read_canary
+    from punie.adapters.canary import base_fingerprint
+    from punie.adapters.metadata import read_canary
 
     profile = resolved.profile
     if adapter_path is None and profile.server.url and (profile.adapter or profile.adapters):
@@ -141,7 +142,7 @@ def expected_canary(
         logger.warning("%s", exc.render())
         return None
     if canary is None and compute and profile.adapters and model_path is not None:
-        from punie.adapters.canary import stamp_canary
+        from punie.launch.stamp import stamp_canary
 
         logger.warning("computing the canary of the composed adapter %s (once)", adapter_path)
         try:

@@ -72,7 +72,7 @@ async def running_server(
                 yield RunningServer(
                     base_url=plan.base_url, model_id=None, adapter=plan.adapter, pid=pid, ready_seconds=seconds
                 )
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the server stopped
+            except BaseException as exc:
                 raised = exc
             finally:
                 tg.cancel_scope.cancel()

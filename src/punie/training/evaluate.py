@@ -57,6 +57,7 @@ class EvalReport(BaseModel):
     baseline: SuiteResult
     candidate: SuiteResult
     stored_in: str | None = None
+    saved_to: str | None = None
 
     @property
     def delta(self) -> float:
@@ -208,14 +209,17 @@ def evaluate_profile(
     *,
     vs: ResolvedProfile | None = None,
     suite: str | Path | None = None,
-    store: bool = True,
+    store: bool = False,
     on_event: Callable[[EvalEvent], Any] | None = None,
+    results_dir: Path | None = None,
 ) -> EvalReport:
     """Run the suite against the baseline, then against the profile (with its adapter).
 
-    The baseline is ``vs`` or the profile without adapter. The candidate's score
-    is stored in its adapter's metadata (``store``). Raises UsageError when
-    there is nothing to compare, LaunchError when a server does not come up.
+    The baseline is ``vs`` or the profile without adapter. The report is written
+    as JSON under ``results_dir`` (`punie eval` passes the project's .punie/eval);
+    the candidate's score is recorded in its adapter's metadata only with
+    ``store``. Raises UsageError when there is nothing to compare, LaunchError
+    when a server does not come up.
     """
     loaded = load_suite(suite)
     adapter_dir = effective_adapter(resolved)
@@ -245,7 +249,25 @@ def evaluate_profile(
     if store and adapter_dir is not None:
         store_result(adapter_dir, report)
         report = report.model_copy(update={"stored_in": str(adapter_dir)})
+    if results_dir is not None:
+        report = report.model_copy(update={"saved_to": str(save_report(report, results_dir))})
     return report
+
+
+def save_report(report: EvalReport, results_dir: Path) -> Path:
+    """Write ``report`` as ``PROFILE-SUITE-TIME.json`` in ``results_dir`` (created) and return the file."""
+    import datetime
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{report.candidate.profile}-{report.suite}-{stamp}"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
+    for n in range(1, 100):  # two evaluations within one second keep both files
+        if not path.exists():
+            break
+        path = results_dir / f"{name}-{n}.json"
+    path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 __all__ = [
@@ -255,6 +277,7 @@ __all__ = [
     "evaluate_profile",
     "free_port",
     "run_suite",
+    "save_report",
     "serve",
     "store_result",
     "without_adapter",

@@ -312,9 +312,9 @@ def run_lora(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | Non
 
 def _with_canary(adapter_dir: Path, model_dir: Path, meta: AdapterMeta) -> AdapterMeta:
     """Record the adapter's canary (what readiness checks); a failure to compute it is only a warning."""
-    from punie.adapters.canary import stamp_canary
     from punie.adapters.metadata import read_meta
     from punie.errors import AdapterError
+    from punie.launch.stamp import stamp_canary
 
     try:
         stamp_canary(adapter_dir, model_dir)
@@ -393,7 +393,8 @@ def train_adapter(
                 where=str(target),
             )
         meta = AdapterMeta(
-            base_model=base_model, base_fingerprint=identity.config if identity else None, base=identity, dataset_hash=dataset.hash,
+            base_model=base_model, base_fingerprint=identity.config if identity else None, base=identity,
+            dataset_hash=dataset.hash,
             iters=plan.iters, created=now_iso(), score=None, eval=None,
         )
         _settle_config(staging / "adapter_config.json", target=target, base_model=base_model,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from punie.weights.safetensors import TensorInfo, read_header
 from punie.errors import CorruptFileError, ModelError
+from punie.weights.safetensors import TensorInfo, read_header
 
 logger = logging.getLogger(__name__)
 
