@@ -191,7 +191,7 @@ def test_check_and_list_show_the_canary(project: Path, tiny_adapter: Path) -> No
     (profile,) = json.loads(result.output)["profiles"]
     assert [p["code"] for p in profile["problems"]] == ["no-canary"]
     assert "punie adapters stamp" in profile["problems"][0]["message"]
-    listed = CliRunner().invoke(main, [*config, "adapters", "list", "--json"])
+    listed = CliRunner().invoke(main, [*config, "adapters", "list", "--format", "json"])
     canaries = {a["name"]: a["canary"] for a in json.loads(listed.output)}
     assert canaries == {"plain": False, "strong": True}
     table = CliRunner().invoke(main, [*config, "adapters", "list"]).output

@@ -13,7 +13,12 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     import importlib
+    import importlib.util
 
+    # `from punie import envvars` asks for the attribute before importing the submodule: a
+    # submodule must not pull in punie.api (whose imports come back to the half-imported caller).
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
     api = importlib.import_module("punie.api")
     if name in api.__all__:
         return getattr(api, name)
