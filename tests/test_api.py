@@ -272,3 +272,33 @@ def test_serve_refuses_a_mismatched_adapter_before_anything_starts(tmp_path: Pat
     with pytest.raises(api.CheckFailed):
         anyio.run(run)
     assert port_free(resolved.profile.server.port)
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """``import punie.paths`` in a fresh interpreter (no cycle through ``punie.__getattr__``):
+    each module is imported in a forked child of an interpreter that has imported nothing of punie."""
+    code = textwrap.dedent("""
+        import os, sys
+        src = sys.argv[1]
+        names = []
+        for folder, _dirs, files in os.walk(os.path.join(src, "punie")):
+            package = os.path.relpath(folder, src).replace(os.sep, ".")
+            names += [package if f == "__init__.py" else package + "." + f[:-3] for f in files if f.endswith(".py")]
+        failed = []
+        for name in names:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    __import__(name)
+                except BaseException as exc:
+                    print(name, type(exc).__name__, exc, file=sys.stderr)
+                    os._exit(1)
+                os._exit(0)
+            if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+                failed.append(name)
+        print(len(names), "modules;", "failed:", failed)
+        sys.exit(1 if failed else 0)
+    """)
+    src = str(REPO / "src")
+    result = subprocess.run([sys.executable, "-c", code, src], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -6,19 +6,18 @@ The public Python API is `punie.api`; its names are also reachable as ``punie.NA
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    import importlib
-    import importlib.util
-
-    # `from punie import envvars` asks for the attribute before importing the submodule: a
-    # submodule must not pull in punie.api (whose imports come back to the half-imported caller).
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")
+    # ``from punie import paths`` asks for the attribute before importing the submodule:
+    # a submodule must not pull in the whole API (and the cycle back to itself).
+    if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(f"module 'punie' has no attribute {name!r}")
     api = importlib.import_module("punie.api")
     if name in api.__all__:
         return getattr(api, name)
@@ -26,6 +25,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    import importlib
-
     return sorted([*globals(), *importlib.import_module("punie.api").__all__])

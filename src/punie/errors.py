@@ -125,6 +125,18 @@ class AgentError(PunieError):
     """The agent could not complete a turn (server unreachable, server error...)."""
 
 
+class ToolFailure(PunieError):
+    """A tool could not do what the model asked; the message goes back to the model (not fatal to the turn)."""
+
+
+class OutsideWorkspace(ToolFailure):
+    """A path leads outside the workspace (``..``, an outside absolute path, a symlink pointing out)."""
+
+
+class PermissionDenied(PunieError):
+    """The permission policy or the person asked refused a tool call; the message is what the model is told."""
+
+
 class TrainingError(PunieError):
     """Training or evaluation could not run (bad dataset, mlx_lm failure...)."""
 

@@ -4,7 +4,11 @@
   and ``run_turn(agent, prompt, *, history=None, hooks=None, on_text=None) -> TurnResult``
   (``run_turn_sync`` for callers without an event loop). Errors are ``AgentError``.
 * :mod:`punie.agent.tools`: read_file, write_file, list_files, search, run_command.
-* :mod:`punie.agent.workspace`: confinement of file tools to the workspace.
+* :mod:`punie.agent.workspace`: confinement of file tools to the workspace (``Workspace.read_text`` /
+  ``write_text`` / ``list`` / ``files``, protected paths), on :mod:`punie.agent.fs` (descriptor-relative,
+  race-free opens, atomic writes).
+* :mod:`punie.agent.procs`: run_command's processes (scrubbed environment; :mod:`punie.agent.reaper`
+  kills everything a command started when it ends, times out, is cancelled or the agent dies).
 * :mod:`punie.agent.permissions`: the allow / deny / ask policy and the terminal asker.
 * :mod:`punie.agent.acp_server`: the Agent Client Protocol server on stdio (``serve_stdio``).
 * :mod:`punie.agent.target`: profile -> server URL and agent options; ``serve_profile``.

@@ -233,8 +233,9 @@ class PunieAcpAgent:
             content = None
             if request.tool == "write_file" and session is not None:
                 try:
-                    real = session.agent.workspace.resolve(request.args["path"])
-                    old = real.read_text(errors="replace") if real.is_file() else None
+                    ws = session.agent.workspace
+                    real = ws.resolve(request.args["path"])
+                    old = await asyncio.to_thread(ws.existing_text, request.args["path"])  # never on the loop
                     content = [tool_diff_content(str(real), request.args.get("content", ""), old)]
                 except Exception:
                     content = None
@@ -342,6 +343,9 @@ class _BlockingWriteTransport(asyncio.WriteTransport):
 
 async def serve_stdio_async(options: AgentOptions, base_url: str) -> None:
     """Serve ACP on stdin/stdout until the client closes stdin."""
+    from punie.agent.procs import adopt_orphans
+
+    adopt_orphans()  # run_command's processes never outlive their reaper (see punie.agent.procs)
     reader, writer = await _stdio_streams()
     logger.info("punie agent: ACP on stdio, model server %s", base_url)
     await run_agent(PunieAcpAgent(options, base_url), writer, reader)

@@ -1,6 +1,9 @@
 """The permission policy for writes and commands: allow, deny or ask.
 
-The decision for a tool comes from the profile (``agent.permissions``). With
+The decision for a tool comes from the profile (``agent.permissions``), except
+for protected paths (``.git/``, ``.punie/``, ``punie.toml``, ``agent.protected``):
+writing one is always asked, even under ``allow`` or after "always", and
+denied under ``deny``. With
 ``ask`` the policy hands a :class:`PermissionRequest` to an *asker*: in an IDE
 that is the ACP client's ``session/request_permission``; in a terminal it is a
 prompt on stderr (:func:`terminal_asker`), which refuses (and says why) when
@@ -18,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 from punie.config.models import Permissions
+from punie.errors import PermissionDenied
+
+__all__ = ["Answer", "PermissionAsker", "PermissionDenied", "PermissionPolicy", "PermissionRequest",
+           "deny_asker", "terminal_asker"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,8 @@ class PermissionRequest:
     tool_call_id: str
     args: dict[str, Any]
     summary: str
+    #: A protected path (.git/, punie.toml, agent.protected...): asked even under "allow", never remembered.
+    protected: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,10 +53,6 @@ class Answer:
 
 
 PermissionAsker = Callable[[PermissionRequest], Awaitable[Answer]]
-
-
-class PermissionDenied(Exception):
-    """The policy or the person refused; the message is what the model is told."""
 
 
 async def deny_asker(request: PermissionRequest) -> Answer:
@@ -106,7 +111,7 @@ class PermissionPolicy:
     async def check(self, request: PermissionRequest) -> None:
         """Return when allowed; raise :class:`PermissionDenied` with the reason otherwise."""
         decision = self.decision(request.tool)
-        if decision == "allow" or request.tool in self.always_allowed:
+        if not request.protected and (decision == "allow" or request.tool in self.always_allowed):
             return
         if decision == "deny":
             raise PermissionDenied(
@@ -115,6 +120,7 @@ class PermissionPolicy:
             )
         answer = await self.asker(request)
         if not answer.allowed:
-            raise PermissionDenied(f"permission denied for {request.tool}: {answer.reason or 'refused'}")
-        if answer.always:
+            what = f"{request.tool} of a protected path" if request.protected else request.tool
+            raise PermissionDenied(f"permission denied for {what}: {answer.reason or 'refused'}")
+        if answer.always and not request.protected:
             self.always_allowed.add(request.tool)

@@ -23,7 +23,7 @@ from typing import Any
 
 from punie.agent.permissions import PermissionAsker, PermissionPolicy, deny_asker
 from punie.agent.tools import ToolCallRecord, ToolHooks, TurnDeps, make_tools
-from punie.agent.workspace import ToolFailure, Workspace, resolve_workspace
+from punie.agent.workspace import ToolFailure, Workspace, workspace_for
 from punie.config.models import AgentOptions
 from punie.errors import AgentError
 from punie.net import SERVED_MODEL_NAME as _SERVED_MODEL_NAME
@@ -91,7 +91,7 @@ def build_agent(
 
     base_url = openai_base_url(base_url)
     try:
-        workspace = resolve_workspace(options.workspace, base_dir)
+        workspace = workspace_for(options, base_dir)
     except ToolFailure as exc:
         raise AgentError(str(exc), where="agent.workspace") from None
     # No SDK retries: a dead server should be reported at once, not after backoff.

@@ -15,19 +15,19 @@ them with a retry prompt, bounded by the agent's retry budget.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import re
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio.to_thread
 from pydantic_ai import RunContext, Tool
 
-from punie.agent.permissions import PermissionDenied, PermissionPolicy, PermissionRequest
-from punie.agent.workspace import ToolFailure, Workspace
+from punie.agent.permissions import PermissionPolicy, PermissionRequest
+from punie.agent.procs import CappedOutput, command_env, run_reaped
+from punie.agent.workspace import Workspace
+from punie.errors import PermissionDenied, ToolFailure
 
 logger = logging.getLogger(__name__)
 
@@ -85,62 +85,44 @@ class TurnDeps:
 
 
 # -- implementations ---------------------------------------------------------
+# Blocking (file I/O through the workspace's descriptors); the tools below run them in a thread.
 
 
 def read_file_impl(ws: Workspace, path: str) -> str:
-    """The text of a file (decoded as UTF-8, undecodable bytes replaced), capped."""
-    real = ws.resolve(path)
-    if real.is_dir():
-        raise ToolFailure(f"{path!r} is a directory (use list_files)")
-    if not real.exists():
-        raise ToolFailure(f"no such file: {path!r}")
-    with open(real, "rb") as fh:
-        data = fh.read(MAX_READ_CHARS * 4 + 1)
+    """The text of a regular file (UTF-8, undecodable bytes replaced), capped at ``ws.max_read_bytes``
+    read and :data:`MAX_READ_CHARS` shown."""
+    data, size = ws.read_bytes(path)
     text = data.decode("utf-8", errors="replace")
     if len(text) > MAX_READ_CHARS:
-        size = real.stat().st_size
-        text = text[:MAX_READ_CHARS] + f"\n[... truncated: showing {MAX_READ_CHARS} characters of a {size}-byte file]"
+        return text[:MAX_READ_CHARS] + f"\n[... truncated: showing {MAX_READ_CHARS} characters of a {size}-byte file]"
+    if size > len(data):
+        text += f"\n[... truncated: read {len(data)} bytes of a {size}-byte file (agent.max_read_bytes)]"
     return text
 
 
-def write_file_impl(ws: Workspace, path: str, content: str) -> str:
-    """Write ``content`` to a file (parents created), replacing it."""
-    real = ws.resolve(path)
-    if real.is_dir():
-        raise ToolFailure(f"{path!r} is a directory")
-    real.parent.mkdir(parents=True, exist_ok=True)
+def write_file_impl(ws: Workspace, path: str, content: str, *, allow_protected: bool = False) -> str:
+    """Write ``content`` to a file (parents created), replacing it atomically.
+
+    A protected path is refused unless ``allow_protected`` (a person approved this write).
+    """
     data = content.encode("utf-8")
-    real.write_bytes(data)
-    return f"wrote {len(data)} bytes to {ws.relative(real)}"
+    rel = ws.write_bytes(path, data, allow_protected=allow_protected)
+    return f"wrote {len(data)} bytes to {rel}"
 
 
 def list_files_impl(ws: Workspace, path: str = ".", recursive: bool = True) -> str:
     """Files under a directory (relative to the root; directories end with '/')."""
-    real = ws.resolve(path)
-    if not real.is_dir():
-        raise ToolFailure(f"not a directory: {path!r}")
-    entries: list[str] = []
-    truncated = False
-    for dirpath, dirnames, filenames in os.walk(real):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        names = [d + "/" for d in dirnames] + sorted(filenames)
-        for name in names:
-            entries.append(ws.relative(os.path.join(dirpath, name.rstrip("/"))) + ("/" if name.endswith("/") else ""))
-            if len(entries) >= MAX_LIST_ENTRIES:
-                truncated = True
-                break
-        if truncated or not recursive:
-            break
+    entries, truncated = ws.list(path, recursive=recursive, skip=SKIP_DIRS, limit=MAX_LIST_ENTRIES)
     entries.sort()
     if not entries:
-        return f"{ws.relative(real)}: empty directory"
+        return f"{ws.canonical(path)}: empty directory"
     if truncated:
         entries.append(f"[... stopped after {MAX_LIST_ENTRIES} entries]")
     return "\n".join(entries)
 
 
 def search_impl(ws: Workspace, pattern: str, path: str = ".", regex: bool = False, ignore_case: bool = False) -> str:
-    """Lines matching ``pattern`` as ``file:line: text``."""
+    """Lines matching ``pattern`` as ``file:line: text`` (regular files only; symlinks are not followed)."""
     if not pattern:
         raise ToolFailure("pattern must not be empty")
     flags = re.IGNORECASE if ignore_case else 0
@@ -148,97 +130,38 @@ def search_impl(ws: Workspace, pattern: str, path: str = ".", regex: bool = Fals
         compiled = re.compile(pattern if regex else re.escape(pattern), flags)
     except re.error as exc:
         raise ToolFailure(f"invalid regular expression {pattern!r}: {exc}") from None
-    real = ws.resolve(path)
-    files = [real] if real.is_file() else []
-    if real.is_dir():
-        for dirpath, dirnames, filenames in os.walk(real):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-            files.extend(os.path.join(dirpath, f) for f in sorted(filenames))
-    elif not real.exists():
-        raise ToolFailure(f"no such file or directory: {path!r}")
     matches: list[str] = []
-    for file in files:
-        resolved = os.path.realpath(file)
-        if not ws.contains(resolved) or not os.path.isfile(resolved):
-            continue  # a symlink pointing out of the workspace is not searched
-        try:
-            if os.path.getsize(resolved) > MAX_SEARCH_FILE_BYTES:
-                continue
-            with open(resolved, "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
+    for rel, data in ws.files(path, skip=SKIP_DIRS, max_bytes=MAX_SEARCH_FILE_BYTES):
         if b"\x00" in data[:8192]:
             continue
         for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
             if compiled.search(line):
-                matches.append(f"{ws.relative(file)}:{lineno}: {line.strip()[:200]}")
+                matches.append(f"{rel}:{lineno}: {line.strip()[:200]}")
                 if len(matches) >= MAX_SEARCH_MATCHES:
                     matches.append(f"[... stopped after {MAX_SEARCH_MATCHES} matches]")
                     return "\n".join(matches)
     return "\n".join(matches) if matches else f"no matches for {pattern!r}"
 
 
-class _CappedOutput:
-    """Keeps the head and the tail of a stream, so a chatty command cannot fill memory."""
-
-    def __init__(self, limit: int):
-        self.half = max(limit // 2, 1)
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def feed(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.half - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail += data
-            del self.tail[: max(len(self.tail) - self.half, 0)]
-
-    def text(self) -> str:
-        omitted = self.total - len(self.head) - len(self.tail)
-        head = self.head.decode("utf-8", errors="replace")
-        tail = self.tail.decode("utf-8", errors="replace")
-        return head + tail if omitted <= 0 else f"{head}\n[... {omitted} bytes omitted ...]\n{tail}"
+#: Kept importable from here; the implementation lives with the process handling.
+_CappedOutput = CappedOutput
 
 
 async def run_command_impl(ws: Workspace, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> tuple[int | None, str]:
     """Run ``bash -c command`` in the workspace root; (exit code or None on timeout, capped output).
 
     stdin is /dev/null (in ACP mode our stdin is the protocol), stdout and
-    stderr are merged, and a timeout kills the whole process group.
+    stderr are merged, the environment is the allow-list plus ``agent.env``
+    (:func:`punie.agent.procs.command_env`), and every process the command
+    starts is killed when it ends, times out or is cancelled, or when the
+    agent dies (:mod:`punie.agent.procs`).
     """
     if not command.strip():
         raise ToolFailure("command must not be empty")
     timeout = min(max(float(timeout), 1.0), MAX_COMMAND_TIMEOUT)
-    proc = await asyncio.create_subprocess_exec(
-        "bash", "-c", command, cwd=ws.root, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-    )
-    output = _CappedOutput(MAX_COMMAND_OUTPUT)
-
-    async def pump() -> int:
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(65536):
-            output.feed(chunk)
-        return await proc.wait()
-
-    try:
-        code = await asyncio.wait_for(pump(), timeout)
-        return code, output.text()
-    except (TimeoutError, asyncio.CancelledError) as exc:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        await proc.wait()
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        partial = output.text()
-        return None, f"timed out after {timeout:g} s (process killed)" + (f"; output so far:\n{partial}" if partial else "")
+    cwd = str(ws.root)
+    return await run_reaped(["bash", "-c", command], cwd=cwd, env=command_env(ws.env, cwd=cwd), timeout=timeout,
+                            output_limit=MAX_COMMAND_OUTPUT)
 
 
 # -- pydantic-ai tools -------------------------------------------------------
@@ -274,8 +197,9 @@ async def _invoke(ctx: RunContext[TurnDeps], name: str, args: dict[str, Any],
 
 
 def _ok(fn: Callable[[], str]) -> Callable[[], Awaitable[tuple[Status, str]]]:
+    """An action running the blocking ``fn`` in a worker thread (the event loop keeps serving)."""
     async def run() -> tuple[Status, str]:
-        return "ok", fn()
+        return "ok", await anyio.to_thread.run_sync(fn)
     return run
 
 
@@ -298,10 +222,15 @@ async def write_file(ctx: RunContext[TurnDeps], path: str, content: str) -> str:
     args = {"path": path, "content": content}
 
     async def action() -> tuple[Status, str]:
-        ctx.deps.workspace.resolve(path)  # refuse outside paths before asking anyone
+        ws = ctx.deps.workspace
+        protected = await anyio.to_thread.run_sync(ws.is_protected, path)  # refuses outside paths before asking
         summary = f"write {len(content.encode())} bytes to {path}"
-        await ctx.deps.policy.check(PermissionRequest("write_file", ctx.tool_call_id or "", args, summary))
-        return "ok", write_file_impl(ctx.deps.workspace, path, content)
+        if protected:
+            summary += " (a protected path: always asked)"
+        await ctx.deps.policy.check(PermissionRequest("write_file", ctx.tool_call_id or "", args, summary,
+                                                      protected=protected))
+        return "ok", await anyio.to_thread.run_sync(
+            lambda: write_file_impl(ws, path, content, allow_protected=protected))
 
     return await _invoke(ctx, "write_file", args, action)
 

@@ -87,6 +87,25 @@ class AgentOptions(_Strict):
     workspace: str = Field(".", description="Directory the file tools are confined to.")
     permissions: Permissions = Field(default_factory=Permissions)
     max_turns: int = Field(20, ge=1, description="Maximum model requests per prompt.")
+    protected: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns (relative to the workspace) of paths the agent may read but never write "
+        "without asking, whatever agent.permissions says; .git/, .punie/ and punie.toml always are.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables for commands run by run_command, added to a small allow-list "
+        "(PATH, HOME, LANG, LC_*, TERM, USER, ...); nothing else of Punie's environment is passed.",
+    )
+    max_read_bytes: int = Field(1 << 20, ge=1, description="Most bytes read_file reads from one file.")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not name or "=" in name or "\x00" in name:
+                raise ValueError(f"invalid environment variable name {name!r}")
+        return value
 
 
 class AdapterRef(_Strict):

@@ -1,0 +1,291 @@
+"""Processes started by run_command: a scrubbed environment, and nothing left behind.
+
+Each command runs under :mod:`punie.agent.reaper` (``python -I -S reaper.py``),
+a tiny process in its own session that is a child subreaper for everything the
+command starts and kills all of it when the command ends, when it is told to
+stop (the tool's timeout, a cancelled turn: SIGTERM, then SIGKILL after
+:data:`GRACE` seconds) and when this process dies however it dies: it holds
+the read end of a *lifeline* pipe whose only write end is in this process, so
+the kernel closing our descriptors (exit, SIGTERM, SIGKILL) is what tells it.
+That covers ``punie up`` being killed too: the supervisor's orphan guard
+signals the agent when the supervisor dies, and the agent's death closes the
+lifeline.
+
+The command's environment is an allow-list (:data:`ENV_ALLOW`, ``LC_*``) of
+this process's environment plus ``agent.env``; API keys, cloud credentials and
+tokens are not passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+
+logger = logging.getLogger(__name__)
+
+REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
+#: Seconds between SIGTERM and SIGKILL when a command is stopped (and for leftovers after it exits).
+GRACE = 0.5
+#: Environment variables passed on to commands (plus every LC_*).
+ENV_ALLOW = ("PATH", "HOME", "LANG", "LANGUAGE", "TERM", "USER", "LOGNAME", "SHELL", "TMPDIR", "TZ",
+             "COLUMNS", "LINES", "NO_COLOR")
+
+_lifeline: tuple[int, int] | None = None
+_reapers: set[int] = set()  # pids of the reapers this process started and has not seen exit
+_adopting = False
+_spawning = 0  # reapers being started: their pids are not known yet, so no sweep meanwhile
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> bool:
+    """Make this process (the agent) a child subreaper, so a command that kills its own reaper
+    (``kill -9 $PPID``) leaves its processes to us rather than to init: they are killed as soon
+    as that reaper is seen gone. Only for the agent's own process (serve entry points), never a
+    test runner or library caller that has other children. True when it took effect (Linux)."""
+    global _adopting
+    if _adopting or not sys.platform.startswith("linux"):
+        return _adopting
+    import ctypes
+
+    _adopting = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return _adopting
+
+
+def sweep_orphans() -> int:
+    """Kill and reap every child of ours that is not a live reaper (adopted orphans); how many were found."""
+    if not _adopting:
+        return 0
+    if _spawning:
+        with contextlib.suppress(RuntimeError):  # a reaper is being started: look again shortly
+            asyncio.get_running_loop().call_later(0.2, sweep_orphans)
+        return 0
+    from punie.agent.reaper import descendants
+
+    found = 0
+    for _ in range(100):
+        me = os.getpid()
+        tree = descendants(me)
+        adopted = [pid for pid in _children(me) if pid not in _reapers]
+        if not adopted:
+            break
+        stray = set(adopted)
+        for pid in tree:  # the adopted ones and whatever they started, not the live reapers' trees
+            if pid in stray or _ancestor_in(pid, stray):
+                stray.add(pid)
+        found += len(adopted)
+        for pid in stray:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in adopted:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (zombies included: they need reaping too)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _ppid(int(name)) == pid:
+            out.append(int(name))
+    return out
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2:].split()[1])
+
+
+def _ancestor_in(pid: int, pids: set[int]) -> bool:
+    for _ in range(64):
+        parent = _ppid(pid)
+        if parent is None or parent <= 1:
+            return False
+        if parent in pids:
+            return True
+        pid = parent
+    return False
+
+
+def lifeline_fd() -> int:
+    """Read end of a pipe whose write end only this process holds (neither end is inherited)."""
+    global _lifeline
+    if _lifeline is None:
+        _lifeline = os.pipe()
+    return _lifeline[0]
+
+
+def command_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None,
+                cwd: str | None = None) -> dict[str, str]:
+    """The environment of a command: the allow-listed variables of ``base`` (default ours), then ``extra``."""
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if k in ENV_ALLOW or k.startswith("LC_")}
+    env.setdefault("PATH", os.defpath)
+    if cwd is not None:
+        env["PWD"] = cwd
+    env.update(extra or {})
+    return env
+
+
+class CappedOutput:
+    """Keeps the head and the tail of a stream, so a chatty command cannot fill memory."""
+
+    def __init__(self, limit: int):
+        self.half = max(limit // 2, 1)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            del self.tail[: max(len(self.tail) - self.half, 0)]
+
+    def text(self) -> str:
+        omitted = self.total - len(self.head) - len(self.tail)
+        head = self.head.decode("utf-8", errors="replace")
+        tail = self.tail.decode("utf-8", errors="replace")
+        return head + tail if omitted <= 0 else f"{head}\n[... {omitted} bytes omitted ...]\n{tail}"
+
+
+async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: float,
+                     output_limit: int, grace: float = GRACE) -> tuple[int | None, str]:
+    """Run ``argv`` under the reaper; (exit code, or None when the timeout stopped it; capped output).
+
+    stdin is /dev/null, stdout and stderr are merged. On cancellation the
+    command's whole tree is stopped before the CancelledError goes on.
+    """
+    lifeline = lifeline_fd()
+    spawn = asyncio.ensure_future(_spawn(
+        sys.executable, "-I", "-S", REAPER, str(lifeline), str(grace), "--", *argv,
+        cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True, pass_fds=(lifeline,),
+    ))
+    try:
+        proc = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        # Cancelled while starting: the process may exist already and must be stopped, not lost.
+        with contextlib.suppress(Exception):
+            started = await spawn
+            await asyncio.shield(_stop(started, grace))
+        raise
+    output = CappedOutput(output_limit)
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(65536):
+            output.feed(chunk)
+
+    reader = asyncio.ensure_future(pump())
+    try:
+        try:
+            await asyncio.wait_for(_exited(proc), timeout)
+        except TimeoutError:
+            await _stop(proc, grace)
+            await _settle(proc, reader)
+            partial = output.text()
+            return None, (f"timed out after {timeout:g} s (process killed)"
+                          + (f"; output so far:\n{partial}" if partial else ""))
+        except asyncio.CancelledError:
+            # Finish stopping even if cancelled again: a half-stopped tree is what this module exists to prevent.
+            stopping = asyncio.ensure_future(_stop(proc, grace))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(stopping)
+            reader.cancel()
+            raise
+        await _settle(proc, reader)
+        return proc.returncode, output.text()
+    finally:
+        if proc.returncode is not None:
+            _reapers.discard(proc.pid)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Return when the reaper process has exited.
+
+    Not ``proc.wait()``: asyncio's waits for the pipes to close too, and a command that
+    killed its reaper leaves processes holding them. A pidfd says "exited" by itself.
+    """
+    if proc.returncode is not None:
+        return
+    pidfd_open = getattr(os, "pidfd_open", None)
+    fd = -1
+    if pidfd_open is not None:
+        try:
+            fd = pidfd_open(proc.pid)
+        except ProcessLookupError:
+            return  # already gone and reaped
+        except OSError:
+            fd = -1
+    if fd < 0:
+        while proc.returncode is None:
+            await asyncio.sleep(0.1)
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def _settle(proc: asyncio.subprocess.Process, reader: asyncio.Future[None]) -> None:
+    """After the reaper exited: kill what a killed reaper left (adopt_orphans), then collect the
+    exit status and the rest of the output, without waiting for ever on pipes held by strays."""
+    if sweep_orphans():
+        logger.warning("killed the processes left by command reaper %s (it was killed)", proc.pid)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(proc.wait(), 2.0)
+    while proc.returncode is None:  # exited (pidfd) but not yet reported by asyncio's child watcher
+        await asyncio.sleep(0.01)
+    await _finish(reader)
+
+
+async def _spawn(*argv: str, **options: object) -> asyncio.subprocess.Process:
+    global _spawning
+    _spawning += 1
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, **options)  # type: ignore[arg-type]
+        _reapers.add(proc.pid)
+        return proc
+    finally:
+        _spawning -= 1
+
+
+async def _finish(reader: asyncio.Future[None]) -> None:
+    """Let the output reader drain; the reaper's exit means every writer is gone, so this is quick."""
+    try:
+        await asyncio.wait_for(reader, 2.0)
+    except (TimeoutError, asyncio.CancelledError):
+        reader.cancel()
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """Ask the reaper to kill the tree; SIGKILL its session if it does not manage in time."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(_exited(proc), grace + 5.0)
+    except TimeoutError:
+        logger.warning("command reaper %s did not stop in time: killing its session", proc.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await _exited(proc)
