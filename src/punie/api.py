@@ -22,14 +22,12 @@ turns the same errors into its messages and exit codes).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from punie.adapters.registry import AdapterInfo
-from punie.checks.report import Problem, ProfileReport, Report
 from punie.config.models import Profile, ResolvedProfile
 from punie.errors import (
     AdapterError,
@@ -41,8 +39,33 @@ from punie.errors import (
     TrainingError,
     UsageError,
 )
-from punie.training.evaluate import EvalReport, SuiteResult
-from punie.training.suite import CaseResult
+
+if TYPE_CHECKING:
+    from punie.adapters.registry import AdapterInfo
+    from punie.checks.report import Problem, ProfileReport, Report
+    from punie.training.evaluate import EvalEvent, EvalReport, SuiteResult
+    from punie.training.suite import CaseResult
+
+# The result types are imported on first use: `punie check` calls `check` and must not pay for
+# the evaluation and registry modules.
+_LAZY = {
+    "AdapterInfo": "punie.adapters.registry",
+    "Problem": "punie.checks.report",
+    "ProfileReport": "punie.checks.report",
+    "Report": "punie.checks.report",
+    "EvalReport": "punie.training.evaluate",
+    "SuiteResult": "punie.training.evaluate",
+    "CaseResult": "punie.training.suite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'punie.api' has no attribute {name!r}")
+
 
 __all__ = [
     "AdapterError",
@@ -267,6 +290,8 @@ def evaluate(
     suite: str | os.PathLike[str] | None = None,
     baseline: bool | ResolvedProfile | str = True,
     record: bool = False,
+    on_event: Callable[[EvalEvent], object] | None = None,
+    results_dir: str | os.PathLike[str] | None = None,
 ) -> Evaluation:
     """Score ``profile`` on an eval suite against a baseline, servers started and stopped for you.
 
@@ -274,6 +299,8 @@ def evaluate(
     ``baseline``: True compares with the same profile without its adapter; a profile (or name)
     compares with that one instead. ``record=True`` stores the result in the adapter's
     ``punie-adapter.json`` (as ``punie eval --record``); `record_evaluation` does it later.
+    ``on_event`` hears the progress (servers, cases); ``results_dir`` also gets the report as
+    JSON (``punie eval`` writes it under ``.punie/eval/``).
     """
     from punie.training.evaluate import evaluate_profile
 
@@ -282,11 +309,9 @@ def evaluate(
     resolved = _resolved(profile)
     vs = None if baseline is True else _resolved(baseline)
     report = evaluate_profile(resolved, vs=vs, suite=Path(suite) if isinstance(suite, os.PathLike) else suite,
-                              store=False)
-    result = Evaluation(report)
-    if record:
-        record_evaluation(resolved, result)
-    return result
+                              store=record, on_event=on_event,
+                              results_dir=Path(results_dir) if results_dir is not None else None)
+    return Evaluation(report)
 
 
 def record_evaluation(profile: ResolvedProfile | str | None, evaluation: Evaluation | EvalReport) -> Path:

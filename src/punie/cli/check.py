@@ -19,12 +19,12 @@ def check_command(ctx: click.Context, profiles: tuple[str, ...], fmt: str,
     Reports every problem at once. Exit code: 0 when all pass (warnings allowed),
     1 when problems are found, 2 for a usage or configuration error.
     """
-    from punie.checks import check_profiles
+    from punie.api import check
     from punie.config import load_profiles
 
     state = state_of(ctx)
     resolved = load_profiles(profiles, config=state.config, overrides=state.with_overrides(overrides))
-    report = check_profiles(resolved)
+    report = check(resolved)
     if fmt == "json":
         echo_json(report.to_json())
     else:

@@ -173,8 +173,8 @@ def eval_command(ctx: click.Context, profile: str | None, vs: str | None, suite:
     written under .punie/eval/; with --record the score also goes into the
     adapter's punie-adapter.json (used by adapter = "best").
     """
+    from punie.api import evaluate
     from punie.paths import state_dir
-    from punie.training.evaluate import evaluate_profile
 
     as_json = fmt == "json"
     resolved = _load(ctx, profile, overrides)
@@ -188,8 +188,8 @@ def eval_command(ctx: click.Context, profile: str | None, vs: str | None, suite:
         elif event.kind == "case" and event.case is not None:
             say(f"{event.label}: [{event.index + 1}/{event.total}] {event.case.id} {event.case.score:.2f}")
 
-    report = evaluate_profile(resolved, vs=other, suite=suite, store=record and not no_store, on_event=progress,
-                              results_dir=state_dir(resolved.project_dir) / "eval")
+    report = evaluate(resolved, baseline=other or True, suite=suite, record=record and not no_store,
+                      on_event=progress, results_dir=state_dir(resolved.project_dir) / "eval").report
     if as_json:
         echo_json(report.model_dump(mode="json") | {"delta": report.delta})
     else:
