@@ -16,10 +16,17 @@ Side by side, in one run, on the same model, adapter and port:
 
 Runs alternate (by hand, punie up, by hand, ...) and medians are printed with
 the ratios. Goal: time-to-ready overhead < 10 % (or < 150 ms), shutdown < 1 s.
+
+``--canary``: what the adapter canary adds to time-to-ready, on the builtin
+SmolLM2 profile with the shipped tool-calling-v1 adapter (provisioned on first use):
+`punie up` with the adapter as shipped (the readiness probe is the canary:
+its prompt on /v1/completions with top-5 logprobs, then the comparison) against
+`punie up` with a copy of the adapter whose canary was removed (the probe is the
+1-token chat completion), alternating, one run. Goal: < 10 %.
 The default model is the tiny offline test model with a real LoRA adapter;
 pass ``--model DIR [--adapter DIR]`` to measure a real one (e.g. SmolLM2).
 
-Run: /work/venv/bin/python bench/up_overhead.py [--runs 3]
+Run: /work/venv/bin/python bench/up_overhead.py [--runs 3] [--canary]
 """
 
 from __future__ import annotations
@@ -149,12 +156,61 @@ def guard_cost(runs: int = 20) -> tuple[float, float]:
     return statistics.median(plain), statistics.median(guarded)
 
 
+def canary_overhead(runs: int) -> None:
+    """Time to ready of `punie up` on builtin SmolLM2 + tool-calling-v1, canary on vs off (see the docstring)."""
+    import shutil
+
+    from punie.adapters.metadata import read_meta, write_meta
+    from punie.weights.builtin import ensure_builtin
+
+    repo = Path(__file__).resolve().parents[1]
+    shipped = repo / "adapters" / "tool-calling-v1"
+    ensure_builtin("smollm2-135m-instruct")
+    with tempfile.TemporaryDirectory(prefix="punie-bench-canary-") as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ.setdefault("HF_HOME", str(tmp / "hf"))
+        (Path(os.environ["HF_HOME"]) / "hub").mkdir(parents=True, exist_ok=True)
+        on, off = tmp / "adapters" / "on", tmp / "adapters" / "off"
+        shutil.copytree(shipped, on)
+        shutil.copytree(shipped, off)
+        meta = read_meta(off)
+        assert meta is not None and meta.canary is not None, "adapters/tool-calling-v1 has no canary"
+        write_meta(off, meta.model_copy(update={"canary": None}))
+        configs = {}
+        for name in ("on", "off"):
+            configs[name] = tmp / f"{name}.toml"
+            configs[name].write_text(
+                "[profiles.bench]\nmodel = \"builtin:smollm2-135m-instruct\"\n"
+                f"adapter = {json.dumps(str(tmp / 'adapters' / name))}\n"
+                "[profiles.bench.server]\nready_timeout = 300\n"
+            )
+        times: dict[str, list[float]] = {"on": [], "off": []}
+        for i in range(runs):
+            for name in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                ready, _usable, _stop = punie_up(configs[name], free_port())
+                times[name].append(ready)
+            print(f"run {i + 1}: canary off ready {r_fmt(times['off'][-1])} | canary on ready "
+                  f"{r_fmt(times['on'][-1])}", flush=True)
+    on_med, off_med = statistics.median(times["on"]), statistics.median(times["off"])
+    print()
+    print(f"model: builtin:smollm2-135m-instruct + adapters/tool-calling-v1 ({runs} runs, medians)")
+    print(f"time to ready      canary off {r_fmt(off_med)}   canary on {r_fmt(on_med)}   "
+          f"ratio {on_med / off_med:.3f}   overhead {1000 * (on_med - off_med):+.0f} ms "
+          f"({100 * (on_med - off_med) / off_med:+.1f} %)")
+    print(f"goal               canary overhead < 10%: {'met' if on_med < 1.10 * off_med else 'MISSED'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--model", type=Path, help="model directory (default: the tiny test model)")
     parser.add_argument("--adapter", type=Path, help="adapter directory (default: a tiny trained adapter)")
+    parser.add_argument("--canary", action="store_true",
+                        help="measure the adapter canary's cost instead (builtin SmolLM2 + tool-calling-v1)")
     args = parser.parse_args()
+    if args.canary:
+        canary_overhead(args.runs)
+        return
 
     with tempfile.TemporaryDirectory(prefix="punie-bench-up-") as tmp_name:
         tmp = Path(tmp_name)

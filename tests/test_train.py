@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from punie.adapters.metadata import read_canary
 from punie.adapters.registry import config_fingerprint, read_meta
 from punie.cli import main
 from punie.config.models import Profile, ResolvedProfile
@@ -122,6 +123,9 @@ def test_punie_train_writes_adapter_and_metadata(tmp_path: Path, tiny_model: Pat
 
     assert meta.base is not None and meta.base.weights == base_identity(tiny_model).weights  # the weights' identity
     assert meta.dataset_hash == validate_dataset(tiny_dataset).hash
+    canary = read_canary(adapter)  # what readiness checks (tests/test_canary_mlx.py)
+    assert canary is not None and meta.base is not None and canary.base_fingerprint == meta.base.weights
+    assert len(canary.base) == len(canary.adapter) == canary.top_k
     assert [p.name for p in (tmp_path / "adapters").iterdir()] == ["tool-v1"]  # no staging left
 
 

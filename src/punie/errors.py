@@ -100,6 +100,7 @@ class LaunchReason(StrEnum):
     PORT_BUSY = "port-busy"
     FOREIGN_SERVER = "foreign-server"
     READY_TIMEOUT = "ready-timeout"
+    ADAPTER_NOT_APPLIED = "adapter-not-applied"  # the readiness canary: the server answers as the base alone
 
 
 class LaunchFailed(LaunchError):

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from punie.adapters.canary import Canary
 from punie.adapters.files import CONFIG_FILE, METADATA_FILE
 from punie.errors import AdapterError, CorruptFileError
 from punie.jsonio import load_json_file
@@ -43,8 +44,9 @@ class AdapterMeta(BaseModel):
     created: str = Field(description="ISO-8601 time the adapter was written.")
     score: float | None = Field(None, description="Eval score of the adapter (0..1), if evaluated.")
     eval: dict[str, Any] | None = Field(None, description="Last evaluation: suite, scores per case, baseline.")
-    # Room for the logprob canary (recorded by `punie train` / `adapters stamp`): typed by its owner.
-    canary: dict[str, Any] | None = Field(None, description="Logprob canary of the adapter on its base.")
+    canary: Canary | None = Field(
+        None, description="Logprob canary of the adapter on its base (`punie.adapters.canary`): checked at readiness."
+    )
     stamped: bool = Field(False, description="True when the identity was recorded by `punie adapters stamp`.")
 
 
@@ -121,3 +123,9 @@ def update_meta(adapter_dir: str | Path, **fields: Any) -> AdapterMeta:
     meta = AdapterMeta.model_validate(data)
     write_meta(adapter_dir, meta)
     return meta
+
+
+def read_canary(adapter_dir: str | Path) -> Canary | None:
+    """The canary recorded for an adapter directory (`punie.adapters.canary`), None when it has none."""
+    meta = read_meta(adapter_dir)
+    return meta.canary if meta is not None else None

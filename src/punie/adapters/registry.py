@@ -70,6 +70,7 @@ class AdapterInfo(BaseModel):
     size_bytes: int = 0
     created: str | None = None
     score: float | None = None
+    canary: bool | None = Field(None, description="Has a canary (readiness can prove it is applied); None: unreadable.")
     problem: str | None = Field(None, description="Why the directory is not a usable adapter, if it is not.")
 
 
@@ -144,8 +145,18 @@ def adapter_info(adapter_dir: str | Path) -> AdapterInfo:
         size_bytes=_dir_size(path),
         created=created_of(path, meta),
         score=meta.score if meta else None,
+        canary=_has_canary(meta),
         problem=problem,
     )
+
+
+def _has_canary(meta: AdapterMeta | None) -> bool | None:
+    from punie.adapters.canary import canary_of
+
+    try:
+        return canary_of(meta) is not None
+    except AdapterError:
+        return None
 
 
 def list_adapters(project_dir: str | Path) -> list[AdapterInfo]:

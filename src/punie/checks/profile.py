@@ -147,9 +147,10 @@ def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> 
         c.passed.append(f"server: using {server.url}" if server.url else f"server: {server.host}:{server.port} is free")
     has_adapter = profile.adapter is not None or bool(profile.adapters)
     if server.url:
-        if has_adapter:
+        if has_adapter and not _external_canary(c, server.url):
             c.add("warning", "adapter-ignored", c.key("adapter" if profile.adapter else "adapters"),
-                  "server.url is set, so nothing is started and this adapter is not served by Punie")
+                  "server.url is set, so nothing is started and this adapter is not served by Punie "
+                  "(nor can readiness check the running server for it: it has no canary)")
         return ProfileReport(name=resolved.name, passed=c.passed, problems=c.finish())
     model_path, shapes = _check_model(c)
     adapter_path = None
@@ -257,8 +258,55 @@ def _check_single_adapter(c: _Collector, spec: str, model_path: Path | None,
     inspection = _inspect(c, spec, "adapter", single=True)
     if inspection is None:
         return None
-    _fit(c, inspection, model_path, shapes)
+    if _fit(c, inspection, model_path, shapes):
+        _canary(c, inspection.path, model_path)
     return inspection.path
+
+
+def _canary(c: _Collector, adapter_dir: Path, model_path: Path | None) -> None:
+    """Does the adapter have a canary for this base (so readiness can prove the server applies it)?"""
+    from punie.adapters.canary import base_fingerprint
+    from punie.adapters.files import METADATA_FILE
+    from punie.adapters.metadata import read_canary
+
+    display = display_path(adapter_dir, c.resolved.project_dir)
+    try:
+        canary = read_canary(adapter_dir)
+    except AdapterError as exc:
+        c.add("warning", "canary-unreadable", exc.where or f"{display}/{METADATA_FILE}", exc.message)
+        return
+    stamp = f"`punie adapters stamp {display} --base {c.resolved.name}`"
+    if canary is None:
+        c.add("warning", "no-canary", f"{display}/{METADATA_FILE}",
+              f"no canary: readiness cannot prove the server applies this adapter; record one with {stamp}")
+        return
+    fingerprint = base_fingerprint(model_path) if model_path is not None else None
+    if fingerprint and canary.base_fingerprint and fingerprint != canary.base_fingerprint:
+        c.add("warning", "canary-other-base", f"{display}/{METADATA_FILE}: canary.base_fingerprint",
+              f"the canary was recorded on another base (fingerprint {canary.base_fingerprint[:16]}, this model "
+              f"{fingerprint[:16]}): readiness can only warn, not refuse; record it again with {stamp}")
+        return
+    c.passed.append(f"adapter: canary recorded ({canary.engine}, top-{canary.top_k}): readiness proves "
+                    "the server applies it")
+
+
+def _external_canary(c: _Collector, url: str) -> bool:
+    """With server.url, an adapter with a canary is checked on the running server at readiness."""
+    from punie.adapters.metadata import read_canary
+    from punie.adapters.registry import effective_adapter
+
+    if c.resolved.profile.adapters:
+        return False  # composing here would write files; `punie up` composes and checks it
+    try:
+        path = effective_adapter(c.resolved)
+        canary = read_canary(path) if path is not None else None
+    except AdapterError:
+        return False
+    if canary is None:
+        return False
+    c.passed.append(f"adapter: {display_path(path, c.resolved.project_dir)} is not started by Punie; readiness "
+                    f"checks that {url} applies it (canary)")
+    return True
 
 
 def _check_composition(c: _Collector, model_path: Path | None, shapes: ModelShapes | None) -> None:

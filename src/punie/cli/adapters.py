@@ -1,4 +1,4 @@
-"""CLI: `punie adapters list` and `adapters stamp` (`adapters compose` is attached from adapters_compose)."""
+"""CLI: `punie adapters list`, `adapters stamp` (`adapters compose` is attached by punie.cli from adapters_compose)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _table(rows: list[list[str]], heads: list[str]) -> str:
 @format_option()
 @click.pass_context
 def list_command(ctx: click.Context, fmt: str = "text") -> None:
-    """Every adapter under adapters/: base model, rank, layers, size, date, score, fits."""
+    """Every adapter under adapters/: base model, rank, layers, size, date, score, canary, fits."""
     from punie.adapters.registry import adapters_root, list_adapters
     from punie.checks import adapter_fits
     from punie.config import load_profiles
@@ -68,9 +68,10 @@ def list_command(ctx: click.Context, fmt: str = "text") -> None:
             _size(info.size_bytes),
             (info.created or "?")[:16].replace("T", " "),
             f"{info.score:.2f}" if info.score is not None else "-",
+            {True: "yes", False: "no", None: "bad"}[info.canary],
             fit if not info.problem else f"{fit} ({info.problem})",
         ])
-    click.echo(_table(rows, ["name", "base model", "rank", "layers", "size", "created", "score", "fits"]))
+    click.echo(_table(rows, ["name", "base model", "rank", "layers", "size", "created", "score", "canary", "fits"]))
 
 
 @adapters_group.command("stamp")
@@ -78,12 +79,15 @@ def list_command(ctx: click.Context, fmt: str = "text") -> None:
 @click.option("--base", "profile", required=True, metavar="PROFILE",
               help="Profile whose base model the adapter is for.")
 @click.option("--force", is_flag=True, help="Stamp even if the adapter does not fit the base model.")
+@click.option("--canary/--no-canary", default=True, show_default=True,
+              help="Also record the adapter's canary (computed once with mlx_lm; checked at readiness).")
 @click.pass_context
-def stamp_command(ctx: click.Context, name: str, profile: str, force: bool) -> None:
-    """Record the base model identity of adapter NAME (one Punie did not train).
+def stamp_command(ctx: click.Context, name: str, profile: str, force: bool, canary: bool) -> None:
+    """Record the base model identity and the canary of adapter NAME (one Punie did not train).
 
     Afterwards `punie check` tells the same base from a different one with the
-    same shapes, as for adapters trained by `punie train`.
+    same shapes, as for adapters trained by `punie train`, and `punie up` proves
+    at readiness that the server applies the adapter (its first-token logprobs).
     """
     from punie.adapters.registry import resolve_adapter, stamp_adapter
     from punie.checks import check_adapter
@@ -107,6 +111,13 @@ def stamp_command(ctx: click.Context, name: str, profile: str, force: bool) -> N
     assert meta.base is not None
     click.echo(f"stamped {adapter_dir}: base {meta.base_model} (weights {meta.base.weights[:12]}, "
                f"shapes {meta.base.shapes[:12]})")
+    if canary:
+        from punie.launch.stamp import stamp_canary
+
+        recorded = stamp_canary(adapter_dir, model_dir)
+        top = ", ".join  # the three likeliest first tokens of each side
+        click.echo("  canary, base alone:   " + top(f"{t.text!r} {t.logprob:.2f}" for t in recorded.base[:3]))
+        click.echo("  canary, with adapter: " + top(f"{t.text!r} {t.logprob:.2f}" for t in recorded.adapter[:3]))
 
 
 def register(group: click.Group) -> None:

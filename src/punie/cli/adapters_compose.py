@@ -37,8 +37,11 @@ def _resolve(spec: str, project_dir: Path) -> Path:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @format_option("json: the composed adapter's config.")
+@click.option("--base", "base", metavar="PROFILE",
+              help="Also record the composed adapter's canary on this profile's model (needs mlx).")
 @click.pass_context
-def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, force: bool, fmt: str) -> None:
+def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, force: bool, fmt: str,
+                    base: str | None) -> None:
     """Compose LoRA adapters into one (ranks concatenated: exact).
 
     Each ADAPTER is a directory or a name under adapters/, optionally followed
@@ -55,6 +58,13 @@ def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, for
             raise UsageError(f"empty adapter in '{text}'")
         parts.append((_resolve(spec, project_dir), weight))
     result = compose(parts, Path(out), force=force)
+    if base is not None:
+        from punie.config import load_profile
+        from punie.launch.prepare import resolve_model_path
+        from punie.launch.stamp import stamp_canary
+
+        resolved = load_profile(base, config=state.config, overrides=state.overrides)
+        stamp_canary(result, resolve_model_path(resolved, provision=True))
     config = json.loads((result / "adapter_config.json").read_text())
     meta = json.loads((result / "punie-adapter.json").read_text())
     if fmt == "json":

@@ -6,6 +6,7 @@ goes to stderr. ``--dry-run`` prints the launch plan on stdout and starts nothin
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -24,7 +25,7 @@ from punie.cli._common import (
 @click.command("up")
 @click.argument("profile", required=False, shell_complete=complete_profiles)
 @click.option("--dry-run", is_flag=True, help="Print the launch plan (after resolving and checking) and exit.")
-@format_option("Format of the --dry-run plan.")
+@format_option("Format of the --dry-run plan, and of the session's final status (stderr).")
 @click.option("--no-check", is_flag=True, help="Launch without running `punie check` first.")
 @click.option(
     "--follow-server/--no-follow-server", default=None,
@@ -54,14 +55,20 @@ def up_command(
     130 when a second Ctrl-C forced the stop.
     """
     from punie.config import load_profile
-    from punie.launch import run_up
+    from punie.launch import LaunchFailed, run_up
 
     state = state_of(ctx)
     resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
     if follow_server is None:  # the interactive agent shares the terminal: keep it readable
         follow_server = not sys.stdin.isatty()
-    outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
-                     follow_server=follow_server, subreaper=True)
+    try:
+        outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
+                         follow_server=follow_server, subreaper=True)
+    except LaunchFailed as exc:
+        if fmt == "json" and not dry_run:  # the status of a session that never got ready (e.g. no adapter)
+            click.echo(json.dumps({"profile": resolved.name, "reason": exc.reason, "exit_code": exc.exit_code,
+                                   "message": exc.message}), err=True)
+        raise
     if dry_run:
         assert outcome.plan is not None
         if fmt == "json":
@@ -70,6 +77,10 @@ def up_command(
             click.echo(outcome.plan.render_text())
         return
     print_outcome(outcome.message, outcome.exit_code)
+    if fmt == "json":  # the session's status; on stderr, as stdout belongs to the agent
+        status = {"profile": resolved.name, "reason": outcome.reason, "exit_code": outcome.exit_code,
+                  "ready_seconds": outcome.ready_seconds, "restarts": outcome.restarts, "canary": outcome.canary}
+        click.echo(json.dumps(status), err=True)
     ctx.exit(outcome.exit_code)
 
 

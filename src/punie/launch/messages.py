@@ -20,6 +20,8 @@ def headline(reason: str, detail: str, plan: LaunchPlan) -> str:
     where = plan.server_url if plan.external else f"mlx_lm.server on {plan.server_url}"
     if reason == "adapter-failed":
         return f"{where}: the adapter {plan.adapter} did not load ({detail or 'generation thread died'})"
+    if reason == "adapter-not-applied":
+        return f"{where}: {detail}; refused: nothing is started on a server without its adapter"
     if reason == "generation-failed":
         return f"{where}: the model did not load ({detail or 'generation thread died'})"
     if reason == "port-busy":
@@ -37,6 +39,12 @@ def hint(reason: str, plan: LaunchPlan) -> str | None:
     """What to do about a failure, when there is something obvious."""
     if reason == "adapter-failed":
         return "the adapter does not fit the base model: run `punie check` on this profile"
+    if reason == "adapter-not-applied":
+        if plan.external:
+            return ("restart that server with the adapter (mlx_lm.server --adapter-path DIR), and send no "
+                    "`model` field: mlx_lm applies --adapter-path only to requests without one")
+        return ("the server loaded the base model alone: check the server log above, the mlx_lm version "
+                "(some releases ignore --adapter-path) and `punie check` on this profile")
     if reason == "port-busy":
         return "stop the other server, or pick another port: --set server.port=PORT"
     if reason == "foreign-server":

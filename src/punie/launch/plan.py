@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from punie.config.models import ResolvedProfile
 from punie.errors import ConfigError
+from punie.launch.canary import ExpectedCanary
 from punie.net import connect_host, is_loopback, remote_host_problem, server_root
 from punie.paths import hf_hub_cache, state_dir
 
@@ -66,6 +67,9 @@ class LaunchPlan(_Frozen):
     liveness_interval: float = 5.0
     liveness_failures: int = 3
     remote: bool = Field(False, description="The server is (or binds) a non-loopback address (allow_remote).")
+    canary: ExpectedCanary | None = Field(
+        None, description="The adapter's canary: the readiness probe proves the server applies the adapter."
+    )
 
     @property
     def external(self) -> bool:
@@ -102,8 +106,12 @@ class LaunchPlan(_Frozen):
                              f"frozen after {self.liveness_failures} misses")
             if self.remote:
                 lines.append(f"  WARNING: binds {self.host}, reachable from other machines (allow_remote)")
+        if self.canary is not None:
+            ready = f"canary of {self.canary.adapter} (top-{self.canary.canary.top_k} first-token logprobs)"
+        else:
+            ready = "1-token chat completion"
         lines += [
-            f"ready:     1-token chat completion on {self.base_url} within {self.ready_timeout:g}s",
+            f"ready:     {ready} on {self.base_url} within {self.ready_timeout:g}s",
             f"agent:     {shlex.join(self.agent_argv)}",
             f"  cwd:     {self.cwd}",
             f"  log:     {self.agent_log}",

@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 from punie.config.models import ResolvedProfile
-from punie.errors import CheckFailed, ConfigError, ModelError, ModelNotProvisioned
+from punie.errors import (
+    AdapterError,
+    CheckFailed,
+    ConfigError,
+    ModelError,
+    ModelNotProvisioned,
+)
+from punie.launch.canary import ExpectedCanary
 from punie.launch.plan import LaunchPlan, build_plan, refuse_remote
 from punie.weights import Progress
 
@@ -94,4 +101,63 @@ def prepare(
     else:
         model = resolve_model_path(resolved, provision=provision, progress=progress)
         adapter = resolve_adapter_path(resolved)
-    return build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
+    plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
+    canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
+    if canary is None:
+        return plan
+    # A vLLM plan names the LoRA's model id (one server, several ids): the probe must send it.
+    model_id = getattr(plan, "model_id", None)
+    if model_id:
+        canary = canary.model_copy(update={"model": model_id})
+    return plan.model_copy(update={"canary": canary})
+
+
+def expected_canary(
+    resolved: ResolvedProfile, *, model_path: Path | None, adapter_path: Path | None, compute: bool = False
+) -> ExpectedCanary | None:
+    """The canary the readiness probe checks, when the served adapter has one.
+
+    With ``server.url`` the adapter is not started by Punie but the profile still
+    names it: the running server is then checked for it too. No canary means the
+    adapter is not verified (a warning); one recorded on another base model (another
+    quantization, say) is still compared, but can only warn.
+    A composition of the profile's ``adapters`` gets its canary computed here once
+    (``compute``; its directory is a cache), as nobody else could stamp it.
+    """
+    from punie.adapters.canary import base_fingerprint
+    from punie.adapters.metadata import read_canary
+
+    profile = resolved.profile
+    if adapter_path is None and profile.server.url and (profile.adapter or profile.adapters):
+        try:
+            adapter_path = resolve_adapter_path(resolved)
+        except AdapterError as exc:
+            logger.warning("%s: the running server cannot be checked for it", exc.render())
+            return None
+    if adapter_path is None:
+        return None
+    try:
+        canary = read_canary(adapter_path)
+    except AdapterError as exc:
+        logger.warning("%s", exc.render())
+        return None
+    if canary is None and compute and profile.adapters and model_path is not None:
+        from punie.launch.stamp import stamp_canary
+
+        logger.warning("computing the canary of the composed adapter %s (once)", adapter_path)
+        try:
+            canary = stamp_canary(adapter_path, model_path)
+        except AdapterError as exc:
+            logger.warning("%s", exc.render())
+    if canary is None:
+        logger.warning("adapter %s has no canary: readiness cannot prove the server applies it "
+                       "(record one: `punie adapters stamp %s --base %s`)", adapter_path, adapter_path, resolved.name)
+        return None
+    other_base = None
+    if model_path is not None and canary.base_fingerprint:
+        fingerprint = base_fingerprint(model_path)
+        if fingerprint is not None and fingerprint != canary.base_fingerprint:
+            other_base = (f"its canary was recorded on another base: fingerprint {canary.base_fingerprint[:16]}, "
+                          f"this model {fingerprint[:16]}")
+            logger.warning("adapter %s: %s; readiness compares it anyway but cannot refuse", adapter_path, other_base)
+    return ExpectedCanary(adapter=str(adapter_path), canary=canary, other_base=other_base)

@@ -16,6 +16,7 @@ generation thread died answers 503).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -64,23 +65,33 @@ async def liveness_probe(base_url: str, *, timeout: float) -> str | None:
     return None
 
 
-async def wait_ready(base_url: str, *, interval: float = 0.05, connect_timeout: float = 1.0) -> float:
+async def wait_ready(
+    base_url: str,
+    *,
+    interval: float = 0.05,
+    connect_timeout: float = 1.0,
+    request: tuple[str, Mapping[str, Any]] | None = None,
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
+) -> float:
     """Retry a 1-token completion on ``{base_url}/chat/completions`` until one succeeds.
 
     No overall timeout here: the caller cancels (it also watches the server
     process and log). Returns the seconds spent. Raises ProbeFailed when the
     server says its generation thread died (a failed model or adapter load).
+    ``request`` (path, body) replaces the probe (the adapter canary of
+    `punie.launch.canary`); ``on_answer`` is handed the answer that made it ready.
     """
     import httpx
 
     start = anyio.current_time()
-    url = base_url.rstrip("/") + "/chat/completions"
+    path, body = request if request is not None else ("/chat/completions", PROBE_BODY)
+    url = base_url.rstrip("/") + path
     # A loopback server must not be reached through an HTTP proxy from the environment.
     timeout = httpx.Timeout(None, connect=connect_timeout)
     async with httpx.AsyncClient(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
         while True:
             try:
-                response = await client.post(url, json=PROBE_BODY)
+                response = await client.post(url, json=dict(body))
             except httpx.TransportError:
                 await anyio.sleep(interval)
                 continue
@@ -90,6 +101,8 @@ async def wait_ready(base_url: str, *, interval: float = 0.05, connect_timeout: 
                 except ValueError:
                     data = None
                 if isinstance(data, dict) and data.get("choices"):
+                    if on_answer is not None:
+                        on_answer(data)
                     return anyio.current_time() - start
             elif GENERATION_DIED in response.text:
                 detail = f"HTTP {response.status_code}: {response.text.strip()}"

@@ -33,6 +33,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from punie.errors import LaunchFailed, LaunchReason
+from punie.launch.canary import CanaryResult
 from punie.launch.messages import headline as _headline
 from punie.launch.messages import hint as _hint
 from punie.launch.messages import quote as _quote
@@ -65,7 +66,7 @@ SERVER_FATAL_PATTERNS = {
 }
 # Restarting cannot fix these.
 _NOT_RESTARTABLE = {LaunchReason.PORT_BUSY, LaunchReason.ADAPTER_FAILED, LaunchReason.READY_TIMEOUT,
-                    LaunchReason.FOREIGN_SERVER}
+                    LaunchReason.FOREIGN_SERVER, LaunchReason.ADAPTER_NOT_APPLIED}
 
 T = TypeVar("T")
 Failure = tuple[str, str]  # (reason code, detail)
@@ -87,6 +88,7 @@ class UpOutcome:
     agent_returncode: int | None = None
     restarts: int = 0
     forced: bool = False
+    canary: dict[str, Any] | None = None  # what the readiness canary proved (CanaryResult.to_json)
 
 
 async def _first(*waiters: Callable[[], Awaitable[T]]) -> T:
@@ -143,6 +145,7 @@ class _Supervisor:
     forced: bool = False
     restarts: int = 0
     ready_seconds: float | None = None  # set when the server first answered
+    canary: CanaryResult | None = None  # what the readiness probe proved about the adapter
     t0: float = 0.0
     tg: TaskGroup | None = None  # output pumps and signals: they outlive the session
     session: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by _finish
@@ -181,6 +184,7 @@ class _Supervisor:
             plan=self.plan,
             ready_seconds=self.ready_seconds,
             restarts=self.restarts,
+            canary=self.canary.to_json() if self.canary else None,
             server_returncode=self.server.returncode if self.server else None,
             agent_returncode=self.agent.returncode if self.agent else None,
         )
@@ -290,15 +294,18 @@ class _Supervisor:
         the process failing when it is ours)."""
 
         async def probe() -> Failure | None:
+            answers: list[dict[str, Any]] = []
+            expected = self.plan.canary
             try:
-                await wait_ready(self.plan.base_url, interval=self.probe_interval)
+                await wait_ready(self.plan.base_url, interval=self.probe_interval, on_answer=answers.append,
+                                 request=expected.request() if expected else None)
             except ProbeFailed as exc:
                 reason = exc.reason
                 if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter:
                     reason = LaunchReason.ADAPTER_FAILED
                 failure = (reason, exc.detail)
                 return await fatal.defer(failure) if fatal else failure
-            return None
+            return self._judge_canary(answers[0]) if expected and answers else None
 
         waiters: list[Callable[[], Awaitable[Failure | None]]] = [probe]
         if server is not None and fatal is not None:
@@ -306,6 +313,16 @@ class _Supervisor:
         with anyio.move_on_after(self.plan.ready_timeout):
             return await _first(*waiters)
         return LaunchReason.READY_TIMEOUT, ""
+
+    def _judge_canary(self, answer: dict[str, Any]) -> Failure | None:
+        """The readiness answer against the adapter's canary: a failure when it proves the adapter absent."""
+        assert self.plan.canary is not None
+        result = self.canary = self.plan.canary.judge(answer)
+        if result.refuse:
+            return LaunchReason.ADAPTER_NOT_APPLIED, result.message()
+        logger.info("canary: %s", result.message())  # shown by the status line; logged for -v and tests
+        self.status(("warning: " if result.warn else "") + result.message())
+        return None
 
     async def _until_failure(self, server: Child, fatal: _FatalLine, *, live: bool = False) -> Failure:
         """Wait until the server exits or logs a line meaning it will never serve; with ``live``

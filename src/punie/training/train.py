@@ -310,6 +310,20 @@ def run_lora(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | Non
     return code, [_ANSI.sub("", line) for line in tail]
 
 
+def _with_canary(adapter_dir: Path, model_dir: Path, meta: AdapterMeta) -> AdapterMeta:
+    """Record the adapter's canary (what readiness checks); a failure to compute it is only a warning."""
+    from punie.adapters.metadata import read_meta
+    from punie.errors import AdapterError
+    from punie.launch.stamp import stamp_canary
+
+    try:
+        stamp_canary(adapter_dir, model_dir)
+    except AdapterError as exc:
+        logger.warning("no canary recorded for the adapter: %s", exc.render())
+        return meta
+    return read_meta(adapter_dir) or meta
+
+
 def train_adapter(
     resolved: ResolvedProfile,
     data_dir: str | Path,
@@ -386,6 +400,7 @@ def train_adapter(
         _settle_config(staging / "adapter_config.json", target=target, base_model=base_model,
                        dataset=Path(dataset.path), project_dir=Path(resolved.project_dir))
         write_meta(staging, meta)
+        meta = _with_canary(staging, model_dir, meta)
         _swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
