@@ -83,4 +83,8 @@ def register(group: click.Group) -> None:
 
     if "compose" not in adapters_group.commands:
         attach(adapters_group)
+    if "export" not in adapters_group.commands:
+        from punie.cli.adapters_peft import attach as attach_peft
+
+        attach_peft(adapters_group)
     group.add_command(adapters_group)
