@@ -28,6 +28,11 @@ from punie.cli._common import State, format_option, pass_state, render_progress,
     "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
     help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
 )
+@click.option(
+    "--group", "group", metavar="NAME|A,B",
+    help="Run several vLLM profiles that share a base on ONE server (a [groups.NAME] table, or profiles "
+    "a,b); each profile's requests pick its adapter by model id.",
+)
 @set_option()
 @pass_state
 @click.pass_context
@@ -41,6 +46,7 @@ def up_command(
     follow_server: bool | None,
     grace: float,
     overrides: tuple[str, ...],
+    group: str | None = None,
 ) -> None:
     """Start mlx_lm.server for PROFILE and the agent wired to it; stop both on Ctrl-C.
 
@@ -51,11 +57,23 @@ def up_command(
     from punie.config import load_profile
     from punie.launch import run_up
 
-    resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
     if follow_server is None:  # the interactive agent shares the terminal: keep it readable
         follow_server = not sys.stdin.isatty()
-    outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
-                     follow_server=follow_server, subreaper=True)
+    if group is not None:
+        from punie.config import load_profiles
+        from punie.errors import UsageError
+        from punie.launch.vllm import group_members, run_up_group
+
+        if profile is not None:
+            raise UsageError("give either PROFILE or --group, not both")
+        name, names = group_members(group, config=state.config)
+        members = load_profiles(names, config=state.config, overrides=state.with_overrides(overrides))
+        outcome = run_up_group(members, group=name, check=not no_check, dry_run=dry_run, grace=grace,
+                               progress=render_progress, follow_server=follow_server, subreaper=True)
+    else:
+        resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
+        outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
+                         follow_server=follow_server, subreaper=True)
     if dry_run:
         assert outcome.plan is not None
         if fmt == "json":

@@ -87,6 +87,11 @@ def prepare(
     not provisioned yet appears at the path it will be provisioned to.
     """
     refuse_remote(resolved)  # --no-check included: never bind or call out without allow_remote
+    if resolved.profile.server.backend == "vllm":
+        from punie.launch.vllm import prepare_vllm
+
+        return prepare_vllm([resolved], check=check, provision=provision, python=python, log_dir=log_dir,
+                            progress=progress)
     if check:
         run_check(resolved)
     if resolved.profile.server.url:

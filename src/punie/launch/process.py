@@ -93,6 +93,7 @@ def process_state(pid: int) -> str | None:
             return fh.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return None
+GROUP_GONE_TIMEOUT = 10.0  # seconds a stop waits for the group's last process after SIGKILL
 
 
 class StreamSink:
@@ -392,9 +393,23 @@ class Child:
         # Also reaches anything the command left behind in its group.
         self.signal_group(signal.SIGKILL)
         rc = await self.process.wait()
+        await self._group_gone(GROUP_GONE_TIMEOUT)
         with anyio.move_on_after(0.5):  # let the pump drain what is still in the pipe
             await self._pumped.wait()
         return rc
+
+    async def _group_gone(self, timeout: float) -> None:
+        """Wait until no process of the child's group is left (a server's workers, e.g. vLLM's,
+        can still be exiting after its main process is gone: SIGKILL is not instantaneous)."""
+        assert self.process is not None
+        with anyio.move_on_after(timeout):
+            while True:
+                try:
+                    os.killpg(self.process.pid, 0)
+                except (ProcessLookupError, PermissionError):
+                    return
+                await anyio.sleep(0.02)
+        logger.warning("%s: processes of its group still exist %.1fs after SIGKILL", self.name, timeout)
 
     def kill(self) -> None:
         """SIGKILL the group at once (a second Ctrl-C)."""

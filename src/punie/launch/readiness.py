@@ -64,12 +64,15 @@ async def liveness_probe(base_url: str, *, timeout: float) -> str | None:
     return None
 
 
-async def wait_ready(base_url: str, *, interval: float = 0.05, connect_timeout: float = 1.0) -> float:
+async def wait_ready(
+    base_url: str, *, interval: float = 0.05, connect_timeout: float = 1.0, model: str | None = None
+) -> float:
     """Retry a 1-token completion on ``{base_url}/chat/completions`` until one succeeds.
 
     No overall timeout here: the caller cancels (it also watches the server
     process and log). Returns the seconds spent. Raises ProbeFailed when the
     server says its generation thread died (a failed model or adapter load).
+    ``model`` is sent as the request's model id (vLLM: the LoRA the agent will use).
     """
     import httpx
 
@@ -80,7 +83,7 @@ async def wait_ready(base_url: str, *, interval: float = 0.05, connect_timeout: 
     async with httpx.AsyncClient(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
         while True:
             try:
-                response = await client.post(url, json=PROBE_BODY)
+                response = await client.post(url, json=PROBE_BODY if model is None else {**PROBE_BODY, "model": model})
             except httpx.TransportError:
                 await anyio.sleep(interval)
                 continue

@@ -280,9 +280,9 @@ class _Supervisor:
             raise LaunchFailed(LaunchReason.PORT_BUSY, message, hint=_hint(LaunchReason.PORT_BUSY, plan))
         fatal = _FatalLine()
         self.server = self._child("server", plan.server_argv, plan.server_env, plan.server_log, capture="stdout",
-                                  patterns=SERVER_FATAL_PATTERNS, on_match=fatal)
-        await self._start(self.server, "mlx_lm.server", LaunchReason.SERVER_FAILED)
-        self.status(f"started mlx_lm.server (pid {self.server.pid}), waiting for a 1-token completion")
+                                  patterns={**SERVER_FATAL_PATTERNS, **plan.fatal_patterns}, on_match=fatal)
+        await self._start(self.server, plan.engine, LaunchReason.SERVER_FAILED)
+        self.status(f"started {plan.engine} (pid {self.server.pid}), waiting for a 1-token completion")
         return self.server, fatal
 
     async def _wait_ready(self, server: Child | None = None, fatal: _FatalLine | None = None) -> Failure | None:
@@ -291,7 +291,7 @@ class _Supervisor:
 
         async def probe() -> Failure | None:
             try:
-                await wait_ready(self.plan.base_url, interval=self.probe_interval)
+                await wait_ready(self.plan.base_url, interval=self.probe_interval, model=self.plan.model_id)
             except ProbeFailed as exc:
                 reason = exc.reason
                 if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter:
@@ -313,7 +313,7 @@ class _Supervisor:
 
         async def exited() -> Failure:
             rc = await server.wait()
-            return await fatal.defer((LaunchReason.SERVER_DIED, f"mlx_lm.server exited with code {rc}"))
+            return await fatal.defer((LaunchReason.SERVER_DIED, f"{self.plan.engine} exited with code {rc}"))
 
         async def fatal_line() -> Failure:
             await fatal.seen.wait()
