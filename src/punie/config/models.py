@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 ToolName = Literal["read_file", "write_file", "list_files", "search", "run_command"]
 ALL_TOOLS: tuple[ToolName, ...] = ("read_file", "write_file", "list_files", "search", "run_command")
 Decision = Literal["ask", "allow", "deny"]
+#: The values vLLM's --max-lora-rank accepts (vllm.config.lora.MaxLoRARanks).
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class _Strict(BaseModel):
@@ -33,7 +35,10 @@ class VllmOptions(_Strict):
     distributed_executor_backend: Literal["mp", "ray"] | None = Field(
         None, description="How vLLM runs its workers: mp (processes on this machine) or ray (multi-node)."
     )
-    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM accepts (--max-lora-rank).")
+    max_lora_rank: int = Field(
+        16, ge=1, description="Largest LoRA rank vLLM accepts (--max-lora-rank; one of " +
+        ", ".join(map(str, VLLM_MAX_LORA_RANKS)) + ")."
+    )
     max_loras: int | None = Field(None, ge=1, description="LoRAs resident in one batch (--max-loras).")
     dtype: str | None = Field(None, description="Weight/activation dtype (auto, float32, bfloat16, float16).")
     max_model_len: int | None = Field(None, ge=1, description="Context length vLLM reserves KV cache for.")
@@ -46,6 +51,15 @@ class VllmOptions(_Strict):
     extra_args: list[str] = Field(
         default_factory=list, description="Extra command-line arguments for vLLM's OpenAI server."
     )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, value: int) -> int:
+        if value not in VLLM_MAX_LORA_RANKS:
+            bigger = [r for r in VLLM_MAX_LORA_RANKS if r >= value]
+            raise ValueError(f"vLLM accepts only {', '.join(map(str, VLLM_MAX_LORA_RANKS))}"
+                             + (f" (use {bigger[0]})" if bigger else ""))
+        return value
 
 
 class ServerOptions(_Strict):
