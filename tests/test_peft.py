@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from punie.adapters.peft import NotConvertible, ensure_exported, export_peft, import_peft, plan_export
+from punie.adapters.peft import (
+    NotConvertible,
+    ensure_exported,
+    export_peft,
+    import_peft,
+    plan_export,
+)
 from punie.adapters.tensors import load_tensor, tensor_index, write_safetensors
 from tests.support import tiny
 
@@ -66,7 +72,7 @@ def test_peft_math_equals_mlx_lm_fuse(tiny_model: Path, tiny_adapter: Path, tmp_
     proc = subprocess.run(
         [sys.executable, "-m", "mlx_lm", "fuse", "--model", str(tiny_model), "--adapter-path", str(tiny_adapter),
          "--save-path", str(fused)],
-        capture_output=True, text=True, env=tiny.mlx_env(), timeout=300,
+        capture_output=True, text=True, env=tiny.mlx_env(), timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     config = json.loads((peft / "adapter_config.json").read_text())

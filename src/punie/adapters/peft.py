@@ -32,7 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from punie.adapters.tensors import load_tensor, numpy_module, tensor_index, write_safetensors
+from punie.adapters.tensors import (
+    load_tensor,
+    numpy_module,
+    tensor_index,
+    write_safetensors,
+)
 from punie.errors import AdapterError, CorruptFileError
 
 MLX_CONFIG = "adapter_config.json"
@@ -182,10 +187,12 @@ def _copy_meta(src: Path, dst: Path, extra: Mapping[str, Any]) -> None:
 
 
 def _fresh_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise AdapterError("exists and is not empty (pass --force to replace it)", where=str(out))
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise AdapterError("exists and is not empty (pass --force to replace it)", where=str(out))
     out.mkdir(parents=True, exist_ok=True)
+    # Only the files an adapter of either format consists of: --force never empties a whole folder.
+    for name in {MLX_CONFIG, MLX_WEIGHTS, PEFT_WEIGHTS, METADATA}:
+        (out / name).unlink(missing_ok=True)
 
 
 def export_peft(adapter_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> PeftPlan:

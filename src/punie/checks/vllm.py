@@ -31,7 +31,7 @@ _CACHE_FILE = "vllm-python.json"
 
 def _probe(python: str) -> dict[str, Any]:
     try:
-        proc = subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
+        proc = subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, check=False,
                               text=True, timeout=IMPORT_TIMEOUT, env={**os.environ, "VLLM_NO_USAGE_STATS": "1"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"ok": False, "error": str(exc)}
@@ -137,9 +137,9 @@ def _adapter_items(adapter_dir: Path, shapes: ModelShapes | None, max_rank: int,
                 items.append(("error", "vllm-target-not-linear", key,
                               f"target module {m.module} is a {found.kind} layer in the base, not Linear"))
             elif (found.in_features, found.out_features) != (m.in_features, m.out_features):
-                items.append(("error", "vllm-target-shape", key,
-                              f"target module {m.module}: adapter ({m.in_features} -> {m.out_features}) vs base "
-                              f"({found.in_features} -> {found.out_features})"))
+                message = (f"target module {m.module}: adapter ({m.in_features} -> {m.out_features}) vs base "
+                           f"({found.in_features} -> {found.out_features})")
+                items.append(("error", "vllm-target-shape", key, message))
     if not items:
         passed.append(f"vllm: adapter converts to PEFT (r {plan.rank}, lora_alpha {plan.lora_alpha:g}, "
                       f"{len(plan.modules)} modules)")
