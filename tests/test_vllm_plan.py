@@ -220,3 +220,13 @@ def test_vllm_python_answer_is_cached_by_path_and_mtime(project: Path, tmp_path:
     assert "No module named vllm" in vllm_python_status(str(bad))["error"]
     assert not vllm_python_status(str(tmp_path / "none"))["ok"]
     assert "does not exist" in _codes("one", project, [f"server.vllm.python={tmp_path / 'none'}"])["vllm-python"]
+
+
+def test_group_members_adapters_must_fit_the_shared_servers_rank(project: Path) -> None:
+    from punie.launch.vllm import prepare_vllm
+
+    members = load_profiles(["one", "two"], config=str(project / "punie.toml"),
+                            overrides=["server.vllm.max_lora_rank=1"])
+    members = [members[0], load_profile("two", config=str(project / "punie.toml"))]  # two keeps rank 8
+    with pytest.raises(ConfigError, match="rank 4, above the server's max_lora_rank 1"):
+        prepare_vllm(members, group="g", check=False, provision=False)

@@ -240,7 +240,7 @@ def prepare_vllm(
     ``provision=False`` (a dry run) writes nothing: the plan names the cache
     directories the exports will be written to.
     """
-    from punie.adapters.peft import ensure_exported, exported_dir
+    from punie.adapters.peft import ensure_exported, exported_dir, plan_export
     from punie.launch.prepare import resolve_adapter_path, resolve_model_path, run_check
 
     if len(members) > 1 or group:
@@ -254,9 +254,14 @@ def prepare_vllm(
     model = resolve_model_path(lead, provision=provision, progress=progress)  # type: ignore[arg-type]
     cache = state_dir(lead.project_dir) / PEFT_CACHE
     lora_dirs: dict[str, Path] = {}
+    max_rank = lead.profile.server.vllm.max_lora_rank
     for m in members:
         adapter = resolve_adapter_path(m)
         if adapter is not None:
+            rank = plan_export(adapter).rank  # headers only; raises NotConvertible with the reason
+            if rank > max_rank:  # each member was checked against its own options; the lead's rule here
+                raise ConfigError(f"{m.name}: its adapter has rank {rank}, above the server's max_lora_rank "
+                                  f"{max_rank} (from {lead.name})", hint=f"set server.vllm.max_lora_rank in {lead.name}")
             lora_dirs[m.name] = ensure_exported(adapter, cache) if provision else exported_dir(adapter, cache)
     return build_vllm_plan(members, model_path=model, lora_dirs=lora_dirs, python=python, log_dir=log_dir,
                            group=group)
