@@ -51,7 +51,7 @@ ready_timeout = 900
 [defaults.server.vllm]
 python = "{python}"
 dtype = "float32"
-max_model_len = 512
+max_model_len = 4096  # the agent's tool prompt on a byte-level tokenizer
 extra_args = ["--enforce-eager"]
 env = {{ VLLM_CPU_KVCACHE_SPACE = "1" }}
 
@@ -123,7 +123,8 @@ def _describe(pid: int) -> str:
         return "gone"
 
 
-def _up(project: Path, names: list[str], *, group: str | None, tp: int, tmp_path: Path) -> dict:
+def _up(project: Path, names: list[str], *, group: str | None, tp: int, tmp_path: Path,
+        ask: str | None = None) -> dict:
     from punie.config import load_profiles
     from punie.launch.vllm import run_up_group
 
@@ -142,6 +143,8 @@ def _up(project: Path, names: list[str], *, group: str | None, tp: int, tmp_path
     ids = _prompt_ids(project / "model")
     wanted = [*names, "base"]
     lines: list[str] = []
+    if ask:
+        wanted = [f"--ask={project / 'punie.toml'}|{ask}|{port}", *wanted]
     if group is None and len(members) == 1:
         from punie.launch import run_up
 
@@ -165,7 +168,10 @@ def _up(project: Path, names: list[str], *, group: str | None, tp: int, tmp_path
 
 
 def test_group_of_two_profiles_on_one_vllm_server_matches_mlx(vllm_project: Path, tmp_path: Path) -> None:
-    r = _up(vllm_project, ["one", "two"], group="team", tp=1, tmp_path=tmp_path)
+    r = _up(vllm_project, ["one", "two"], group="team", tp=1, tmp_path=tmp_path, ask="two")
+    # `punie ask --profile two` reaches the group's server and gets an answer from its LoRA's id
+    assert r["ask"]["rc"] == 0, r["ask"]
+    assert "answer" in json.loads(r["ask"]["stdout"])
     served = {m["id"]: m.get("parent") for m in r["models"]}
     assert served == {"base": None, "one": "base", "two": "base"}
     model = vllm_project / "model"

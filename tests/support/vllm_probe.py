@@ -1,7 +1,7 @@
 """A stand-in agent for vLLM tests: what a real agent would ask, recorded, then exit.
 
 Run by `punie up` in the agent's place (so it starts only once the server is
-ready): ``python vllm_probe.py BASE_URL OUT_JSON PROMPT_IDS_JSON MODEL_ID...``.
+ready): ``python vllm_probe.py BASE_URL OUT_JSON PROMPT_IDS_JSON [--ask=CONFIG|PROFILE|PORT] MODEL_ID...``.
 For each model id it asks ``/v1/completions`` for the top-5 logprobs of the first
 token (ids as ``token_id:N``), lists ``/v1/models``, and records every process
 descending from the vLLM server (found by the port in its command line), so the
@@ -43,9 +43,11 @@ def _procs() -> dict[int, tuple[int, str]]:
 
 def main() -> None:
     base_url, out, prompt = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    ask = sys.argv[4].removeprefix("--ask=") if sys.argv[4].startswith("--ask=") else None
+    models = sys.argv[5:] if ask else sys.argv[4:]
     port = str(urlsplit(base_url).port)
     result: dict = {"logprobs": {}}
-    for model in sys.argv[4:]:
+    for model in models:
         data = _post(base_url + "/completions", {
             "model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 5,
             "return_tokens_as_token_ids": True,
@@ -54,6 +56,15 @@ def main() -> None:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(base_url + "/models", timeout=60) as resp:
         result["models"] = json.loads(resp.read())["data"]
+    if ask:  # CONFIG|PROFILE|PORT: one real agent turn, `punie ask --profile PROFILE`
+        import subprocess
+
+        config, profile, ask_port = ask.split("|")
+        proc = subprocess.run([sys.executable, "-m", "punie", "--config", config, "ask", "--profile", profile,
+                               "--json", "List the files."], capture_output=True, text=True, timeout=600,
+                              stdin=subprocess.DEVNULL, check=False,
+                              env={**os.environ, "PUNIE_SERVER__PORT": ask_port})
+        result["ask"] = {"rc": proc.returncode, "stdout": proc.stdout[-2000:], "stderr": proc.stderr[-2000:]}
     procs = _procs()
     servers = [pid for pid, (_, cmd) in procs.items()
                if "vllm.entrypoints.openai.api_server" in cmd and f"--port {port}" in cmd and "guard" not in cmd]

@@ -45,6 +45,11 @@ class VllmOptions(_Strict):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Fraction of GPU memory vLLM may use."
     )
+    tool_call_parser: str | None = Field(
+        "hermes",
+        description="vLLM's parser of the model's tool calls (--enable-auto-tool-choice --tool-call-parser): "
+        "hermes reads Qwen/Hermes <tool_call> JSON, as Punie's builtin templates write it; empty: off.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables for the vLLM server (VLLM_CPU_KVCACHE_SPACE...)."
     )

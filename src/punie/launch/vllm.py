@@ -80,6 +80,8 @@ def vllm_argv(
         argv += ["--max-model-len", str(v.max_model_len)]
     if v.gpu_memory_utilization is not None:
         argv += ["--gpu-memory-utilization", repr(v.gpu_memory_utilization)]
+    if v.tool_call_parser:  # the agent calls tools with tool_choice auto: vLLM refuses that without a parser
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", v.tool_call_parser]
     sampling = {k: val for k, val in (("temperature", server.temperature), ("top_p", server.top_p),
                                       ("max_new_tokens", server.max_tokens)) if val is not None}
     if sampling:
