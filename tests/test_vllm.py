@@ -123,40 +123,23 @@ def _describe(pid: int) -> str:
         return "gone"
 
 
-def _up(project: Path, names: list[str], *, group: str | None, tp: int, tmp_path: Path,
-        ask: str | None = None) -> dict:
+def _up_group(project: Path, names: list[str], *, group: str, tmp_path: Path, ask: str | None = None) -> dict:
+    """`punie up --group` with the probe as the agent; returns what it recorded, after checking the stop."""
     from punie.config import load_profiles
     from punie.launch.vllm import run_up_group
 
     port = _free_port()
     overrides = [f"server.port={port}"]
-    env_extra = {}
-    if tp > 1:
-        overrides.append(f"server.vllm.tensor_parallel_size={tp}")
-        env_extra["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"  # one core per CPU worker (facts)
     members = load_profiles(names, config=str(project / "punie.toml"), overrides=overrides)
-    if env_extra:
-        members = [m.model_copy(update={"profile": m.profile.model_copy(update={"server": m.profile.server.model_copy(
-            update={"vllm": m.profile.server.vllm.model_copy(update={"env": {**m.profile.server.vllm.env, **env_extra}})}
-        )})}) for m in members]
     out = tmp_path / "probe.json"
     ids = _prompt_ids(project / "model")
     wanted = [*names, "base"]
     lines: list[str] = []
     if ask:
         wanted = [f"--ask={project / 'punie.toml'}|{ask}|{port}", *wanted]
-    if group is None and len(members) == 1:
-        from punie.launch import run_up
-
-        plan_seen = []
-        outcome = run_up(members[0], agent_argv=[sys.executable, str(PROBE), f"http://127.0.0.1:{port}/v1", str(out),
-                                                 json.dumps(ids), *wanted],
-                         grace=20, sink=lines.append, on_plan=plan_seen.append)
-        assert plan_seen[0].model_id == names[0]  # the probe (and the agent) name the profile's LoRA
-    else:
-        outcome = run_up_group(members, group=group, agent_argv=[
-            sys.executable, str(PROBE), f"http://127.0.0.1:{port}/v1", str(out), json.dumps(ids), *wanted,
-        ], grace=20, sink=lines.append)
+    outcome = run_up_group(members, group=group, agent_argv=[
+        sys.executable, str(PROBE), f"http://127.0.0.1:{port}/v1", str(out), json.dumps(ids), *wanted,
+    ], grace=20, sink=lines.append)
     assert outcome.exit_code == 0, (outcome.message, lines[-30:])
     assert outcome.plan.backend == "vllm"
     result = json.loads(out.read_text())
@@ -168,7 +151,7 @@ def _up(project: Path, names: list[str], *, group: str | None, tp: int, tmp_path
 
 
 def test_group_of_two_profiles_on_one_vllm_server_matches_mlx(vllm_project: Path, tmp_path: Path) -> None:
-    r = _up(vllm_project, ["one", "two"], group="team", tp=1, tmp_path=tmp_path, ask="two")
+    r = _up_group(vllm_project, ["one", "two"], group="team", tmp_path=tmp_path, ask="two")
     # `punie ask --profile two` reaches the group's server and gets an answer from its LoRA's id
     assert r["ask"]["rc"] == 0, r["ask"]
     assert "answer" in json.loads(r["ask"]["stdout"])
@@ -187,10 +170,47 @@ def test_group_of_two_profiles_on_one_vllm_server_matches_mlx(vllm_project: Path
         assert not common or max(abs(want[x][t] - want[y][t]) for t in common) > 5e-2, (x, y)
 
 
-def test_tensor_parallel_2_single_profile_matches_mlx(vllm_project: Path, tmp_path: Path) -> None:
-    r = _up(vllm_project, ["one"], group=None, tp=2, tmp_path=tmp_path)
-    assert len(r["server_tree"]) >= 3, f"expected vLLM's TP workers as children: {r['server_tree']}"
+def test_tensor_parallel_2_single_profile_matches_mlx_and_dies_with_a_killed_punie_up(
+        vllm_project: Path, tmp_path: Path) -> None:
+    """`punie up` of one profile with TP=2 (vLLM's CPU workers), SIGKILLed once the probe has its answers:
+    the orphan guard must take the server and all its workers down with it."""
+    import subprocess
+    import time
+
+    port = _free_port()
+    out = tmp_path / "probe.json"
+    ids = _prompt_ids(vllm_project / "model")
+    overrides = [f"server.port={port}", "server.vllm.tensor_parallel_size=2",
+                 'server.vllm.env={VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="0|1"}']
+    probe = [sys.executable, str(PROBE), f"http://127.0.0.1:{port}/v1", str(out), json.dumps(ids), "one", "base"]
+    script = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from punie.config import load_profile\nfrom punie.launch import run_up\n"
+        f"r = load_profile('one', config={str(vllm_project / 'punie.toml')!r}, overrides={overrides!r})\n"
+        "plan = run_up(r, dry_run=True).plan\n"
+        "assert plan.model_id == 'one' and plan.agent_argv[-2:] == ('--model-name', 'one'), plan.agent_argv\n"
+        f"run_up(r, agent_argv={probe!r}, grace=20)\n"
+    )
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PROBE_HOLD": "1"},
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while not out.exists():
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "vLLM did not answer within 900 s"
+            time.sleep(0.5)
+    finally:
+        proc.kill()  # SIGKILL: punie up gets no chance to stop anything itself
+        proc.wait()
+        log.close()
+    r = json.loads(out.read_text())
+    assert r["server_pids"] and len(r["server_tree"]) >= 3, f"expected vLLM's TP workers: {r['server_tree']}"
+    deadline = time.monotonic() + 60
+    while (left := [pid for pid in r["server_tree"] if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"vLLM processes outlived a killed punie up: { {p: _describe(p) for p in left} }"
     model = vllm_project / "model"
-    _assert_close(_as_ids(r["logprobs"]["one"]), _mlx_top5(model, vllm_project / "adapters" / "alpha", r["ids"]),
+    _assert_close(_as_ids(r["logprobs"]["one"]), _mlx_top5(model, vllm_project / "adapters" / "alpha", ids),
                   "one (TP=2)")
-    _assert_close(_as_ids(r["logprobs"]["base"]), _mlx_top5(model, None, r["ids"]), "base (TP=2)")
+    _assert_close(_as_ids(r["logprobs"]["base"]), _mlx_top5(model, None, ids), "base (TP=2)")

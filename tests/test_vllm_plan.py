@@ -105,6 +105,7 @@ def test_dry_run_plan_shows_argv_env_and_export_dirs_without_writing(project: Pa
     assert argv[:3] == (str(project / "vpython"), "-m", "vllm.entrypoints.openai.api_server")
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     lora = plan.lora_modules["one"]
+    assert argv[argv.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in argv
     assert f"one={lora}" in argv and "--enable-lora" in argv and argv[argv.index("--dtype") + 1] == "float32"
     assert Path(lora).parent == project / ".punie" / "peft" and not Path(lora).exists()
     assert plan.server_env["VLLM_CPU_KVCACHE_SPACE"] == "1" and plan.server_env["HF_HUB_OFFLINE"] == "1"

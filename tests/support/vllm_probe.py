@@ -78,8 +78,14 @@ def main() -> None:
                 changed = True
     result["server_pids"] = servers
     result["server_tree"] = sorted(tree)
-    with open(out, "w") as fh:
+    with open(out + ".tmp", "w") as fh:
         json.dump(result, fh)
+    os.replace(out + ".tmp", out)
+    if os.environ.get("PROBE_HOLD") == "1":  # stay up: the test kills `punie up` itself
+        import time
+
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":
