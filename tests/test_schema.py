@@ -37,7 +37,7 @@ def test_schema_describes_profiles_and_forbids_unknown_keys() -> None:
     schema = schema_dict()
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert schema["title"] == "punie.toml"
-    assert set(schema["properties"]) == {"default_profile", "defaults", "profiles"}
+    assert set(schema["properties"]) == {"default_profile", "defaults", "profiles", "groups"}
     assert schema["additionalProperties"] is False
     server = schema["$defs"]["ServerOptions"]
     assert server["properties"]["port"]["maximum"] == 65535

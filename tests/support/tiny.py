@@ -25,6 +25,10 @@ _CORPUS = [
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
 
 
+#: The smallest shapes vLLM's CPU attention serves (head_dim 64; head_dim 16 kills its engine).
+VLLM_TINY = {"hidden": 128, "heads": 2, "kv_heads": 1, "intermediate": 256, "layers": 2}
+
+
 def build_tiny_model(
     out: Path,
     *,
@@ -152,14 +156,17 @@ def mlx_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def train_tiny_adapter(
-    model: Path, out: Path, data: Path, *, rank: int = 4, iters: int = 3, num_layers: int = -1, dora: bool = False
+    model: Path, out: Path, data: Path, *, rank: int = 4, iters: int = 3, num_layers: int = -1, dora: bool = False,
+    learning_rate: float | None = None,
 ) -> Path:
     """Train a real adapter with ``mlx_lm lora`` on ``model`` and return its directory."""
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     cfg = Path(out).with_suffix(".yaml")
     cfg.write_text(
         json.dumps(
             {"lora_parameters": {"rank": rank, "scale": 10.0, "dropout": 0.0}}
+            | ({"learning_rate": learning_rate} if learning_rate is not None else {})
         )
     )
     cmd = [

@@ -112,9 +112,14 @@ def _prompt_text(blocks: list[Any]) -> str:
 class PunieAcpAgent:
     """Punie as an ``acp.Agent``: sessions, prompts, tool call updates, permissions."""
 
-    def __init__(self, options: AgentOptions, base_url: str):
+    def __init__(self, options: AgentOptions, base_url: str, *, model_name: str | None = None,
+                 models: dict[str, str] | None = None):
         self.options = options
         self.base_url = base_url
+        # models: profile -> model id on a shared (vLLM group) server; a session picks one with
+        # _meta {"punie/profile": NAME} in session/new, else it gets model_name.
+        self.model_name = model_name
+        self.models = dict(models or {})
         self._conn: Any = None
         self._sessions: dict[str, _Session] = {}
 
@@ -138,13 +143,24 @@ class PunieAcpAgent:
     async def new_session(self, cwd: str, mcp_servers: Any = None, **kwargs: Any) -> NewSessionResponse:
         session_id = uuid.uuid4().hex
         try:
+            model = self._session_model(kwargs)
             agent = build_agent(self.options, self.base_url, base_dir=cwd,
-                                permission_asker=self._asker(session_id))
+                                permission_asker=self._asker(session_id), **model)
         except AgentError as exc:
             raise RequestError.invalid_params({"message": exc.render()}) from None
         self._sessions[session_id] = _Session(agent=agent)
         logger.info("ACP session %s in %s", session_id, agent.workspace.root)
         return NewSessionResponse(session_id=session_id)
+
+    def _session_model(self, kwargs: dict[str, Any]) -> dict[str, str]:
+        meta = kwargs.get("field_meta") or kwargs.get("_meta") or {}
+        profile = meta.get("punie/profile") if isinstance(meta, dict) else None
+        if profile is not None:
+            if profile not in self.models:
+                known = ", ".join(sorted(self.models)) or "none"
+                raise AgentError(f"_meta punie/profile {profile!r} is not served here (profiles: {known})")
+            return {"model_name": self.models[profile]}
+        return {"model_name": self.model_name} if self.model_name else {}
 
     def _session(self, session_id: str) -> _Session:
         try:
@@ -341,16 +357,16 @@ class _BlockingWriteTransport(asyncio.WriteTransport):
         return 0
 
 
-async def serve_stdio_async(options: AgentOptions, base_url: str) -> None:
+async def serve_stdio_async(options: AgentOptions, base_url: str, **models: Any) -> None:
     """Serve ACP on stdin/stdout until the client closes stdin."""
     from punie.agent.procs import adopt_orphans
 
     adopt_orphans()  # run_command's processes never outlive their reaper (see punie.agent.procs)
     reader, writer = await _stdio_streams()
     logger.info("punie agent: ACP on stdio, model server %s", base_url)
-    await run_agent(PunieAcpAgent(options, base_url), writer, reader)
+    await run_agent(PunieAcpAgent(options, base_url, **models), writer, reader)
 
 
-def serve_stdio(options: AgentOptions, base_url: str) -> None:
+def serve_stdio(options: AgentOptions, base_url: str, **models: Any) -> None:
     """Blocking :func:`serve_stdio_async`."""
-    asyncio.run(serve_stdio_async(options, base_url))
+    asyncio.run(serve_stdio_async(options, base_url, **models))

@@ -76,12 +76,14 @@ def build_agent(
     base_dir: str | Path | None = None,
     timeout: float = 600.0,
     retries: int = TOOL_RETRIES,
+    model_name: str = SERVED_MODEL_NAME,
 ) -> PunieAgent:
     """Build the agent for ``options`` talking to the server at ``base_url`` (OpenAI base URL).
 
     ``options.workspace`` is resolved against ``base_dir`` (default: the
     current directory). ``permission_asker`` answers the ``ask`` permissions
-    (default: refuse, as nobody can be asked).
+    (default: refuse, as nobody can be asked). ``model_name`` is the request's ``model``
+    (a vLLM server picks the profile's LoRA by it; see punie.config.served).
     """
     from openai import AsyncOpenAI
     from pydantic_ai import Agent
@@ -98,7 +100,7 @@ def build_agent(
     client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout)
     # mlx_lm ignores "strict"; a generic profile keeps the request plain chat completions.
     profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False)
-    model = OpenAIChatModel(SERVED_MODEL_NAME, provider=OpenAIProvider(openai_client=client), profile=profile)
+    model = OpenAIChatModel(model_name, provider=OpenAIProvider(openai_client=client), profile=profile)
     settings: dict[str, Any] = {}
     if options.temperature is not None:
         settings["temperature"] = options.temperature

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from punie.config.models import AgentOptions, ResolvedProfile, ServerOptions
+from punie.config.served import MLX_SERVED_MODEL_NAME, request_model_id
 from punie.errors import UsageError
 from punie.net import local_base_url, openai_base_url
 
@@ -24,6 +25,7 @@ class AgentTarget:
     options: AgentOptions
     base_url: str
     base_dir: str
+    model_name: str = MLX_SERVED_MODEL_NAME  # the request's model id (punie.config.served)
 
 
 def server_base_url(server: ServerOptions) -> str:
@@ -36,7 +38,8 @@ def server_base_url(server: ServerOptions) -> str:
 def agent_target(resolved: ResolvedProfile, *, base_url: str | None = None) -> AgentTarget:
     """The agent of a resolved profile (``base_url`` overrides the profile's server)."""
     url = openai_base_url(base_url) if base_url else server_base_url(resolved.profile.server)
-    return AgentTarget(options=resolved.profile.agent, base_url=url, base_dir=resolved.project_dir)
+    return AgentTarget(options=resolved.profile.agent, base_url=url, base_dir=resolved.project_dir,
+                       model_name=request_model_id(resolved.name, resolved.profile))
 
 
 def options_json(options: AgentOptions) -> str:

@@ -158,6 +158,13 @@ def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> 
         adapter_path = _check_single_adapter(c, profile.adapter, model_path, shapes)
     elif profile.adapters:
         _check_composition(c, model_path, shapes)
+    if server.backend == "vllm":
+        from punie.checks.vllm import vllm_items
+
+        items, passed = vllm_items(resolved, shapes=shapes, adapter_dir=adapter_path)
+        for severity, code, key, message in items:
+            c.add(severity, code, c.key(key), message)
+        c.passed += passed
     return ProfileReport(
         name=resolved.name,
         model_path=str(model_path) if model_path else None,

@@ -88,7 +88,8 @@ async def _repl(agent: Any) -> None:
         click.echo(result.answer)
 
 
-def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_dir: str | None = None) -> None:
+def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_dir: str | None = None,
+                      model_name: str | None = None, models: dict[str, str] | None = None) -> None:
     """ACP on stdio, or the interactive loop when stdin is a terminal (``mode`` auto|acp|repl).
 
     In ACP mode the workspace is relative to each session's cwd (the IDE's
@@ -99,14 +100,15 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
     interactive = mode == "repl" or (mode == "auto" and sys.stdin.isatty())
     if not interactive:
         try:
-            serve_stdio(options, base_url)
+            serve_stdio(options, base_url, model_name=model_name, models=models)
         except KeyboardInterrupt:  # Ctrl-C on the supervisor's terminal: a clean stop
             pass
         return
     from punie.agent.permissions import terminal_asker
     from punie.agent.runner import build_agent
 
-    agent = build_agent(options, base_url, permission_asker=terminal_asker(), base_dir=base_dir)
+    agent = build_agent(options, base_url, permission_asker=terminal_asker(), base_dir=base_dir,
+                        **({"model_name": model_name} if model_name else {}))
     try:
         asyncio.run(_repl(agent))
     except KeyboardInterrupt:
@@ -118,11 +120,22 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
 @click.option("--options", "options_text", metavar="JSON", help="Agent options (the profile's [agent] table) as JSON.")
 @click.option("--mode", type=click.Choice(["auto", "acp", "repl"]), default="auto", show_default=True,
               help="auto: ACP on stdio unless stdin is a terminal.")
-def agent_command(base_url: str, options_text: str | None, mode: str) -> None:
+@click.option("--model-name", metavar="ID", help="The request's model id (a vLLM LoRA id; default: mlx_lm's).")
+@click.option("--models", "models_text", metavar="JSON",
+              help='Profile -> model id on a shared server; an ACP session picks one with '
+                   '_meta {"punie/profile": NAME}.')
+def agent_command(base_url: str, options_text: str | None, mode: str, model_name: str | None,
+                  models_text: str | None) -> None:
     """Run the coding agent: Agent Client Protocol over stdio (used by `punie up` and IDEs)."""
+    import json
+
     from punie.agent.target import parse_options
 
-    run_agent_process(parse_options(options_text), base_url, mode=mode)
+    try:
+        models = json.loads(models_text) if models_text else None
+    except ValueError as exc:
+        raise UsageError(f"--models is not valid JSON: {exc}") from None
+    run_agent_process(parse_options(options_text), base_url, mode=mode, model_name=model_name, models=models)
 
 
 @click.command("ask")
@@ -141,7 +154,7 @@ def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: 
 
     target = _load_target(state_of(ctx), profile, overrides, base_url)
     agent = build_agent(target.options, target.base_url, permission_asker=terminal_asker(),
-                        base_dir=target.base_dir)
+                        base_dir=target.base_dir, model_name=target.model_name)
     result = run_turn_sync(agent, prompt)
     if fmt == "json":
         echo_json(result.to_json())

@@ -36,6 +36,11 @@ from punie.cli._common import (
     "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
     help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
 )
+@click.option(
+    "--group", "group", metavar="NAME|A,B",
+    help="Run several vLLM profiles that share a base on ONE server (a [groups.NAME] table, or profiles "
+    "a,b); each profile's requests pick its adapter by model id.",
+)
 @set_option()
 @click.pass_context
 def up_command(
@@ -47,6 +52,7 @@ def up_command(
     follow_server: bool | None,
     grace: float,
     overrides: tuple[str, ...],
+    group: str | None = None,
 ) -> None:
     """Start mlx_lm.server for PROFILE and the agent wired to it; stop both on Ctrl-C.
 
@@ -58,15 +64,30 @@ def up_command(
     from punie.launch import LaunchFailed, run_up
 
     state = state_of(ctx)
-    resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
     if follow_server is None:  # the interactive agent shares the terminal: keep it readable
         follow_server = not sys.stdin.isatty()
+    name = group or profile or ""
     try:
-        outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
-                         follow_server=follow_server, subreaper=True)
+        if group is not None:
+            from punie.config import load_profiles
+            from punie.errors import UsageError
+            from punie.launch.supervisor import run_up_group
+            from punie.launch.vllm import group_members
+
+            if profile is not None:
+                raise UsageError("give either PROFILE or --group, not both")
+            name, names = group_members(group, config=state.config)
+            members = load_profiles(names, config=state.config, overrides=state.with_overrides(overrides))
+            outcome = run_up_group(members, group=name, check=not no_check, dry_run=dry_run, grace=grace,
+                                   progress=render_progress, follow_server=follow_server, subreaper=True)
+        else:
+            resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
+            name = resolved.name
+            outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
+                             follow_server=follow_server, subreaper=True)
     except LaunchFailed as exc:
         if fmt == "json" and not dry_run:  # the status of a session that never got ready (e.g. no adapter)
-            click.echo(json.dumps({"profile": resolved.name, "reason": exc.reason, "exit_code": exc.exit_code,
+            click.echo(json.dumps({"profile": name, "reason": exc.reason, "exit_code": exc.exit_code,
                                    "message": exc.message}), err=True)
         raise
     if dry_run:
@@ -78,7 +99,7 @@ def up_command(
         return
     print_outcome(outcome.message, outcome.exit_code)
     if fmt == "json":  # the session's status; on stderr, as stdout belongs to the agent
-        status = {"profile": resolved.name, "reason": outcome.reason, "exit_code": outcome.exit_code,
+        status = {"profile": name, "reason": outcome.reason, "exit_code": outcome.exit_code,
                   "ready_seconds": outcome.ready_seconds, "restarts": outcome.restarts, "canary": outcome.canary}
         click.echo(json.dumps(status), err=True)
     ctx.exit(outcome.exit_code)

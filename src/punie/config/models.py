@@ -14,15 +14,66 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 ToolName = Literal["read_file", "write_file", "list_files", "search", "run_command"]
 ALL_TOOLS: tuple[ToolName, ...] = ("read_file", "write_file", "list_files", "search", "run_command")
 Decision = Literal["ask", "allow", "deny"]
+#: The values vLLM's --max-lora-rank accepts (vllm.config.lora.MaxLoRARanks).
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+class VllmOptions(_Strict):
+    """How vLLM is started for a profile with ``server.backend = "vllm"`` (``[profiles.NAME.server.vllm]``)."""
+
+    python: str | None = Field(
+        None,
+        description="The Python that has vLLM installed, or its virtual environment directory "
+        "(default: .venv-vllm in the project, made by scripts/setup-vllm.sh).",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs (CPU workers) one copy of the model is split over.")
+    pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages the layers are split into.")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None, description="How vLLM runs its workers: mp (processes on this machine) or ray (multi-node)."
+    )
+    max_lora_rank: int = Field(
+        16, ge=1, description="Largest LoRA rank vLLM accepts (--max-lora-rank; one of " +
+        ", ".join(map(str, VLLM_MAX_LORA_RANKS)) + ")."
+    )
+    max_loras: int | None = Field(None, ge=1, description="LoRAs resident in one batch (--max-loras).")
+    dtype: str | None = Field(None, description="Weight/activation dtype (auto, float32, bfloat16, float16).")
+    max_model_len: int | None = Field(None, ge=1, description="Context length vLLM reserves KV cache for.")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Fraction of GPU memory vLLM may use."
+    )
+    tool_call_parser: str | None = Field(
+        "hermes",
+        description="vLLM's parser of the model's tool calls (--enable-auto-tool-choice --tool-call-parser): "
+        "hermes reads Qwen/Hermes <tool_call> JSON, as Punie's builtin templates write it; empty: off.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for the vLLM server (VLLM_CPU_KVCACHE_SPACE...)."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="Extra command-line arguments for vLLM's OpenAI server."
+    )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, value: int) -> int:
+        if value not in VLLM_MAX_LORA_RANKS:
+            bigger = [r for r in VLLM_MAX_LORA_RANKS if r >= value]
+            raise ValueError(f"vLLM accepts only {', '.join(map(str, VLLM_MAX_LORA_RANKS))}"
+                             + (f" (use {bigger[0]})" if bigger else ""))
+        return value
+
+
 class ServerOptions(_Strict):
     """How the model server is reached or started (mlx_lm.server)."""
 
+    backend: Literal["mlx", "vllm"] = Field(
+        "mlx", description="Engine that serves the model: mlx (mlx_lm.server) or vllm (vLLM's OpenAI server)."
+    )
+    vllm: VllmOptions = Field(default_factory=VllmOptions, description="vLLM options (backend = vllm).")
     url: str | None = Field(
         None,
         description="URL of an already running OpenAI-compatible server (http://host:port). "
@@ -149,6 +200,15 @@ class Profile(_Strict):
         return [a if isinstance(a, AdapterRef) else AdapterRef(path=a) for a in self.adapters]
 
 
+class Group(_Strict):
+    """``[groups.NAME]``: profiles served by ONE vLLM server (one resident base, one LoRA each)."""
+
+    description: str | None = None
+    profiles: list[str] = Field(
+        min_length=1, description="Profiles whose adapters share one server; the first one's server options are used."
+    )
+
+
 class PunieFile(_Strict):
     """The whole `punie.toml`."""
 
@@ -161,6 +221,9 @@ class PunieFile(_Strict):
     default_profile: str | None = Field(None, description="Profile used when none is named.")
     defaults: Profile = Field(default_factory=Profile, description="Values every profile starts from.")
     profiles: dict[str, Profile] = Field(default_factory=dict)
+    groups: dict[str, Group] = Field(
+        default_factory=dict, description="Profiles that run on one vLLM server (`punie up --group NAME`)."
+    )
 
 
 class ResolvedProfile(_Strict):

@@ -17,7 +17,7 @@ def strip_log_prefix(line: str) -> str:
 
 def headline(reason: str, detail: str, plan: LaunchPlan) -> str:
     """One line naming the server and the cause (``reason`` is a LaunchFailed/UpOutcome code)."""
-    where = plan.server_url if plan.external else f"mlx_lm.server on {plan.server_url}"
+    where = plan.server_url if plan.external else f"{plan.engine} on {plan.server_url}"
     if reason == "adapter-failed":
         return f"{where}: the adapter {plan.adapter} did not load ({detail or 'generation thread died'})"
     if reason == "adapter-not-applied":

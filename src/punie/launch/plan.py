@@ -70,6 +70,20 @@ class LaunchPlan(_Frozen):
     canary: ExpectedCanary | None = Field(
         None, description="The adapter's canary: the readiness probe proves the server applies the adapter."
     )
+    # vLLM (punie.launch.vllm): the engine, the model id the probe and agent send (None: no
+    # model field, as mlx_lm needs), the base's id, LoRA id -> exported PEFT dir, profile -> id.
+    backend: Literal["mlx", "vllm"] = "mlx"
+    model_id: str | None = None
+    base_model_id: str | None = None
+    lora_modules: dict[str, str] = Field(default_factory=dict)
+    models: dict[str, str] = Field(default_factory=dict)
+    fatal_patterns: dict[str, str] = Field(default_factory=dict)
+    group: str | None = None
+
+    @property
+    def engine(self) -> str:
+        """The server program's name in messages."""
+        return "vLLM" if self.backend == "vllm" else "mlx_lm.server"
 
     @property
     def external(self) -> bool:
@@ -93,6 +107,10 @@ class LaunchPlan(_Frozen):
                 f"adapter:   {self.adapter or '(none)'}",
                 f"server:    {shlex.join(self.server_argv or ())}",
             ]
+            for name, folder in sorted(self.lora_modules.items()):
+                lines.append(f"  lora:    {name} = {folder}")
+            if self.models:
+                lines.append("  models:  " + ", ".join(f"{p} -> {m}" for p, m in self.models.items()))
             if self.server_env:
                 env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.server_env.items()))
                 lines.append(f"  env:     {env}")
@@ -111,7 +129,8 @@ class LaunchPlan(_Frozen):
         else:
             ready = "1-token chat completion"
         lines += [
-            f"ready:     {ready} on {self.base_url} within {self.ready_timeout:g}s",
+            f"ready:     {ready} on {self.base_url}"
+            + (f" (model {self.model_id})" if self.model_id else "") + f" within {self.ready_timeout:g}s",
             f"agent:     {shlex.join(self.agent_argv)}",
             f"  cwd:     {self.cwd}",
             f"  log:     {self.agent_log}",
@@ -173,6 +192,7 @@ def build_plan(
     python: str = sys.executable,
     log_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    lora_dirs: Mapping[str, Path] | None = None,
 ) -> LaunchPlan:
     """Build the launch plan of ``resolved`` (pure: reads no files, starts nothing).
 
@@ -180,11 +200,14 @@ def build_plan(
     `punie.launch.supervisor.prepare`). With ``server.url`` set the server is
     external: the plan has no server argv and ``model_path`` may be None.
     ``environ`` (default os.environ) is only read to find the Hugging Face cache.
+    A vLLM profile's plan is built by `punie.launch.vllm` (``lora_dirs``: LoRA id -> PEFT dir).
     """
     env = os.environ if environ is None else environ
     remote = refuse_remote(resolved)
     profile = resolved.profile
     server = profile.server
+    if server.backend == "vllm":  # its own builder: punie.launch.vllm.build_vllm_plan (prepare dispatches)
+        raise ValueError(f"profile {resolved.name!r} runs on vLLM: build its plan with punie.launch.vllm")
     project = resolved.project_dir
     logs = Path(log_dir) if log_dir is not None else state_dir(project) / "logs"
     agent_log = str(logs / f"{resolved.name}-agent.log")

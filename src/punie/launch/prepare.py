@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from punie.config.models import ResolvedProfile
@@ -19,6 +20,8 @@ from punie.errors import (
 )
 from punie.launch.canary import ExpectedCanary
 from punie.launch.plan import LaunchPlan, build_plan, refuse_remote
+from punie.launch.vllm import PEFT_CACHE, build_vllm_plan, check_group
+from punie.paths import state_dir
 from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
@@ -94,6 +97,9 @@ def prepare(
     not provisioned yet appears at the path it will be provisioned to.
     """
     refuse_remote(resolved)  # --no-check included: never bind or call out without allow_remote
+    if resolved.profile.server.backend == "vllm":
+        return prepare_vllm([resolved], check=check, provision=provision, python=python, log_dir=log_dir,
+                            progress=progress)
     if check:
         run_check(resolved)
     if resolved.profile.server.url:
@@ -161,3 +167,45 @@ def expected_canary(
                           f"this model {fingerprint[:16]}")
             logger.warning("adapter %s: %s; readiness compares it anyway but cannot refuse", adapter_path, other_base)
     return ExpectedCanary(adapter=str(adapter_path), canary=canary, other_base=other_base)
+
+
+def prepare_vllm(
+    members: Sequence[ResolvedProfile],
+    *,
+    group: str | None = None,
+    check: bool = True,
+    provision: bool = True,
+    python: str = sys.executable,
+    log_dir: Path | None = None,
+    progress: object = None,
+) -> LaunchPlan:
+    """Check every member, resolve the base, export each adapter to PEFT (cached), build the plan.
+
+    ``provision=False`` (a dry run) writes nothing: the plan names the cache
+    directories the exports will be written to.
+    """
+    from punie.adapters.peft import ensure_exported, exported_dir, plan_export
+
+    if len(members) > 1 or group:
+        check_group(members, group)
+    if check:
+        for m in members:
+            run_check(m)
+    lead = members[0]
+    if lead.profile.server.url:
+        return build_vllm_plan(members, model_path=None, lora_dirs={}, python=python, log_dir=log_dir, group=group)
+    model = resolve_model_path(lead, provision=provision, progress=progress)  # type: ignore[arg-type]
+    cache = state_dir(lead.project_dir) / PEFT_CACHE
+    lora_dirs: dict[str, Path] = {}
+    max_rank = lead.profile.server.vllm.max_lora_rank
+    for m in members:
+        adapter = resolve_adapter_path(m)
+        if adapter is not None:
+            rank = plan_export(adapter).rank  # headers only; raises NotConvertible with the reason
+            if rank > max_rank:  # each member was checked against its own options; the lead's rule here
+                raise ConfigError(f"{m.name}: its adapter has rank {rank}, above the server's max_lora_rank "
+                                  f"{max_rank} (from {lead.name})",
+                                  hint=f"set server.vllm.max_lora_rank in {lead.name}")
+            lora_dirs[m.name] = ensure_exported(adapter, cache) if provision else exported_dir(adapter, cache)
+    return build_vllm_plan(members, model_path=model, lora_dirs=lora_dirs, python=python, log_dir=log_dir,
+                           group=group)

@@ -95,6 +95,31 @@ def process_state(pid: int) -> str | None:
         return None
 
 
+GROUP_GONE_TIMEOUT = 10.0  # seconds a stop waits for the group's last process after SIGKILL
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` still runs. Zombies do not count: the guard's
+    watchdog, SIGKILLed with the group, stays a zombie of whoever adopted it until reaped."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    if not os.path.isdir("/proc"):
+        return True
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 class StreamSink:
     """A sink writing to a text stream (default: the current sys.stderr), with partial lines.
 
@@ -392,9 +417,20 @@ class Child:
         # Also reaches anything the command left behind in its group.
         self.signal_group(signal.SIGKILL)
         rc = await self.process.wait()
+        await self._group_gone(GROUP_GONE_TIMEOUT)
         with anyio.move_on_after(0.5):  # let the pump drain what is still in the pipe
             await self._pumped.wait()
         return rc
+
+    async def _group_gone(self, timeout: float) -> None:
+        """Wait until no process of the child's group is left (a server's workers, e.g. vLLM's,
+        can still be exiting after its main process is gone: SIGKILL is not instantaneous)."""
+        assert self.process is not None
+        with anyio.move_on_after(timeout):
+            while group_alive(self.process.pid):
+                await anyio.sleep(0.02)
+            return
+        logger.warning("%s: processes of its group still exist %.1fs after SIGKILL", self.name, timeout)
 
     def kill(self) -> None:
         """SIGKILL the group at once (a second Ctrl-C)."""

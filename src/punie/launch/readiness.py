@@ -72,6 +72,7 @@ async def wait_ready(
     connect_timeout: float = 1.0,
     request: tuple[str, Mapping[str, Any]] | None = None,
     on_answer: Callable[[dict[str, Any]], None] | None = None,
+    model: str | None = None,
 ) -> float:
     """Retry a 1-token completion on ``{base_url}/chat/completions`` until one succeeds.
 
@@ -80,11 +81,13 @@ async def wait_ready(
     server says its generation thread died (a failed model or adapter load).
     ``request`` (path, body) replaces the probe (the adapter canary of
     `punie.launch.canary`); ``on_answer`` is handed the answer that made it ready.
+    ``model`` is sent as the plain probe's model id (vLLM: the LoRA the agent will use).
     """
     import httpx
 
     start = anyio.current_time()
-    path, body = request if request is not None else ("/chat/completions", PROBE_BODY)
+    plain = PROBE_BODY if model is None else {**PROBE_BODY, "model": model}
+    path, body = request if request is not None else ("/chat/completions", plain)
     url = base_url.rstrip("/") + path
     # A loopback server must not be reached through an HTTP proxy from the environment.
     timeout = httpx.Timeout(None, connect=connect_timeout)

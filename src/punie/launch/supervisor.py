@@ -284,9 +284,9 @@ class _Supervisor:
             raise LaunchFailed(LaunchReason.PORT_BUSY, message, hint=_hint(LaunchReason.PORT_BUSY, plan))
         fatal = _FatalLine()
         self.server = self._child("server", plan.server_argv, plan.server_env, plan.server_log, capture="stdout",
-                                  patterns=SERVER_FATAL_PATTERNS, on_match=fatal)
-        await self._start(self.server, "mlx_lm.server", LaunchReason.SERVER_FAILED)
-        self.status(f"started mlx_lm.server (pid {self.server.pid}), waiting for a 1-token completion")
+                                  patterns={**SERVER_FATAL_PATTERNS, **plan.fatal_patterns}, on_match=fatal)
+        await self._start(self.server, plan.engine, LaunchReason.SERVER_FAILED)
+        self.status(f"started {plan.engine} (pid {self.server.pid}), waiting for a 1-token completion")
         return self.server, fatal
 
     async def _wait_ready(self, server: Child | None = None, fatal: _FatalLine | None = None) -> Failure | None:
@@ -298,7 +298,7 @@ class _Supervisor:
             expected = self.plan.canary
             try:
                 await wait_ready(self.plan.base_url, interval=self.probe_interval, on_answer=answers.append,
-                                 request=expected.request() if expected else None)
+                                 request=expected.request() if expected else None, model=self.plan.model_id)
             except ProbeFailed as exc:
                 reason = exc.reason
                 if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter:
@@ -330,7 +330,7 @@ class _Supervisor:
 
         async def exited() -> Failure:
             rc = await server.wait()
-            return await fatal.defer((LaunchReason.SERVER_DIED, f"mlx_lm.server exited with code {rc}"))
+            return await fatal.defer((LaunchReason.SERVER_DIED, f"{self.plan.engine} exited with code {rc}"))
 
         async def fatal_line() -> Failure:
             await fatal.seen.wait()
@@ -530,3 +530,29 @@ def run_up(
     if dry_run:
         return UpOutcome(reason=LaunchReason.DRY_RUN, exit_code=0, plan=plan)
     return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server, subreaper=subreaper)
+
+
+def run_up_group(
+    members: Sequence[Any],
+    *,
+    group: str | None = None,
+    check: bool = True,
+    dry_run: bool = False,
+    log_dir: Path | None = None,
+    agent_argv: Sequence[str] | None = None,
+    progress: object = None,
+    **options: object,
+) -> object:
+    """`punie up --group`: one vLLM server with every member's adapter, and the agent (an UpOutcome).
+
+    ``options`` go to `punie.launch.supervisor.run_plan` (grace, sink, follow_server).
+    """
+    from punie.launch.prepare import prepare_vllm
+
+    plan = prepare_vllm(members, group=group, check=check, provision=not dry_run, log_dir=log_dir,
+                        progress=progress)
+    if agent_argv is not None:
+        plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
+    if dry_run:
+        return UpOutcome(reason="dry-run", exit_code=0, plan=plan)
+    return run_plan(plan, **options)
