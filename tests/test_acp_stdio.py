@@ -81,9 +81,10 @@ def test_acp_turn_with_tool_calls_and_permission(workspace: Path) -> None:
         (response,), _ = asyncio.run(_session(client, fake.url, workspace, ["copy a.txt to b.txt"]))
     assert response.stop_reason == "end_turn"
     assert (workspace / "b.txt").read_text() == "beta\n"
-    assert client.kinds() == ["agent_message_chunk", "tool_call", "tool_call_update", "tool_call", "tool_call_update",
-                              "agent_message_chunk"]
-    _, read_start, read_end, write_start, write_end, _ = client.updates
+    assert client.kinds() == ["agent_message_chunk", "tool_call", "tool_call_update", "tool_call_update", "tool_call",
+                              "tool_call_update", "tool_call_update", "agent_message_chunk"]
+    _, read_start, read_run, read_end, write_start, write_run, write_end, _ = client.updates
+    assert [u.status for u in client.updates[1:-1]] == ["pending", "in_progress", "completed"] * 2
     assert (read_start.title, read_start.kind, read_start.raw_input) == ("Read a.txt", "read", {"path": "a.txt"})
     assert read_start.locations[0].path == str(workspace.resolve() / "a.txt")
     assert read_end.status == "completed" and read_end.content[0].content.text == "alpha\n"
@@ -106,7 +107,7 @@ def test_acp_permission_refused_by_the_client(workspace: Path, decision: str) ->
         (response,), _ = asyncio.run(_session(client, fake.url, workspace, ["write"]))
     assert response.stop_reason == "end_turn"
     assert not (workspace / "b.txt").exists()
-    assert [u.status for u in client.updates if u.session_update == "tool_call_update"] == ["failed"]
+    assert [u.status for u in client.updates if u.session_update.startswith("tool_call")] == ["pending", "failed"]
     assert "permission denied" in tool_messages(fake.requests[1])[0]["content"]
 
 

@@ -1,11 +1,22 @@
 """The Agent Client Protocol side of Punie: what PyCharm and Zed talk to over stdio.
 
 :class:`PunieAcpAgent` implements the ``acp.Agent`` interface of the
-agent-client-protocol package: one Punie agent per session (its workspace is
-the session's ``cwd`` joined with ``agent.workspace``), the conversation kept
-per session, tool calls reported as ``tool_call`` / ``tool_call_update``
-notifications, ``ask`` permissions answered through the client's
-``session/request_permission``, and ``session/cancel`` stopping the turn.
+agent-client-protocol package, as the protocol intends:
+
+* file tools go through the client's ``fs/read_text_file`` /
+  ``fs/write_text_file`` and run_command through ``terminal/*`` when the
+  client advertised them in ``initialize`` (else the disk and local
+  processes); the workspace path rules are applied first either way
+  (:mod:`punie.agent.backends`);
+* every tool call goes ``tool_call`` (pending) -> ``session/request_permission``
+  when the profile says ``ask`` -> ``tool_call_update`` in_progress ->
+  completed / failed, and a call still open when the turn ends (cancelled
+  during its permission request, say) gets its final ``failed`` update;
+* sessions are stored under ``<cwd>/.punie/sessions/`` after each turn,
+  listed by ``session/list`` and replayed by ``session/load``;
+* a ``profile`` session config option switches between the profiles that can
+  share the running server (same model, adapter and generation options:
+  :func:`punie.agent.target.sharing_profiles`).
 
 :func:`serve_stdio` runs it on the process's stdin/stdout. stdout belongs to
 the protocol: the real stdout is kept for it and file descriptor 1 is pointed
@@ -31,6 +42,7 @@ from acp.helpers import (
     text_block,
     tool_content,
     tool_diff_content,
+    tool_terminal_ref,
     update_agent_message_text,
     update_agent_thought_text,
     update_tool_call,
@@ -40,17 +52,27 @@ from acp.schema import (
     AuthenticateResponse,
     Implementation,
     InitializeResponse,
+    ListSessionsResponse,
+    LoadSessionResponse,
     NewSessionResponse,
     PermissionOption,
     PromptCapabilities,
     PromptResponse,
+    SessionCapabilities,
+    SessionConfigOptionSelect,
+    SessionConfigSelectOption,
+    SessionInfo,
+    SessionListCapabilities,
+    SetSessionConfigOptionResponse,
     ToolCallLocation,
     ToolCallUpdate,
 )
 
 from punie import __version__
+from punie.agent.backends import ClientFs, ClientTerminal
 from punie.agent.permissions import Answer, PermissionRequest
 from punie.agent.runner import PunieAgent, build_agent, run_turn
+from punie.agent.sessions import SessionRecord, SessionStore, replay_updates, sessions_dir, title_of
 from punie.agent.tools import ToolCallRecord, ToolHooks
 from punie.config.models import AgentOptions
 from punie.errors import AgentError
@@ -59,6 +81,7 @@ logger = logging.getLogger(__name__)
 
 STDIO_LIMIT = 50 * 1024 * 1024
 MAX_UPDATE_TEXT = 8_000
+PROFILE_OPTION = "profile"
 
 _KINDS = {"read_file": "read", "write_file": "edit", "list_files": "search", "search": "search",
           "run_command": "execute"}
@@ -85,11 +108,39 @@ def tool_title(name: str, args: dict[str, Any]) -> str:
     return name
 
 
+def describe_tool(name: str, args: dict[str, Any]) -> tuple[str, str]:
+    """(title, ACP kind) of a tool call."""
+    return tool_title(name, args), _KINDS.get(name, "other")
+
+
+@dataclass(frozen=True)
+class ClientFeatures:
+    """What the client said it can do in ``initialize``."""
+
+    read_text_file: bool = False
+    write_text_file: bool = False
+    terminal: bool = False
+
+    @classmethod
+    def of(cls, caps: Any) -> ClientFeatures:
+        fs = getattr(caps, "fs", None)
+        return cls(read_text_file=bool(getattr(fs, "read_text_file", False)),
+                   write_text_file=bool(getattr(fs, "write_text_file", False)),
+                   terminal=bool(getattr(caps, "terminal", False)))
+
+
 @dataclass
 class _Session:
+    record: SessionRecord
     agent: PunieAgent
-    history: list[Any] = field(default_factory=list)
     task: asyncio.Task[Any] | None = None
+    #: Tool calls announced and not yet finished (id -> tool name).
+    open_calls: dict[str, str] = field(default_factory=dict)
+    terminals: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def history(self) -> list[Any]:
+        return self.record.messages
 
 
 def _prompt_text(blocks: list[Any]) -> str:
@@ -110,17 +161,24 @@ def _prompt_text(blocks: list[Any]) -> str:
 
 
 class PunieAcpAgent:
-    """Punie as an ``acp.Agent``: sessions, prompts, tool call updates, permissions."""
+    """Punie as an ``acp.Agent``: sessions, prompts, tool call updates, permissions, history."""
 
-    def __init__(self, options: AgentOptions, base_url: str, *, model_name: str | None = None,
+    def __init__(self, options: AgentOptions, base_url: str, *, profile: str | None = None,
+                 profiles: dict[str, AgentOptions] | None = None, model_name: str | None = None,
                  models: dict[str, str] | None = None):
         self.options = options
         self.base_url = base_url
+        self.profile = profile
+        # The profiles a session may switch to (they share the running server); the current one first.
+        self.profiles: dict[str, AgentOptions] = dict(profiles or {})
+        if profile is not None:
+            self.profiles[profile] = options
         # models: profile -> model id on a shared (vLLM group) server; a session picks one with
         # _meta {"punie/profile": NAME} in session/new, else it gets model_name.
         self.model_name = model_name
         self.models = dict(models or {})
         self._conn: Any = None
+        self._client = ClientFeatures()
         self._sessions: dict[str, _Session] = {}
 
     def on_connect(self, conn: Any) -> None:
@@ -128,39 +186,105 @@ class PunieAcpAgent:
 
     async def initialize(self, protocol_version: int, client_capabilities: Any = None, client_info: Any = None,
                          **kwargs: Any) -> InitializeResponse:
-        logger.info("ACP initialize (client protocol %s, %s)", protocol_version, client_info)
+        self._client = ClientFeatures.of(client_capabilities)
+        logger.info("ACP initialize (client protocol %s, %s, %s)", protocol_version, client_info, self._client)
         return InitializeResponse(
             protocol_version=min(protocol_version, PROTOCOL_VERSION),
             agent_capabilities=AgentCapabilities(
-                load_session=False, prompt_capabilities=PromptCapabilities(embedded_context=True)
+                load_session=True,
+                prompt_capabilities=PromptCapabilities(embedded_context=True),
+                session_capabilities=SessionCapabilities(list=SessionListCapabilities()),
             ),
+            auth_methods=[],  # a local model needs no login
             agent_info=Implementation(name=self.options.name, title="Punie", version=__version__),
         )
 
     async def authenticate(self, method_id: str, **kwargs: Any) -> AuthenticateResponse:
         return AuthenticateResponse()
 
-    async def new_session(self, cwd: str, mcp_servers: Any = None, **kwargs: Any) -> NewSessionResponse:
-        session_id = uuid.uuid4().hex
+    # -- sessions ------------------------------------------------------------
+
+    def _build(self, session_id: str, cwd: str, profile: str | None) -> PunieAgent:
+        options = self.profiles.get(profile, self.options) if profile else self.options
         try:
-            model = self._session_model(kwargs)
-            agent = build_agent(self.options, self.base_url, base_dir=cwd,
-                                permission_asker=self._asker(session_id), **model)
+            return build_agent(options, self.base_url, base_dir=cwd, permission_asker=self._asker(session_id),
+                               **self._model_of(profile))
         except AgentError as exc:
             raise RequestError.invalid_params({"message": exc.render()}) from None
-        self._sessions[session_id] = _Session(agent=agent)
-        logger.info("ACP session %s in %s", session_id, agent.workspace.root)
-        return NewSessionResponse(session_id=session_id)
 
-    def _session_model(self, kwargs: dict[str, Any]) -> dict[str, str]:
-        meta = kwargs.get("field_meta") or kwargs.get("_meta") or {}
-        profile = meta.get("punie/profile") if isinstance(meta, dict) else None
-        if profile is not None:
-            if profile not in self.models:
-                known = ", ".join(sorted(self.models)) or "none"
-                raise AgentError(f"_meta punie/profile {profile!r} is not served here (profiles: {known})")
+    def _config_options(self, session: _Session) -> list[Any] | None:
+        if not self.profiles:
+            return None
+        current = session.record.profile or self.profile or next(iter(self.profiles))
+        return [SessionConfigOptionSelect(
+            type="select", id=PROFILE_OPTION, name="Profile", category="mode", current_value=current,
+            description="Punie profiles that run on this model server (same model and adapter)",
+            options=[SessionConfigSelectOption(value=name, name=name, description=opts.instructions and
+                                               opts.instructions[:80]) for name, opts in self.profiles.items()],
+        )]
+
+    async def new_session(self, cwd: str, mcp_servers: Any = None, **kwargs: Any) -> NewSessionResponse:
+        session_id = uuid.uuid4().hex
+        profile = self._meta_profile(kwargs) or self.profile
+        agent = self._build(session_id, cwd, profile)
+        record = SessionRecord(session_id=session_id, cwd=cwd, profile=profile)
+        session = self._sessions[session_id] = _Session(record=record, agent=agent)
+        logger.info("ACP session %s in %s", session_id, agent.workspace.root)
+        return NewSessionResponse(session_id=session_id, config_options=self._config_options(session))
+
+    async def load_session(self, cwd: str, session_id: str, mcp_servers: Any = None, **kwargs: Any
+                           ) -> LoadSessionResponse:
+        try:
+            record = SessionStore(sessions_dir(cwd)).load(session_id)
+        except ValueError:
+            record = None
+        if record is None:
+            raise RequestError.resource_not_found(f"session {session_id!r} under {sessions_dir(cwd)}")
+        profile = record.profile if record.profile in self.profiles else self.profile
+        record.profile = profile
+        record.cwd = cwd
+        session = self._sessions[session_id] = _Session(record=record, agent=self._build(session_id, cwd, profile))
+        for update in replay_updates(record.messages, describe_tool):
+            await self._send(session_id, update)
+        logger.info("ACP session %s loaded (%d messages)", session_id, len(record.messages))
+        return LoadSessionResponse(config_options=self._config_options(session))
+
+    async def list_sessions(self, cwd: str | None = None, cursor: str | None = None, **kwargs: Any
+                            ) -> ListSessionsResponse:
+        where = cwd or os.getcwd()
+        found = [SessionInfo(session_id=r.session_id, cwd=r.cwd, title=r.title, updated_at=r.updated_at or None)
+                 for r in SessionStore(sessions_dir(where)).list() if cwd is None or r.cwd == cwd]
+        return ListSessionsResponse(sessions=found)
+
+    async def set_config_option(self, config_id: str, session_id: str, value: str | bool, **kwargs: Any
+                                ) -> SetSessionConfigOptionResponse:
+        session = self._session(session_id)
+        if config_id != PROFILE_OPTION or not isinstance(value, str) or value not in self.profiles:
+            known = ", ".join(self.profiles) or "none"
+            raise RequestError.invalid_params(
+                {"message": f"unknown config option {config_id}={value!r} (profiles on this server: {known})"})
+        if session.task is not None and not session.task.done():
+            raise RequestError.invalid_params({"message": "cannot switch profile during a turn"})
+        session.agent = self._build(session_id, session.record.cwd, value)
+        session.record.profile = value
+        logger.info("ACP session %s: profile %s", session_id, value)
+        return SetSessionConfigOptionResponse(config_options=self._config_options(session) or [])
+
+    def _model_of(self, profile: str | None) -> dict[str, str]:
+        """The request model id of ``profile``'s sessions (a vLLM group's LoRA id), if any."""
+        if profile is not None and profile in self.models:
             return {"model_name": self.models[profile]}
         return {"model_name": self.model_name} if self.model_name else {}
+
+    def _meta_profile(self, kwargs: dict[str, Any]) -> str | None:
+        """``_meta {"punie/profile": NAME}`` of session/new: a profile served by this (group) server."""
+        meta = kwargs.get("field_meta") or kwargs.get("_meta") or {}
+        profile = meta.get("punie/profile") if isinstance(meta, dict) else None
+        if profile is not None and profile not in self.models:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise RequestError.invalid_params(
+                {"message": f"_meta punie/profile {profile!r} is not served here (profiles: {known})"})
+        return profile
 
     def _session(self, session_id: str) -> _Session:
         try:
@@ -168,11 +292,27 @@ class PunieAcpAgent:
         except KeyError:
             raise RequestError.invalid_params({"message": f"unknown session {session_id!r}"}) from None
 
+    # -- turns ---------------------------------------------------------------
+
+    def _backends(self, session_id: str, session: _Session) -> tuple[Any, Any]:
+        files = commands = None
+        if self._client.read_text_file or self._client.write_text_file:
+            files = ClientFs(self._conn, session_id, read=self._client.read_text_file,
+                             write=self._client.write_text_file)
+        if self._client.terminal:
+            async def on_terminal(call_id: str, terminal_id: str) -> None:
+                session.terminals[call_id] = terminal_id
+                await self._send(session_id, update_tool_call(call_id, content=[tool_terminal_ref(terminal_id)]))
+
+            commands = ClientTerminal(self._conn, session_id, on_terminal=on_terminal)
+        return files, commands
+
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> PromptResponse:
         session = self._session(session_id)
         text = _prompt_text(prompt)
         hooks = ToolHooks(on_start=lambda cid, name, args: self._tool_started(session_id, session, cid, name, args),
-                          on_end=lambda record: self._tool_ended(session_id, record))
+                          on_end=lambda record: self._tool_ended(session_id, session, record))
+        files, commands = self._backends(session_id, session)
         streamed: list[str] = []
 
         async def on_text(piece: str) -> None:
@@ -183,12 +323,13 @@ class PunieAcpAgent:
             await self._send(session_id, update_agent_thought_text(piece))
 
         task = asyncio.create_task(run_turn(session.agent, text, history=session.history, hooks=hooks,
-                                            on_text=on_text, on_thought=on_thought))
+                                            files=files, commands=commands, on_text=on_text, on_thought=on_thought))
         session.task = task
         try:
             await asyncio.wait({task})
         finally:
             session.task = None
+            await self._close_open_calls(session_id, session)
         if task.cancelled():
             return PromptResponse(stop_reason="cancelled")
         exc = task.exception()
@@ -203,10 +344,18 @@ class PunieAcpAgent:
             logger.error("turn failed", exc_info=exc)
             raise RequestError.internal_error({"message": f"{type(exc).__name__}: {exc}"})
         result = task.result()
-        session.history = result.messages
+        session.record.messages = result.messages
+        session.record.title = session.record.title or title_of(text)
+        self._save(session)
         if result.answer and not streamed:
             await self._send(session_id, update_agent_message_text(result.answer))
         return PromptResponse(stop_reason="end_turn")
+
+    def _save(self, session: _Session) -> None:
+        try:
+            SessionStore(sessions_dir(session.record.cwd)).save(session.record)
+        except OSError as exc:  # history is a convenience: a read-only project must not fail the turn
+            logger.warning("session %s not saved: %s", session.record.session_id, exc)
 
     async def cancel(self, session_id: str, **kwargs: Any) -> None:
         session = self._sessions.get(session_id)
@@ -217,6 +366,17 @@ class PunieAcpAgent:
     async def _send(self, session_id: str, update: Any) -> None:
         if self._conn is not None:
             await self._conn.session_update(session_id=session_id, update=update)
+
+    async def _close_open_calls(self, session_id: str, session: _Session) -> None:
+        """A final ``failed`` update for every call the turn left open (cancelled, or the turn failed)."""
+        for call_id in list(session.open_calls):
+            session.open_calls.pop(call_id, None)
+            session.terminals.pop(call_id, None)
+            with contextlib.suppress(Exception):
+                await self._send(session_id, update_tool_call(
+                    call_id, status="failed", content=[tool_content(text_block("cancelled"))]))
+
+    # -- tool calls ----------------------------------------------------------
 
     def _locations(self, session: _Session, args: dict[str, Any]) -> list[ToolCallLocation] | None:
         path = args.get("path")
@@ -229,17 +389,39 @@ class PunieAcpAgent:
 
     async def _tool_started(self, session_id: str, session: _Session, call_id: str, name: str,
                             args: dict[str, Any]) -> None:
+        session.open_calls[call_id] = name
+        title, kind = describe_tool(name, args)
         await self._send(session_id, start_tool_call(
-            call_id, tool_title(name, args), kind=_KINDS.get(name, "other"), status="in_progress",
-            raw_input=args, locations=self._locations(session, args),
+            call_id, title, kind=kind, status="pending", raw_input=args, locations=self._locations(session, args),
         ))
+        policy = session.agent.policy
+        if policy.decision(name) == "allow" or name in policy.always_allowed:
+            await self._send(session_id, update_tool_call(call_id, status="in_progress"))
+        # "ask": in_progress follows the client's allow (see _asker); "deny": straight to failed.
 
-    async def _tool_ended(self, session_id: str, record: ToolCallRecord) -> None:
+    async def _tool_ended(self, session_id: str, session: _Session, record: ToolCallRecord) -> None:
+        if session.open_calls.pop(record.id, None) is None:
+            return
         text = record.result if len(record.result) <= MAX_UPDATE_TEXT else record.result[:MAX_UPDATE_TEXT] + "\n[...]"
+        content: list[Any] = [tool_content(text_block(text))]
+        if terminal_id := session.terminals.pop(record.id, None):
+            content.insert(0, tool_terminal_ref(terminal_id))
         await self._send(session_id, update_tool_call(
             record.id, status="completed" if record.status == "ok" else "failed",
-            content=[tool_content(text_block(text))], raw_output=record.result,
+            content=content, raw_output=record.result,
         ))
+
+    async def _diff(self, session: _Session, args: dict[str, Any]) -> list[Any] | None:
+        try:
+            real = session.agent.workspace.resolve(args["path"])
+            if self._client.read_text_file:
+                files = ClientFs(self._conn, session.record.session_id, read=True, write=False)
+                old = await files.old_text(session.agent.workspace, args["path"])
+            else:
+                old = real.read_text(errors="replace") if real.is_file() else None
+            return [tool_diff_content(str(real), args.get("content", ""), old)]
+        except Exception:
+            return None
 
     def _asker(self, session_id: str) -> Any:
         async def ask(request: PermissionRequest) -> Answer:
@@ -248,28 +430,21 @@ class PunieAcpAgent:
             session = self._sessions.get(session_id)
             content = None
             if request.tool == "write_file" and session is not None:
-                try:
-                    ws = session.agent.workspace
-                    real = ws.resolve(request.args["path"])
-                    old = await asyncio.to_thread(ws.existing_text, request.args["path"])  # never on the loop
-                    content = [tool_diff_content(str(real), request.args.get("content", ""), old)]
-                except Exception:
-                    content = None
-            tool_call = ToolCallUpdate(
-                tool_call_id=request.tool_call_id, title=tool_title(request.tool, request.args),
-                kind=_KINDS.get(request.tool, "other"), status="pending", raw_input=request.args, content=content,
-            )
+                content = await self._diff(session, request.args)
+            title, kind = describe_tool(request.tool, request.args)
+            # The call was announced (pending); the request names it and shows what it would do.
+            tool_call = ToolCallUpdate(tool_call_id=request.tool_call_id, title=title, kind=kind,
+                                       raw_input=request.args, content=content)
             response = await self._conn.request_permission(
                 session_id=session_id, tool_call=tool_call, options=PERMISSION_OPTIONS
             )
             outcome = response.outcome
             if getattr(outcome, "outcome", None) != "selected":
                 return Answer(False, reason="the request was cancelled")
-            if outcome.option_id == "allow_always":
-                return Answer(True, always=True)
-            if outcome.option_id == "allow":
-                return Answer(True)
-            return Answer(False, reason="the user rejected it")
+            if outcome.option_id not in ("allow", "allow_always"):
+                return Answer(False, reason="the user rejected it")
+            await self._send(session_id, update_tool_call(request.tool_call_id, status="in_progress"))
+            return Answer(True, always=outcome.option_id == "allow_always")
 
         return ask
 
@@ -357,16 +532,21 @@ class _BlockingWriteTransport(asyncio.WriteTransport):
         return 0
 
 
-async def serve_stdio_async(options: AgentOptions, base_url: str, **models: Any) -> None:
-    """Serve ACP on stdin/stdout until the client closes stdin."""
+async def serve_stdio_async(options: AgentOptions, base_url: str, **kwargs: Any) -> None:
+    """Serve ACP on stdin/stdout until the client closes stdin.
+
+    ``kwargs`` go to `PunieAcpAgent`: ``profile`` names the profile ``options`` come from,
+    ``profiles`` the others a session may switch to (the ``profile`` config option);
+    ``model_name`` / ``models`` the model ids on a shared (vLLM group) server.
+    """
     from punie.agent.procs import adopt_orphans
 
     adopt_orphans()  # run_command's processes never outlive their reaper (see punie.agent.procs)
     reader, writer = await _stdio_streams()
     logger.info("punie agent: ACP on stdio, model server %s", base_url)
-    await run_agent(PunieAcpAgent(options, base_url, **models), writer, reader)
+    await run_agent(PunieAcpAgent(options, base_url, **kwargs), writer, reader)
 
 
-def serve_stdio(options: AgentOptions, base_url: str, **models: Any) -> None:
+def serve_stdio(options: AgentOptions, base_url: str, **kwargs: Any) -> None:
     """Blocking :func:`serve_stdio_async`."""
-    asyncio.run(serve_stdio_async(options, base_url, **models))
+    asyncio.run(serve_stdio_async(options, base_url, **kwargs))

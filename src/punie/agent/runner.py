@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from punie.agent.permissions import PermissionAsker, PermissionPolicy, deny_asker
-from punie.agent.tools import ToolCallRecord, ToolHooks, TurnDeps, make_tools
+from punie.agent.textclean import TagFilter, has_tool_call_text, parse_tool_call_text, scrub
+from punie.agent.tools import TOOL_FUNCTIONS, ToolCallRecord, ToolHooks, TurnDeps, make_tools
 from punie.agent.workspace import ToolFailure, Workspace, workspace_for
 from punie.config.models import AgentOptions
 from punie.errors import AgentError
@@ -85,12 +86,15 @@ def build_agent(
     (default: refuse, as nobody can be asked). ``model_name`` is the request's ``model``
     (a vLLM server picks the profile's LoRA by it; see punie.config.served).
     """
+    import pydantic_ai
     from openai import AsyncOpenAI
     from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.profiles.openai import OpenAIModelProfile
     from pydantic_ai.providers.openai import OpenAIProvider
 
+    # The agent owns its output (stdout may be the protocol): no first-run banner from the library.
+    pydantic_ai.BANNER_ENABLED = False
     base_url = openai_base_url(base_url)
     try:
         workspace = workspace_for(options, base_dir)
@@ -99,7 +103,9 @@ def build_agent(
     # No SDK retries: a dead server should be reported at once, not after backoff.
     client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout)
     # mlx_lm ignores "strict"; a generic profile keeps the request plain chat completions.
-    profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False)
+    # max_tokens (not max_completion_tokens): the field every OpenAI-compatible server reads.
+    profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False,
+                                 openai_chat_supports_max_completion_tokens=False)
     model = OpenAIChatModel(model_name, provider=OpenAIProvider(openai_client=client), profile=profile)
     settings: dict[str, Any] = {}
     if options.temperature is not None:
@@ -116,9 +122,51 @@ def build_agent(
         tools=make_tools(options.tools),
         name=options.name,
     )
+    agent.output_validator(_answer_validator(tuple(options.tools)))
     policy = PermissionPolicy(options.permissions, permission_asker or deny_asker)
     return PunieAgent(options=options, base_url=base_url, workspace=workspace, policy=policy, agent=agent,
                       retries=retries)
+
+
+def _answer_validator(enabled: tuple[str, ...]) -> Any:
+    """The final answer without template markup; a tool call written as text is run (or asked again).
+
+    A ``<tool_call>`` the server did not parse is run as the tool it names
+    (when that tool is enabled and the JSON reads), and the model is given the
+    result to go on; an unreadable one is sent back with what is wrong. Both go
+    through pydantic-ai's output retries, so they are bounded by the agent's
+    retry budget; on the last retry the cleaned text is the answer.
+    """
+    from dataclasses import replace
+    from uuid import uuid4
+
+    from pydantic_ai import ModelRetry, RunContext
+
+    async def validate(ctx: RunContext[TurnDeps], output: str) -> str:
+        if ctx.partial_output or not has_tool_call_text(output) or ctx.retry >= ctx.max_retries:
+            return scrub(output)
+        calls = parse_tool_call_text(output)
+        unknown = [name for name, _ in calls or () if name not in enabled or name not in TOOL_FUNCTIONS]
+        if calls is None or unknown or not calls:
+            raise ModelRetry(
+                "Your answer contains a <tool_call> that could not be used"
+                + (f" (unknown tool {unknown[0]!r}; the tools are {', '.join(enabled)})" if unknown else
+                   " (it must be a JSON object with \"name\" and \"arguments\")")
+                + ". Call the tool with the tool-calling format, or answer in plain text."
+            )
+        results = []
+        for name, args in calls:
+            call_ctx = replace(ctx, tool_call_id=f"text-{uuid4().hex[:12]}", tool_name=name)
+            try:
+                result = await TOOL_FUNCTIONS[name](call_ctx, **args)
+            except TypeError as exc:
+                raise ModelRetry(f"Your <tool_call> to {name} has wrong arguments: {exc}. "
+                                 "Call the tool again with the tool-calling format.") from None
+            results.append(f"{name}({json.dumps(args)[:200]}) returned:\n{result}")
+        raise ModelRetry("You wrote your tool call as text; it was run for you.\n\n" + "\n\n".join(results)
+                         + "\n\nContinue from these results (answer the user, or call another tool).")
+
+    return validate
 
 
 def _parse_args(args: Any) -> dict[str, Any] | str:
@@ -230,6 +278,8 @@ async def run_turn(
     hooks: ToolHooks | None = None,
     workspace: Workspace | None = None,
     policy: PermissionPolicy | None = None,
+    files: Any = None,
+    commands: Any = None,
     on_text: Callable[[str], Awaitable[None]] | None = None,
     on_thought: Callable[[str], Awaitable[None]] | None = None,
 ) -> TurnResult:
@@ -240,12 +290,14 @@ async def run_turn(
     With ``on_text`` the model's answers are streamed and every piece of text
     is handed to it as it arrives (the ACP server forwards them to the IDE);
     ``on_thought`` gets the model's thinking (``<think>`` blocks) the same way.
+    ``files``/``commands`` are the backends of :mod:`punie.agent.backends`
+    (default: the disk and local processes).
     """
     from pydantic_ai.exceptions import AgentRunError
     from pydantic_ai.usage import UsageLimits
 
     deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy,
-                    hooks=hooks or ToolHooks())
+                    hooks=hooks or ToolHooks(), files=files, commands=commands)
     logger.info("turn against %s (workspace %s)", agent.base_url, deps.workspace.root)
     try:
         result = await agent.agent.run(
@@ -276,9 +328,15 @@ async def run_turn(
 
 def _text_streamer(on_text: Callable[[str], Awaitable[None]] | None,
                    on_thought: Callable[[str], Awaitable[None]] | None = None) -> Any:
-    """A pydantic-ai event stream handler handing text (and thinking) deltas to the callbacks."""
+    """A pydantic-ai event stream handler handing text (and thinking) deltas to the callbacks.
+
+    Text goes through a :class:`TagFilter` per text part, so template markup
+    (``<|im_end|>``, ``<tool_response>``, a ``<tool_call>`` written as text)
+    never reaches the user, even when a tag is split across two deltas.
+    """
     from pydantic_ai.messages import (
         PartDeltaEvent,
+        PartEndEvent,
         PartStartEvent,
         TextPart,
         TextPartDelta,
@@ -287,20 +345,37 @@ def _text_streamer(on_text: Callable[[str], Awaitable[None]] | None,
     )
 
     async def handler(ctx: Any, events: Any) -> None:
+        filters: dict[int, TagFilter] = {}
+
+        async def text(index: int, piece: str, end: bool = False) -> None:
+            f = filters.setdefault(index, TagFilter())
+            shown = f.feed(piece) + (f.flush() if end else "")
+            if end:
+                filters.pop(index, None)
+            if shown and on_text:
+                await on_text(shown)
+
         async for event in events:
             piece = part = None
             if isinstance(event, PartStartEvent):
                 part = event.part
                 piece = getattr(part, "content", None)
+                if isinstance(part, TextPart):
+                    filters.pop(event.index, None)
             elif isinstance(event, PartDeltaEvent):
                 part = event.delta
                 piece = getattr(part, "content_delta", None)
+            elif isinstance(event, PartEndEvent) and isinstance(event.part, TextPart):
+                await text(event.index, "", end=True)
+                continue
             if not piece or not isinstance(piece, str):
                 continue
-            if isinstance(part, (TextPart, TextPartDelta)) and on_text:
-                await on_text(piece)
+            if isinstance(part, (TextPart, TextPartDelta)):
+                await text(event.index, piece)
             elif isinstance(part, (ThinkingPart, ThinkingPartDelta)) and on_thought:
                 await on_thought(piece)
+        for index in list(filters):
+            await text(index, "", end=True)
 
     return handler
 

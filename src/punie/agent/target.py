@@ -100,3 +100,33 @@ def serve_profile(
         profile=profile,
         sources={**(base.sources if base else {}), "model": "cli", **({"adapter": "cli"} if adapter else {})},
     )
+
+
+#: Server options that only say where/how the process is supervised: profiles differing only in
+#: these generate with the same server, so one running server serves them all.
+_SUPERVISION_KEYS = {"host", "port", "allow_remote", "ready_timeout", "restart", "max_restarts", "restart_backoff"}
+
+
+def server_identity(resolved: ResolvedProfile) -> dict[str, object]:
+    """What makes two profiles' servers the same: base model, adapter(s), generation options.
+
+    mlx_lm.server loads one model and one adapter at start (swapping needs a
+    reload), so only profiles with an equal identity can switch on a running server.
+    """
+    profile = resolved.profile
+    return {
+        "model": profile.model,
+        "adapter": profile.adapter,
+        "adapters": [ref.model_dump() for ref in profile.adapter_refs()],
+        "server": profile.server.model_dump(exclude=_SUPERVISION_KEYS),
+    }
+
+
+def sharing_profiles(current: ResolvedProfile, candidates: list[ResolvedProfile]) -> dict[str, AgentOptions]:
+    """The agent options of every profile that can run on ``current``'s server (``current`` first)."""
+    identity = server_identity(current)
+    found = {current.name: current.profile.agent}
+    for other in candidates:
+        if other.name != current.name and server_identity(other) == identity:
+            found[other.name] = other.profile.agent
+    return found

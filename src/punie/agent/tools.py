@@ -82,6 +82,9 @@ class TurnDeps:
     policy: PermissionPolicy
     hooks: ToolHooks = field(default_factory=ToolHooks)
     records: list[ToolCallRecord] = field(default_factory=list)
+    #: Where read_file/write_file and run_command go (punie.agent.backends); None: the disk, locally.
+    files: Any = None
+    commands: Any = None
 
 
 # -- implementations ---------------------------------------------------------
@@ -209,6 +212,11 @@ async def read_file(ctx: RunContext[TurnDeps], path: str) -> str:
     Args:
         path: File path relative to the workspace root.
     """
+    if ctx.deps.files is not None:
+        async def via_backend() -> tuple[Status, str]:
+            return "ok", await ctx.deps.files.read_text(ctx.deps.workspace, path)
+
+        return await _invoke(ctx, "read_file", {"path": path}, via_backend)
     return await _invoke(ctx, "read_file", {"path": path}, _ok(lambda: read_file_impl(ctx.deps.workspace, path)))
 
 
@@ -229,6 +237,8 @@ async def write_file(ctx: RunContext[TurnDeps], path: str, content: str) -> str:
             summary += " (a protected path: always asked)"
         await ctx.deps.policy.check(PermissionRequest("write_file", ctx.tool_call_id or "", args, summary,
                                                       protected=protected))
+        if ctx.deps.files is not None:  # the IDE's buffers (fs/write_text_file), same path rules
+            return "ok", await ctx.deps.files.write_text(ws, path, content)
         return "ok", await anyio.to_thread.run_sync(
             lambda: write_file_impl(ws, path, content, allow_protected=protected))
 
@@ -273,7 +283,11 @@ async def run_command(ctx: RunContext[TurnDeps], command: str, timeout: float = 
 
     async def action() -> tuple[Status, str]:
         await ctx.deps.policy.check(PermissionRequest("run_command", ctx.tool_call_id or "", args, f"run `{command}`"))
-        code, output = await run_command_impl(ctx.deps.workspace, command, timeout)
+        if ctx.deps.commands is not None:
+            code, output = await ctx.deps.commands.run(ctx.deps.workspace, command, timeout,
+                                                       call_id=ctx.tool_call_id or "")
+        else:
+            code, output = await run_command_impl(ctx.deps.workspace, command, timeout)
         if code is None:
             return "error", f"error: {output}"
         return ("ok" if code == 0 else "error"), f"exit code {code}\n{output}"

@@ -89,18 +89,22 @@ async def _repl(agent: Any) -> None:
 
 
 def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_dir: str | None = None,
+                      profile: str | None = None, profiles: dict[str, Any] | None = None,
                       model_name: str | None = None, models: dict[str, str] | None = None) -> None:
     """ACP on stdio, or the interactive loop when stdin is a terminal (``mode`` auto|acp|repl).
 
     In ACP mode the workspace is relative to each session's cwd (the IDE's
     project); in the interactive loop to ``base_dir`` (default: cwd).
+    ``profile``/``profiles``: the profile the options come from and those a
+    session may switch to on this server.
     """
     from punie.agent.acp_server import serve_stdio
 
     interactive = mode == "repl" or (mode == "auto" and sys.stdin.isatty())
     if not interactive:
         try:
-            serve_stdio(options, base_url, model_name=model_name, models=models)
+            serve_stdio(options, base_url, profile=profile, profiles=profiles, model_name=model_name,
+                        models=models)
         except KeyboardInterrupt:  # Ctrl-C on the supervisor's terminal: a clean stop
             pass
         return
@@ -124,8 +128,12 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
 @click.option("--models", "models_text", metavar="JSON",
               help='Profile -> model id on a shared server; an ACP session picks one with '
                    '_meta {"punie/profile": NAME}.')
+@click.option("--profile", "profile", metavar="NAME",
+              help="The profile the options come from: the IDE may switch to the profiles sharing its server.")
+@click.option("--config", "config", metavar="PATH", type=click.Path(dir_okay=False),
+              help="punie.toml the profiles are read from (default: found from the current directory).")
 def agent_command(base_url: str, options_text: str | None, mode: str, model_name: str | None,
-                  models_text: str | None) -> None:
+                  models_text: str | None, profile: str | None, config: str | None) -> None:
     """Run the coding agent: Agent Client Protocol over stdio (used by `punie up` and IDEs)."""
     import json
 
@@ -135,7 +143,27 @@ def agent_command(base_url: str, options_text: str | None, mode: str, model_name
         models = json.loads(models_text) if models_text else None
     except ValueError as exc:
         raise UsageError(f"--models is not valid JSON: {exc}") from None
-    run_agent_process(parse_options(options_text), base_url, mode=mode, model_name=model_name, models=models)
+    options = parse_options(options_text)
+    profiles = _sharing_profiles(profile, config) if profile else None
+    run_agent_process(options, base_url, mode=mode, profile=profile, profiles=profiles, model_name=model_name,
+                      models=models)
+
+
+def _sharing_profiles(profile: str, config: str | None) -> dict[str, Any]:
+    """Agent options of the profiles that share ``profile``'s server (only ``profile`` when unreadable)."""
+    import logging
+
+    from punie.agent.target import sharing_profiles
+    from punie.config import load_profiles
+    from punie.errors import PunieError
+
+    try:
+        every = load_profiles(config=config)
+    except PunieError as exc:
+        logging.getLogger(__name__).warning("profiles not offered to switch to: %s", exc)
+        return {}
+    current = next((p for p in every if p.name == profile), None)
+    return sharing_profiles(current, every) if current is not None else {}
 
 
 @click.command("ask")

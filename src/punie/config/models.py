@@ -133,7 +133,10 @@ class AgentOptions(_Strict):
     name: str = Field("punie", description="Name the agent reports to IDEs.")
     instructions: str | None = Field(None, description="System instructions for the model.")
     temperature: float | None = Field(None, ge=0, le=5)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(
+        2048, ge=1, description="Maximum tokens the model may generate per request (a cap against runaway "
+        "answers); null leaves it to the server.",
+    )
     tools: list[ToolName] = Field(default_factory=lambda: list(ALL_TOOLS), description="Enabled tools.")
     workspace: str = Field(".", description="Directory the file tools are confined to.")
     permissions: Permissions = Field(default_factory=Permissions)

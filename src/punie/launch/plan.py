@@ -239,6 +239,7 @@ def build_plan(
     base_url = root + "/v1"
     agent_argv = (
         python, "-m", "punie", "agent", "--base-url", base_url, "--options", profile.agent.model_dump_json(),
+        "--profile", resolved.name, *(("--config", resolved.config_path) if resolved.config_path else ()),
     )
     return LaunchPlan(
         profile=resolved.name,
