@@ -62,8 +62,10 @@ def test_read_file_on_a_fifo_answers_at_once_and_the_agent_keeps_serving(tmp_pat
         stops = asyncio.run(run(fake.url))
     assert stops == ["end_turn", "end_turn", "end_turn"]
     kinds = client.kinds()
-    start, end = kinds.index("tool_call"), kinds.index("tool_call_update")
-    assert client.updates[end].status == "failed"
+    start = kinds.index("tool_call")
+    # The call's final update (pending -> in_progress -> failed): the FIFO was refused, at once.
+    end = next(i for i, k in enumerate(kinds) if k == "tool_call_update" and client.updates[i].status == "failed")
+    assert all(client.updates[i].status == "in_progress" for i in range(start + 1, end) if kinds[i] == "tool_call_update")
     assert client.times[end] - client.times[start] < 1.0
     assert "is a FIFO, not a regular file" in tool_messages(fake.requests[1])[0]["content"]
     assert "Still here." in client.message_text() and "New session." in client.message_text()
