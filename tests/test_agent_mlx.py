@@ -68,8 +68,9 @@ def test_agent_turn_against_real_mlx_server(mlx_server: str, tmp_path: Path) -> 
     (tmp_path / "main.py").write_text("print('hello world')\n")
     agent = build_agent(AgentOptions(max_tokens=16, temperature=0.0, max_turns=4), mlx_server, base_dir=tmp_path)
     result = run_turn_sync(agent, "What is the capital of France?")
-    # the tiny model's weights are random: assert the shape of the turn, not the words
-    assert isinstance(result.answer, str) and len(result.answer) > 0
+    # The tiny model's weights are random: assert the shape of the turn, not the words. Its answer
+    # may be nothing but chat-template tags, which the agent removes (so it can be empty).
+    assert isinstance(result.answer, str) and "<|im_" not in result.answer
     assert 1 <= result.requests <= 4
     assert all(call.status in ("ok", "error", "denied", "invalid") for call in result.tool_calls)
 
@@ -79,7 +80,7 @@ def test_agent_turn_against_real_mlx_server(mlx_server: str, tmp_path: Path) -> 
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert isinstance(data["answer"], str) and data["answer"]
+    assert isinstance(data["answer"], str) and "<|im_" not in data["answer"]
     assert isinstance(data["tool_calls"], list) and data["requests"] >= 1
 
 
