@@ -29,9 +29,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import stat
-import sys
-import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +66,7 @@ from acp.schema import (
 )
 
 from punie import __version__
+from punie.agent.acp_stdio import stdio_transport
 from punie.agent.backends import ClientFs, ClientTerminal
 from punie.agent.permissions import Answer, PermissionRequest
 from punie.agent.runner import PunieAgent, build_agent, run_turn
@@ -79,7 +77,6 @@ from punie.errors import AgentError
 
 logger = logging.getLogger(__name__)
 
-STDIO_LIMIT = 50 * 1024 * 1024
 MAX_UPDATE_TEXT = 8_000
 PROFILE_OPTION = "profile"
 
@@ -449,89 +446,6 @@ class PunieAcpAgent:
         return ask
 
 
-def _pollable(fd: int) -> bool:
-    """Whether the event loop can watch ``fd`` (epoll refuses regular files and /dev/null)."""
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
-
-
-async def _stdio_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Protocol streams on stdin and the *original* stdout; fd 1 then points at stderr.
-
-    Pipes, sockets and terminals are watched by the event loop; anything else
-    (stdin from a file or /dev/null, stdout to a file) is served by a thread, so
-    the agent never crashes on how it was started.
-    """
-    loop = asyncio.get_running_loop()
-    sys.stdout.flush()
-    out_fd = os.dup(1)
-    os.dup2(2, 1)
-    reader = asyncio.StreamReader(limit=STDIO_LIMIT)
-    in_fd = sys.stdin.fileno()
-    if _pollable(in_fd):
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    else:
-        _feed_from_thread(loop, reader, in_fd)
-    # FlowControlMixin is what StreamWriter.drain() waits on.
-    protocol = asyncio.streams.FlowControlMixin(loop)
-    transport: asyncio.BaseTransport
-    if _pollable(out_fd):
-        transport, _ = await loop.connect_write_pipe(lambda: protocol, os.fdopen(out_fd, "wb", buffering=0))
-    else:
-        transport = _BlockingWriteTransport(out_fd)
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
-    return reader, writer
-
-
-def _feed_from_thread(loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader, fd: int) -> None:
-    def pump() -> None:
-        try:
-            while chunk := os.read(fd, 65536):
-                loop.call_soon_threadsafe(reader.feed_data, chunk)
-        except OSError as exc:
-            logger.debug("stdin read failed: %s", exc)
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop may already be closed
-                loop.call_soon_threadsafe(reader.feed_eof)
-
-    threading.Thread(target=pump, name="punie-acp-stdin", daemon=True).start()
-
-
-class _BlockingWriteTransport(asyncio.WriteTransport):
-    """Writes straight to a file descriptor that the event loop cannot watch (a regular file)."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self._closing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view and not self._closing:
-            view = view[os.write(self._fd, view) :]
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-
-    def abort(self) -> None:
-        self.close()
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 async def serve_stdio_async(options: AgentOptions, base_url: str, **kwargs: Any) -> None:
     """Serve ACP on stdin/stdout until the client closes stdin.
 
@@ -542,9 +456,9 @@ async def serve_stdio_async(options: AgentOptions, base_url: str, **kwargs: Any)
     from punie.agent.procs import adopt_orphans
 
     adopt_orphans()  # run_command's processes never outlive their reaper (see punie.agent.procs)
-    reader, writer = await _stdio_streams()
+    transport = await stdio_transport()
     logger.info("punie agent: ACP on stdio, model server %s", base_url)
-    await run_agent(PunieAcpAgent(options, base_url, **kwargs), writer, reader)
+    await run_agent(PunieAcpAgent(options, base_url, **kwargs), transport)
 
 
 def serve_stdio(options: AgentOptions, base_url: str, **kwargs: Any) -> None:
