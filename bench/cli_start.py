@@ -8,6 +8,9 @@ In one run, interleaved (pass, check, dry-run, then the next round in a rotated 
 load on the machine hits all three alike), each command is started as a fresh process:
 
 - ``python -c pass``: the interpreter alone (same venv python, same environment);
+- ``import click`` and ``one pydantic model`` (import pydantic, define and validate one
+  model): floors, what any click CLI and any program validating with pydantic pay, so the
+  goal can be read against them;
 - ``python -m punie --config punie.toml check``: a small profiles file, one profile on the
   tiny offline test model (its config and safetensors headers are read, as on a real model);
 - ``python -m punie --config punie.toml up --dry-run``: the same profile, checked, planned,
@@ -31,6 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
+
+
+PYDANTIC_FLOOR = "from pydantic import BaseModel\nclass M(BaseModel):\n    x: int = 0\nM(x=1)"
 
 
 def free_port() -> int:
@@ -62,11 +68,17 @@ def main() -> None:
             f'[profiles.bench]\nmodel = "{model}"\n\n[profiles.bench.server]\nport = {free_port()}\n',
             encoding="utf-8",
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PUNIE_")}
+        # PYTHONDONTWRITEBYTECODE would recompile punie from source on every run, which no
+        # installed punie does: measure what users get.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("PUNIE_") and k != "PYTHONDONTWRITEBYTECODE"}
         env["PUNIE_CACHE_DIR"] = str(project / "cache")
         py = sys.executable
         commands = {
             "python -c pass": [py, "-c", "pass"],
+            # floors: what any click CLI, and any program with one pydantic model, pays
+            "import click": [py, "-c", "import click"],
+            "one pydantic model": [py, "-c", PYDANTIC_FLOOR],
             "punie check": [py, "-m", "punie", "--config", "punie.toml", "check"],
             "punie up --dry-run": [py, "-m", "punie", "--config", "punie.toml", "up", "--dry-run"],
         }
