@@ -43,6 +43,7 @@ from punie.errors import (
 if TYPE_CHECKING:
     from punie.adapters.registry import AdapterInfo
     from punie.checks.report import Problem, ProfileReport, Report
+    from punie.launch.server import Server
     from punie.training.evaluate import EvalEvent, EvalReport, SuiteResult
     from punie.training.suite import CaseResult
 
@@ -56,6 +57,7 @@ _LAZY = {
     "EvalReport": "punie.training.evaluate",
     "SuiteResult": "punie.training.evaluate",
     "CaseResult": "punie.training.suite",
+    "Server": "punie.launch.server",
 }
 
 
@@ -196,24 +198,6 @@ def check(profiles: Sequence[ResolvedProfile | str] | ResolvedProfile | str | No
     return check_profiles(resolved, strict=strict)
 
 
-@dataclass(frozen=True)
-class Server:
-    """A model server that answers, as `serve` yields it.
-
-    ``base_url`` is the OpenAI base URL (``http://127.0.0.1:8080/v1``); ``model_id`` is the
-    ``model`` field requests must send to get the profile's adapter (None: send none, as on
-    mlx_lm.server, where any other value serves the base model without the adapter).
-    ``pid`` is the server process (None for an external ``server.url``).
-    """
-
-    profile: str
-    base_url: str
-    model_id: str | None
-    adapter: str | None
-    pid: int | None
-    ready_seconds: float
-
-
 @asynccontextmanager
 async def serve(
     profile: ResolvedProfile | str | None = None,
@@ -236,14 +220,7 @@ async def serve(
     async with running_server(
         resolved, check=check, grace=grace, log_dir=Path(log_dir) if log_dir is not None else None
     ) as running:
-        yield Server(
-            profile=resolved.name,
-            base_url=running.base_url,
-            model_id=running.model_id,
-            adapter=running.adapter,
-            pid=running.pid,
-            ready_seconds=running.ready_seconds,
-        )
+        yield running
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,16 @@ from punie.launch.process import Sink
 
 
 @dataclass(frozen=True)
-class RunningServer:
-    """A server that answered the readiness probe."""
+class Server:
+    """A model server that answers, as `running_server` (and `punie.api.serve`) yields it.
 
+    ``base_url`` is the OpenAI base URL (``http://127.0.0.1:8080/v1``); ``model_id`` is the
+    ``model`` field requests must send to get the profile's adapter (None: send none, as on
+    mlx_lm.server, where any other value serves the base model without the adapter).
+    ``pid`` is the server process (None for an external ``server.url``).
+    """
+
+    profile: str
     base_url: str
     model_id: str | None
     adapter: str | None
@@ -40,7 +47,7 @@ async def running_server(
     log_dir: Path | None = None,
     sink: Sink | None = None,
     server_env: Mapping[str, str] | None = None,
-) -> AsyncIterator[RunningServer]:
+) -> AsyncIterator[Server]:
     """Start (or attach to) ``resolved``'s server; yield it once it answers; stop it on exit.
 
     Raises CheckFailed (the pre-launch check), ModelError/AdapterError (resolution) or
@@ -69,8 +76,9 @@ async def running_server(
         async with anyio.create_task_group() as tg:
             seconds, pid = await tg.start(run)
             try:
-                yield RunningServer(
-                    base_url=plan.base_url, model_id=None, adapter=plan.adapter, pid=pid, ready_seconds=seconds
+                yield Server(
+                    profile=resolved.name, base_url=plan.base_url, model_id=None, adapter=plan.adapter, pid=pid,
+                    ready_seconds=seconds,
                 )
             except BaseException as exc:
                 raised = exc
