@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -273,3 +274,189 @@ json_values = st.recursive(
 def test_any_answer_is_judged_without_raising(data: object) -> None:
     result = judge(CANARY, data, adapter="a")
     assert result.verdict in ("adapter-active", "base", "neither", "indistinct", "no-logprobs")
+
+
+# --------------------------------------------------------------------------- vLLM: one canary per LoRA id
+
+
+def test_a_vllm_404_for_the_probed_model_id_is_not_served() -> None:
+    from punie.launch.readiness import model_not_served
+
+    said = json.dumps({"error": {"message": "The model `one` does not exist. Valid aliases: base.",
+                                 "type": "NotFoundError", "param": "model", "code": 404}})  # vLLM 0.32, measured
+    assert model_not_served(404, said, "one") == (
+        "it does not serve the model id 'one' (HTTP 404: The model `one` does not exist. Valid aliases: base.)")
+    assert model_not_served(404, said, None) is None  # mlx_lm: no model sent, its 404 means something else
+    assert model_not_served(404, '{"error": "generation thread died"}', "one") is None
+    assert model_not_served(500, said, "one") is None
+    assert "does not exist" in (model_not_served(404, "The model does not exist", "one") or "")
+
+
+def test_a_lora_id_not_served_refuses_naming_it() -> None:
+    expected = ExpectedCanary(adapter="adapters/a", canary=CANARY, model="one")
+    result = expected.not_served("it does not serve the model id 'one' (HTTP 404: ...)")
+    assert result.verdict == "not-served" and result.refuse and not result.warn
+    assert result.message() == ("the server is answering without the adapter adapters/a: it does not serve the "
+                                "model id 'one' (HTTP 404: ...)")
+    assert result.to_json()["model"] == "one"
+    judged = expected.judge(_openai_answer(ADAPTED, ids=True))
+    assert judged.model == "one" and "on model id 'one'" in judged.message()
+
+
+def _vllm_project(tmp_path: Path, url: str) -> Path:
+    for name, items in (("a", ADAPTED), ("b", ADAPTED)):
+        adapter = tmp_path / "adapters" / name
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text(json.dumps({"model": "m", "num_layers": 2}))
+        update_meta(adapter, canary=CANARY.model_copy(update={"adapter": _tokens(items)}).model_dump(mode="json"))
+    (tmp_path / "punie.toml").write_text(f"""
+[defaults.server]
+backend = "vllm"
+url = "{url}"
+ready_timeout = 30
+[profiles.one]
+adapter = "a"
+[profiles.two]
+adapter = "b"
+[profiles.plain]
+[groups.team]
+profiles = ["plain", "one", "two"]
+""")
+    return tmp_path / "punie.toml"
+
+
+def test_a_vllm_group_plan_carries_each_canary_aimed_at_its_lora_id(tmp_path: Path) -> None:
+    """One code path for --dry-run and a real run: the plan names every canary and its model id."""
+    from punie.cli import main
+    from punie.config import load_profiles
+    from punie.launch.prepare import prepare_vllm
+
+    config = _vllm_project(tmp_path, "http://127.0.0.1:9")
+    members = load_profiles(["plain", "one", "two"], config=config)
+    plan = prepare_vllm(members, group="team", check=False, provision=False)
+    assert plan.model_id == "base" and plan.canary is None  # the lead (the agent's model) has no adapter
+    assert [(c.model, Path(c.adapter).name) for c in plan.member_canaries] == [("one", "a"), ("two", "b")]
+    assert "then:    canary of" in plan.render_text() and "(model two)" in plan.render_text()
+    res = CliRunner().invoke(main, ["--config", str(config), "up", "--group", "team", "--dry-run", "--format",
+                                    "json", "--no-check"])
+    assert res.exit_code == 0, res.output
+    assert [c["model"] for c in json.loads(res.output)["member_canaries"]] == ["one", "two"]
+    single = prepare_vllm(load_profiles(["two"], config=config), check=False, provision=False)
+    assert single.canary is not None and single.canary.model == "two" and single.member_canaries == ()
+
+
+class _FakeVllm:
+    """An OpenAI-style /v1/completions server answering the canary probe per model id, as vLLM does:
+    a LoRA id it serves answers with ``answers[id]``, any other id is vLLM's 404."""
+
+    def __init__(self, answers: dict[str, list[tuple[str, int, float]]]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                model = body.get("model", "")
+                seen.append(model)
+                if model in answers:
+                    status, reply = 200, _openai_answer(answers[model], ids=True)
+                else:
+                    status, reply = 404, {"error": {"message": f"The model `{model}` does not exist.",
+                                                    "type": "NotFoundError", "param": "model", "code": 404}}
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.seen = seen
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_vllm():
+    servers: list[_FakeVllm] = []
+
+    def start(answers: dict[str, list[tuple[str, int, float]]]) -> _FakeVllm:
+        servers.append(_FakeVllm(answers))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _up_group(config: Path, names: list[str], marker: Path):
+    import sys
+
+    from punie.config import load_profiles
+    from punie.launch.supervisor import run_up_group
+
+    lines: list[str] = []
+    members = load_profiles(names, config=config)
+    outcome = run_up_group(members, group=None, check=False, sink=lines.append, handle_signals=False,
+                           agent_argv=[sys.executable, "-c", f"open({str(marker)!r}, 'w')"])
+    return outcome, lines
+
+
+def test_every_lora_of_a_vllm_group_is_checked_on_its_own_id(tmp_path: Path, fake_vllm) -> None:
+    server = fake_vllm({"one": ADAPTED, "two": ADAPTED, "base": BASE})
+    marker = tmp_path / "agent-started"
+    outcome, lines = _up_group(_vllm_project(tmp_path, server.url), ["one", "two"], marker)
+    assert outcome.exit_code == 0 and marker.exists(), lines
+    assert server.seen == ["one", "two"]  # the lead's canary is the readiness probe, then the other's
+    assert [(c["model"], c["verdict"]) for c in outcome.canaries] == [("one", "adapter-active"),
+                                                                       ("two", "adapter-active")]
+    assert outcome.canary == outcome.canaries[0]
+    assert sum("adapter active" in line for line in lines) == 2
+
+
+def test_one_lora_of_a_vllm_group_answering_as_the_base_refuses_the_group(tmp_path: Path, fake_vllm) -> None:
+    from punie.launch import LaunchFailed
+
+    server = fake_vllm({"one": ADAPTED, "two": BASE})
+    marker = tmp_path / "agent-started"
+    with pytest.raises(LaunchFailed) as info:
+        _up_group(_vllm_project(tmp_path, server.url), ["one", "two"], marker)
+    assert info.value.reason == "adapter-not-applied" and not marker.exists()
+    assert "the server is answering without the adapter" in info.value.message
+    assert "on model id 'two'" in info.value.message
+    assert info.value.hint and "--lora-modules ID=PEFT_DIR" in info.value.hint
+
+
+def test_a_lora_id_the_vllm_server_does_not_serve_is_refused_at_once(tmp_path: Path, fake_vllm) -> None:
+    """vLLM answers 404 for an id it does not serve: refused at the first answer, not at ready_timeout."""
+    import time
+
+    from punie.launch import LaunchFailed
+
+    server = fake_vllm({"two": ADAPTED})
+    marker = tmp_path / "agent-started"
+    start = time.monotonic()
+    with pytest.raises(LaunchFailed) as info:
+        _up_group(_vllm_project(tmp_path, server.url), ["one"], marker)
+    assert time.monotonic() - start < 10 and server.seen == ["one"] and not marker.exists()
+    assert info.value.reason == "adapter-not-applied"
+    assert "does not serve the model id 'one'" in info.value.message
+
+
+def test_a_base_id_the_vllm_server_does_not_serve_fails_at_once(tmp_path: Path, fake_vllm) -> None:
+    from punie.launch import LaunchFailed
+
+    server = fake_vllm({"one": ADAPTED})
+    with pytest.raises(LaunchFailed) as info:
+        _up_group(_vllm_project(tmp_path, server.url), ["plain"], tmp_path / "agent-started")
+    assert info.value.reason == "model-not-served" and "model id 'base'" in info.value.message
+    assert info.value.hint and "'base'" in info.value.hint

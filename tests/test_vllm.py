@@ -17,21 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.support import tiny
+from tests.support.vllm_env import vllm_python as _vllm_python
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.mlx, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = Path(__file__).parent / "support" / "vllm_probe.py"
 PROMPT = "What is the capital of France?"
-
-
-def _vllm_python() -> str:
-    python = os.environ.get("PUNIE_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    if not Path(python).exists():
-        if os.environ.get("PUNIE_REQUIRE_VLLM") == "1":
-            pytest.fail(f"PUNIE_REQUIRE_VLLM=1 but there is no vLLM python at {python} (bash scripts/setup-vllm.sh)")
-        pytest.skip(f"no vLLM environment at {python} (bash scripts/setup-vllm.sh)")
-    return python
 
 
 @pytest.fixture(scope="module")

@@ -143,6 +143,30 @@ def test_group_is_one_server_with_every_adapter(project: Path) -> None:
     assert argv[argv.index("--max-lora-rank") + 1] == "16"  # the first profile's server options
 
 
+def test_the_plan_probes_each_recorded_canary_on_its_own_lora_id(project: Path, tiny_model: Path) -> None:
+    """The canaries come from the mlx_lm adapters (where they are recorded), not from the PEFT exports,
+    each aimed at its profile's LoRA id: the lead's is the readiness probe, the others follow."""
+    from punie.adapters.canary import base_fingerprint
+    from punie.adapters.metadata import update_meta
+    from punie.cli import main
+    from punie.launch import run_up
+
+    top = [{"id": i, "token": "t", "text": f"t{i}", "logprob": -1.0 - i} for i in range(5)]
+    second = project / "adapters" / "second"  # profile two's (one's is the session's shared tiny adapter)
+    update_meta(second, canary={"prompt": "hi", "base_fingerprint": base_fingerprint(tiny_model), "base": top,
+                                "adapter": [dict(t, logprob=t["logprob"] - 2) for t in top]})
+    plan = run_up(load_profile("two", config=str(project / "punie.toml")), dry_run=True).plan
+    assert plan.canary is not None and plan.canary.model == "two" and plan.canary.other_base is None
+    assert plan.canary.adapter == str(second) and Path(plan.lora_modules["two"]).parent.name == "peft"
+    assert "ready:     canary of" in plan.render_text() and "(model two)" in plan.render_text()
+    res = CliRunner().invoke(main, ["--config", str(project / "punie.toml"), "up", "--group", "team", "--dry-run",
+                                    "--format", "json", "--no-check"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["canary"] is None  # one's adapter has no canary: not verified (a warning), two's still is
+    assert [(c["model"], c["adapter"]) for c in data["member_canaries"]] == [("two", str(second))]
+
+
 def test_group_on_mlx_is_refused_with_the_reason(project: Path) -> None:
     from punie.cli import main
 

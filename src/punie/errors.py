@@ -101,6 +101,7 @@ class LaunchReason(StrEnum):
     FOREIGN_SERVER = "foreign-server"
     READY_TIMEOUT = "ready-timeout"
     ADAPTER_NOT_APPLIED = "adapter-not-applied"  # the readiness canary: the server answers as the base alone
+    MODEL_NOT_SERVED = "model-not-served"  # the server says the requested model id does not exist (vLLM 404)
 
 
 class LaunchFailed(LaunchError):

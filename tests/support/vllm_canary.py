@@ -1,4 +1,6 @@
-"""The adapter canary against a real vLLM server, for tests/test_canary_vllm.py and bench/canary_vllm.py.
+"""The adapter canary against a hand-started vLLM server, for bench/canary_vllm.py.
+
+(tests/test_canary_vllm.py checks the same through `punie up` itself.)
 
 Builds a vLLM-compatible tiny model (head_dim 64), trains a LoRA with mlx_lm lora, raises its
 scale (see tests/test_canary_mlx.py), records its canary with mlx_lm, converts the adapter to

@@ -11,6 +11,7 @@ distributions (`punie.adapters.canary.Canary`):
                                  the base, another engine version, another adapter)
 - adapter and base too close  -> ``indistinct`` (this canary cannot tell them apart: warn)
 - no logprobs in the answer   -> ``no-logprobs`` (cannot tell: warn)
+- the model id is not served  -> ``not-served`` (vLLM without that LoRA: refuse, see `ExpectedCanary.not_served`)
 
 The distance between two top-k lists is the largest logprob difference over
 the tokens either list names, where a token missing from one list counts for
@@ -32,14 +33,16 @@ from punie.adapters.canary import Canary, TopToken
 
 #: Largest distance (nats) at which the server's answer still matches a recorded distribution.
 #: The same engine on the same weights agrees to ~1e-4 (prompt cache, batching, BLAS order);
-#: mlx_lm and vLLM agree to 4 decimals on the tiny model. 0.05 leaves room for that, and is far
-#: below what an adapter changes (the shipped tool-calling-v1 adapter moves the top token by ~2 nats).
+#: vLLM (CPU, float32) serving the PEFT export answers within ~1e-6 nats of mlx_lm's recorded canary
+#: on the tiny test model, its base id likewise of the recorded base. 0.05 leaves room for that, and
+#: is far below what an adapter changes (the shipped tool-calling-v1 adapter moves the top token by
+#: ~2 nats; tests/test_canary_vllm.py's adapters 1.5 and 2.2).
 MATCH_TOLERANCE = 0.05
 #: Smallest distance between the adapter's and the base's distributions for the canary to be
 #: able to tell them apart: twice the match tolerance, so the two match regions never overlap.
 MIN_SEPARATION = 2 * MATCH_TOLERANCE
 
-Verdict = Literal["adapter-active", "base", "neither", "indistinct", "no-logprobs"]
+Verdict = Literal["adapter-active", "base", "neither", "indistinct", "no-logprobs", "not-served"]
 Backend = Literal["mlx", "vllm"]
 
 
@@ -65,11 +68,15 @@ class ExpectedCanary(BaseModel):
 
     def judge(self, data: Any) -> CanaryResult:
         """What the probe's answer says about the adapter."""
-        result = judge(self.canary, data, adapter=self.adapter)
+        result = replace(judge(self.canary, data, adapter=self.adapter), model=self.model)
         if self.other_base is None:
             return result
         verdict: Verdict = "neither" if result.verdict == "base" else result.verdict
         return replace(result, verdict=verdict, note=self.other_base)
+
+    def not_served(self, detail: str) -> CanaryResult:
+        """The server does not serve the probe's model id (``detail``: what it said): the adapter is not there."""
+        return CanaryResult("not-served", self.adapter, model=self.model, detail=detail)
 
 
 @dataclass(frozen=True)
@@ -82,11 +89,13 @@ class CanaryResult:
     to_base: float | None = None
     separation: float | None = None
     note: str | None = None  # why the comparison is weaker (recorded on another base)
+    model: str | None = None  # the model id probed (a vLLM LoRA's id; None for mlx_lm.server)
+    detail: str | None = None  # not-served: what the server said
 
     @property
     def refuse(self) -> bool:
         """True when the agent must not start: the server answers without the adapter."""
-        return self.verdict == "base"
+        return self.verdict in ("base", "not-served")
 
     @property
     def warn(self) -> bool:
@@ -99,24 +108,28 @@ class CanaryResult:
 
     def _message(self) -> str:
         d = _fmt
+        on = f" on model id {self.model!r}" if self.model else ""
+        if self.verdict == "not-served":
+            return f"the server is answering without the adapter {self.adapter}: {self.detail}"
         if self.verdict == "adapter-active":
-            return (f"adapter active: the canary matches {self.adapter} (distance {d(self.to_adapter)}, "
+            return (f"adapter active: the canary matches {self.adapter}{on} (distance {d(self.to_adapter)}, "
                     f"base {d(self.to_base)})")
         if self.verdict == "base":
-            return (f"the server is answering without the adapter {self.adapter}: its first-token logprobs "
+            return (f"the server is answering without the adapter {self.adapter}{on}: its first-token logprobs "
                     f"match the base model alone (distance {d(self.to_base)}; with the adapter they would be "
                     f"{d(self.to_adapter)} away)")
         if self.verdict == "neither":
-            return (f"the canary of {self.adapter} matches neither the adapter (distance {d(self.to_adapter)}) "
+            return (f"the canary of {self.adapter}{on} matches neither the adapter (distance {d(self.to_adapter)}) "
                     f"nor the base alone (distance {d(self.to_base)}), tolerance {MATCH_TOLERANCE:g}: another "
                     "quantization or version of the base, another engine, or another adapter?")
         if self.verdict == "indistinct":
-            return (f"the canary of {self.adapter} cannot tell the adapter from the base (they differ by "
+            return (f"the canary of {self.adapter}{on} cannot tell the adapter from the base (they differ by "
                     f"{d(self.separation)} < {MIN_SEPARATION:g}): not verified")
-        return f"the server returned no logprobs for the canary of {self.adapter}: the adapter is not verified"
+        return f"the server returned no logprobs for the canary of {self.adapter}{on}: the adapter is not verified"
 
     def to_json(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "adapter": self.adapter, "distance_to_adapter": self.to_adapter,
+        return {"verdict": self.verdict, "adapter": self.adapter, "model": self.model,
+                "distance_to_adapter": self.to_adapter,
                 "distance_to_base": self.to_base, "separation": self.separation,
                 "tolerance": MATCH_TOLERANCE, "note": self.note, "message": self.message()}
 

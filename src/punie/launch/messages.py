@@ -39,6 +39,19 @@ def hint(reason: str, plan: LaunchPlan) -> str | None:
     """What to do about a failure, when there is something obvious."""
     if reason == "adapter-failed":
         return "the adapter does not fit the base model: run `punie check` on this profile"
+    if reason == "adapter-not-applied" and plan.backend == "vllm":
+        if plan.external:
+            return ("restart that vLLM server with each profile's LoRA under its model id: --enable-lora "
+                    "--lora-modules ID=PEFT_DIR (`punie adapters export ADAPTER --out PEFT_DIR` writes it); vLLM "
+                    "serves the base silently when the LoRA's module names do not match the base's")
+        return ("vLLM loaded the LoRA but answers as the base: its PEFT export's module names may not match "
+                "the base's (vLLM does not check; the exports are the `lora:` dirs of `punie up --dry-run`, and "
+                "one deleted is exported again), or server.vllm.extra_args replaces Punie's --lora-modules; "
+                "check the server log above and `punie check` on this profile")
+    if reason == "model-not-served":
+        return (f"the server serves other model ids (GET {plan.base_url}/models lists them); a server Punie did "
+                f"not start must serve the base as {plan.base_model_id or 'base'!r} and each profile's LoRA under "
+                "the profile's name")
     if reason == "adapter-not-applied":
         if plan.external:
             return ("restart that server with the adapter (mlx_lm.server --adapter-path DIR), and send no "

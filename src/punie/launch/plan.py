@@ -70,6 +70,10 @@ class LaunchPlan(_Frozen):
     canary: ExpectedCanary | None = Field(
         None, description="The adapter's canary: the readiness probe proves the server applies the adapter."
     )
+    member_canaries: tuple[ExpectedCanary, ...] = Field(
+        (), description="vLLM group: the other members' canaries, each sent to its own LoRA id once the server "
+        "answers (any one answering without its adapter refuses the whole group)."
+    )
     # vLLM (punie.launch.vllm): the engine, the model id the probe and agent send (None: no
     # model field, as mlx_lm needs), the base's id, LoRA id -> exported PEFT dir, profile -> id.
     backend: Literal["mlx", "vllm"] = "mlx"
@@ -128,9 +132,11 @@ class LaunchPlan(_Frozen):
             ready = f"canary of {self.canary.adapter} (top-{self.canary.canary.top_k} first-token logprobs)"
         else:
             ready = "1-token chat completion"
+        lines.append(f"ready:     {ready} on {self.base_url}"
+                     + (f" (model {self.model_id})" if self.model_id else "") + f" within {self.ready_timeout:g}s")
+        for member in self.member_canaries:
+            lines.append(f"  then:    canary of {member.adapter} (model {member.model})")
         lines += [
-            f"ready:     {ready} on {self.base_url}"
-            + (f" (model {self.model_id})" if self.model_id else "") + f" within {self.ready_timeout:g}s",
             f"agent:     {shlex.join(self.agent_argv)}",
             f"  cwd:     {self.cwd}",
             f"  log:     {self.agent_log}",

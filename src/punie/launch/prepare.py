@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from punie.config.models import ResolvedProfile
+from punie.config.served import has_adapter
 from punie.errors import (
     AdapterError,
     CheckFailed,
@@ -109,13 +110,7 @@ def prepare(
         adapter = resolve_adapter_path(resolved)
     plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
     canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
-    if canary is None:
-        return plan
-    # A vLLM plan names the LoRA's model id (one server, several ids): the probe must send it.
-    model_id = getattr(plan, "model_id", None)
-    if model_id:
-        canary = canary.model_copy(update={"model": model_id})
-    return plan.model_copy(update={"canary": canary})
+    return plan if canary is None else plan.model_copy(update={"canary": canary})
 
 
 def expected_canary(
@@ -182,7 +177,10 @@ def prepare_vllm(
     """Check every member, resolve the base, export each adapter to PEFT (cached), build the plan.
 
     ``provision=False`` (a dry run) writes nothing: the plan names the cache
-    directories the exports will be written to.
+    directories the exports will be written to. Each member with an adapter gets
+    its canary (read from its mlx_lm adapter, where it was recorded) probed on its
+    own LoRA id: the lead's as the readiness probe, the others right after
+    (`vllm_canaries`).
     """
     from punie.adapters.peft import ensure_exported, exported_dir, plan_export
 
@@ -193,19 +191,48 @@ def prepare_vllm(
             run_check(m)
     lead = members[0]
     if lead.profile.server.url:
-        return build_vllm_plan(members, model_path=None, lora_dirs={}, python=python, log_dir=log_dir, group=group)
+        plan = build_vllm_plan(members, model_path=None, lora_dirs={}, python=python, log_dir=log_dir, group=group)
+        return vllm_canaries(plan, members, model_path=None, adapters={}, compute=provision)
     model = resolve_model_path(lead, provision=provision, progress=progress)  # type: ignore[arg-type]
     cache = state_dir(lead.project_dir) / PEFT_CACHE
     lora_dirs: dict[str, Path] = {}
+    sources: dict[str, Path] = {}
     max_rank = lead.profile.server.vllm.max_lora_rank
     for m in members:
         adapter = resolve_adapter_path(m)
         if adapter is not None:
+            sources[m.name] = adapter
             rank = plan_export(adapter).rank  # headers only; raises NotConvertible with the reason
             if rank > max_rank:  # each member was checked against its own options; the lead's rule here
                 raise ConfigError(f"{m.name}: its adapter has rank {rank}, above the server's max_lora_rank "
                                   f"{max_rank} (from {lead.name})",
                                   hint=f"set server.vllm.max_lora_rank in {lead.name}")
             lora_dirs[m.name] = ensure_exported(adapter, cache) if provision else exported_dir(adapter, cache)
-    return build_vllm_plan(members, model_path=model, lora_dirs=lora_dirs, python=python, log_dir=log_dir,
+    plan = build_vllm_plan(members, model_path=model, lora_dirs=lora_dirs, python=python, log_dir=log_dir,
                            group=group)
+    return vllm_canaries(plan, members, model_path=model, adapters=sources, compute=provision)
+
+
+def vllm_canaries(
+    plan: LaunchPlan,
+    members: Sequence[ResolvedProfile],
+    *,
+    model_path: Path | None,
+    adapters: Mapping[str, Path],
+    compute: bool,
+) -> LaunchPlan:
+    """``plan`` with each adapter member's canary aimed at its LoRA id (``plan.models``).
+
+    The lead's (whose id the agent and the readiness probe send) is ``plan.canary``,
+    the others ``plan.member_canaries``. ``adapters``: member -> its mlx_lm adapter
+    directory (empty with ``server.url``: `expected_canary` resolves the profile's).
+    """
+    found: dict[str, ExpectedCanary] = {}
+    for m in members:
+        if not has_adapter(m.profile):
+            continue
+        expected = expected_canary(m, model_path=model_path, adapter_path=adapters.get(m.name), compute=compute)
+        if expected is not None:
+            found[m.name] = expected.model_copy(update={"model": plan.models[m.name]})
+    lead = members[0].name
+    return plan.model_copy(update={"canary": found.pop(lead, None), "member_canaries": tuple(found.values())})

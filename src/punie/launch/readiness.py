@@ -16,6 +16,7 @@ generation thread died answers 503).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,8 +28,8 @@ from punie.net import is_loopback_url, owns_listener, port_in_use, server_root
 PROBE_BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 GENERATION_DIED = "generation thread died"
 
-__all__ = ["GENERATION_DIED", "PROBE_BODY", "ProbeFailed", "liveness_probe", "owner_problem", "port_in_use",
-           "wait_ready"]
+__all__ = ["GENERATION_DIED", "PROBE_BODY", "ProbeFailed", "liveness_probe", "model_not_served", "owner_problem",
+           "port_in_use", "wait_ready"]
 
 
 def owner_problem(pid: int, host: str, port: int) -> str | None:
@@ -65,6 +66,18 @@ async def liveness_probe(base_url: str, *, timeout: float) -> str | None:
     return None
 
 
+def model_not_served(status: int, text: str, model: object) -> str | None:
+    """What the server said when it does not serve the probe's ``model`` id (vLLM: HTTP 404
+    NotFoundError "The model `X` does not exist. Valid aliases: ..."), else None."""
+    if status != 404 or not isinstance(model, str) or "does not exist" not in text:
+        return None
+    try:
+        said = json.loads(text)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        said = text.strip()[:300]
+    return f"it does not serve the model id {model!r} (HTTP 404: {said})"
+
+
 async def wait_ready(
     base_url: str,
     *,
@@ -78,7 +91,9 @@ async def wait_ready(
 
     No overall timeout here: the caller cancels (it also watches the server
     process and log). Returns the seconds spent. Raises ProbeFailed when the
-    server says its generation thread died (a failed model or adapter load).
+    server says its generation thread died (a failed model or adapter load), or, when the probe names
+    a model id, that the server does not serve it (vLLM: HTTP 404 "The model `X` does not exist.",
+    which no wait fixes: its LoRAs are loaded before it listens).
     ``request`` (path, body) replaces the probe (the adapter canary of
     `punie.launch.canary`); ``on_answer`` is handed the answer that made it ready.
     ``model`` is sent as the plain probe's model id (vLLM: the LoRA the agent will use).
@@ -110,4 +125,6 @@ async def wait_ready(
             elif GENERATION_DIED in response.text:
                 detail = f"HTTP {response.status_code}: {response.text.strip()}"
                 raise ProbeFailed(LaunchReason.GENERATION_FAILED, detail)
+            elif (problem := model_not_served(response.status_code, response.text, body.get("model"))):
+                raise ProbeFailed(LaunchReason.MODEL_NOT_SERVED, problem)
             await anyio.sleep(interval)

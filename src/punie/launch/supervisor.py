@@ -33,7 +33,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from punie.errors import LaunchFailed, LaunchReason
-from punie.launch.canary import CanaryResult
+from punie.launch.canary import CanaryResult, ExpectedCanary
 from punie.launch.messages import headline as _headline
 from punie.launch.messages import hint as _hint
 from punie.launch.messages import quote as _quote
@@ -66,7 +66,7 @@ SERVER_FATAL_PATTERNS = {
 }
 # Restarting cannot fix these.
 _NOT_RESTARTABLE = {LaunchReason.PORT_BUSY, LaunchReason.ADAPTER_FAILED, LaunchReason.READY_TIMEOUT,
-                    LaunchReason.FOREIGN_SERVER, LaunchReason.ADAPTER_NOT_APPLIED}
+                    LaunchReason.FOREIGN_SERVER, LaunchReason.ADAPTER_NOT_APPLIED, LaunchReason.MODEL_NOT_SERVED}
 
 T = TypeVar("T")
 Failure = tuple[str, str]  # (reason code, detail)
@@ -89,6 +89,7 @@ class UpOutcome:
     restarts: int = 0
     forced: bool = False
     canary: dict[str, Any] | None = None  # what the readiness canary proved (CanaryResult.to_json)
+    canaries: tuple[dict[str, Any], ...] = ()  # every canary checked (vLLM group: one per LoRA id), in order
 
 
 async def _first(*waiters: Callable[[], Awaitable[T]]) -> T:
@@ -146,6 +147,7 @@ class _Supervisor:
     restarts: int = 0
     ready_seconds: float | None = None  # set when the server first answered
     canary: CanaryResult | None = None  # what the readiness probe proved about the adapter
+    canaries: list[CanaryResult] = field(default_factory=list)  # and every other canary (a vLLM group's LoRAs)
     t0: float = 0.0
     tg: TaskGroup | None = None  # output pumps and signals: they outlive the session
     session: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by _finish
@@ -185,6 +187,7 @@ class _Supervisor:
             ready_seconds=self.ready_seconds,
             restarts=self.restarts,
             canary=self.canary.to_json() if self.canary else None,
+            canaries=tuple(c.to_json() for c in self.canaries),
             server_returncode=self.server.returncode if self.server else None,
             agent_returncode=self.agent.returncode if self.agent else None,
         )
@@ -294,18 +297,27 @@ class _Supervisor:
         the process failing when it is ours)."""
 
         async def probe() -> Failure | None:
-            answers: list[dict[str, Any]] = []
-            expected = self.plan.canary
-            try:
-                await wait_ready(self.plan.base_url, interval=self.probe_interval, on_answer=answers.append,
-                                 request=expected.request() if expected else None, model=self.plan.model_id)
-            except ProbeFailed as exc:
-                reason = exc.reason
-                if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter:
-                    reason = LaunchReason.ADAPTER_FAILED
-                failure = (reason, exc.detail)
-                return await fatal.defer(failure) if fatal else failure
-            return self._judge_canary(answers[0]) if expected and answers else None
+            self.canary, self.canaries = None, []
+            # The lead's canary (or the plain probe) until the server answers; then each group
+            # member's canary on its own LoRA id (the server answers at once by then).
+            for index, expected in enumerate((self.plan.canary, *self.plan.member_canaries)):
+                if index > 0 and expected is None:
+                    continue
+                answers: list[dict[str, Any]] = []
+                try:
+                    await wait_ready(self.plan.base_url, interval=self.probe_interval, on_answer=answers.append,
+                                     request=expected.request() if expected else None, model=self.plan.model_id)
+                except ProbeFailed as exc:
+                    if exc.reason == LaunchReason.MODEL_NOT_SERVED and expected is not None:
+                        return self._judge_canary(expected, None, not_served=exc.detail)
+                    reason = exc.reason
+                    if reason == LaunchReason.GENERATION_FAILED and self.plan.adapter:
+                        reason = LaunchReason.ADAPTER_FAILED
+                    failure = (reason, exc.detail)
+                    return await fatal.defer(failure) if fatal else failure
+                if expected is not None and answers and (failure := self._judge_canary(expected, answers[0])):
+                    return failure
+            return None
 
         waiters: list[Callable[[], Awaitable[Failure | None]]] = [probe]
         if server is not None and fatal is not None:
@@ -314,10 +326,14 @@ class _Supervisor:
             return await _first(*waiters)
         return LaunchReason.READY_TIMEOUT, ""
 
-    def _judge_canary(self, answer: dict[str, Any]) -> Failure | None:
-        """The readiness answer against the adapter's canary: a failure when it proves the adapter absent."""
-        assert self.plan.canary is not None
-        result = self.canary = self.plan.canary.judge(answer)
+    def _judge_canary(self, expected: ExpectedCanary, answer: dict[str, Any] | None, *,
+                      not_served: str | None = None) -> Failure | None:
+        """A probe's answer against an adapter's canary (``not_served``: the server said it does not
+        serve the canary's model id): a failure when it proves the adapter absent."""
+        result = expected.not_served(not_served) if not_served is not None else expected.judge(answer)
+        if expected is self.plan.canary:
+            self.canary = result
+        self.canaries.append(result)
         if result.refuse:
             return LaunchReason.ADAPTER_NOT_APPLIED, result.message()
         logger.info("canary: %s", result.message())  # shown by the status line; logged for -v and tests
