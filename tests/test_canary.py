@@ -434,6 +434,8 @@ def test_one_lora_of_a_vllm_group_answering_as_the_base_refuses_the_group(tmp_pa
     assert "the server is answering without the adapter" in info.value.message
     assert "on model id 'two'" in info.value.message
     assert info.value.hint and "--lora-modules ID=PEFT_DIR" in info.value.hint
+    # the refusal carries what every canary found (the --format json status prints it)
+    assert [(c["model"], c["verdict"]) for c in info.value.canaries] == [("one", "adapter-active"), ("two", "base")]
 
 
 def test_a_lora_id_the_vllm_server_does_not_serve_is_refused_at_once(tmp_path: Path, fake_vllm) -> None:

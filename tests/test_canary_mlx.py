@@ -154,6 +154,7 @@ def test_punie_up_cli_refuses_with_a_clear_message(project: Path, bare_server: _
     assert "started the agent" not in proc.stderr
     status = next(json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{"))
     assert status["reason"] == "adapter-not-applied" and status["exit_code"] == 1
+    assert [c["verdict"] for c in status["canaries"]] == ["base"]
 
 
 def test_an_external_server_with_the_adapter_passes(project: Path, tiny_model: Path, tmp_path: Path) -> None:

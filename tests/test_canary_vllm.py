@@ -256,4 +256,5 @@ def test_a_lora_vllm_serves_as_the_base_refuses_the_group_with_the_log_tail(buil
     assert "started the agent" not in text
     status = _status(text)
     assert status["reason"] == "adapter-not-applied" and status["exit_code"] == 1
+    assert [(c["model"], c["verdict"]) for c in status["canaries"]] == [("one", "adapter-active"), ("two", "base")]
     assert not _gone(port), "vLLM processes outlived punie up"

@@ -7,8 +7,9 @@ codes (0 ok, 1 problems found, 2 usage or configuration error).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
+from typing import Any
 
 
 class PunieError(Exception):
@@ -105,11 +106,14 @@ class LaunchReason(StrEnum):
 
 
 class LaunchFailed(LaunchError):
-    """The server (or a child) never became ready. ``reason`` is a `LaunchReason`, ``log_tail`` the last lines."""
+    """The server (or a child) never became ready. ``reason`` is a `LaunchReason`, ``log_tail`` the last lines,
+    ``canaries`` what the readiness canaries found before the refusal (``CanaryResult.to_json``, in order)."""
 
-    def __init__(self, reason: str, message: str, *, log_tail: Sequence[str] = (), hint: str | None = None):
+    def __init__(self, reason: str, message: str, *, log_tail: Sequence[str] = (), hint: str | None = None,
+                 canaries: Sequence[Mapping[str, Any]] = ()):
         self.reason = LaunchReason(reason) if reason in LaunchReason._value2member_map_ else reason
         self.log_tail = list(log_tail)
+        self.canaries = [dict(c) for c in canaries]
         super().__init__(message, hint=hint)
 
 

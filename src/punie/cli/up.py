@@ -88,7 +88,7 @@ def up_command(
     except LaunchFailed as exc:
         if fmt == "json" and not dry_run:  # the status of a session that never got ready (e.g. no adapter)
             click.echo(json.dumps({"profile": name, "reason": exc.reason, "exit_code": exc.exit_code,
-                                   "message": exc.message}), err=True)
+                                   "message": exc.message, "canaries": exc.canaries}), err=True)
         raise
     if dry_run:
         assert outcome.plan is not None

@@ -235,7 +235,8 @@ class _Supervisor:
             failure = await self._wait_ready()
             if failure is not None:
                 reason, detail = failure
-                raise LaunchFailed(reason, _headline(reason, detail, plan), hint=_hint(reason, plan))
+                raise LaunchFailed(reason, _headline(reason, detail, plan), hint=_hint(reason, plan),
+                                   canaries=[c.to_json() for c in self.canaries])
             self._ready(task_status)
             return
         for folder in plan.ensure_dirs:
@@ -391,7 +392,8 @@ class _Supervisor:
             return True
         message = _headline(reason, detail, self.plan) + _quote(tail, "server", self.plan.server_log)
         if self.ready_seconds is None:
-            raise LaunchFailed(reason, message, log_tail=tail, hint=_hint(reason, self.plan))
+            raise LaunchFailed(reason, message, log_tail=tail, hint=_hint(reason, self.plan),
+                               canaries=[c.to_json() for c in self.canaries])
         self._finish(UpOutcome(reason=reason, exit_code=1, message=message))
         return False
 
