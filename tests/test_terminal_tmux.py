@@ -172,43 +172,135 @@ def test_editing_history_spinner_cancel_and_quit(tmp_path: Path, term: Tmux) -> 
     term.wait_text(pane, r"^punie> what is here\npunie>\s*$|^punie>\s*$")
     term.wait_for(pane, lambda s: s.rstrip().splitlines()[-1].rstrip() == "punie>", "the cleared line")
     assert not term.exited(pane)
+    # A failed turn says why on the screen and the loop goes on.
+    term.type(pane, "hello")
+    term.send(pane, "Enter")
+    term.wait_text(pane, r"^punie: error: cannot reach the model server at http://127\.0\.0\.1:9/v1.*\n"
+                         r"(\s+hint: .*\n)?punie>\s*$")
     term.send(pane, "C-d")  # ...and Ctrl-D on an empty line quits
     assert term.exit_status(pane) == 0, term.screen(pane)
     _clean(term.screen(pane))
     assert wait_gone(term.token) == []
 
 
-def _model(body: dict[str, Any]) -> Reply:
-    """Readiness probe -> ok; a user's question -> a list_files call; the tool's result -> the answer."""
-    if not body.get("tools"):
-        return text_reply("ok")
-    if body["messages"][-1]["role"] == "tool":
-        return text_reply("Files: notes.txt.")
-    return tool_call_reply(("list_files", {}), content="Let me look.")
+def _model(hold: threading.Event) -> Any:
+    """Readiness probe -> ok; a question -> a list_files call (the second one only once ``hold`` is set);
+    the tool's result -> the answer."""
+    questions = []
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if not body.get("tools"):
+            return text_reply("ok")
+        if body["messages"][-1]["role"] == "tool":
+            return text_reply("Files: notes.txt.")
+        questions.append(body)
+        if len(questions) > 1:
+            hold.wait(timeout=60)
+        return tool_call_reply(("list_files", {}), content="Let me look.")
+
+    return reply
 
 
-def test_punie_up_in_a_terminal_shows_tool_lines_in_order(tmp_path: Path, term: Tmux) -> None:
-    """Under `punie up` the agent's stderr is relayed by the supervisor: nothing of the terminal mode goes there."""
+def test_punie_up_in_a_terminal_shows_tool_lines_in_order_and_ctrl_c_stops_a_turn(tmp_path: Path, term: Tmux) -> None:
+    """Under `punie up` the agent's stderr is relayed by the supervisor, and the agent is in a session of its
+    own (the terminal's SIGINT goes to the supervisor): the terminal mode writes nothing to stderr and reads
+    Ctrl-C as a key."""
     project = tmp_path / "proj"
     project.mkdir()
     (project / "notes.txt").write_text("hello\n")
-    with serve([_model] * 20) as fake:
-        (project / "punie.toml").write_text(
-            f'[profiles.ext.server]\nurl = "{fake.url.removesuffix("/v1")}"\nready_timeout = 10\n')
-        pane = term.start(_punie("up", "ext"), env=_env(tmp_path), cwd=project)
+    hold = threading.Event()
+    with serve([_model(hold)] * 20) as fake:
+        try:
+            (project / "punie.toml").write_text(
+                f'[profiles.ext.server]\nurl = "{fake.url.removesuffix("/v1")}"\nready_timeout = 10\n')
+            pane = term.start(_punie("up", "ext"), env=_env(tmp_path), cwd=project)
+            term.wait_text(pane, PROMPT_LINE, timeout=30)
+            term.type(pane, "list the files")
+            term.send(pane, "Enter")
+            screen = term.wait_for(pane, lambda s: re.search(r"^Files: notes\.txt\.\npunie>\s*$", s, re.M),
+                                   "the answer and the next prompt")
+            lines = screen.splitlines()
+            asked = _index(lines, r"^punie> list the files$")  # the agent's prompt, not relayed as "agent | ..."
+            text = _index(lines, r"^Let me look\.$", asked)
+            tool = _index(lines, r"^  tool list_files\(path='\.', recursive=True\) -> ok: notes\.txt \(\+1 lines\)$",
+                          text)
+            answer = _index(lines, r"^Files: notes\.txt\.$", tool)
+            assert asked < text < tool < answer
+            _clean(screen)
+
+            term.type(pane, "again")
+            term.send(pane, "Enter")
+            term.wait_for(pane, lambda s: SPINNER.search(s.split("Files: notes.txt.")[-1]), "the spinner")
+            term.send(pane, "C-c")  # stops the turn, not punie up
+            term.wait_text(pane, r"^punie: turn cancelled\npunie>\s*$")
+            assert not term.exited(pane)
+            term.send(pane, "C-c")  # the agent quits on an empty line; punie up stops with it
+            assert term.exit_status(pane, timeout=30) == 0, term.screen(pane)
+            _clean(term.screen(pane))
+            assert wait_gone(term.token) == []
+        finally:
+            hold.set()
+
+
+def test_a_permission_is_asked_on_the_terminal_and_ctrl_c_there_cancels_the_turn(tmp_path: Path, term: Tmux) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    script = [tool_call_reply(("write_file", {"path": "yes.txt", "content": "y\n"})), text_reply("Written."),
+              tool_call_reply(("write_file", {"path": "no.txt", "content": "n\n"})), text_reply("never shown")]
+    question = r"^punie: allow write_file: .*\? \[y/N/a\(lways\)\]"
+    with serve(script) as fake:
+        pane = term.start(_punie("serve", "--model", f"local:{fake.url}"), env=_env(tmp_path), cwd=workspace)
         term.wait_text(pane, PROMPT_LINE, timeout=30)
-        term.type(pane, "list the files")
+        term.type(pane, "write yes")
         term.send(pane, "Enter")
-        screen = term.wait_for(pane, lambda s: re.search(r"^Files: notes\.txt\.\npunie>\s*$", s, re.M),
-                               "the answer and the next prompt")
-        lines = screen.splitlines()
-        asked = _index(lines, r"^punie> list the files$")  # the agent's prompt, not relayed as "agent | ..."
-        text = _index(lines, r"^Let me look\.$", asked)
-        tool = _index(lines, r"^  tool list_files\(path='\.', recursive=True\) -> ok: notes\.txt \(\+1 lines\)$", text)
-        answer = _index(lines, r"^Files: notes\.txt\.$", tool)
-        assert asked < text < tool < answer
-        _clean(screen)
-        term.send(pane, "C-d")  # the agent quits; punie up stops with it
-        assert term.exit_status(pane, timeout=30) == 0, term.screen(pane)
+        term.wait_text(pane, question)
+        term.type(pane, "y")
+        term.send(pane, "Enter")
+        term.wait_text(pane, r"^Written\.\npunie>\s*$")
+        assert (workspace / "yes.txt").read_text() == "y\n"
+        screen = term.screen(pane)
+        assert re.search(question + r" y\n  tool write_file\(.*\) -> ok: wrote 2 bytes to yes\.txt\nWritten\.$",
+                         screen, re.M), screen
+
+        term.type(pane, "write no")
+        term.send(pane, "Enter")
+        term.wait_for(pane, lambda s: len(re.findall(question, s, re.M)) == 2, "the second question")
+        term.send(pane, "C-c")
+        term.wait_text(pane, r"^punie: turn cancelled\npunie>\s*$")
+        assert not (workspace / "no.txt").exists()
+        assert len(fake.requests) == 3  # the cancelled turn asked the model nothing more
+        term.send(pane, "C-d")
+        assert term.exit_status(pane) == 0, term.screen(pane)
         _clean(term.screen(pane))
         assert wait_gone(term.token) == []
+
+
+def test_ask_on_a_terminal_shows_the_spinner_and_ctrl_c_stops_it(tmp_path: Path, term: Tmux) -> None:
+    go = threading.Event()
+    script = [_gated(go, tool_call_reply(("list_files", {}))), text_reply("Two files."),
+              _gated(threading.Event(), text_reply("never shown"))]
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "notes.txt").write_text("hello\n")
+    with serve(script) as fake:
+        try:
+            (project / "punie.toml").write_text(f'[profiles.ext.server]\nurl = "{fake.url.removesuffix("/v1")}"\n')
+            pane = term.start(_punie("ask", "what is here?"), env=_env(tmp_path), cwd=project)
+            term.wait_for(pane, _spinner_seconds, "the spinner", timeout=30)
+            go.set()
+            assert term.exit_status(pane) == 0, term.screen(pane)
+            screen = term.screen(pane)
+            assert re.search(r"^  tool list_files\(.*\) -> ok: notes\.txt.*\nTwo files\.$", screen, re.M), screen
+            assert "working" not in screen
+            _clean(screen)
+
+            pane = term.start(_punie("ask", "again?"), env=_env(tmp_path), cwd=project)
+            term.wait_for(pane, _spinner_seconds, "the spinner", timeout=30)
+            term.send(pane, "C-c")
+            assert term.exit_status(pane) == 130, term.screen(pane)
+            screen = term.screen(pane)
+            assert "punie: turn cancelled" in screen and "working" not in screen, screen
+            _clean(screen)
+            assert wait_gone(term.token) == []
+        finally:
+            go.set()

@@ -73,8 +73,10 @@ class Tmux:
         # The exit status is written by the shell that waited for the program: tmux's own
         # #{pane_dead_status} was seen to stay empty (the pane's process left a zombie).
         program = "env -i " + " ".join(shlex.quote(f"{k}={v}") for k, v in full_env.items()) + " " + shlex.join(argv)
-        command = f"{program}; echo $? > {shlex.quote(str(status))}.tmp && mv {shlex.quote(str(status))}.tmp " \
-                  f"{shlex.quote(str(status))}"
+        # trap: a Ctrl-C the terminal turns into SIGINT reaches the shell too (one process group);
+        # it must outlive the program to write the status (a trap, unlike an ignore, is not inherited).
+        command = f"trap : INT; {program}; echo $? > {shlex.quote(str(status))}.tmp && " \
+                  f"mv {shlex.quote(str(status))}.tmp {shlex.quote(str(status))}"
         shell = shlex.join(["sh", "-c", command])
         if self._windows == 1:
             self._run("new-session", "-d", "-s", "t", "-n", name, "-x", str(self.width), "-y", str(self.height),

@@ -176,18 +176,35 @@ def _sharing_profiles(profile: str, config: str | None) -> dict[str, Any]:
 @click.pass_context
 def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: str | None,
                 overrides: tuple[str, ...], fmt: str) -> None:
-    """Run one agent turn in the terminal and print the tool calls and the answer."""
+    """Run one agent turn in the terminal and print the tool calls and the answer.
+
+    With stderr on a terminal a spinner shows while the model works and each
+    tool call is shown as it ends. Ctrl-C stops the turn (exit code 130).
+    """
     from punie.agent.permissions import terminal_asker
     from punie.agent.runner import build_agent, run_turn_sync
+    from punie.cli.terminal import Screen, spinning_turn
 
     target = _load_target(state_of(ctx), profile, overrides, base_url)
-    agent = build_agent(target.options, target.base_url, permission_asker=terminal_asker(),
+    screen = Screen(sys.stderr) if sys.stderr.isatty() else None
+    asker = terminal_asker()
+    agent = build_agent(target.options, target.base_url, permission_asker=screen.pausing(asker) if screen else asker,
                         base_dir=target.base_dir, model_name=target.model_name)
-    result = run_turn_sync(agent, prompt)
+    try:
+        if screen is not None:
+            result = asyncio.run(spinning_turn(agent, prompt, screen, show_tools=fmt != "json"))
+        else:
+            result = run_turn_sync(agent, prompt)
+    except KeyboardInterrupt:
+        if screen is not None:
+            screen.end_line()
+        say("turn cancelled")
+        ctx.exit(130)
     if fmt == "json":
         echo_json(result.to_json())
         return
-    render_tool_calls(result.tool_calls)
+    if screen is None:  # on a terminal they were shown as each call ended
+        render_tool_calls(result.tool_calls)
     click.echo(result.answer)
 
 

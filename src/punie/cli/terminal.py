@@ -36,7 +36,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -169,6 +169,27 @@ class Screen:
             self.tick()
             await asyncio.sleep(SPINNER_INTERVAL)
 
+    @contextlib.asynccontextmanager
+    async def spinning(self) -> AsyncIterator[None]:
+        """Busy (the spinner turning) for the block; erased at its end, however it ends."""
+        self.busy()
+        task = asyncio.create_task(self.spin())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.idle()
+
+    def pausing(self, asker: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+        """``asker`` with the spinner paused while it asks (it writes its own question)."""
+        async def ask(request: Any) -> Any:
+            with self.pause():
+                self.end_line()
+                return await asker(request)
+        return ask
+
     def _erase(self) -> None:
         if self._drawn:
             self.stream.write(ERASE_LINE)
@@ -275,6 +296,7 @@ class TerminalLoop:
         """Run one turn on the screen; the conversation's messages after it (None: cancelled or failed)."""
         from punie.agent.runner import run_turn
         from punie.agent.tools import ToolHooks
+        from punie.cli._common import error_line
         from punie.errors import AgentError
 
         screen = self.screen
@@ -291,23 +313,18 @@ class TerminalLoop:
         task = asyncio.create_task(run_turn(agent, prompt, history=history, on_text=on_text,
                                             hooks=ToolHooks(on_end=on_tool, on_invalid=on_tool)))
         self._turn = task
-        screen.busy()
-        spinner = asyncio.create_task(screen.spin())
         try:
-            with self._cancel_keys(task):
-                await asyncio.wait({task})
+            async with screen.spinning():
+                with self._cancel_keys(task):
+                    await asyncio.wait({task})
         finally:
-            spinner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await spinner
-            screen.idle()
             self._turn = None
         if task.cancelled():
             screen.line(CANCELLED)
             return None
         exc = task.exception()
         if isinstance(exc, AgentError):
-            screen.line(f"punie: error: {exc.render()}")
+            screen.line(error_line(exc))
             return None
         if exc is not None:
             raise exc
@@ -344,6 +361,22 @@ class TerminalLoop:
             finally:
                 with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
                     loop.remove_signal_handler(signal.SIGINT)
+
+
+async def spinning_turn(agent: Any, prompt: str, screen: Screen, *, show_tools: bool = True) -> Any:
+    """One turn of ``punie ask`` with stderr on a terminal: the spinner, and each tool line as the call ends.
+
+    The answer is not streamed: it goes to stdout once the turn is over (stdout may be a file).
+    """
+    from punie.agent.runner import run_turn
+    from punie.agent.tools import ToolHooks
+
+    async def on_tool(record: Any) -> None:
+        screen.line(tool_line(record))
+
+    hooks = ToolHooks(on_end=on_tool, on_invalid=on_tool) if show_tools else None
+    async with screen.spinning():
+        return await run_turn(agent, prompt, hooks=hooks)
 
 
 def run_terminal(build: Callable[[Any], Any]) -> None:
