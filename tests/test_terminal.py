@@ -31,6 +31,11 @@ def _screen(encoding: str = "utf-8") -> tuple[Screen, io.TextIOWrapper, Clock]:
     return Screen(stream, clock=clock), stream, clock
 
 
+@pytest.fixture(autouse=True)
+def _a_real_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm")
+
+
 def _text(stream: io.TextIOWrapper) -> str:
     return stream.buffer.getvalue().decode(stream.encoding)  # type: ignore[attr-defined]
 
@@ -70,6 +75,14 @@ def test_no_spinner_while_paused_or_when_disabled() -> None:
     quiet.spinner = False
     quiet.busy()
     quiet.tick()
+    assert _text(stream) == ""
+
+
+def test_no_spinner_on_a_dumb_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "dumb")
+    screen, stream, _ = _screen()
+    screen.busy()
+    screen.tick()
     assert _text(stream) == ""
 
 

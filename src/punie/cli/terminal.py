@@ -24,6 +24,11 @@ uses the plain line loop.
   Ctrl-C clears a line with text; Ctrl-C or Ctrl-D on an empty line quits
   (exit status 0).
 
+``punie ask`` with stderr on a terminal uses the same :class:`Screen` there
+(:func:`spinning_turn`): the spinner and each tool line as the call ends; the
+answer goes to stdout when the turn is over. No spinner when the stream is not
+a terminal (or ``TERM=dumb``).
+
 prompt_toolkit is imported only when the loop starts, so importing this module
 costs nothing (``punie ask`` imports it for :func:`tool_line`).
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -95,9 +101,11 @@ class Screen:
     :meth:`write` erases it first.
     """
 
-    def __init__(self, stream: TextIO, *, spinner: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, stream: TextIO, *, spinner: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
-        self.spinner = spinner
+        # A dumb terminal cannot erase a line: no spinner there (unless asked for).
+        self.spinner = spinner if spinner is not None else os.environ.get("TERM") != "dumb"
         self.clock = clock
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
         self.frames = SPINNER_FRAMES if encoding == "utf8" else ASCII_FRAMES
