@@ -1,7 +1,8 @@
 """Drive real terminal programs in a private tmux server: type with send-keys, read with capture-pane.
 
 Each :class:`Tmux` is its own server (``tmux -L <unique socket> -f <its own conf>``),
-so nothing of the developer's tmux is seen or touched; :meth:`Tmux.kill` ends it.
+so nothing of the developer's tmux is seen or touched; :meth:`Tmux.kill` ends it
+and removes its socket.
 Panes stay after their program exits (``remain-on-exit``), so the last screen
 can still be captured; the exit status is written by the shell that ran the
 program (:meth:`Tmux.exit_status`).
@@ -15,6 +16,7 @@ environment was scrubbed, such as the agent's run_command processes).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -133,8 +135,12 @@ class Tmux:
         return int(path.read_text())
 
     def kill(self) -> None:
-        """End the server (and whatever still runs in its panes)."""
+        """End the server (and whatever still runs in its panes) and remove its socket (tmux leaves it)."""
+        socket_path = self._run("display-message", "-p", "#{socket_path}", check=False).strip()
         self._run("kill-server", check=False)
+        if socket_path.endswith(self.socket):
+            with contextlib.suppress(OSError):
+                os.unlink(socket_path)
 
 
 def processes_with(token: str) -> list[int]:
