@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +125,57 @@ def test_serve_local_url_runs_the_agent(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "It holds content.\n"
     assert fake.requests[0]["model"] == "default_model"
+    # Not a terminal: the plain loop (tool lines on stderr, no spinner, no escape sequences).
+    assert "tool read_file(path='f.txt') -> ok: content" in result.stderr
+    assert "working" not in result.stderr and "\x1b" not in result.stderr + result.stdout
+
+
+#: Words of the pydantic-ai / Logfire first-run banner.
+BANNER_WORDS = ("observability", "logfire", "PYDANTIC_AI_NO_BANNER", "opentelemetry")
+
+
+def _run_with_stderr_on_a_terminal(args: list[str], cwd: Path, stdin: str = "") -> tuple[int, str, str]:
+    """Run punie with stderr on a pseudo-terminal (where a first-run banner is shown) and without the
+    variables that hide it (CI, PYTEST_VERSION): exit code, stdout, what reached the terminal."""
+    master, slave = os.openpty()
+    hiding = ("CI", "PYTEST_VERSION", "PYDANTIC_AI_NO_BANNER")
+    env = {k: v for k, v in os.environ.items() if k not in hiding}
+    seen: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the last writer closed the terminal
+                return
+            if not data:
+                return
+            seen.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "punie", *args], input=stdin, stdout=subprocess.PIPE,
+                              stderr=slave, text=True, env=env, cwd=cwd, timeout=60)
+    finally:
+        os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    return proc.returncode, proc.stdout, b"".join(seen).decode(errors="replace")
+
+
+@pytest.mark.parametrize("command", ["ask", "serve"])
+def test_no_third_party_banner_on_a_terminal(tmp_path: Path, command: str) -> None:
+    with serve([text_reply("Plain answer.")]) as fake:
+        config = _project(tmp_path, fake.url)
+        args = (["--config", str(config), "ask", "hi"] if command == "ask" else
+                ["serve", "--model", f"local:{fake.url}", "--mode", "repl"])
+        code, out, terminal = _run_with_stderr_on_a_terminal(args, tmp_path, stdin="hi\n")
+    assert code == 0, terminal
+    assert out == "Plain answer.\n"
+    assert fake.requests, "no turn ran: the banner would not have had a chance to show"
+    lowered = (out + terminal).lower()
+    assert not [w for w in BANNER_WORDS if w.lower() in lowered], terminal
 
 
 @pytest.mark.parametrize("extra", [["--port", "8081"], ["--adapter", "a"], ["--host", "127.0.0.1"]])

@@ -220,6 +220,31 @@ def test_hooks_see_every_tool_call(workspace: Path) -> None:
     assert sorted(events) == sorted([("start", "list_files"), ("end", "ok"), ("start", "read_file"), ("end", "ok")])
 
 
+def test_calls_that_never_reach_a_tool_are_heard_in_order_with_the_text(workspace: Path) -> None:
+    """What the terminal shows as it happens: text, then each call (malformed ones too), then the answer."""
+    from punie.agent.tools import ToolHooks
+
+    seen: list[tuple[str, str]] = []
+
+    async def on_text(piece: str) -> None:
+        seen.append(("text", piece))
+
+    async def on_end(record: ToolCallRecord) -> None:
+        seen.append((record.status, record.name))
+
+    script = [tool_call_reply(("read_file", '{"path": '), ("nosuch", {}), ("list_files", {}), content="Let me look."),
+              text_reply("Done.")]
+    with serve(script) as fake:
+        agent = build_agent(_options(), fake.url, base_dir=workspace)
+        result = asyncio.run(run_turn(agent, "x", on_text=on_text,
+                                      hooks=ToolHooks(on_end=on_end, on_invalid=on_end)))
+    assert seen == [("text", "Let me look."), ("invalid", "read_file"), ("invalid", "nosuch"), ("ok", "list_files"),
+                    ("text", "Done.")]
+    invalid = [c for c in result.tool_calls if c.status == "invalid"]
+    assert [c.name for c in invalid] == ["read_file", "nosuch"]
+    assert "Unknown tool name: 'nosuch'" in invalid[1].result
+
+
 def test_turn_result_json_round_trips(workspace: Path) -> None:
     with serve([tool_call_reply(("read_file", {"path": "notes.txt"})), text_reply("fine")]) as fake:
         result = run_turn_sync(build_agent(_options(), fake.url, base_dir=workspace), "x")

@@ -1,4 +1,5 @@
-"""Where Punie keeps files: its cache, the project state folder, the Hugging Face cache; the umask."""
+"""Where Punie keeps files: its cache, the project state folder (and what is in it), the Hugging Face cache;
+the umask."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def cache_dir() -> Path:
 def state_dir(project_dir: str | Path) -> Path:
     """The project's own state folder (`.punie/`: logs, composed adapters)."""
     return Path(project_dir) / ".punie"
+
+
+def history_file(project_dir: str | Path) -> Path:
+    """The terminal mode's prompt history for a workspace (`.punie/history`, one entry per prompt)."""
+    return state_dir(project_dir) / "history"
 
 
 def hf_hub_cache(env: Mapping[str, str] | None = None) -> Path:

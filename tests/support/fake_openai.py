@@ -8,7 +8,8 @@ records the request body, so a test can assert what the agent sent (the
 Replies are built with :func:`text_reply`, :func:`tool_call_reply` and
 :func:`error_reply`. Non-streaming and streaming (SSE) requests are both
 answered. When the script is used up the server answers 500 with a message
-saying so, which makes a test that loops forever fail loudly.
+saying so, which makes a test that loops forever fail loudly. ``GET /health``
+answers 200, as mlx_lm.server does (``punie up`` probes it on a running server).
 """
 
 from __future__ import annotations
@@ -135,7 +136,9 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             fake.paths.append(self.path)
-            if self.path.rstrip("/").endswith("/models"):
+            if self.path.rstrip("/") == "/health":  # mlx_lm.server's, which `punie up` probes
+                self._send_json(200, {"status": "ok"})
+            elif self.path.rstrip("/").endswith("/models"):
                 self._send_json(200, {"object": "list", "data": [{"id": "default_model", "object": "model"}]})
             else:
                 self._send_json(404, {"error": "not found"})

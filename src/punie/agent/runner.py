@@ -290,14 +290,17 @@ async def run_turn(
     With ``on_text`` the model's answers are streamed and every piece of text
     is handed to it as it arrives (the ACP server forwards them to the IDE);
     ``on_thought`` gets the model's thinking (``<think>`` blocks) the same way.
+    ``hooks.on_invalid`` hears of calls that never reached a tool, in the model's order.
     ``files``/``commands`` are the backends of :mod:`punie.agent.backends`
     (default: the disk and local processes).
     """
     from pydantic_ai.exceptions import AgentRunError
     from pydantic_ai.usage import UsageLimits
 
+    hooks = hooks or ToolHooks()
     deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy,
-                    hooks=hooks or ToolHooks(), files=files, commands=commands)
+                    hooks=hooks, files=files, commands=commands)
+    streamed = on_text or on_thought or hooks.on_invalid
     logger.info("turn against %s (workspace %s)", agent.base_url, deps.workspace.root)
     try:
         result = await agent.agent.run(
@@ -305,7 +308,7 @@ async def run_turn(
             deps=deps,
             message_history=list(history) if history else None,
             usage_limits=UsageLimits(request_limit=agent.options.max_turns),
-            event_stream_handler=_text_streamer(on_text, on_thought) if (on_text or on_thought) else None,
+            event_stream_handler=_event_handler(on_text, on_thought, hooks.on_invalid) if streamed else None,
         )
     except AgentRunError as exc:
         raise _agent_error(exc, agent) from exc
@@ -326,15 +329,21 @@ async def run_turn(
     )
 
 
-def _text_streamer(on_text: Callable[[str], Awaitable[None]] | None,
-                   on_thought: Callable[[str], Awaitable[None]] | None = None) -> Any:
+def _event_handler(on_text: Callable[[str], Awaitable[None]] | None,
+                   on_thought: Callable[[str], Awaitable[None]] | None = None,
+                   on_invalid: Callable[[ToolCallRecord], Awaitable[None]] | None = None) -> Any:
     """A pydantic-ai event stream handler handing text (and thinking) deltas to the callbacks.
 
     Text goes through a :class:`TagFilter` per text part, so template markup
     (``<|im_end|>``, ``<tool_response>``, a ``<tool_call>`` written as text)
     never reaches the user, even when a tag is split across two deltas.
+    A tool call whose arguments failed validation (or that names no tool) is
+    handed to ``on_invalid`` when its retry feedback is known: it never reaches
+    a tool, so the tool hooks do not hear of it.
     """
     from pydantic_ai.messages import (
+        FunctionToolCallEvent,
+        FunctionToolResultEvent,
         PartDeltaEvent,
         PartEndEvent,
         PartStartEvent,
@@ -346,6 +355,7 @@ def _text_streamer(on_text: Callable[[str], Awaitable[None]] | None,
 
     async def handler(ctx: Any, events: Any) -> None:
         filters: dict[int, TagFilter] = {}
+        invalid: dict[str, Any] = {}  # tool_call_id -> the call, until its feedback arrives
 
         async def text(index: int, piece: str, end: bool = False) -> None:
             f = filters.setdefault(index, TagFilter())
@@ -367,6 +377,20 @@ def _text_streamer(on_text: Callable[[str], Awaitable[None]] | None,
                 piece = getattr(part, "content_delta", None)
             elif isinstance(event, PartEndEvent) and isinstance(event.part, TextPart):
                 await text(event.index, "", end=True)
+                continue
+            elif isinstance(event, FunctionToolCallEvent):
+                if event.args_valid is False and on_invalid:
+                    invalid[event.part.tool_call_id] = event.part
+                continue
+            elif isinstance(event, FunctionToolResultEvent):
+                call = invalid.pop(event.part.tool_call_id, None)
+                if call is not None and on_invalid:
+                    record = ToolCallRecord(id=call.tool_call_id, name=call.tool_name, args=_parse_args(call.args),
+                                            status="invalid", result=_feedback(event.part))
+                    try:
+                        await on_invalid(record)
+                    except Exception:  # a display callback must not fail the turn
+                        logger.exception("on_invalid hook failed")
                 continue
             if not piece or not isinstance(piece, str):
                 continue

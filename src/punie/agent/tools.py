@@ -72,6 +72,9 @@ class ToolHooks:
 
     on_start: Callable[[str, str, dict[str, Any]], Awaitable[None]] | None = None
     on_end: Callable[[ToolCallRecord], Awaitable[None]] | None = None
+    #: A call that never reached its tool (malformed arguments, unknown tool): its record has status
+    #: ``invalid`` and the feedback the model was given. Called in the model's order among the others.
+    on_invalid: Callable[[ToolCallRecord], Awaitable[None]] | None = None
 
 
 @dataclass

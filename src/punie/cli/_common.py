@@ -55,10 +55,16 @@ def say(message: str) -> None:
     click.echo(f"{PREFIX}: {message}", err=True)
 
 
-def print_error(error: PunieError | str) -> None:
-    """The one way an error reaches the user: ``punie: error: MESSAGE`` on stderr."""
+def error_line(error: PunieError | str) -> str:
+    """The one wording of an error for the user: ``punie: error: MESSAGE``."""
     text = error.render() if isinstance(error, PunieError) else error
-    click.echo(f"{PREFIX}: error: {text}", err=True)
+    return f"{PREFIX}: error: {text}"
+
+
+def print_error(error: PunieError | str) -> None:
+    """The one way an error reaches the user: :func:`error_line` on stderr (the terminal mode shows it
+    on its screen instead)."""
+    click.echo(error_line(error), err=True)
 
 
 def print_outcome(message: str | None, exit_code: int) -> None:

@@ -2,8 +2,10 @@
 
 * ``punie agent --base-url URL --options JSON`` is what the supervisor starts:
   ACP over stdio (stdout is the protocol, logs go to stderr). When stdin is a
-  terminal it is a simple interactive loop instead (prompt and tool calls on
-  stderr, answers on stdout), so a person running ``punie up`` can talk to it.
+  terminal it is the interactive loop instead, so a person running ``punie up``
+  can talk to it: the terminal mode of :mod:`punie.cli.terminal` when stdout is
+  a terminal too, else a plain line loop (prompt and tool calls on stderr,
+  answers on stdout).
 * ``punie ask "PROMPT"`` runs one turn against a profile's server and prints
   the tool calls (stderr) and the answer (stdout), or both as JSON.
 * ``punie serve --model local:URL`` runs the agent against a running server;
@@ -33,27 +35,16 @@ from punie.cli._common import (
     set_option,
     state_of,
 )
+from punie.cli.terminal import is_terminal, tool_line
 from punie.errors import AgentError, UsageError
 
 LOCAL_PREFIX = "local:"
 
 
-def _format_args(args: Any) -> str:
-    if not isinstance(args, dict):
-        return repr(args)[:120]
-    shown = []
-    for key, value in args.items():
-        text = repr(value)
-        if len(text) > 60:
-            text = text[:57] + "...'"
-        shown.append(f"{key}={text}")
-    return ", ".join(shown)
-
-
 def render_tool_calls(calls: Sequence[Any]) -> None:
     """One line per tool call on stderr: name(args) -> status: summary."""
     for call in calls:
-        click.echo(f"  tool {call.name}({_format_args(call.args)}) -> {call.status}: {call.summary}", err=True)
+        click.echo(tool_line(call), err=True)
 
 
 def _load_target(state: State, profile: str | None, overrides: Sequence[str], base_url: str | None) -> Any:
@@ -65,6 +56,7 @@ def _load_target(state: State, profile: str | None, overrides: Sequence[str], ba
 
 
 async def _repl(agent: Any) -> None:
+    """The plain line loop, for a stdin or stdout that is not a terminal (punie.cli.terminal otherwise)."""
     from punie.agent.runner import run_turn
 
     say(f"agent on {agent.base_url}, workspace {agent.workspace.root} (Ctrl-D to quit)")
@@ -111,8 +103,16 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
     from punie.agent.permissions import terminal_asker
     from punie.agent.runner import build_agent
 
-    agent = build_agent(options, base_url, permission_asker=terminal_asker(), base_dir=base_dir,
-                        **({"model_name": model_name} if model_name else {}))
+    def build(asker: Any) -> Any:
+        return build_agent(options, base_url, permission_asker=asker, base_dir=base_dir,
+                           **({"model_name": model_name} if model_name else {}))
+
+    if is_terminal():  # line editing, history, spinner, Ctrl-C stops a turn
+        from punie.cli.terminal import run_terminal
+
+        run_terminal(build)
+        return
+    agent = build(terminal_asker())
     try:
         asyncio.run(_repl(agent))
     except KeyboardInterrupt:
@@ -176,18 +176,35 @@ def _sharing_profiles(profile: str, config: str | None) -> dict[str, Any]:
 @click.pass_context
 def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: str | None,
                 overrides: tuple[str, ...], fmt: str) -> None:
-    """Run one agent turn in the terminal and print the tool calls and the answer."""
+    """Run one agent turn in the terminal and print the tool calls and the answer.
+
+    With stderr on a terminal a spinner shows while the model works and each
+    tool call is shown as it ends. Ctrl-C stops the turn (exit code 130).
+    """
     from punie.agent.permissions import terminal_asker
     from punie.agent.runner import build_agent, run_turn_sync
+    from punie.cli.terminal import Screen, spinning_turn
 
     target = _load_target(state_of(ctx), profile, overrides, base_url)
-    agent = build_agent(target.options, target.base_url, permission_asker=terminal_asker(),
+    screen = Screen(sys.stderr) if sys.stderr.isatty() else None
+    asker = terminal_asker()
+    agent = build_agent(target.options, target.base_url, permission_asker=screen.pausing(asker) if screen else asker,
                         base_dir=target.base_dir, model_name=target.model_name)
-    result = run_turn_sync(agent, prompt)
+    try:
+        if screen is not None:
+            result = asyncio.run(spinning_turn(agent, prompt, screen, show_tools=fmt != "json"))
+        else:
+            result = run_turn_sync(agent, prompt)
+    except KeyboardInterrupt:
+        if screen is not None:
+            screen.end_line()
+        say("turn cancelled")
+        ctx.exit(130)
     if fmt == "json":
         echo_json(result.to_json())
         return
-    render_tool_calls(result.tool_calls)
+    if screen is None:  # on a terminal they were shown as each call ended
+        render_tool_calls(result.tool_calls)
     click.echo(result.answer)
 
 
