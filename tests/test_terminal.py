@@ -109,6 +109,12 @@ def test_tool_line_shortens_long_arguments() -> None:
     assert len(line) < 140
 
 
+def test_tool_line_says_the_status_once() -> None:
+    record = ToolCallRecord(id="2", name="read_file", args={"path": "t.py"}, status="error",
+                            result="error: no such file: 't.py'")
+    assert tool_line(record) == "  tool read_file(path='t.py') -> error: no such file: 't.py'"
+
+
 def test_not_a_terminal_without_ttys(tmp_path: Path) -> None:
     with open(tmp_path / "f", "w+") as fh:
         assert not is_terminal(fh, fh)

@@ -82,7 +82,10 @@ def _format_args(args: Any) -> str:
 
 def tool_line(call: Any) -> str:
     """How a tool call is shown: ``  tool name(args) -> status: summary``."""
-    return f"  tool {call.name}({_format_args(call.args)}) -> {call.status}: {call.summary}"
+    summary = call.summary
+    if summary.startswith(f"{call.status}: "):  # the model's text of a failure says "error: ..." itself
+        summary = summary[len(call.status) + 2:]
+    return f"  tool {call.name}({_format_args(call.args)}) -> {call.status}: {summary}"
 
 
 def elapsed_text(seconds: float) -> str:
