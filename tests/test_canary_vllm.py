@@ -39,18 +39,7 @@ from tests.support.vllm_env import server_processes, vllm_python
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.mlx, pytest.mark.timeout(600)]
 pytest.importorskip("mlx_lm")
 
-TOML = """
-[defaults.server]
-backend = "vllm"
-ready_timeout = 300
-
-[defaults.server.vllm]
-python = "{python}"
-dtype = "float32"
-max_model_len = 512
-extra_args = ["--enforce-eager"]
-env = {{ VLLM_CPU_KVCACHE_SPACE = "1" }}
-
+PROFILES = """
 [profiles.one]
 model = "model"
 adapter = "alpha"
@@ -81,11 +70,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     python = vllm_python()
     root = tmp_path_factory.mktemp("vllm-canary")
-    tiny.build_tiny_model(root / "model", **tiny.VLLM_TINY)
-    data = tiny.write_chat_dataset(root / "data")
-    tiny.train_tiny_adapter(root / "model", root / "adapters" / "alpha", data, iters=6, learning_rate=2e-3)
-    tiny.train_tiny_adapter(root / "model", root / "adapters" / "beta", data, iters=6, rank=8, learning_rate=1e-2)
-    (root / "punie.toml").write_text(TOML.format(python=python))
+    tiny.build_vllm_assets(root)
+    (root / "punie.toml").write_text(tiny.vllm_defaults_toml(python, ready_timeout=300, max_model_len=512) + PROFILES)
     for adapter, profile in (("alpha", "one"), ("beta", "two")):
         result = CliRunner().invoke(main, ["--config", str(root / "punie.toml"), "adapters", "stamp", adapter,
                                            "--base", profile])

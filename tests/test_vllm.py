@@ -31,22 +31,9 @@ def vllm_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project: the head_dim-64 tiny model, two adapters trained with mlx_lm, vLLM profiles."""
     python = _vllm_python()
     root = tmp_path_factory.mktemp("vllm-project")
-    tiny.build_tiny_model(root / "model", **tiny.VLLM_TINY)
-    data = tiny.write_chat_dataset(root / "data")
-    tiny.train_tiny_adapter(root / "model", root / "adapters" / "alpha", data, iters=6, learning_rate=2e-3)
-    tiny.train_tiny_adapter(root / "model", root / "adapters" / "beta", data, iters=6, rank=8, learning_rate=1e-2)
-    (root / "punie.toml").write_text(f"""
-[defaults.server]
-backend = "vllm"
-ready_timeout = 900
-
-[defaults.server.vllm]
-python = "{python}"
-dtype = "float32"
-max_model_len = 4096  # the agent's tool prompt on a byte-level tokenizer
-extra_args = ["--enforce-eager"]
-env = {{ VLLM_CPU_KVCACHE_SPACE = "1" }}
-
+    tiny.build_vllm_assets(root)
+    # max_model_len 4096: the agent's tool prompt on a byte-level tokenizer
+    (root / "punie.toml").write_text(tiny.vllm_defaults_toml(python, ready_timeout=900, max_model_len=4096) + """
 [profiles.one]
 model = "model"
 adapter = "alpha"

@@ -183,3 +183,30 @@ def train_tiny_adapter(
     if proc.returncode != 0:
         raise RuntimeError(f"mlx_lm lora failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return out
+
+
+def build_vllm_assets(root: Path) -> None:
+    """Under ``root``: ``model``, the head_dim-64 tiny model vLLM accepts, and ``adapters/alpha`` and
+    ``adapters/beta``, two adapters trained with mlx_lm (rank 4 and 8) far enough from the base for the
+    canary to tell them apart (2.2 and 1.5 nats; a default 3-iteration adapter is only 0.025 away)."""
+    build_tiny_model(root / "model", **VLLM_TINY)
+    data = write_chat_dataset(root / "data")
+    train_tiny_adapter(root / "model", root / "adapters" / "alpha", data, iters=6, learning_rate=2e-3)
+    train_tiny_adapter(root / "model", root / "adapters" / "beta", data, iters=6, rank=8, learning_rate=1e-2)
+
+
+def vllm_defaults_toml(python: str, *, ready_timeout: int, max_model_len: int) -> str:
+    """The ``[defaults.server]`` of a test project served by vLLM on this machine's CPU (float32, eager,
+    1 GiB of KV cache: see ../shared/notes/vllm-facts.md)."""
+    return f"""
+[defaults.server]
+backend = "vllm"
+ready_timeout = {ready_timeout}
+
+[defaults.server.vllm]
+python = "{python}"
+dtype = "float32"
+max_model_len = {max_model_len}
+extra_args = ["--enforce-eager"]
+env = {{ VLLM_CPU_KVCACHE_SPACE = "1" }}
+"""
