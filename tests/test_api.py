@@ -226,8 +226,11 @@ def test_serve_leaves_nothing_after_keyboard_interrupt(tmp_path: Path, tiny_mode
     resolved = _tiny_profile(tmp_path, tiny_model, tiny_adapter)
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(f"""
-        import anyio, sys
+        import anyio, signal, sys
         import punie.api as punie
+
+        # As in a terminal: a launcher that ran us as a background job leaves SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         async def main():
             profile = punie.load_profile("tiny", {str(tmp_path / 'punie.toml')!r})
