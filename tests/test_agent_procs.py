@@ -18,6 +18,7 @@ import pytest
 
 from punie.agent.tools import run_command_impl
 from punie.agent.workspace import Workspace
+from tests.support.launch_helpers import environ_has, live_pids
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes through /proc")
 
@@ -34,21 +35,7 @@ ESCAPES = (
 
 def marked(marker: str) -> list[int]:
     """Live (non-zombie) processes whose environment holds the marker."""
-    needle = f"PUNIE_TEST_MARK={marker}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as fh:
-                env = fh.read().split(b"\0")
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                state = fh.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in env and state != b"Z":
-            found.append(int(name))
-    return found
+    return live_pids(lambda pid: environ_has(pid, f"PUNIE_TEST_MARK={marker}"))
 
 
 def wait_until(condition: object, timeout: float = 15.0) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from punie.config.models import Profile, ResolvedProfile, ServerOptions
@@ -32,6 +33,34 @@ def alive(pid: int) -> bool:
             return False
         return True
     return state not in ("Z", "X")
+
+
+def live_pids(match: Callable[[int], bool]) -> list[int]:
+    """The live (non-zombie) processes for which ``match(pid)`` is true; a process that ends while
+    ``match`` reads its /proc entry (OSError) does not count."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            matched = match(int(entry))
+        except OSError:
+            continue
+        if matched and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def environ_has(pid: int, variable: str) -> bool:
+    """Whether ``pid``'s environment holds exactly ``variable`` (``NAME=value``)."""
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        return variable.encode() in fh.read().split(b"\0")
+
+
+def cmdline_of(pid: int) -> str:
+    """``pid``'s command line, its arguments joined by spaces."""
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        return fh.read().replace(b"\0", b" ").decode(errors="replace")
 
 
 def pids(path: Path) -> list[int]:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.launch_helpers import environ_has, live_pids
+
 TOKEN_VAR = "TMUX_TEST_TOKEN"
 #: PUNIE_REQUIRE_TMUX=1 (set by .ci/run) turns a missing tmux into a failure instead of a skip.
 #: Read at import: the tests' autouse fixture removes every PUNIE_ variable before a test runs.
@@ -145,22 +147,7 @@ class Tmux:
 
 def processes_with(token: str) -> list[int]:
     """The live processes whose environment holds ``TMUX_TEST_TOKEN=token`` (zombies excluded)."""
-    needle = f"{TOKEN_VAR}={token}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                if needle not in fh.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            found.append(int(entry))
-    return found
+    return live_pids(lambda pid: environ_has(pid, f"{TOKEN_VAR}={token}"))
 
 
 def wait_gone(token: str, timeout: float = 10.0) -> list[int]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.launch_helpers import cmdline_of, live_pids
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,17 +29,9 @@ def vllm_python() -> str:
 
 def server_processes(port: int) -> list[int]:
     """Pids of live vLLM server processes started with ``--port PORT`` (zombies excluded)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if "vllm" in cmd and f"--port {port} " in cmd + " " and state != "Z":
-            found.append(int(entry))
-    return found
+
+    def serves(pid: int) -> bool:
+        cmd = cmdline_of(pid)
+        return "vllm" in cmd and f"--port {port} " in cmd + " "
+
+    return live_pids(serves)
