@@ -112,7 +112,8 @@ def test_eval_cli_compares_profiles_and_stores_score(tmp_path: Path, tiny_adapte
                                            "--suite", str(suite_file), "--record"])
     assert result.exit_code == 0, result.output + result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["case", "plain", "demo"]
+    assert lines[0].split() == ["case", "category", "plain", "demo", "outcome"]
+    assert lines[2].split() == ["r", "read_file", "0.00", "1.00", "win"]
     assert next(x for x in lines if x.startswith("total")).split() == ["total", "0.25", "1.00"]
     assert "(+0.75)" in result.stdout
     meta = read_meta(tmp_path / "adapters" / "tool")
@@ -142,8 +143,8 @@ def test_eval_writes_results_under_dot_punie_and_leaves_the_adapter_alone(tmp_pa
     report = json.loads(result.stdout)
     assert report["stored_in"] is None
     assert (meta_file.read_bytes() if meta_file.exists() else None) == before
-    (saved,) = (tmp_path / ".punie" / "eval").iterdir()
-    assert saved.name.startswith("demo-mini-") and saved.suffix == ".json"
+    (saved,) = (tmp_path / ".punie" / "eval").glob("*.json")
+    assert saved.name.startswith("demo-vs-plain-")
     assert report["saved_to"] == str(saved)
     assert json.loads(saved.read_text())["candidate"]["score"] == report["candidate"]["score"] == 1.0
 

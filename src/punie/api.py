@@ -5,8 +5,9 @@
 
     profile = punie.load_profile("tool-calling")
     report = punie.check([profile])                  # the report `punie check --format json` prints
-    result = punie.evaluate(profile, baseline=True)  # baseline vs adapter, servers managed for you
-    print(result.baseline_score, result.score, result.improvement)
+    result = punie.evaluate(profile, baseline=True,  # baseline vs adapter, servers managed for you
+                            on_event=punie.print_progress)  # case i/n and an ETA on stderr
+    print(result.baseline_score, result.score, result.improvement, result.interval, result.verdict)
 
     async def main() -> None:
         async with punie.serve(profile) as server:   # same plan, guard and readiness as `punie up`
@@ -26,13 +27,14 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from punie.config.models import Profile, ResolvedProfile
 from punie.errors import (
     AdapterError,
     CheckFailed,
     ConfigError,
+    GateFailed,
     LaunchError,
     ModelError,
     PunieError,
@@ -44,7 +46,8 @@ if TYPE_CHECKING:
     from punie.adapters.registry import AdapterInfo
     from punie.checks.report import Problem, ProfileReport, Report
     from punie.launch.server import Server
-    from punie.training.evaluate import EvalEvent, EvalReport, SuiteResult
+    from punie.training.evaluate import CaseOutcome, Comparison, EvalEvent, EvalReport, SuiteResult
+    from punie.training.stats import PairedComparison
     from punie.training.suite import CaseResult
 
 # The result types are imported on first use: `punie check` calls `check` and must not pay for
@@ -55,6 +58,10 @@ _LAZY = {
     "ProfileReport": "punie.checks.report",
     "Report": "punie.checks.report",
     "EvalReport": "punie.training.evaluate",
+    "EvalEvent": "punie.training.evaluate",
+    "CaseOutcome": "punie.training.evaluate",
+    "Comparison": "punie.training.evaluate",
+    "PairedComparison": "punie.training.stats",
     "SuiteResult": "punie.training.evaluate",
     "CaseResult": "punie.training.suite",
     "Server": "punie.launch.server",
@@ -72,13 +79,18 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AdapterError",
     "AdapterInfo",
+    "CaseOutcome",
     "CaseResult",
     "CheckFailed",
+    "Comparison",
     "ConfigError",
+    "EvalEvent",
     "EvalReport",
     "Evaluation",
+    "GateFailed",
     "LaunchError",
     "ModelError",
+    "PairedComparison",
     "Problem",
     "Profile",
     "ProfileReport",
@@ -97,6 +109,7 @@ __all__ = [
     "list_adapters",
     "load_profile",
     "load_profiles",
+    "print_progress",
     "record_evaluation",
     "serve",
 ]
@@ -225,10 +238,10 @@ async def serve(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """`evaluate`'s result: the adapter's score against its baseline on one suite.
+    """`evaluate`'s result: the paired A/B of the adapter (candidate) against its baseline on one suite.
 
-    ``report`` is the full `EvalReport` (per-case results of both sides) that ``punie eval``
-    renders; the properties are its headline numbers.
+    ``report`` is the full `EvalReport` (per-case results of both sides, the paired statistics per
+    category) that ``punie eval`` renders; the properties are its headline numbers.
     """
 
     report: EvalReport
@@ -253,6 +266,40 @@ class Evaluation:
         return self.report.delta
 
     @property
+    def comparison(self) -> Comparison:
+        """The paired statistics of the greedy answers: ``overall`` and per ``categories`` (a
+        `PairedComparison` each: win/tie/loss, the difference with its interval, McNemar)."""
+        if self.report.greedy is None:
+            raise TrainingError("this report has no paired comparison")
+        return self.report.greedy
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95% paired bootstrap interval (low, high) of ``score - baseline_score``."""
+        d = self.comparison.overall.difference
+        return (d.low, d.high)
+
+    @property
+    def verdict(self) -> str:
+        """``better``, ``worse`` (the interval excludes 0 on that side) or ``inconclusive``."""
+        return self.comparison.overall.verdict
+
+    @property
+    def p_value(self) -> float:
+        """McNemar's exact two-sided p-value on pass/fail."""
+        return self.comparison.overall.mcnemar.p_value
+
+    @property
+    def gate_passed(self) -> bool | None:
+        """Whether the ``gate`` asked of `evaluate` passed (None: no gate asked)."""
+        return None if self.report.gate is None else self.report.gate.passed
+
+    @property
+    def outcomes(self) -> list[CaseOutcome]:
+        """Every case: its category, both scores and pass/fail, ``win``/``tie``/``loss``."""
+        return list(self.report.outcomes)
+
+    @property
     def cases(self) -> dict[str, float]:
         """Per-case scores of the adapter side."""
         return {c.id: c.score for c in self.report.candidate.cases}
@@ -263,6 +310,15 @@ class Evaluation:
         return {c.id: c.score for c in self.report.baseline.cases}
 
 
+def print_progress(event: EvalEvent) -> None:
+    """A ready-made ``on_event`` for `evaluate`: one line per server start and per answer, with the
+    case number and an ETA, on stderr (``label: case 3/60 read-readme 1.00 (7/240, ETA 2m05s)``)."""
+    import sys
+
+    if event.kind in ("server", "case"):
+        print(event.describe(), file=sys.stderr, flush=True)
+
+
 def evaluate(
     profile: ResolvedProfile | str | None = None,
     *,
@@ -271,15 +327,23 @@ def evaluate(
     record: bool = False,
     on_event: Callable[[EvalEvent], object] | None = None,
     results_dir: str | os.PathLike[str] | None = None,
+    samples: int = 0,
+    gate: Literal["better", "not-worse"] | None = None,
+    seed: int = 0,
 ) -> Evaluation:
-    """Score ``profile`` on an eval suite against a baseline, servers started and stopped for you.
+    """Score ``profile`` on an eval suite against a baseline, servers started and stopped for you:
+    a paired A/B (win/tie/loss, the mean difference with a bootstrap 95% interval, McNemar's exact
+    test; overall and per category).
 
     ``suite``: a shipped suite name or a suite file (default: the tool-calling suite).
     ``baseline``: True compares with the same profile without its adapter; a profile (or name)
-    compares with that one instead. ``record=True`` stores the result in the adapter's
-    ``punie-adapter.json`` (as ``punie eval --record``); `record_evaluation` does it later.
-    ``on_event`` hears the progress (servers, cases); ``results_dir`` also gets the report as
-    JSON (``punie eval`` writes it under ``.punie/eval/``).
+    compares with that one instead. ``samples``: also ask every case that many times at each
+    profile's temperature. ``gate``: ``"better"`` or ``"not-worse"``, its verdict in
+    ``gate_passed`` (nothing is raised). ``seed``: the bootstrap's. ``record=True`` stores the
+    result in the adapter's ``punie-adapter.json`` (as ``punie eval --record``);
+    `record_evaluation` does it later. ``on_event`` hears the progress (servers, every answer with
+    ``done``/``planned`` and ``eta_seconds``; `print_progress` prints it); ``results_dir`` also
+    gets the report as JSON, Markdown and a chart (``punie eval`` writes them under ``.punie/eval/``).
     """
     from punie.training.evaluate import evaluate_profile
 
@@ -289,7 +353,8 @@ def evaluate(
     vs = None if baseline is True else _resolved(baseline)
     report = evaluate_profile(resolved, vs=vs, suite=Path(suite) if isinstance(suite, os.PathLike) else suite,
                               store=record, on_event=on_event,
-                              results_dir=Path(results_dir) if results_dir is not None else None)
+                              results_dir=Path(results_dir) if results_dir is not None else None,
+                              samples=samples, gate=gate, seed=seed)
     return Evaluation(report)
 
 

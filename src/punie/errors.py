@@ -146,6 +146,11 @@ class TrainingError(PunieError):
     """Training or evaluation could not run (bad dataset, mlx_lm failure...)."""
 
 
+class GateFailed(PunieError):
+    """An evaluation ran and its CI gate failed (`punie eval --gate`): the candidate is significantly
+    worse, or not significantly better, than asked. Exit code 1: a problem found, not a usage error."""
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """Return a `did you mean 'x'?` hint for a misspelt ``word``, or None."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)

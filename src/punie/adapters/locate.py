@@ -63,6 +63,18 @@ def _usable(adapter_dir: Path) -> bool:
     return (adapter_dir / WEIGHTS_FILE).is_file()
 
 
+def best_key(meta: AdapterMeta) -> tuple[int, float, float]:
+    """How ``best`` ranks a scored adapter: by the lower bound of its score's interval, then its mean.
+
+    Records from before intervals (a mean only) rank below every adapter with an interval, among
+    themselves by their mean: a bare mean says nothing of how sure it is.
+    """
+    score = meta.score if meta.score is not None else float("-inf")
+    if meta.score_interval is not None:
+        return (1, meta.score_interval[0], score)
+    return (0, score, score)
+
+
 def resolve_adapter(spec: str, project_dir: str | Path, *, where: str | None = None) -> Path:
     """The adapter directory ``spec`` names (see the module docstring).
 
@@ -80,12 +92,12 @@ def resolve_adapter(spec: str, project_dir: str | Path, *, where: str | None = N
             )
         if spec == "latest":
             return max(candidates, key=lambda d: (_parse_time(created_of(d, _safe_meta(d))) or 0.0, d.name))
-        scored = [(m.score, d) for d in candidates if (m := _safe_meta(d)) is not None and m.score is not None]
+        scored = [(best_key(m), d) for d in candidates if (m := _safe_meta(d)) is not None and m.score is not None]
         if not scored:
             raise AdapterError(
                 f"adapter 'best': none of the {len(candidates)} adapters under {adapters_root(project)} has a score",
                 where=where,
-                hint="evaluate one with `punie eval PROFILE`",
+                hint="evaluate one with `punie eval PROFILE --record`",
             )
         return max(scored, key=lambda item: (item[0], item[1].name))[1]
     direct = Path(spec).expanduser()

@@ -43,6 +43,9 @@ class AdapterMeta(BaseModel):
     iters: int | None = Field(None, description="Training iterations.")
     created: str = Field(description="ISO-8601 time the adapter was written.")
     score: float | None = Field(None, description="Eval score of the adapter (0..1), if evaluated.")
+    score_interval: tuple[float, float] | None = Field(
+        None, description="95% bootstrap interval (low, high) of the eval score (`punie eval --record`): "
+        "adapter = \"best\" ranks by its lower bound.")
     eval: dict[str, Any] | None = Field(None, description="Last evaluation: suite, scores per case, baseline.")
     canary: Canary | None = Field(
         None, description="Logprob canary of the adapter on its base (`punie.adapters.canary`): checked at readiness."

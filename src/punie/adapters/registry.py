@@ -7,7 +7,7 @@ An adapter is an mlx_lm adapter directory (``adapter_config.json`` and
 - a path (relative paths resolve against the project directory),
 - a name under ``<project>/adapters/``,
 - ``latest`` (the newest ``created``; the weights' mtime when there is no metadata), or
-- ``best`` (the highest eval ``score``).
+- ``best`` (the highest lower bound of the eval score's interval; see `best_key`).
 
 `effective_adapter` is the single entry point for "which adapter directory
 does this profile serve" (one adapter, a composition of several, or none).
@@ -70,6 +70,7 @@ class AdapterInfo(BaseModel):
     size_bytes: int = 0
     created: str | None = None
     score: float | None = None
+    score_interval: tuple[float, float] | None = Field(None, description="Interval of the score (what best ranks by).")
     canary: bool | None = Field(None, description="Has a canary (readiness can prove it is applied); None: unreadable.")
     problem: str | None = Field(None, description="Why the directory is not a usable adapter, if it is not.")
 
@@ -145,6 +146,7 @@ def adapter_info(adapter_dir: str | Path) -> AdapterInfo:
         size_bytes=_dir_size(path),
         created=created_of(path, meta),
         score=meta.score if meta else None,
+        score_interval=meta.score_interval if meta else None,
         canary=_has_canary(meta),
         problem=problem,
     )

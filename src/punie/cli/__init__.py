@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "serve": "agent",
     "models": "models",
     "train": "train",
-    "eval": "train",
+    "eval": "evaluation",
     "adapters": "adapters",
     "ide": "ide",
     "completion": "completion",

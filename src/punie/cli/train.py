@@ -1,4 +1,4 @@
-"""CLI: `punie train PROFILE --data DIR` and `punie eval PROFILE [--vs OTHER]`."""
+"""CLI: `punie train PROFILE --data DIR` (`punie eval` lives in punie.cli.evaluation)."""
 
 from __future__ import annotations
 
@@ -123,80 +123,6 @@ def train_command(ctx: click.Context, profile: str | None, data: str, output: st
                    f"--set adapter={Path(result.adapter_dir).name} or adapter = \"latest\"", err=True)
 
 
-def _fmt(score: float | None) -> str:
-    return "-" if score is None else f"{score:.2f}"
-
-
-def render_report(report: Any) -> str:
-    """The comparison table of an EvalReport (cases, baseline, adapter, total)."""
-    base = report.baseline
-    cand = report.candidate
-    rows = [(c.id, _fmt(b.score), _fmt(c.score), (c.error or b.error or "")[:40])
-            for b, c in zip(base.cases, cand.cases, strict=True)]
-    heads = ("case", base.label, cand.label)
-    widths = [max(len(heads[i]), *(len(r[i]) for r in rows)) for i in range(3)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        text = "  ".join(v.ljust(w) for v, w in zip(row[:3], widths, strict=True))
-        lines.append((text + ("  " + row[3] if row[3] else "")).rstrip())
-    lines.append("  ".join("-" * w for w in widths))
-    lines.append("  ".join(v.ljust(w) for v, w in zip(("total", _fmt(base.score), _fmt(cand.score)), widths,
-                                                       strict=True)).rstrip())
-    sign = "+" if report.delta >= 0 else ""
-    lines.append(f"suite {report.suite}: {cand.label} {_fmt(cand.score)} vs {base.label} {_fmt(base.score)} "
-                 f"({sign}{report.delta:.2f})")
-    if report.stored_in:
-        lines.append(f"score recorded in {report.stored_in}/punie-adapter.json")
-    if report.saved_to:
-        lines.append(f"results written to {report.saved_to}")
-    return "\n".join(lines)
-
-
-@click.command("eval")
-@click.argument("profile", required=False, shell_complete=complete_profiles)
-@click.option("--vs", "vs", metavar="OTHER", shell_complete=complete_profiles,
-              help="Baseline profile (default: PROFILE without its adapter).")
-@click.option("--suite", "suite", metavar="NAME|FILE", help="Eval suite (default: the shipped tool-calling suite).")
-@click.option("--record", is_flag=True,
-              help="Record the score in the adapter's punie-adapter.json (what adapter = \"best\" ranks by).")
-@click.option("--no-store", is_flag=True, hidden=True, help="Deprecated: the score is recorded only with --record.")
-@format_option("json: the report as JSON.")
-@_SET
-@click.pass_context
-def eval_command(ctx: click.Context, profile: str | None, vs: str | None, suite: str | None, record: bool,
-                 no_store: bool, fmt: str, overrides: tuple[str, ...]) -> None:
-    """Score PROFILE (with its adapter) against a baseline on an eval suite.
-
-    Both are served by mlx_lm.server in turn on a free port; each case is a
-    prompt with the expected tool call and keywords, scored 0..1. The report is
-    written under .punie/eval/; with --record the score also goes into the
-    adapter's punie-adapter.json (used by adapter = "best").
-    """
-    from punie.api import evaluate
-    from punie.paths import state_dir
-
-    as_json = fmt == "json"
-    resolved = _load(ctx, profile, overrides)
-    other = _load(ctx, vs, overrides) if vs else None
-
-    def progress(event: Any) -> None:
-        if as_json:
-            return
-        if event.kind == "server":
-            say(event.message)
-        elif event.kind == "case" and event.case is not None:
-            say(f"{event.label}: [{event.index + 1}/{event.total}] {event.case.id} {event.case.score:.2f}")
-
-    report = evaluate(resolved, baseline=other or True, suite=suite, record=record and not no_store,
-                      on_event=progress, results_dir=state_dir(resolved.project_dir) / "eval").report
-    if as_json:
-        echo_json(report.model_dump(mode="json") | {"delta": report.delta})
-    else:
-        click.echo(render_report(report))
-
-
 def register(group: click.Group) -> None:
-    """Add `train` and `eval` to the top-level group."""
+    """Add `train` to the top-level group."""
     group.add_command(train_command)
-    group.add_command(eval_command)

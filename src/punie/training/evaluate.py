@@ -16,27 +16,67 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from punie.adapters.registry import effective_adapter, now_iso, read_meta, update_meta
 from punie.config.models import ResolvedProfile
 from punie.errors import LaunchError, LaunchFailed, TrainingError, UsageError
 from punie.net import free_port, is_loopback_url, openai_base_url
-from punie.training.suite import CaseResult, Suite, load_suite, request_body, score_case
+from punie.training.stats import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    Gate,
+    PairedComparison,
+    compare,
+    gate_passes,
+    mean_interval,
+)
+from punie.training.suite import CaseResult, EvalCase, Suite, load_suite, request_body, score_case
 
 logger = logging.getLogger(__name__)
 
 LOG_TAIL = 15
 
 
+#: A case passes when it gets full marks (unless the suite's result says otherwise: ``passed``).
+PASS_SCORE = 1.0
+#: Sampling temperature when ``samples`` are asked for and the profile sets none.
+DEFAULT_SAMPLE_TEMPERATURE = 0.7
+
+
+def case_category(case: EvalCase) -> str:
+    """The category a case is reported under: its ``category``, else its expected tool, else ``no-tool``."""
+    category = getattr(case, "category", None)
+    if isinstance(category, str) and category:
+        return category
+    if case.expect_tool:
+        return case.expect_tool
+    return "no-tool" if case.no_tool else "answer"
+
+
+def case_passed(result: CaseResult) -> bool:
+    """Pass/fail of one answer: the result's own ``passed`` when the suite sets it, else full marks."""
+    passed = getattr(result, "passed", None)
+    if isinstance(passed, bool):
+        return passed
+    return result.error is None and result.score >= PASS_SCORE - 1e-9
+
+
 class SuiteResult(BaseModel):
-    """One side of an evaluation: every case's result and the mean score."""
+    """One side of an evaluation: every case's result and the mean score.
+
+    ``cases`` are the greedy answers (temperature 0). With ``samples`` asked for,
+    ``sampled[i]`` holds the sampled answers to case ``i`` at ``temperature``.
+    ``interval`` is the bootstrap interval of ``score`` (what `adapter = "best"` ranks by).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -46,18 +86,67 @@ class SuiteResult(BaseModel):
     score: float
     cases: list[CaseResult]
     seconds: float
+    interval: tuple[float, float] | None = None
+    temperature: float | None = None
+    sampled: list[list[CaseResult]] = Field(default_factory=list)
+
+
+class CaseOutcome(BaseModel):
+    """One case of the A/B: both sides' scores, pass/fail and who won."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    category: str
+    baseline: float
+    candidate: float
+    baseline_passed: bool
+    candidate_passed: bool
+    outcome: Literal["win", "tie", "loss"]
+    sampled_baseline: float | None = Field(None, description="Mean score of the baseline's samples.")
+    sampled_candidate: float | None = Field(None, description="Mean score of the candidate's samples.")
+
+
+class Comparison(BaseModel):
+    """The paired statistics of one way of answering (``greedy`` or ``sampled``), overall and per category."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["greedy", "sampled"]
+    overall: PairedComparison
+    categories: dict[str, PairedComparison]
+
+
+class GateOutcome(BaseModel):
+    """What a CI gate (``better`` or ``not-worse``) decided on the greedy comparison, and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gate: Gate
+    passed: bool
+    reason: str
 
 
 class EvalReport(BaseModel):
-    """Baseline and candidate results of one suite, and where the score was stored."""
+    """Baseline and candidate results of one suite, their paired comparison, and where it was written.
+
+    ``greedy`` compares the greedy answers; ``sampled`` (with ``samples``) the per-case mean of
+    the sampled answers, a case passing when more than half of its samples pass.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     suite: str
     baseline: SuiteResult
     candidate: SuiteResult
+    outcomes: list[CaseOutcome] = Field(default_factory=list)
+    greedy: Comparison | None = None
+    sampled: Comparison | None = None
+    samples: int = 0
+    gate: GateOutcome | None = None
     stored_in: str | None = None
     saved_to: str | None = None
+    files: list[str] = Field(default_factory=list, description="Report files written (Markdown, chart).")
 
     @property
     def delta(self) -> float:
@@ -65,7 +154,7 @@ class EvalReport(BaseModel):
 
 
 class EvalEvent(BaseModel):
-    """Progress of an evaluation, for the CLI to render."""
+    """Progress of an evaluation (servers, then every answer with how many are done and an ETA)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -75,6 +164,32 @@ class EvalEvent(BaseModel):
     case: CaseResult | None = None
     index: int | None = None
     total: int | None = None
+    sample: int | None = Field(None, description="Which sample of the case (None: the greedy answer).")
+    done: int | None = Field(None, description="Answers received so far, both sides.")
+    planned: int | None = Field(None, description="Answers the whole evaluation asks for, both sides.")
+    eta_seconds: float | None = Field(None, description="Estimated seconds until the evaluation ends.")
+
+    def describe(self) -> str:
+        """One line for a person: ``label: case 3/60 read-readme 1.00 (7/240, ETA 2m05s)``."""
+        if self.kind != "case" or self.case is None or self.index is None:
+            return f"{self.label}: {self.message or self.kind}"
+        which = f" sample {self.sample + 1}" if self.sample is not None else ""
+        text = f"{self.label}: case {self.index + 1}/{self.total} {self.case.id}{which} {self.case.score:.2f}"
+        if self.done is not None and self.planned:
+            text += f" ({self.done}/{self.planned}"
+            text += f", ETA {_duration(self.eta_seconds)})" if self.eta_seconds is not None else ")"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def without_adapter(resolved: ResolvedProfile) -> ResolvedProfile:
@@ -132,6 +247,71 @@ def serve(resolved: ResolvedProfile, *, log_dir: Path) -> Iterator[tuple[str, st
             yield server.base_url, server.adapter
 
 
+def _ask(client: Any, url: str, body: dict[str, Any], case: EvalCase, label: str) -> CaseResult:
+    import httpx
+
+    try:
+        response = client.post(url, json=body)
+        response.raise_for_status()
+        message = response.json()["choices"][0]["message"]
+        return score_case(case, message)
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        logger.warning("%s: case %s failed: %s", label, case.id, exc)
+        return CaseResult(id=case.id, score=0.0, error=str(exc)[:300])
+
+
+AnswerCallback = Callable[[int, "int | None", CaseResult, float], None]
+"""``(case index, sample index or None for the greedy answer, result, seconds the request took)``."""
+
+
+def ask_suite(
+    base_url: str,
+    suite: Suite,
+    *,
+    label: str,
+    samples: int = 0,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    timeout: float = 120.0,
+    on_answer: AnswerCallback | None = None,
+) -> tuple[list[CaseResult], list[list[CaseResult]]]:
+    """Ask every case of ``suite`` at ``base_url`` (…/v1): the greedy answer, then ``samples`` more
+    at ``temperature`` (and ``top_p``). Returns (greedy results, sampled results per case)."""
+    import httpx
+
+    if samples and temperature is None:
+        raise UsageError("samples need a temperature")
+    greedy: list[CaseResult] = []
+    sampled: list[list[CaseResult]] = []
+    url = base_url.rstrip("/") + "/chat/completions"
+    with httpx.Client(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
+        for index, case in enumerate(suite.cases):
+            body = request_body(suite, case)
+            body["temperature"] = 0.0
+            started = time.monotonic()
+            result = _ask(client, url, body, case, label)
+            greedy.append(result)
+            if on_answer is not None:
+                on_answer(index, None, result, time.monotonic() - started)
+            answers: list[CaseResult] = []
+            for sample in range(samples):
+                body = request_body(suite, case) | {"temperature": temperature}
+                if top_p is not None:
+                    body["top_p"] = top_p
+                started = time.monotonic()
+                result = _ask(client, url, body, case, label)
+                answers.append(result)
+                if on_answer is not None:
+                    on_answer(index, sample, result, time.monotonic() - started)
+            if samples:
+                sampled.append(answers)
+    return greedy, sampled
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(sum(values) / len(values), 4)
+
+
 def run_suite(
     base_url: str,
     suite: Suite,
@@ -140,25 +320,47 @@ def run_suite(
     timeout: float = 120.0,
     on_case: Callable[[int, CaseResult], None] | None = None,
 ) -> tuple[float, list[CaseResult]]:
-    """Ask every case of ``suite`` at ``base_url`` (…/v1); return (mean score, results)."""
-    import httpx
+    """Ask every case of ``suite`` at ``base_url`` (…/v1) greedily; return (mean score, results)."""
 
-    results: list[CaseResult] = []
-    url = base_url.rstrip("/") + "/chat/completions"
-    with httpx.Client(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
-        for index, case in enumerate(suite.cases):
-            try:
-                response = client.post(url, json=request_body(suite, case))
-                response.raise_for_status()
-                message = response.json()["choices"][0]["message"]
-                result = score_case(case, message)
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
-                logger.warning("%s: case %s failed: %s", label, case.id, exc)
-                result = CaseResult(id=case.id, score=0.0, error=str(exc)[:300])
-            results.append(result)
-            if on_case is not None:
-                on_case(index, result)
-    return round(sum(r.score for r in results) / len(results), 4), results
+    def answered(index: int, sample: int | None, result: CaseResult, seconds: float) -> None:
+        if on_case is not None:
+            on_case(index, result)
+
+    results, _ = ask_suite(base_url, suite, label=label, timeout=timeout, on_answer=answered)
+    return _mean([r.score for r in results]), results
+
+
+def sampling_of(resolved: ResolvedProfile) -> tuple[float, float | None]:
+    """The (temperature, top_p) a profile samples at: the agent's, else the server's defaults.
+
+    With neither set, `DEFAULT_SAMPLE_TEMPERATURE` (a temperature of 0 is greedy: samples would
+    only repeat the greedy answer, which is refused where samples are asked for).
+    """
+    profile = resolved.profile
+    temperature = profile.agent.temperature
+    if temperature is None:
+        temperature = profile.server.temperature
+    if temperature is None:
+        temperature = DEFAULT_SAMPLE_TEMPERATURE
+    return temperature, profile.server.top_p
+
+
+class _Tracker:
+    """Counts the answers of both sides and estimates the time left from the time they took."""
+
+    def __init__(self, planned: int, sides: int):
+        self.planned = planned
+        self.done = 0
+        self.answer_seconds = 0.0
+        self.sides_left = sides
+        self.startup_seconds: float | None = None
+
+    def answered(self, seconds: float) -> float:
+        self.done += 1
+        self.answer_seconds += seconds
+        left = (self.answer_seconds / self.done) * (self.planned - self.done)
+        # The other side's server still has to start: about as long as this one took.
+        return left + (self.startup_seconds or 0.0) * max(0, self.sides_left - 1)
 
 
 def _side(
@@ -167,32 +369,117 @@ def _side(
     *,
     label: str,
     log_dir: Path,
-    on_event: Callable[[EvalEvent], None],
+    on_event: Callable[[EvalEvent], Any],
+    samples: int,
+    tracker: _Tracker,
+    confidence: float,
+    resamples: int,
+    seed: int,
 ) -> SuiteResult:
     started = time.monotonic()
     url = resolved.profile.server.url
     what = f"using the running server {url} for {label}" if url else f"starting mlx_lm.server for {label}"
     on_event(EvalEvent(kind="server", label=label, message=what))
+    temperature, top_p = sampling_of(resolved)
     with serve(resolved, log_dir=log_dir) as (base_url, adapter):
+        if tracker.startup_seconds is None:
+            tracker.startup_seconds = time.monotonic() - started
         on_event(EvalEvent(kind="ready", label=label, message=base_url))
+        total = len(suite.cases)
 
-        def case_done(index: int, result: CaseResult) -> None:
-            on_event(EvalEvent(kind="case", label=label, case=result, index=index, total=len(suite.cases)))
+        def answered(index: int, sample: int | None, result: CaseResult, seconds: float) -> None:
+            eta = tracker.answered(seconds)
+            on_event(EvalEvent(kind="case", label=label, case=result, index=index, total=total, sample=sample,
+                               done=tracker.done, planned=tracker.planned, eta_seconds=round(eta, 1)))
 
-        score, results = run_suite(base_url, suite, label=label, on_case=case_done)
+        results, sampled = ask_suite(base_url, suite, label=label, samples=samples, temperature=temperature,
+                                     top_p=top_p, on_answer=answered)
+    tracker.sides_left -= 1
     on_event(EvalEvent(kind="stopped", label=label))
+    scores = [r.score for r in results]
+    interval = mean_interval(scores, confidence=confidence, resamples=resamples, seed=seed)
     return SuiteResult(
-        label=label, profile=resolved.name, adapter=adapter, score=score, cases=results,
-        seconds=round(time.monotonic() - started, 2),
+        label=label, profile=resolved.name, adapter=adapter, score=_mean(scores), cases=results,
+        seconds=round(time.monotonic() - started, 2), interval=(round(interval.low, 4), round(interval.high, 4)),
+        temperature=temperature if samples else None, sampled=sampled,
     )
 
 
+def _comparison(mode: Literal["greedy", "sampled"], categories: list[str], a: list[float], b: list[float],
+                a_pass: list[bool], b_pass: list[bool], *, confidence: float, resamples: int,
+                seed: int) -> Comparison:
+    def stats(keep: list[int]) -> PairedComparison:
+        return compare([a[i] for i in keep], [b[i] for i in keep], [a_pass[i] for i in keep],
+                       [b_pass[i] for i in keep], confidence=confidence, resamples=resamples, seed=seed)
+
+    by_category: dict[str, list[int]] = {}
+    for i, category in enumerate(categories):
+        by_category.setdefault(category, []).append(i)
+    return Comparison(mode=mode, overall=stats(list(range(len(a)))),
+                      categories={name: stats(keep) for name, keep in sorted(by_category.items())})
+
+
+def compare_sides(
+    suite: Suite,
+    baseline: SuiteResult,
+    candidate: SuiteResult,
+    *,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    gate: Gate | None = None,
+) -> EvalReport:
+    """The paired A/B of two sides' results on ``suite``: per case, per category and overall.
+
+    Raises TrainingError when the results do not answer the suite's cases in order.
+    """
+    ids = [c.id for c in suite.cases]
+    for side in (baseline, candidate):
+        if [r.id for r in side.cases] != ids:
+            raise TrainingError(f"{side.label}: results do not answer the cases of suite {suite.name} in order")
+    categories = [case_category(c) for c in suite.cases]
+    a = [r.score for r in candidate.cases]
+    b = [r.score for r in baseline.cases]
+    a_pass = [case_passed(r) for r in candidate.cases]
+    b_pass = [case_passed(r) for r in baseline.cases]
+    greedy = _comparison("greedy", categories, a, b, a_pass, b_pass, confidence=confidence, resamples=resamples,
+                         seed=seed)
+    sampled = None
+    samples = len(candidate.sampled[0]) if candidate.sampled else 0
+    sa: list[float | None] = [None] * len(ids)
+    sb: list[float | None] = [None] * len(ids)
+    if samples and baseline.sampled:
+        sa_values = [sum(r.score for r in answers) / len(answers) for answers in candidate.sampled]
+        sb_values = [sum(r.score for r in answers) / len(answers) for answers in baseline.sampled]
+        sa_pass = [sum(map(case_passed, answers)) * 2 > len(answers) for answers in candidate.sampled]
+        sb_pass = [sum(map(case_passed, answers)) * 2 > len(answers) for answers in baseline.sampled]
+        sampled = _comparison("sampled", categories, sa_values, sb_values, sa_pass, sb_pass,
+                              confidence=confidence, resamples=resamples, seed=seed)
+        sa, sb = [round(v, 4) for v in sa_values], [round(v, 4) for v in sb_values]
+    outcomes = [
+        CaseOutcome(id=ids[i], category=categories[i], baseline=b[i], candidate=a[i], baseline_passed=b_pass[i],
+                    candidate_passed=a_pass[i],
+                    outcome="win" if a[i] - b[i] > 1e-9 else "loss" if b[i] - a[i] > 1e-9 else "tie",
+                    sampled_baseline=sb[i], sampled_candidate=sa[i])
+        for i in range(len(ids))
+    ]
+    verdict = None
+    if gate is not None:
+        passed, reason = gate_passes(greedy.overall, gate)
+        verdict = GateOutcome(gate=gate, passed=passed, reason=reason)
+    return EvalReport(suite=suite.name, baseline=baseline, candidate=candidate, outcomes=outcomes, greedy=greedy,
+                      sampled=sampled, samples=samples, gate=verdict)
+
+
 def store_result(adapter_dir: Path, report: EvalReport) -> Path:
-    """Record the score and the suite's results in the adapter's ``punie-adapter.json``."""
+    """Record the score, its interval and the suite's results in the adapter's ``punie-adapter.json``.
+
+    ``score_interval`` (the candidate's bootstrap interval) is what `adapter = "best"` ranks by.
+    """
     meta = read_meta(adapter_dir)
     previous = dict((meta.eval or {}) if meta else {})
     suites = dict(previous.get("suites") or {})
-    suites[report.suite] = {
+    entry: dict[str, Any] = {
         "score": report.candidate.score,
         "baseline_score": report.baseline.score,
         "baseline": report.baseline.label,
@@ -200,7 +487,17 @@ def store_result(adapter_dir: Path, report: EvalReport) -> Path:
         "cases": {c.id: {"score": c.score, "baseline": b.score} for c, b in zip(
             report.candidate.cases, report.baseline.cases, strict=True)},
     }
-    update_meta(adapter_dir, score=report.candidate.score, eval={"last_suite": report.suite, "suites": suites})
+    interval = report.candidate.interval
+    if interval is not None:
+        entry["interval"] = list(interval)
+    if report.greedy is not None:
+        d = report.greedy.overall.difference
+        entry["difference"] = {"mean": round(d.mean, 4), "low": round(d.low, 4), "high": round(d.high, 4),
+                               "confidence": d.confidence}
+        entry["mcnemar_p"] = report.greedy.overall.mcnemar.p_value
+    suites[report.suite] = entry
+    update_meta(adapter_dir, score=report.candidate.score, score_interval=interval,
+                eval={"last_suite": report.suite, "suites": suites})
     return adapter_dir
 
 
@@ -212,15 +509,24 @@ def evaluate_profile(
     store: bool = False,
     on_event: Callable[[EvalEvent], Any] | None = None,
     results_dir: Path | None = None,
+    samples: int = 0,
+    gate: Gate | None = None,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
 ) -> EvalReport:
-    """Run the suite against the baseline, then against the profile (with its adapter).
+    """Run the suite against the baseline, then against the profile (with its adapter), and compare.
 
-    The baseline is ``vs`` or the profile without adapter. The report is written
-    as JSON under ``results_dir`` (`punie eval` passes the project's .punie/eval);
-    the candidate's score is recorded in its adapter's metadata only with
-    ``store``. Raises UsageError when there is nothing to compare, LaunchError
-    when a server does not come up.
+    The baseline is ``vs`` or the profile without adapter. Every case is asked greedily, plus
+    ``samples`` times at each profile's temperature (`sampling_of`). The paired statistics
+    (`compare_sides`) use ``seed``; ``gate`` records a CI gate's verdict in the report (the CLI
+    turns a failed gate into exit code 1). The report is written as JSON, Markdown and a chart
+    under ``results_dir`` (`punie eval` passes the project's .punie/eval); the candidate's score
+    is recorded in its adapter's metadata only with ``store``. Raises UsageError when there is
+    nothing to compare, LaunchError when a server does not come up.
     """
+    if samples < 0:
+        raise UsageError(f"samples must be 0 or more, not {samples}")
     loaded = load_suite(suite)
     adapter_dir = effective_adapter(resolved)
     if adapter_dir is None and vs is None:
@@ -234,52 +540,96 @@ def evaluate_profile(
             f"profile '{resolved.name}' uses an external server (server.url): its baseline cannot be started",
             hint="compare with another profile: --vs OTHER",
         )
+    if samples:
+        for side in (baseline_profile, resolved):
+            if sampling_of(side)[0] == 0:
+                raise UsageError(
+                    f"profile '{side.name}' samples at temperature 0: its samples would repeat the greedy answer",
+                    hint=f"set a temperature: --set agent.temperature={DEFAULT_SAMPLE_TEMPERATURE}",
+                )
     emit = on_event or (lambda event: None)
     baseline_label = vs.name if vs is not None else f"{resolved.name} (no adapter)"
+    tracker = _Tracker(planned=2 * len(loaded.cases) * (1 + samples), sides=2)
     with tempfile.TemporaryDirectory(prefix="punie-eval-") as tmp:
         log_dir = Path(tmp)
         try:
-            baseline = _side(baseline_profile, loaded, label=baseline_label, log_dir=log_dir, on_event=emit)
-            candidate = _side(resolved, loaded, label=resolved.name, log_dir=log_dir, on_event=emit)
+            baseline, candidate = (
+                _side(side, loaded, label=label, log_dir=log_dir, on_event=emit, samples=samples, tracker=tracker,
+                      confidence=confidence, resamples=resamples, seed=seed)
+                for side, label in ((baseline_profile, baseline_label), (resolved, resolved.name))
+            )
         except LaunchError:
             raise
         except OSError as exc:
             raise TrainingError(f"evaluation failed: {exc}") from exc
-    report = EvalReport(suite=loaded.name, baseline=baseline, candidate=candidate)
+    report = compare_sides(loaded, baseline, candidate, gate=gate, confidence=confidence, resamples=resamples,
+                           seed=seed)
     if store and adapter_dir is not None:
         store_result(adapter_dir, report)
         report = report.model_copy(update={"stored_in": str(adapter_dir)})
     if results_dir is not None:
-        report = report.model_copy(update={"saved_to": str(save_report(report, results_dir))})
+        stem = report_stem(resolved.name, vs.name if vs is not None else None)
+        report = save_report(report, results_dir, stem=stem)
     return report
 
 
-def save_report(report: EvalReport, results_dir: Path) -> Path:
-    """Write ``report`` as ``PROFILE-SUITE-TIME.json`` in ``results_dir`` (created) and return the file."""
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def report_stem(candidate: str, baseline: str | None) -> str:
+    """``A-vs-B`` for the report files (``A-vs-no-adapter`` for the profile's own base)."""
+    def slug(name: str) -> str:
+        return _UNSAFE.sub("_", name).strip("._") or "profile"
+
+    return f"{slug(candidate)}-vs-{slug(baseline) if baseline is not None else 'no-adapter'}"
+
+
+def save_report(report: EvalReport, results_dir: Path, *, stem: str | None = None) -> EvalReport:
+    """Write ``STEM-TIME.json``, ``.md`` and (with matplotlib) ``.png`` in ``results_dir`` (created).
+
+    ``stem`` defaults to ``CANDIDATE-vs-BASELINE`` from the report's profiles. Returns the report
+    with ``saved_to`` (the JSON file) and ``files`` (the Markdown report and its chart) set.
+    """
     import datetime
 
+    from punie.training.report import write_markdown
+
+    if stem is None:
+        stem = report_stem(report.candidate.profile, report.baseline.profile)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{report.candidate.profile}-{report.suite}-{stamp}"
+    name = f"{stem}-{stamp}"
     results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{name}.json"
-    for n in range(1, 100):  # two evaluations within one second keep both files
-        if not path.exists():
+    for n in range(1, 100):  # two evaluations within one second keep both sets of files
+        if not (results_dir / f"{name}.json").exists():
             break
-        path = results_dir / f"{name}-{n}.json"
+        name = f"{stem}-{stamp}-{n}"
+    path = results_dir / f"{name}.json"
+    files = write_markdown(report, results_dir / f"{name}.md")
+    report = report.model_copy(update={"saved_to": str(path), "files": [str(f) for f in files]})
     path.write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return path
+    return report
 
 
 __all__ = [
+    "DEFAULT_SAMPLE_TEMPERATURE",
+    "PASS_SCORE",
+    "CaseOutcome",
+    "Comparison",
     "EvalEvent",
     "EvalReport",
+    "GateOutcome",
     "SuiteResult",
+    "ask_suite",
+    "case_category",
+    "case_passed",
+    "compare_sides",
     "evaluate_profile",
     "free_port",
+    "report_stem",
     "run_suite",
+    "sampling_of",
     "save_report",
     "serve",
     "store_result",
     "without_adapter",
 ]
-
