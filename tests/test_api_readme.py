@@ -26,7 +26,7 @@ def readme_example() -> str:
 def test_the_readme_example_is_the_evaluation_example() -> None:
     code = readme_example()
     compile(code, "README.md", "exec")
-    assert "punie.evaluate(" in code and "improvement" in code
+    assert "punie.evaluate(" in code and "improvement" in code and "interval" in code
 
 
 def _run_both(*commands: list[str]) -> list[tuple[int, str, str]]:
@@ -55,11 +55,16 @@ def test_the_readme_example_prints_what_punie_eval_prints() -> None:
         [sys.executable, "-m", "punie", "eval", "tool-calling", "--format", "json"],
     )
     assert rc == 0, err[-3000:]
+    assert "case 1/" in err and "ETA" in err  # the example's progress, on stderr
     assert cli_rc == 0, cli_err[-3000:]
     report = json.loads(cli_out)
     base, cand = report["baseline"], report["candidate"]
+    overall = report["greedy"]["overall"]
+    diff = overall["difference"]
     expected = [f"suite {report['suite']}: adapter {cand['score']:.2f} vs baseline {base['score']:.2f} "
-                f"({report['delta']:+.2f})"]
+                f"({report['delta']:+.2f})",
+                f"95% CI [{diff['low']:+.2f}, {diff['high']:+.2f}]: {overall['verdict']}, "
+                f"McNemar p = {overall['mcnemar']['p_value']:.3g}"]
     expected += [f"  {c['id']}: {b['score']:.2f} -> {c['score']:.2f}"
                  for b, c in zip(base["cases"], cand["cases"], strict=True)]
     assert printed.splitlines() == expected

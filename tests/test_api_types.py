@@ -23,9 +23,15 @@ def gate(path: str) -> float:
     if not report.ok:
         problems: list[punie.Problem] = report.problems
         raise SystemExit(len(problems))
-    result: punie.Evaluation = punie.evaluate(profiles[0], baseline=True)
+    result: punie.Evaluation = punie.evaluate(profiles[0], baseline=True, gate="better", samples=2,
+                                              on_event=punie.print_progress)
     scores: dict[str, float] = result.cases
-    return result.improvement + sum(scores.values())
+    low, high = result.interval
+    overall: punie.PairedComparison = result.comparison.overall
+    outcomes: list[punie.CaseOutcome] = result.outcomes
+    passed: bool | None = result.gate_passed
+    return result.improvement + sum(scores.values()) + low + high + overall.difference.low + len(outcomes) + (
+        result.p_value if passed else 0.0)
 
 
 async def serve_one(name: str) -> str:

@@ -395,7 +395,8 @@ def latest_adapter(project_dir: str | os.PathLike[str] | None = None) -> Adapter
 
 
 def best_adapter(project_dir: str | os.PathLike[str] | None = None) -> AdapterInfo:
-    """The usable adapter with the highest recorded eval score (``adapter = "best"``)."""
+    """The usable adapter ``adapter = "best"`` serves: the highest lower bound of the recorded eval
+    score's interval (``punie eval --record``); adapters recorded with a mean only rank below."""
     return _special("best", project_dir)
 
 

@@ -20,15 +20,21 @@ def _fmt(score: float | None) -> str:
     return "-" if score is None else f"{score:.2f}"
 
 
-def _table(heads: tuple[str, ...], rows: list[tuple[str, ...]], *, right: int = 1) -> list[str]:
-    """Columns padded to their widest cell; the columns from ``right`` on are numbers (right-aligned)."""
-    widths = [max(len(heads[i]), *(len(r[i]) for r in rows)) if rows else len(heads[i]) for i in range(len(heads))]
+def _table(heads: tuple[str, ...], rows: list[tuple[str, ...]], *, numbers: set[int],
+           footer: tuple[str, ...] | None = None) -> list[str]:
+    """Columns padded to their widest cell, the ``numbers`` columns right-aligned; ``footer`` below a rule."""
+    every = [*rows, *([footer] if footer else [])]
+    widths = [max(len(heads[i]), *(len(r[i]) for r in every)) for i in range(len(heads))]
 
     def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(c.rjust(w) if i >= right else c.ljust(w)
+        return "  ".join(c.rjust(w) if i in numbers else c.ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
-    return [line(heads), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+    rule = "  ".join("-" * w for w in widths if w).rstrip()
+    lines = [line(heads), rule, *(line(r) for r in rows)]
+    if footer:
+        lines += [rule, line(footer)]
+    return lines
 
 
 def _comparison_rows(comparison: Any) -> list[tuple[str, ...]]:
@@ -53,9 +59,7 @@ def render_report(report: Any) -> str:
         rows.append((c.id, o.category if o else "", _fmt(b.score), _fmt(c.score), o.outcome if o else "",
                      (c.error or b.error or "")[:40]))
     heads = ("case", "category", base.label, cand.label, "outcome", "")
-    lines = _table(heads, rows, right=2)
-    lines.append(lines[1])
-    lines.append(_table(heads, [("total", "", _fmt(base.score), _fmt(cand.score), "", "")], right=2)[2])
+    lines = _table(heads, rows, numbers={2, 3}, footer=("total", "", _fmt(base.score), _fmt(cand.score), "", ""))
     stat_heads = ("category", "cases", base.label, cand.label, "diff", "95% CI", "W/T/L", "passed", "McNemar p",
                   "verdict")
     for title, comparison in (("greedy", report.greedy), (f"{report.samples} samples per case", report.sampled)):
@@ -63,7 +67,8 @@ def render_report(report: Any) -> str:
             continue
         confidence = f"{comparison.overall.difference.confidence:.0%} CI"
         lines += ["", f"per category ({title}):",
-                  *_table((*stat_heads[:5], confidence, *stat_heads[6:]), _comparison_rows(comparison))]
+                  *_table((*stat_heads[:5], confidence, *stat_heads[6:]), _comparison_rows(comparison),
+                          numbers={1, 2, 3, 4, 8})]
     lines.append("")
     summary = (f"suite {report.suite}: {cand.label} {_fmt(cand.score)} vs {base.label} {_fmt(base.score)} "
                f"({report.delta:+.2f})")

@@ -38,10 +38,15 @@ def _p(p: float) -> str:
     return "1" if p >= 1.0 else f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell (a ``|`` in a label would split it)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _row(name: str, c: PairedComparison) -> str:
     d = c.difference
     r = c.record
-    return (f"| {name} | {c.n} | {_pct(c.baseline_mean)} | {_pct(c.candidate_mean)} | {_signed(d.mean)} | "
+    return (f"| {_cell(name)} | {c.n} | {_pct(c.baseline_mean)} | {_pct(c.candidate_mean)} | {_signed(d.mean)} | "
             f"[{_signed(d.low)}, {_signed(d.high)}] | {r.wins}/{r.ties}/{r.losses} | "
             f"{c.baseline_passed} → {c.candidate_passed} | {_p(c.mcnemar.p_value)} | {c.verdict} |")
 
@@ -49,8 +54,8 @@ def _row(name: str, c: PairedComparison) -> str:
 def _comparison_table(comparison: Comparison, baseline: str, candidate: str) -> list[str]:
     conf = f"{comparison.overall.difference.confidence:.0%}"
     lines = [
-        f"| category | cases | {baseline} | {candidate} | difference | {conf} CI | win/tie/loss | passed | "
-        "McNemar p | verdict |",
+        f"| category | cases | {_cell(baseline)} | {_cell(candidate)} | difference | {conf} CI | win/tie/loss | "
+        "passed | McNemar p | verdict |",
         "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- |",
         _row(f"**{OVERALL}**", comparison.overall),
     ]
@@ -89,10 +94,11 @@ def markdown(report: EvalReport, *, chart: str | None = None, chart_note: str | 
         lines += [f"## Per category ({report.samples} samples per case, {temps})", "",
                   "A case's score is the mean of its samples; it passes when more than half of them pass.", "",
                   *_comparison_table(report.sampled, base.label, cand.label), ""]
-    lines += ["## Cases", "", f"| case | category | {base.label} | {cand.label} | outcome |",
+    lines += ["## Cases", "", f"| case | category | {_cell(base.label)} | {_cell(cand.label)} | outcome |",
               "| --- | --- | ---: | ---: | --- |"]
     for o in report.outcomes:
-        lines.append(f"| {o.id} | {o.category} | {_pct(o.baseline)} | {_pct(o.candidate)} | {o.outcome} |")
+        lines.append(f"| {_cell(o.id)} | {_cell(o.category)} | {_pct(o.baseline)} | {_pct(o.candidate)} | "
+                     f"{o.outcome} |")
     lines += ["", "A case passes with full marks. Significance: the interval of the mean difference excludes 0."]
     return "\n".join(lines) + "\n"
 
@@ -122,7 +128,9 @@ def draw_chart(report: EvalReport, path: Path) -> bool:
     scores.set_yticks(rows, [f"{n} ({s.n})" for n, s in zip(names, stats, strict=True)])
     scores.set_xlim(0, 1)
     scores.set_xlabel("mean score")
-    scores.legend(loc="lower right", fontsize="small")
+    scores.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, frameon=False, fontsize="small")
+    for axes in (scores, diffs):  # the overall row apart from the categories
+        axes.axhline(rows[0] - 0.5, color="#cccccc", linewidth=0.8)
     colors = {"better": "#2e8b57", "worse": "#c0392b", "inconclusive": "#7f8c8d"}
     for y, s in zip(rows, stats, strict=True):
         d = s.difference
