@@ -194,6 +194,10 @@ def test_samples_are_asked_at_the_profiles_temperature_and_compared(tmp_path: Pa
         temperatures = [r["temperature"] for r in fake.requests]
         assert temperatures == [0.0, 0.8, 0.8] * len(suite.cases)
         assert all(r.get("top_p") == 0.9 for r in fake.requests if r["temperature"] == 0.8)
+        assert all("seed" not in r for r in fake.requests if r["temperature"] == 0.0)
+    # Sample j of case i has one seed on both sides (common random numbers), a different one elsewhere.
+    seeds = [[r.get("seed") for r in fake.requests if r["temperature"] == 0.8] for fake in (cand, base)]
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == 2 * len(suite.cases)
     report = json.loads(result.stdout)
     assert report["samples"] == 2 and report["candidate"]["temperature"] == 0.8
     assert [len(s) for s in report["candidate"]["sampled"]] == [2] * len(suite.cases)

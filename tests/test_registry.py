@@ -69,6 +69,31 @@ def test_best_is_highest_score(tmp_path: Path) -> None:
     assert resolve_adapter("best", tmp_path) == b.resolve()
 
 
+def test_best_ranks_by_the_lower_bound_and_mean_only_records_below(tmp_path: Path) -> None:
+    """An interval's lower bound decides, not the mean; a record with a mean only (written before
+    intervals) ranks below every adapter with an interval, whatever its mean."""
+    def scored(name: str, score: float, interval: tuple[float, float] | None) -> Path:
+        folder = _adapter(tmp_path, name, created="2026-01-01T00:00:00+00:00", score=score)
+        update_meta(folder, score_interval=interval)
+        return folder
+
+    scored("old", 0.99, None)
+    scored("lucky", 0.9, (0.5, 1.0))
+    sure = scored("sure", 0.8, (0.7, 0.9))
+    assert resolve_adapter("best", tmp_path) == sure.resolve()
+    info = adapter_info(sure)
+    assert info.score == 0.8 and info.score_interval == (0.7, 0.9)
+    for name in ("sure", "lucky"):
+        update_meta(tmp_path / "adapters" / name, score_interval=None)
+    assert resolve_adapter("best", tmp_path) == (tmp_path / "adapters" / "old").resolve()  # all by the mean now
+    meta_file = sure / "punie-adapter.json"
+    for bad in ([0.1], [0.9, 0.2]):  # an interval is two numbers, low first
+        meta_file.write_text(json.dumps({"base_model": "m", "created": "2026-01-01T00:00:00+00:00", "score": 0.5,
+                                         "score_interval": bad}))
+        with pytest.raises(CorruptFileError, match="score_interval"):
+            read_meta(sure)
+
+
 def test_best_without_scores_is_an_error(tmp_path: Path) -> None:
     _adapter(tmp_path, "a", created="2026-01-01T00:00:00+00:00")
     with pytest.raises(AdapterError, match="none of the 1 adapters .* has a score") as caught:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from punie.adapters.canary import Canary
 from punie.adapters.files import CONFIG_FILE, METADATA_FILE
@@ -51,6 +51,13 @@ class AdapterMeta(BaseModel):
         None, description="Logprob canary of the adapter on its base (`punie.adapters.canary`): checked at readiness."
     )
     stamped: bool = Field(False, description="True when the identity was recorded by `punie adapters stamp`.")
+
+    @field_validator("score_interval")
+    @classmethod
+    def _low_first(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"the low end {value[0]} is above the high end {value[1]}")
+        return value
 
 
 def now_iso() -> str:

@@ -272,11 +272,17 @@ def ask_suite(
     samples: int = 0,
     temperature: float | None = None,
     top_p: float | None = None,
+    seed: int = SEED,
     timeout: float = 120.0,
     on_answer: AnswerCallback | None = None,
 ) -> tuple[list[CaseResult], list[list[CaseResult]]]:
     """Ask every case of ``suite`` at ``base_url`` (…/v1): the greedy answer, then ``samples`` more
-    at ``temperature`` (and ``top_p``). Returns (greedy results, sampled results per case)."""
+    at ``temperature`` (and ``top_p``). Returns (greedy results, sampled results per case).
+
+    Each sample carries a request ``seed`` (`sample_seed`, honoured by mlx_lm.server and vLLM):
+    a rerun draws the same samples, and both sides of an A/B draw sample ``j`` of case ``i`` with
+    the same random numbers (common random numbers make the paired difference less noisy).
+    """
     import httpx
 
     if samples and temperature is None:
@@ -295,7 +301,8 @@ def ask_suite(
                 on_answer(index, None, result, time.monotonic() - started)
             answers: list[CaseResult] = []
             for sample in range(samples):
-                body = request_body(suite, case) | {"temperature": temperature}
+                body = request_body(suite, case) | {"temperature": temperature,
+                                                     "seed": sample_seed(seed, index, sample)}
                 if top_p is not None:
                     body["top_p"] = top_p
                 started = time.monotonic()
@@ -306,6 +313,11 @@ def ask_suite(
             if samples:
                 sampled.append(answers)
     return greedy, sampled
+
+
+def sample_seed(seed: int, case: int, sample: int) -> int:
+    """The request seed of sample ``sample`` of case ``case`` (a 31-bit int every server accepts)."""
+    return (seed * 1_000_003 + case * 1_009 + sample) % 2**31
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -393,7 +405,7 @@ def _side(
                                done=tracker.done, planned=tracker.planned, eta_seconds=round(eta, 1)))
 
         results, sampled = ask_suite(base_url, suite, label=label, samples=samples, temperature=temperature,
-                                     top_p=top_p, on_answer=answered)
+                                     top_p=top_p, seed=seed, on_answer=answered)
     tracker.sides_left -= 1
     on_event(EvalEvent(kind="stopped", label=label))
     scores = [r.score for r in results]
@@ -627,6 +639,7 @@ __all__ = [
     "free_port",
     "report_stem",
     "run_suite",
+    "sample_seed",
     "sampling_of",
     "save_report",
     "serve",
