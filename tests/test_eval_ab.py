@@ -299,3 +299,32 @@ def test_best_ranks_by_the_lower_bound_recorded_by_eval(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "adapters" / "steady")
     shutil.rmtree(tmp_path / "adapters" / "lucky")
     assert resolve_adapter("best", tmp_path) == old.resolve()  # mean-only records still count
+
+
+@pytest.mark.slow
+@pytest.mark.mlx
+@pytest.mark.timeout(300)
+def test_samples_are_reproducible_on_a_real_mlx_server(tmp_path: Path, tiny_model: Path) -> None:
+    """The seeds `ask_suite` sends make mlx_lm.server's samples repeatable: the same seed draws the
+    same answers, another seed others (a random tiny model at temperature 1 says something else)."""
+    import punie.api as punie
+    from punie.training.evaluate import ask_suite
+    from punie.training.evaluate import serve as serve_profile
+
+    suite = Suite(name="two", max_tokens=8, cases=[
+        EvalCase(id="a", prompt="Say something.", expect_keywords=["x"]),
+        EvalCase(id="b", prompt="Say something else.", expect_keywords=["y"])])
+    profile = punie.load_profile("t", {"profiles": {"t": {"model": str(tiny_model),
+                                                          "server": {"ready_timeout": 120}}}})
+    with serve_profile(profile, log_dir=tmp_path) as (url, adapter):
+        assert adapter is None
+
+        def texts(seed: int) -> list[list[str]]:
+            greedy, sampled = ask_suite(url, suite, label="t", samples=3, temperature=1.0, seed=seed)
+            assert all(r.error is None for r in greedy + [r for s in sampled for r in s])
+            return [[r.text for r in answers] for answers in sampled]
+
+        first, again, other = texts(1), texts(1), texts(2)
+    assert first == again
+    assert first != other
+    assert len({t for answers in first for t in answers}) > 1  # sampled, not the greedy answer repeated
