@@ -296,6 +296,10 @@ def test_best_ranks_by_the_lower_bound_recorded_by_eval(tmp_path: Path) -> None:
     assert entry["interval"] == list(steady.score_interval) and entry["difference"]["low"] > 0
     assert 0 <= entry["mcnemar_p"] < 0.05
     assert resolve_adapter("best", tmp_path) == (tmp_path / "adapters" / "steady").resolve()
+    listed = CliRunner().invoke(main, ["--config", str(tmp_path / "punie.toml"), "adapters", "list"])
+    assert listed.exit_code == 0, listed.output
+    low, high = steady.score_interval
+    assert f"0.80 [{low:.2f}, {high:.2f}]" in next(x for x in listed.stdout.splitlines() if x.startswith("steady"))
     shutil.rmtree(tmp_path / "adapters" / "steady")
     shutil.rmtree(tmp_path / "adapters" / "lucky")
     assert resolve_adapter("best", tmp_path) == old.resolve()  # mean-only records still count

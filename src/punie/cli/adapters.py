@@ -67,11 +67,21 @@ def list_command(ctx: click.Context, fmt: str = "text") -> None:
             str(info.num_layers) if info.num_layers is not None else "?",
             _size(info.size_bytes),
             (info.created or "?")[:16].replace("T", " "),
-            f"{info.score:.2f}" if info.score is not None else "-",
+            _score(info),
             {True: "yes", False: "no", None: "bad"}[info.canary],
             fit if not info.problem else f"{fit} ({info.problem})",
         ])
     click.echo(_table(rows, ["name", "base model", "rank", "layers", "size", "created", "score", "canary", "fits"]))
+
+
+def _score(info: Any) -> str:
+    """``0.80`` or, with its interval (what ``best`` ranks by), ``0.80 [0.70, 0.90]``."""
+    if info.score is None:
+        return "-"
+    if info.score_interval is None:
+        return f"{info.score:.2f}"
+    low, high = info.score_interval
+    return f"{info.score:.2f} [{low:.2f}, {high:.2f}]"
 
 
 @adapters_group.command("stamp")
