@@ -122,6 +122,29 @@ def test_gate_better_fails_when_the_candidate_is_not_significantly_better(tmp_pa
     assert not_worse.exit_code == 0, not_worse.output + not_worse.stderr
 
 
+def test_the_gate_exit_code_of_the_punie_process(tmp_path: Path) -> None:
+    """The installed entry point, in its own process: exit 1 and the reason on stderr, the JSON
+    report on stdout; exit 0 for the gate that passes on the same answers."""
+    import os
+    import subprocess
+
+    suite, answers = make_suite(per_category=3)
+    suite_file = write_suite(tmp_path, suite)
+    same = answering(answers, lambda p: "plus" not in p)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUNIE_")}
+    with two_profiles(tmp_path, same, same) as (config, _, _):
+        runs = {gate: subprocess.run(
+            [sys.executable, "-m", "punie", "--config", str(config), "eval", "demo", "--vs", "plain", "--suite",
+             str(suite_file), "--gate", gate, "--format", "json"],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120) for gate in ("better", "not-worse")}
+    better, not_worse = runs["better"], runs["not-worse"]
+    assert better.returncode == 1, better.stderr
+    assert "punie: error: gate better failed: not significantly better: mean difference +0.000" in better.stderr
+    assert json.loads(better.stdout)["gate"]["passed"] is False
+    assert not_worse.returncode == 0, not_worse.stderr
+    assert json.loads(not_worse.stdout)["greedy"]["overall"]["record"] == {"wins": 0, "ties": 9, "losses": 0}
+
+
 def test_gate_not_worse_fails_when_the_candidate_is_significantly_worse(tmp_path: Path) -> None:
     suite, answers = make_suite()
     worse = {c.prompt for c in suite.cases if c.id.startswith(("read", "list"))}
