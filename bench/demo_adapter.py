@@ -80,6 +80,10 @@ def main() -> int:
         print(f"  demo (no adapter):           {report.baseline.score:.3f}  ({report.baseline.seconds:.1f} s)")
         print(f"  tool-calling (tool-calling-v1):  {report.candidate.score:.3f}  ({report.candidate.seconds:.1f} s)")
         print(f"  difference:                  {report.delta:+.3f}")
+        if report.greedy is not None:  # the paired A/B: never a bare mean
+            d = report.greedy.overall.difference
+            print(f"  95% CI of the difference:    [{d.low:+.3f}, {d.high:+.3f}] ({report.greedy.overall.verdict}, "
+                  f"McNemar p = {report.greedy.overall.mcnemar.p_value:.3g})")
         for base, cand in zip(report.baseline.cases, report.candidate.cases, strict=True):
             print(f"    {cand.id:<20} {base.score:.2f} -> {cand.score:.2f}")
 
