@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from punie.adapters.registry import AdapterInfo
     from punie.checks.report import Problem, ProfileReport, Report
     from punie.launch.server import Server
-    from punie.training.evaluate import CaseOutcome, Comparison, EvalEvent, EvalReport, SuiteResult
+    from punie.training.ab import CaseOutcome, Comparison, EvalReport, SuiteResult
+    from punie.training.evaluate import EvalEvent
     from punie.training.stats import PairedComparison
     from punie.training.suite import CaseResult
 
@@ -57,12 +58,12 @@ _LAZY = {
     "Problem": "punie.checks.report",
     "ProfileReport": "punie.checks.report",
     "Report": "punie.checks.report",
-    "EvalReport": "punie.training.evaluate",
+    "EvalReport": "punie.training.ab",
     "EvalEvent": "punie.training.evaluate",
-    "CaseOutcome": "punie.training.evaluate",
-    "Comparison": "punie.training.evaluate",
+    "CaseOutcome": "punie.training.ab",
+    "Comparison": "punie.training.ab",
     "PairedComparison": "punie.training.stats",
-    "SuiteResult": "punie.training.evaluate",
+    "SuiteResult": "punie.training.ab",
     "CaseResult": "punie.training.suite",
     "Server": "punie.launch.server",
 }

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
+from punie.training.ab import Comparison, EvalReport
 from punie.training.stats import PairedComparison
-
-# The report's types (`punie.training.evaluate.EvalReport`, `Comparison`) are not imported:
-# evaluate imports this module to write its files, and the modules of a package form no cycle.
-EvalReport = Any
-Comparison = Any
 
 logger = logging.getLogger(__name__)
 
