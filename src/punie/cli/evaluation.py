@@ -97,7 +97,8 @@ def render_report(report: Any) -> str:
                    "server.temperature, else 0.7) and compare the per-case means.")
 @click.option("--gate", type=click.Choice(["better", "not-worse"]),
               help="CI gate: exit 1 unless PROFILE is significantly better than the baseline (better), or when it "
-                   "is significantly worse (not-worse); significant: the 95% CI of the mean difference excludes 0.")
+                   "is significantly worse (not-worse); significant: the 95% CI of the mean difference of the greedy "
+                   "answers excludes 0.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the bootstrap and of the samples (the report is reproducible).")
 @click.option("--record", is_flag=True,
