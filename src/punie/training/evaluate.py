@@ -1,4 +1,4 @@
-"""`punie eval`: score a profile's adapter against a baseline on an eval suite.
+"""`punie eval`: serve both sides of an A/B in turn, ask them the suite, compare (`punie.training.ab`).
 
 Both sides are served by mlx_lm.server, one after the other, on a free
 loopback port: the baseline is the same profile WITHOUT its adapter (or
@@ -9,6 +9,10 @@ reloads the base model, and back. Requests always send "default_model".
 The server is run by the supervisor of `punie up` without the agent
 (`punie.launch.server.running_server`: same plan, guarded child, 1-token probe, the
 answer proven to come from that child, liveness, stop), on a blocking portal's loop.
+
+Every case is asked greedily, plus ``samples`` times at the profile's temperature with a
+per-(case, sample) seed; progress (`EvalEvent`) counts the answers of both sides and estimates
+the time left. The report goes to ``.punie/eval/A-vs-B-TIME.{json,md,png}`` (`save_report`).
 """
 
 from __future__ import annotations
