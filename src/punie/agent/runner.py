@@ -282,6 +282,7 @@ async def run_turn(
     commands: Any = None,
     on_text: Callable[[str], Awaitable[None]] | None = None,
     on_thought: Callable[[str], Awaitable[None]] | None = None,
+    on_answered: Callable[[], Awaitable[None]] | None = None,
 ) -> TurnResult:
     """Run one user turn (model requests and tool calls until the model answers).
 
@@ -290,6 +291,8 @@ async def run_turn(
     With ``on_text`` the model's answers are streamed and every piece of text
     is handed to it as it arrives (the ACP server forwards them to the IDE);
     ``on_thought`` gets the model's thinking (``<think>`` blocks) the same way.
+    ``on_answered`` is called once the streamed answer is whole (an end-of-turn token went by, or a
+    response of text without tool calls ended): what remains of the turn is bookkeeping.
     ``hooks.on_invalid`` hears of calls that never reached a tool, in the model's order.
     ``files``/``commands`` are the backends of :mod:`punie.agent.backends`
     (default: the disk and local processes).
@@ -300,7 +303,8 @@ async def run_turn(
     hooks = hooks or ToolHooks()
     deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy,
                     hooks=hooks, files=files, commands=commands)
-    streamed = on_text or on_thought or hooks.on_invalid
+    streamed = on_text or on_thought or hooks.on_invalid or on_answered
+    handler = _event_handler(on_text, on_thought, hooks.on_invalid, on_answered) if streamed else None
     logger.info("turn against %s (workspace %s)", agent.base_url, deps.workspace.root)
     try:
         result = await agent.agent.run(
@@ -308,7 +312,7 @@ async def run_turn(
             deps=deps,
             message_history=list(history) if history else None,
             usage_limits=UsageLimits(request_limit=agent.options.max_turns),
-            event_stream_handler=_event_handler(on_text, on_thought, hooks.on_invalid) if streamed else None,
+            event_stream_handler=handler,
         )
     except AgentRunError as exc:
         raise _agent_error(exc, agent) from exc
@@ -331,7 +335,8 @@ async def run_turn(
 
 def _event_handler(on_text: Callable[[str], Awaitable[None]] | None,
                    on_thought: Callable[[str], Awaitable[None]] | None = None,
-                   on_invalid: Callable[[ToolCallRecord], Awaitable[None]] | None = None) -> Any:
+                   on_invalid: Callable[[ToolCallRecord], Awaitable[None]] | None = None,
+                   on_answered: Callable[[], Awaitable[None]] | None = None) -> Any:
     """A pydantic-ai event stream handler handing text (and thinking) deltas to the callbacks.
 
     Text goes through a :class:`TagFilter` per text part, so template markup
@@ -351,19 +356,32 @@ def _event_handler(on_text: Callable[[str], Awaitable[None]] | None,
         TextPartDelta,
         ThinkingPart,
         ThinkingPartDelta,
+        ToolCallPart,
     )
 
     async def handler(ctx: Any, events: Any) -> None:
         filters: dict[int, TagFilter] = {}
         invalid: dict[str, Any] = {}  # tool_call_id -> the call, until its feedback arrives
+        texts = calls = 0
+        answered = False
+
+        async def answer_whole() -> None:
+            nonlocal answered
+            if not answered and on_answered:
+                answered = True
+                await on_answered()
 
         async def text(index: int, piece: str, end: bool = False) -> None:
+            nonlocal texts
             f = filters.setdefault(index, TagFilter())
             shown = f.feed(piece) + (f.flush() if end else "")
             if end:
                 filters.pop(index, None)
+            texts += bool(shown)
             if shown and on_text:
                 await on_text(shown)
+            if f.ended and texts and not calls:
+                await answer_whole()
 
         async for event in events:
             piece = part = None
@@ -372,6 +390,7 @@ def _event_handler(on_text: Callable[[str], Awaitable[None]] | None,
                 piece = getattr(part, "content", None)
                 if isinstance(part, TextPart):
                     filters.pop(event.index, None)
+                calls += isinstance(part, ToolCallPart)
             elif isinstance(event, PartDeltaEvent):
                 part = event.delta
                 piece = getattr(part, "content_delta", None)
@@ -400,6 +419,8 @@ def _event_handler(on_text: Callable[[str], Awaitable[None]] | None,
                 await on_thought(piece)
         for index in list(filters):
             await text(index, "", end=True)
+        if texts and not calls:  # a response of text alone: the answer
+            await answer_whole()
 
     return handler
 

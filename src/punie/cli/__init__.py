@@ -11,6 +11,12 @@ code the error carries; nothing else in Punie prints or exits.
 from __future__ import annotations
 
 import importlib
+import os
+
+if "_PUNIE_COMPLETE" in os.environ:  # TAB: profile and adapter names without importing the CLI
+    from punie.cli.fastcomplete import complete_and_exit
+
+    complete_and_exit()  # exits when it answered; else click's completion below answers
 
 import click
 

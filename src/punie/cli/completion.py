@@ -18,7 +18,7 @@ COMPLETE_VAR = "_PUNIE_COMPLETE"
 @click.command("completion")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion_command(shell: str) -> None:
-    """Print the completion script for SHELL (bash, zsh or fish); see `punie completion --help`.
+    """Print the completion script for SHELL (bash, zsh or fish); install it as below.
 
     \b
     bash:  eval "$(punie completion bash)"     (in ~/.bashrc)

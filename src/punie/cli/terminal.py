@@ -16,7 +16,9 @@ uses the plain line loop.
   supervisor reads and relays line by line in its own time, so a tool line
   written to stderr reached the screen after the answer written straight to
   stdout. Logs still go to stderr (and ``.punie/logs/``).
-* Ctrl-C during a turn cancels the turn and returns to the prompt. The
+* Ctrl-C during a turn cancels the turn and returns to the prompt; once the
+  answer is whole on the screen (the model's end-of-turn token went by) it only
+  cuts what is left of the stream: no "turn cancelled", the answer is kept. The
   terminal stays in raw mode during the turn and the key is read here, because
   under ``punie up`` the agent runs in a session of its own: the terminal's
   SIGINT would reach the supervisor (and stop everything), never the agent. A
@@ -311,17 +313,26 @@ class TerminalLoop:
         from punie.errors import AgentError
 
         screen = self.screen
-        streamed = False
+        streamed: list[str] = []
+        answered = False
 
         async def on_text(piece: str) -> None:
-            nonlocal streamed
-            streamed = True
+            nonlocal answered
+            streamed.append(piece)
+            answered = False
             screen.write(piece)
 
+        async def on_answered() -> None:
+            nonlocal answered
+            answered = True
+
         async def on_tool(record: Any) -> None:
+            nonlocal answered
+            answered = False
             screen.line(tool_line(record))
 
         task = asyncio.create_task(run_turn(agent, prompt, history=history, on_text=on_text,
+                                            on_answered=on_answered,
                                             hooks=ToolHooks(on_end=on_tool, on_invalid=on_tool)))
         self._turn = task
         try:
@@ -330,6 +341,11 @@ class TerminalLoop:
                     await asyncio.wait({task})
         finally:
             self._turn = None
+        if task.cancelled() and answered:
+            # The answer was whole on the screen (the model only had debris left to send): the turn
+            # is over, not cancelled, and the conversation keeps the answer.
+            screen.end_line()
+            return [*history, *answered_messages(prompt, "".join(streamed))]
         if task.cancelled():
             screen.line(CANCELLED)
             return None
@@ -372,6 +388,13 @@ class TerminalLoop:
             finally:
                 with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
                     loop.remove_signal_handler(signal.SIGINT)
+
+
+def answered_messages(prompt: str, answer: str) -> list[Any]:
+    """The messages of a turn whose answer was whole when its stream was cut: the prompt and the answer."""
+    from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
+
+    return [ModelRequest(parts=[UserPromptPart(content=prompt)]), ModelResponse(parts=[TextPart(content=answer)])]
 
 
 async def spinning_turn(agent: Any, prompt: str, screen: Screen, *, show_tools: bool = True) -> Any:

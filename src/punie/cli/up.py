@@ -56,9 +56,15 @@ def up_command(
 ) -> None:
     """Start mlx_lm.server for PROFILE and the agent wired to it; stop both on Ctrl-C.
 
-    Exit code: 0 when stopped by the user or when the agent exited cleanly,
-    1 when something failed (the message names the cause), 2 for a bad profile,
-    130 when a second Ctrl-C forced the stop.
+    \b
+    Exit code:
+      0    stopped by the user, or the agent exited cleanly
+      1    something failed; the message names it: the check found errors
+           (a missing or unfitting adapter or model), the server never answered,
+           the profile is already running, the server or the agent died
+      2    the command line or punie.toml is wrong (unknown profile, invalid
+           TOML or value, --set of an unknown key)
+      130  a second Ctrl-C forced the stop
     """
     from punie.config import load_profile
     from punie.launch import LaunchFailed, run_up

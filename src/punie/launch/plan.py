@@ -144,6 +144,15 @@ class LaunchPlan(_Frozen):
         return "\n".join(lines)
 
 
+def instance_logs(plan: LaunchPlan, stem: str) -> LaunchPlan:
+    """``plan`` with its log files named after ``stem`` (``STEM-server.log``, ``STEM-agent.log``): a second
+    running instance of a profile (on another port) never writes the first one's logs."""
+    update = {"agent_log": str(Path(plan.agent_log).with_name(f"{stem}-agent.log"))}
+    if plan.server_log is not None:
+        update["server_log"] = str(Path(plan.server_log).with_name(f"{stem}-server.log"))
+    return plan.model_copy(update=update)
+
+
 def _fmt_number(value: float | int) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 

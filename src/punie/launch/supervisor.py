@@ -266,11 +266,7 @@ class _Supervisor:
     def _ready(self, task_status: TaskStatus[None]) -> None:
         total = anyio.current_time() - self.t0
         what = "server" if not self.plan.external else "external server"
-        quiet = not self.follow_server and self.server is not None and self.plan.server_log
-        tail = f"; its output continues in {self.plan.server_log}" if quiet else ""
-        self.status(f"{what} ready on {self.plan.base_url} ({total:.2f}s){tail}")
-        if quiet and self.server is not None:
-            self.server.echo = False
+        self.status(f"{what} ready on {self.plan.base_url} ({total:.2f}s)")
         if self.ready_seconds is None:  # the first time: now the agent can start
             self.ready_seconds = total
             if self.on_ready is not None:
@@ -289,8 +285,12 @@ class _Supervisor:
         fatal = _FatalLine()
         self.server = self._child("server", plan.server_argv, plan.server_env, plan.server_log, capture="stdout",
                                   patterns={**SERVER_FATAL_PATTERNS, **plan.fatal_patterns}, on_match=fatal)
+        # Quiet (the agent talks in this terminal): the server's warnings and log lines go to its log
+        # only, from the first one; a failure still quotes its last lines.
+        self.server.echo = self.follow_server
         await self._start(self.server, plan.engine, LaunchReason.SERVER_FAILED)
-        self.status(f"started {plan.engine} (pid {self.server.pid}), waiting for a 1-token completion")
+        self.status(f"started {plan.engine} (pid {self.server.pid}), waiting for a 1-token completion"
+                    + ("" if self.follow_server else f"; its output goes to {plan.server_log}"))
         return self.server, fatal
 
     async def _wait_ready(self, server: Child | None = None, fatal: _FatalLine | None = None) -> Failure | None:
@@ -402,6 +402,8 @@ class _Supervisor:
     async def _start_agent(self) -> Child:
         plan = self.plan
         self.agent = self._child("agent", plan.agent_argv, plan.agent_env, plan.agent_log, capture="stderr")
+        # Quiet: the agent shows what matters on its screen; its stderr (library warnings, logs) goes to its log.
+        self.agent.echo = self.follow_server
         await self._start(self.agent, "the agent", LaunchReason.AGENT_FAILED)
         self.status(f"started the agent (pid {self.agent.pid}) on {plan.base_url}")
         return self.agent
@@ -547,7 +549,10 @@ def run_up(
         on_plan(plan)
     if dry_run:
         return UpOutcome(reason=LaunchReason.DRY_RUN, exit_code=0, plan=plan)
-    return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server, subreaper=subreaper)
+    from punie.launch.instances import claim
+
+    with claim(plan) as instance:  # "already running (pid N)" instead of a busy port; own logs on another port
+        return run_plan(instance, grace=grace, sink=sink, follow_server=follow_server, subreaper=subreaper)
 
 
 def run_up_group(
@@ -573,4 +578,7 @@ def run_up_group(
         plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
     if dry_run:
         return UpOutcome(reason="dry-run", exit_code=0, plan=plan)
-    return run_plan(plan, **options)
+    from punie.launch.instances import claim
+
+    with claim(plan) as instance:
+        return run_plan(instance, **options)
