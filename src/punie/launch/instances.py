@@ -95,6 +95,14 @@ def _refuse(instance: Instance) -> LaunchFailed:
     )
 
 
+def refuse_running(project_dir: str | Path, name: str, port: int | None) -> None:
+    """Raise LaunchFailed (already-running) when a live instance of ``name`` serves on ``port``: before the
+    check, whose port test would only say the port is in use."""
+    for instance in running(project_dir, name):
+        if port is not None and instance.port == port and instance.pid != os.getpid():
+            raise _refuse(instance)
+
+
 def _create(path: Path, record: dict[str, object]) -> bool:
     """Write ``record`` to ``path`` unless the file exists (True when written)."""
     try:

@@ -540,8 +540,12 @@ def run_up(
     library caller that has children of its own should not).
     A dry run returns ``UpOutcome(reason="dry-run", plan=...)``.
     """
+    from punie.launch.instances import claim, refuse_running
     from punie.launch.prepare import prepare
 
+    server = resolved.profile.server
+    if not dry_run and not server.url:
+        refuse_running(resolved.project_dir, resolved.name, server.port)
     plan = prepare(resolved, check=check, provision=not dry_run, log_dir=log_dir, progress=progress)
     if agent_argv is not None:
         plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
@@ -549,8 +553,6 @@ def run_up(
         on_plan(plan)
     if dry_run:
         return UpOutcome(reason=LaunchReason.DRY_RUN, exit_code=0, plan=plan)
-    from punie.launch.instances import claim
-
     with claim(plan) as instance:  # "already running (pid N)" instead of a busy port; own logs on another port
         return run_plan(instance, grace=grace, sink=sink, follow_server=follow_server, subreaper=subreaper)
 
@@ -570,15 +572,17 @@ def run_up_group(
 
     ``options`` go to `punie.launch.supervisor.run_plan` (grace, sink, follow_server).
     """
+    from punie.launch.instances import claim, refuse_running
     from punie.launch.prepare import prepare_vllm
 
+    lead = members[0].profile.server
+    if not dry_run and members and not lead.url:
+        refuse_running(members[0].project_dir, group or members[0].name, lead.port)
     plan = prepare_vllm(members, group=group, check=check, provision=not dry_run, log_dir=log_dir,
                         progress=progress)
     if agent_argv is not None:
         plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
     if dry_run:
         return UpOutcome(reason="dry-run", exit_code=0, plan=plan)
-    from punie.launch.instances import claim
-
     with claim(plan) as instance:
         return run_plan(instance, **options)
