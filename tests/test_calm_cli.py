@@ -144,7 +144,8 @@ def test_up_help_says_the_exit_codes_that_up_returns(tmp_path: Path) -> None:
     assert code("a", GOOD + 'server.port = "x"\n') == 2  # an invalid value in punie.toml
     assert code("a", GOOD + "[profiles.a\n") == 2  # invalid TOML
     assert code("a", GOOD + 'adapter = "adapters/missing"\n') == 1  # the check finds a missing adapter
-    assert "missing" in help_text.split("\n  2")[0] and "unknown profile" in help_text.split("\n  2")[1]
+    one, two = re.split(r"\n\s+2\s+", help_text.split("Options:")[0])
+    assert "missing" in one.split("\n    1 ")[1] and "unknown profile" in two
 
 
 # -- instances ----------------------------------------------------------------------------------

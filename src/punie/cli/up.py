@@ -29,8 +29,8 @@ from punie.cli._common import (
 @click.option("--no-check", is_flag=True, help="Launch without running `punie check` first.")
 @click.option(
     "--follow-server/--no-follow-server", default=None,
-    help="Keep showing the server's output after it is ready (default: yes, unless the agent talks to "
-    "you in this terminal; the output always goes to .punie/logs/).",
+    help="Show the server's output here (default: yes, unless the agent talks to you in this terminal: then "
+    "the server's and the agent's output go to .punie/logs/ only, quoted if they fail).",
 )
 @click.option(
     "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
