@@ -16,10 +16,7 @@ Imports only the standard library and punie.envvars (whose packages import pydan
 from __future__ import annotations
 
 import os
-import shlex
 import sys
-import tomllib
-from pathlib import Path
 
 from punie.envvars import CONFIG as CONFIG_ENV
 
@@ -48,6 +45,10 @@ GLOBAL_OPTIONS = {"--config": True, "--set": True, "-v": False, "-vv": False, "-
 
 def split_words(text: str) -> list[str]:
     """The shell's words as click splits them (shlex, tolerating an unfinished quote)."""
+    if not any(c in text for c in "'\"\\"):
+        return text.split()  # the same words, without importing shlex (and re)
+    import shlex
+
     lex = shlex.shlex(text, posix=True)
     lex.whitespace_split = True
     lex.commenters = ""
@@ -118,23 +119,26 @@ def slot_of(args: list[str], incomplete: str) -> tuple[str, str | None] | None:
     return None
 
 
-def find_config(config: str | None, cwd: Path) -> Path | None:
+def find_config(config: str | None, cwd: str) -> str | None:
     """The profiles file as punie.config.loader.find_config picks it; None when none is found.
     Raises LookupError for an explicit path that is not a file (click's path then answers)."""
     explicit = config or os.environ.get(CONFIG_ENV)
     if explicit:
-        path = Path(explicit).expanduser()
-        path = path if path.is_absolute() else cwd / path
-        if not path.is_file():
+        path = os.path.join(cwd, os.path.expanduser(explicit))
+        if not os.path.isfile(path):
             raise LookupError(explicit)
         return path
-    for directory in (cwd, *cwd.parents):
-        if (directory / CONFIG_NAME).is_file():
-            return directory / CONFIG_NAME
-    return None
+    directory = cwd
+    while True:
+        if os.path.isfile(candidate := os.path.join(directory, CONFIG_NAME)):
+            return candidate
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
-def names(kind: str, config: str | None, cwd: Path) -> list[str] | None:
+def names(kind: str, config: str | None, cwd: str) -> list[str] | None:
     """The names to offer, or None when this reader cannot tell (click's path answers)."""
     try:
         found = find_config(config, cwd)
@@ -143,17 +147,21 @@ def names(kind: str, config: str | None, cwd: Path) -> list[str] | None:
     if kind == "profiles":
         if found is None:
             return None  # the built-in profiles: click's path knows them
+        import tomllib  # only here: the adapters' TAB does not pay for it
+
         try:
-            data = tomllib.loads(found.read_bytes().decode("utf-8-sig"))
+            with open(found, "rb") as fh:
+                data = tomllib.loads(fh.read().decode("utf-8-sig"))
         except (OSError, ValueError, RecursionError):
             return None
         profiles = data.get("profiles")
         if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
             return None
         return list(profiles)
-    root = (found.parent if found else cwd) / ADAPTERS_DIR
+    root = os.path.join(os.path.dirname(os.path.abspath(found)) if found else cwd, ADAPTERS_DIR)
     try:
-        found_names = sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())
+        with os.scandir(root) as entries:
+            found_names = sorted(e.name for e in entries if os.path.isfile(os.path.join(e.path, "adapter_config.json")))
     except OSError:
         found_names = []
     return [*found_names, *ADAPTER_ALIASES]
@@ -164,7 +172,7 @@ def format_item(shell: str, value: str) -> str:
     return f"plain\n{value}\n_" if shell == "zsh" else f"plain,{value}"
 
 
-def answer(environ: dict[str, str] | os._Environ[str] | None = None, cwd: Path | None = None) -> str | None:
+def answer(environ: dict[str, str] | os._Environ[str] | None = None, cwd: str | None = None) -> str | None:
     """The completion output for the shell when this reader can give it, else None."""
     environ = os.environ if environ is None else environ
     shell, _, instruction = environ.get(COMPLETE_VAR, "").partition("_")
@@ -177,7 +185,7 @@ def answer(environ: dict[str, str] | os._Environ[str] | None = None, cwd: Path |
     if slot is None:
         return None
     kind, config = slot
-    offered = names(kind, config, cwd or Path.cwd())
+    offered = names(kind, config, os.path.abspath(cwd or os.getcwd()))
     if offered is None:
         return None
     incomplete = parsed[1]
