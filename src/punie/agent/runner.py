@@ -101,7 +101,8 @@ def build_agent(
     except ToolFailure as exc:
         raise AgentError(str(exc), where="agent.workspace") from None
     # No SDK retries: a dead server should be reported at once, not after backoff.
-    client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout)
+    client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout,
+                         http_client=_waking_client())
     # mlx_lm ignores "strict"; a generic profile keeps the request plain chat completions.
     # max_tokens (not max_completion_tokens): the field every OpenAI-compatible server reads.
     profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False,
@@ -126,6 +127,14 @@ def build_agent(
     policy = PermissionPolicy(options.permissions, permission_asker or deny_asker)
     return PunieAgent(options=options, base_url=base_url, workspace=workspace, policy=policy, agent=agent,
                       retries=retries)
+
+
+def _waking_client() -> Any:
+    """Under `punie up` with idle unload: an httpx client that wakes the server before each request."""
+    from punie.agent.wake import current_waker, waking_client
+
+    waker = current_waker()
+    return waking_client(waker) if waker is not None else None  # None: the OpenAI client's own
 
 
 def _answer_validator(enabled: tuple[str, ...]) -> Any:
@@ -283,6 +292,7 @@ async def run_turn(
     on_text: Callable[[str], Awaitable[None]] | None = None,
     on_thought: Callable[[str], Awaitable[None]] | None = None,
     on_answered: Callable[[], Awaitable[None]] | None = None,
+    on_status: Callable[[str], Awaitable[None]] | None = None,
 ) -> TurnResult:
     """Run one user turn (model requests and tool calls until the model answers).
 
@@ -293,6 +303,8 @@ async def run_turn(
     ``on_thought`` gets the model's thinking (``<think>`` blocks) the same way.
     ``on_answered`` is called once the streamed answer is whole (an end-of-turn token went by, or a
     response of text without tool calls ended): what remains of the turn is bookkeeping.
+    ``on_status`` hears what the user should know while waiting, e.g. that the model is being loaded
+    again after an idle unload (default: ``on_thought``, which the ACP server sends to the IDE).
     ``hooks.on_invalid`` hears of calls that never reached a tool, in the model's order.
     ``files``/``commands`` are the backends of :mod:`punie.agent.backends`
     (default: the disk and local processes).
@@ -300,12 +312,15 @@ async def run_turn(
     from pydantic_ai.exceptions import AgentRunError
     from pydantic_ai.usage import UsageLimits
 
+    from punie.agent.wake import status_callback
+
     hooks = hooks or ToolHooks()
     deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy,
                     hooks=hooks, files=files, commands=commands)
     streamed = on_text or on_thought or hooks.on_invalid or on_answered
     handler = _event_handler(on_text, on_thought, hooks.on_invalid, on_answered) if streamed else None
     logger.info("turn against %s (workspace %s)", agent.base_url, deps.workspace.root)
+    status_callback.set(on_status or on_thought)  # this task's (and its children's) model requests
     try:
         result = await agent.agent.run(
             prompt,

@@ -331,8 +331,11 @@ class TerminalLoop:
             answered = False
             screen.line(tool_line(record))
 
+        async def on_status(text: str) -> None:  # e.g. the model is loaded again after an idle unload
+            screen.line(f"punie: {text}")
+
         task = asyncio.create_task(run_turn(agent, prompt, history=history, on_text=on_text,
-                                            on_answered=on_answered,
+                                            on_answered=on_answered, on_status=on_status,
                                             hooks=ToolHooks(on_end=on_tool, on_invalid=on_tool)))
         self._turn = task
         try:

@@ -1,0 +1,77 @@
+"""Idle unload (issue 24): the supervisor stops the model server after ``server.idle_unload`` without a
+request, keeps the agent, and starts the server again (readiness, canary) when the next prompt needs it;
+the agent is told the model is loading. Real mlx_lm.server on the tiny model, real agent code."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from punie.config.models import Profile, ResolvedProfile, ServerOptions, parse_duration
+from punie.launch import run_up
+from tests.support.launch_helpers import environ_has, live_pids
+from tests.support.ports import free_port
+
+IDLE_AGENT = str(Path(__file__).parent / "support" / "idle_agent.py")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("15m", 900), ("90s", 90), ("1h30m", 5400), ("500ms", 0.5),
+                                               ("2", 2), ("1.5h", 5400)])
+def test_idle_unload_is_a_typed_duration(text: str, seconds: float) -> None:
+    assert ServerOptions(idle_unload=text).idle_unload == seconds
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["15 minutes", "m", "-1s", "0s", 0, "1d"])
+def test_a_bad_duration_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        ServerOptions(idle_unload=bad)
+
+
+@pytest.mark.slow
+@pytest.mark.mlx
+@pytest.mark.timeout(400)
+def test_the_idle_server_is_unloaded_and_the_next_prompt_wakes_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlx_lm")
+    from tests.support.tiny import build_tiny_model
+
+    marker = f"PUNIE_TEST_IDLE_MARK={uuid.uuid4().hex}"  # every process of the session inherits it
+    monkeypatch.setenv(*marker.split("=", 1))
+    monkeypatch.setenv("MLX_DISABLE_COMPILE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = build_tiny_model(tmp_path / "tiny")
+    port = free_port()
+    profile = ResolvedProfile(name="idle", config_path=str(tmp_path / "punie.toml"), profile=Profile(
+        model=str(model), server=ServerOptions(port=port, idle_unload="2s", ready_timeout=120)))
+    result = tmp_path / "result.json"
+    lines: list[str] = []
+    outcome = run_up(profile, check=False, sink=lines.append, log_dir=tmp_path / "logs",
+                     agent_argv=[sys.executable, IDLE_AGENT, str(result), f"http://127.0.0.1:{port}/v1",
+                                 "127.0.0.1", str(port)])
+    text = "\n".join(lines)
+    assert (outcome.reason, outcome.exit_code) == ("agent-exited", 0), text
+    data = json.loads(result.read_text())
+    # The first turn may already find the server asleep (the agent's start can take longer than 2 s on a
+    # loaded machine); the second one always does, and is told so once.
+    gone = data["statuses"].index("-- server gone --")
+    assert data["statuses"][gone + 1:] == ["loading the model (it was unloaded while idle)..."], data
+    assert set(data["statuses"][:gone]) <= {"loading the model (it was unloaded while idle)..."}, data
+    assert all(isinstance(a, str) for a in data["answers"])
+    servers = [int(p) for p in re.findall(r"started mlx_lm\.server \(pid (\d+)\)", text)]
+    assert len(servers) == 2 + len(data["statuses"][:gone]) and len(set(servers)) == len(servers), text
+    stopped = [int(p) for p in re.findall(r"no request for 2s: stopped mlx_lm\.server \(pid (\d+)\)", text)]
+    # each one stopped while idle, then started again (the last one too, if the agent took 2 s to exit)
+    assert stopped in (servers[:-1], servers), text
+    assert len(re.findall(r"server ready on ", text)) == len(servers), text  # readiness checked on every wake
+    assert len(re.findall(r"server ready on .* \(woken in \d+\.\d\ds\)", text)) == len(servers) - 1, text
+    assert text.count("a request needs the model: starting mlx_lm.server again") == len(servers) - 1
+    # nothing left: neither server, nor the agent, nor anything they started
+    assert live_pids(lambda pid: pid != os.getpid() and environ_has(pid, marker)) == []
+    assert not (tmp_path / ".punie" / "run" / "idle.json").exists()
