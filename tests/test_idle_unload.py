@@ -75,3 +75,69 @@ def test_the_idle_server_is_unloaded_and_the_next_prompt_wakes_it(tmp_path: Path
     # nothing left: neither server, nor the agent, nor anything they started
     assert live_pids(lambda pid: pid != os.getpid() and environ_has(pid, marker)) == []
     assert not (tmp_path / ".punie" / "run" / "idle.json").exists()
+
+
+def test_the_control_channel_protocol() -> None:
+    """wake/done/touch on a real socket pair against IdleControl: a request in flight holds the server,
+    a wake while asleep is answered loading then ready, a closed channel leaves nothing in flight."""
+    import anyio
+
+    from punie.agent.wake import Waker
+    from punie.launch.idle import IdleControl
+
+    async def scenario() -> None:
+        control = IdleControl(0.3)
+        ours, theirs = IdleControl.pair()
+        waker = Waker(theirs)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(control.serve, ours)
+            assert await anyio.to_thread.run_sync(waker.begin) == "ready"  # awake: at once
+            assert control.in_flight == 1
+            with anyio.move_on_after(0.8) as held:
+                await control.idle()
+            assert held.cancelled_caught and control.awake  # a request in flight: never idle
+            waker.send("done")
+            with anyio.fail_after(5):
+                await control.idle()  # 0.3 s after the done
+            assert not control.awake
+            assert await anyio.to_thread.run_sync(waker.begin) == "loading"
+            with anyio.fail_after(5):
+                await control.wait_wake()
+            control.ready()  # the supervisor started it again
+            assert await anyio.to_thread.run_sync(waker.finish) == "ready"
+            assert control.wakes == 1
+            theirs.close()  # the agent exits with its request in flight
+            with anyio.fail_after(5):
+                while control.in_flight:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(scenario)
+
+
+def test_a_failed_wake_is_told_to_the_agent() -> None:
+    import anyio
+
+    from punie.agent.wake import Waker, WakeFailed, ensure_awake
+    from punie.launch.idle import IdleControl
+
+    async def scenario() -> None:
+        control = IdleControl(0.05)
+        ours, theirs = IdleControl.pair()
+        waker = Waker(theirs)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(control.serve, ours)
+            await control.idle()
+
+            async def supervisor() -> None:
+                await control.wait_wake()
+                control.failed("mlx_lm.server exited with code 1")
+
+            tg.start_soon(supervisor)
+            with pytest.raises(WakeFailed, match="could not be started again: mlx_lm.server exited with code 1"):
+                await ensure_awake(waker)
+            tg.cancel_scope.cancel()
+
+    import asyncio
+
+    asyncio.run(scenario())
