@@ -118,7 +118,7 @@ def test_the_control_channel_protocol() -> None:
 def test_a_failed_wake_is_told_to_the_agent() -> None:
     import anyio
 
-    from punie.agent.wake import Waker, WakeFailed, ensure_awake
+    from punie.agent.wake import WakeFailed, Waker, ensure_awake
     from punie.launch.idle import IdleControl
 
     async def scenario() -> None:
