@@ -141,3 +141,55 @@ def test_a_failed_wake_is_told_to_the_agent() -> None:
     import asyncio
 
     asyncio.run(scenario())
+
+
+def test_a_turn_that_wakes_the_server_tells_its_thoughts_callback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the ACP server hands run_turn (on_text, on_thought) is enough for the IDE to show the loading:
+    the notice arrives as a thought, before the answer; the request's done leaves nothing in flight."""
+    import asyncio
+
+    import anyio
+
+    from punie.agent import wake
+    from punie.agent.runner import build_agent, run_turn
+    from punie.config.models import AgentOptions
+    from punie.launch.idle import IdleControl
+    from tests.support.fake_openai import serve, text_reply
+
+    events: list[str] = []
+
+    async def scenario(url: str) -> None:
+        control = IdleControl(0.05)
+        ours, theirs = IdleControl.pair()
+        monkeypatch.setattr(wake, "_waker", wake.Waker(theirs))
+        monkeypatch.setattr(wake, "_checked", True)
+        agent = build_agent(AgentOptions(tools=[]), url)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(control.serve, ours)
+            await control.idle()  # asleep
+
+            async def supervisor() -> None:
+                await control.wait_wake()
+                events.append("server started")
+                control.ready()
+
+            tg.start_soon(supervisor)
+
+            async def on_text(piece: str) -> None:
+                events.append(f"text {piece}")
+
+            async def on_thought(piece: str) -> None:
+                events.append(f"thought {piece}")
+
+            result = await run_turn(agent, "hi", on_text=on_text, on_thought=on_thought)
+            assert result.answer == "Hi there."
+            with anyio.fail_after(5):
+                while control.in_flight:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    with serve([text_reply("Hi there.")]) as fake:
+        asyncio.run(scenario(fake.url))
+    # the thought and the (fake, instant) start race; both come before the answer
+    assert sorted(events[:2]) == sorted([f"thought {wake.LOADING}", "server started"]), events
+    assert events[2:] == ["text Hi there."], events

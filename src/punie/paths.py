@@ -29,6 +29,11 @@ def run_dir(project_dir: str | Path) -> Path:
     return state_dir(project_dir) / "run"
 
 
+def terminal_log(project_dir: str | Path) -> Path:
+    """Where the terminal mode (and `punie ask` on a terminal) writes Python warnings instead of the screen."""
+    return state_dir(project_dir) / "logs" / "terminal.log"
+
+
 def history_file(project_dir: str | Path) -> Path:
     """The terminal mode's prompt history for a workspace (`.punie/history`, one entry per prompt)."""
     return state_dir(project_dir) / "history"

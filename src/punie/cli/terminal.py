@@ -416,10 +416,30 @@ async def spinning_turn(agent: Any, prompt: str, screen: Screen, *, show_tools: 
         return await run_turn(agent, prompt, hooks=hooks)
 
 
+def warnings_to_log(project_dir: str | Path) -> None:
+    """Python warnings (a library's DeprecationWarning, say) go to :func:`punie.paths.terminal_log`, not
+    the screen a person reads: the calm terminal. Best effort: without a writable log they stay as they were."""
+    from punie.paths import terminal_log
+
+    path = terminal_log(project_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        logger.debug("warnings stay on stderr: %s", exc)
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    captured = logging.getLogger("py.warnings")
+    captured.addHandler(handler)
+    captured.propagate = False
+    logging.captureWarnings(True)
+
+
 def run_terminal(build: Callable[[Any], Any]) -> None:
     """Build the agent with the terminal's permission asker (``build(asker)``) and run the loop to its end."""
     loop = TerminalLoop()
     agent = build(loop.ask_permission)
+    warnings_to_log(agent.workspace.root)
     try:
         asyncio.run(loop.run(agent))
     except KeyboardInterrupt:  # a SIGINT outside a turn and outside the prompt: a clean stop all the same
