@@ -15,6 +15,10 @@ every ``liveness_interval`` seconds) catches a frozen or dead-inside server: aft
 policy applies). The signals task ends the session on the
 first SIGINT/SIGTERM/SIGHUP (graceful stop: SIGTERM, grace period, SIGKILL)
 and kills both children on the second.
+
+With ``server.idle_unload`` the server task also waits for the idle timer of `punie.launch.idle`
+(fed by the agent over its control channel): the server is stopped, the agent stays, and the next
+``wake`` starts the server again through the same spawn / readiness / canary path.
 """
 
 from __future__ import annotations
