@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib
 import os
 
-if "_PUNIE_COMPLETE" in os.environ:  # TAB: profile and adapter names without importing the CLI
-    from punie.cli.fastcomplete import complete_and_exit
+from punie.cli.fastcomplete import COMPLETE_VAR, complete_and_exit  # stdlib only
 
+if COMPLETE_VAR in os.environ:  # TAB: profile and adapter names without importing the CLI
     complete_and_exit()  # exits when it answered; else click's completion below answers
 
 import click

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-COMPLETE_VAR = "_PUNIE_COMPLETE"
+from punie.cli.fastcomplete import COMPLETE_VAR
 
 
 @click.command("completion")
