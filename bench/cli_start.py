@@ -14,7 +14,9 @@ load on the machine hits all three alike), each command is started as a fresh pr
 - ``python -m punie --config punie.toml check``: a small profiles file, one profile on the
   tiny offline test model (its config and safetensors headers are read, as on a real model);
 - ``python -m punie --config punie.toml up --dry-run``: the same profile, checked, planned,
-  printed, nothing started.
+  printed, nothing started;
+- TAB after ``punie up ``: the shell's completion call (``_PUNIE_COMPLETE=bash_complete``), answered
+  by the light reader (punie.cli.fastcomplete), and the same question through click's whole CLI.
 
 Medians (and the fastest run, less sensitive to other processes) are printed with the ratios.
 Run: .venv/bin/python bench/cli_start.py [--rounds 30]
@@ -45,7 +47,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: TAB after `punie up `: the variables click's bash script sets when it calls punie back.
+TAB_ENV = {"_PUNIE_COMPLETE": "bash_complete", "COMP_WORDS": "punie up ", "COMP_CWORD": "2"}
+#: The same question through click's whole CLI (what every TAB cost before the light reader).
+CLICK_TAB = ("import os\nfrom punie.cli import main\nos.environ.update(_PUNIE_COMPLETE='bash_complete', "
+             "COMP_WORDS='punie up ', COMP_CWORD='2')\nmain(prog_name='punie')")
+
+
 def wall(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+    if argv and argv[0] == "TAB":  # the completion case: its variables in the environment
+        argv, env = argv[1:], {**env, **TAB_ENV}
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - start
@@ -81,6 +92,9 @@ def main() -> None:
             "one pydantic model": [py, "-c", PYDANTIC_FLOOR],
             "punie check": [py, "-m", "punie", "--config", "punie.toml", "check"],
             "punie up --dry-run": [py, "-m", "punie", "--config", "punie.toml", "up", "--dry-run"],
+            # TAB completion of a profile name (issue 24: within 100 ms): the light reader, and click's path
+            "TAB punie up <name>": ["TAB", py, "-m", "punie"],
+            "TAB via click": [py, "-c", CLICK_TAB],
         }
         names = list(commands)
         for name in names:  # warm the file cache (and .pyc files) before measuring
@@ -94,11 +108,12 @@ def main() -> None:
     base_med = statistics.median(times["python -c pass"])
     base_min = min(times["python -c pass"])
     print(f"{args.rounds} interleaved runs each (wall time of a fresh process)")
-    print(f"{'command':22s} {'median':>9s} {'fastest':>9s} {'ratio (median)':>15s} {'ratio (fastest)':>16s}")
+    print(f"{'command':24s} {'median':>9s} {'fastest':>9s} {'ratio (median)':>15s} {'ratio (fastest)':>16s}")
     for name in names:
         med, fast = statistics.median(times[name]), min(times[name])
-        print(f"{name:22s} {med * 1000:7.1f}ms {fast * 1000:7.1f}ms {med / base_med:14.1f}x {fast / base_min:15.1f}x")
-    print("goal: punie check and punie up --dry-run within 6x python -c pass")
+        print(f"{name:24s} {med * 1000:7.1f}ms {fast * 1000:7.1f}ms {med / base_med:14.1f}x {fast / base_min:15.1f}x")
+    print("goal: punie check and punie up --dry-run within 6x python -c pass; TAB within 100 ms "
+          f"(median {statistics.median(times['TAB punie up <name>']) * 1000:.0f} ms)")
 
 
 if __name__ == "__main__":

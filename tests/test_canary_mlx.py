@@ -196,7 +196,7 @@ def test_check_and_list_show_the_canary(project: Path, tiny_adapter: Path) -> No
     canaries = {a["name"]: a["canary"] for a in json.loads(listed.output)}
     assert canaries == {"plain": False, "strong": True}
     table = CliRunner().invoke(main, [*config, "adapters", "list"]).output
-    assert "canary" in table.splitlines()[0]
+    assert "CANARY" in table.splitlines()[0]
 
 
 def test_a_composed_adapter_gets_its_canary_when_launched(project: Path, tiny_model: Path) -> None:

@@ -216,15 +216,17 @@ def test_an_unfinished_line_such_as_a_prompt_is_shown_early(tmp_path: Path) -> N
     assert "punie> typed" in Path(plan.agent_log).read_text()  # the log has whole lines only
 
 
-def test_not_following_the_server_hides_its_output_after_ready_but_logs_and_quotes_it(tmp_path: Path) -> None:
-    # For an agent in the same terminal: the server's chatter after ready goes to its log only.
+def test_not_following_the_server_hides_its_output_but_logs_and_quotes_it(tmp_path: Path) -> None:
+    # For an agent in the same terminal: the server's chatter (warnings, log lines) goes to its log
+    # only, from its first line, and so does the agent's stderr.
     plan = fake_plan(tmp_path, server_args=["--crash-after", "1.0"])
     lines: list[str] = []
     outcome = _run(plan, lines, follow_server=False)
     assert (outcome.reason, outcome.exit_code) == ("server-died", 1)
-    assert any(line.startswith("server | fake server starting") for line in lines)  # before ready: shown
-    ready = next(line for line in lines if "ready on" in line)
-    assert ready.endswith(f"; its output continues in {plan.server_log}")
-    assert not any("crashing with code 3" in line for line in lines)  # after ready: hidden...
+    assert not any(line.startswith(("server |", "agent |")) for line in lines), lines  # nothing echoed
+    assert "fake server starting" in Path(plan.server_log).read_text()
+    started = next(line for line in lines if "waiting for a 1-token completion" in line)
+    assert started.endswith(f"; its output goes to {plan.server_log}")
+    assert not any("crashing with code 3" in line for line in lines)  # hidden...
     assert "crashing with code 3" in Path(plan.server_log).read_text()  # ...but logged
     assert "crashing with code 3" in outcome.message  # ...and quoted when it explains a failure

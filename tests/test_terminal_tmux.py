@@ -10,6 +10,7 @@ Without tmux these tests skip; with PUNIE_REQUIRE_TMUX=1 (.ci/run) they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -304,3 +305,80 @@ def test_ask_on_a_terminal_shows_the_spinner_and_ctrl_c_stops_it(tmp_path: Path,
             assert wait_gone(term.token) == []
         finally:
             go.set()
+
+
+def test_ctrl_c_once_the_answer_is_whole_keeps_it_and_says_no_turn_cancelled(tmp_path: Path, term: Tmux) -> None:
+    """The model sends its answer and its end-of-turn token, then goes on (the stream stays open): the user
+    sees a whole answer, and a Ctrl-C then cuts the stream without "turn cancelled"; the answer stays in
+    the conversation (the next request carries it)."""
+    import dataclasses
+
+    tail = threading.Event()
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    whole = dataclasses.replace(text_reply("The answer is 42.<|im_end|>"), hold=tail)
+    script = [whole, text_reply("Second answer.")]
+    with serve(script) as fake:
+        try:
+            pane = term.start(_punie("serve", "--model", f"local:{fake.url}"), env=_env(tmp_path), cwd=workspace)
+            term.wait_text(pane, PROMPT_LINE, timeout=30)
+            term.type(pane, "question one")
+            term.send(pane, "Enter")
+            term.wait_text(pane, r"^The answer is 42\.$")
+            term.send(pane, "C-c")
+            term.wait_text(pane, r"^The answer is 42\.\npunie>\s*$")
+            assert "turn cancelled" not in term.screen(pane)
+            term.type(pane, "question two")
+            term.send(pane, "Enter")
+            term.wait_text(pane, r"^Second answer\.\npunie>\s*$")
+            second = fake.requests[1]["messages"]
+            assert [m["content"] for m in second if m["role"] == "assistant"] == ["The answer is 42."], second
+            term.send(pane, "C-d")
+            assert term.exit_status(pane) == 0, term.screen(pane)
+            _clean(term.screen(pane))
+            assert "turn cancelled" not in term.screen(pane)
+        finally:
+            tail.set()
+    assert wait_gone(term.token) == []
+
+
+#: What must not reach the screen before the first prompt of an interactive `punie up`: the server's
+#: warnings and log lines (mlx_lm's "not recommended for production", "Prompt Cache"), Python warnings,
+#: and the relayed output of the children.
+NOISE = re.compile(r"not recommended|Prompt Cache|Warning|WARNING|INFO|^server \||^agent \||Traceback", re.M)
+
+
+@pytest.mark.slow
+@pytest.mark.mlx
+def test_punie_up_starts_calm_and_a_second_up_says_it_is_already_running(tmp_path: Path, term: Tmux) -> None:
+    pytest.importorskip("mlx_lm")
+    from tests.support.ports import free_port
+    from tests.support.tiny import build_tiny_model
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    model = build_tiny_model(tmp_path / "models" / "tiny")
+    port = free_port()
+    (project / "punie.toml").write_text(
+        f'[profiles.tiny]\nmodel = "{model}"\n[profiles.tiny.server]\nport = {port}\nready_timeout = 120\n')
+    env = {**_env(tmp_path), "MLX_DISABLE_COMPILE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    pane = term.start(_punie("up", "tiny"), env=env, cwd=project)
+    screen = term.wait_for(pane, lambda s: re.search(PROMPT_LINE, s, re.M), "the first prompt", timeout=150)
+    before = screen[: re.search(PROMPT_LINE, screen, re.M).start()]
+    assert not NOISE.search(before), before
+    assert re.search(r"^punie \| server ready on ", before, re.M), before
+    log = (project / ".punie" / "logs" / "tiny-server.log").read_text()
+    assert "Starting httpd" in log or "127.0.0.1" in log, log  # the server's lines went to its log
+
+    second = term.start(_punie("up", "tiny"), env=env, cwd=project)
+    assert term.exit_status(second, timeout=60) == 1, term.screen(second)
+    said = term.screen(second)
+    pid = json.loads((project / ".punie" / "run" / "tiny.json").read_text())["pid"]
+    assert re.search(rf"profile tiny is already running on port {port} \(pid {pid}, since \d{{4}}-\d\d-\d\d "
+                     r"\d\d:\d\d:\d\d\)", said), said
+    assert "already in use" not in said
+
+    term.send(pane, "C-d")
+    assert term.exit_status(pane, timeout=60) == 0, term.screen(pane)
+    assert not (project / ".punie" / "run" / "tiny.json").exists()
+    assert wait_gone(term.token, timeout=20) == []

@@ -11,8 +11,9 @@ CONFIG = "PUNIE_CONFIG"  # the profiles file
 PROFILE = "PUNIE_PROFILE"  # the profile to use
 CACHE_DIR = "PUNIE_CACHE_DIR"  # Punie's cache (provisioned models)
 GUARD_MODE = "PUNIE_GUARD_MODE"  # the orphan guard's mode (launch/guard.py)
+CONTROL_FD = "PUNIE_CONTROL_FD"  # the agent's end of the supervisor's control channel (idle unload)
 
-NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE})
+NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, CONTROL_FD})
 PREFIX = "PUNIE_"
 #: The same names without the prefix (how config's env layer compares them).
 NON_PROFILE_KEYS = frozenset(name[len(PREFIX):] for name in NON_PROFILE)

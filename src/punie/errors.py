@@ -103,6 +103,7 @@ class LaunchReason(StrEnum):
     READY_TIMEOUT = "ready-timeout"
     ADAPTER_NOT_APPLIED = "adapter-not-applied"  # the readiness canary: the server answers as the base alone
     MODEL_NOT_SERVED = "model-not-served"  # the server says the requested model id does not exist (vLLM 404)
+    ALREADY_RUNNING = "already-running"  # another live `punie up` of the profile serves on the same port
 
 
 class LaunchFailed(LaunchError):

@@ -23,6 +23,17 @@ def state_dir(project_dir: str | Path) -> Path:
     return Path(project_dir) / ".punie"
 
 
+def run_dir(project_dir: str | Path) -> Path:
+    """Where each running `punie up` session leaves its instance file (`.punie/run/NAME.json`)
+    and its control socket (`.punie/run/NAME.sock`)."""
+    return state_dir(project_dir) / "run"
+
+
+def terminal_log(project_dir: str | Path) -> Path:
+    """Where the terminal mode (and `punie ask` on a terminal) writes Python warnings instead of the screen."""
+    return state_dir(project_dir) / "logs" / "terminal.log"
+
+
 def history_file(project_dir: str | Path) -> Path:
     """The terminal mode's prompt history for a workspace (`.punie/history`, one entry per prompt)."""
     return state_dir(project_dir) / "history"

@@ -33,6 +33,9 @@ class Reply:
     status: int = 200
     error_body: Any = None
     raw: bytes | None = None
+    #: Streamed replies: after the content, wait for this before the final chunk (a model still
+    #: sending what the user does not see, e.g. tokens after its end-of-turn token).
+    hold: threading.Event | None = field(default=None, compare=False)
 
 
 def text_reply(text: str) -> Reply:
@@ -168,8 +171,15 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
-            for chunk in _chunks(reply, index):
-                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            chunks = _chunks(reply, index)
+            for n, chunk in enumerate(chunks):
+                if reply.hold is not None and n == len(chunks) - 1:
+                    self.wfile.flush()
+                    reply.hold.wait(timeout=60)
+                try:
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                except OSError:  # the client went away (a cut stream)
+                    return
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
             self.close_connection = True

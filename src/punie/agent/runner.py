@@ -101,7 +101,8 @@ def build_agent(
     except ToolFailure as exc:
         raise AgentError(str(exc), where="agent.workspace") from None
     # No SDK retries: a dead server should be reported at once, not after backoff.
-    client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout)
+    client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout,
+                         http_client=_waking_client())
     # mlx_lm ignores "strict"; a generic profile keeps the request plain chat completions.
     # max_tokens (not max_completion_tokens): the field every OpenAI-compatible server reads.
     profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False,
@@ -126,6 +127,14 @@ def build_agent(
     policy = PermissionPolicy(options.permissions, permission_asker or deny_asker)
     return PunieAgent(options=options, base_url=base_url, workspace=workspace, policy=policy, agent=agent,
                       retries=retries)
+
+
+def _waking_client() -> Any:
+    """Under `punie up` with idle unload: an httpx client that wakes the server before each request."""
+    from punie.agent.wake import current_waker, waking_client
+
+    waker = current_waker()
+    return waking_client(waker) if waker is not None else None  # None: the OpenAI client's own
 
 
 def _answer_validator(enabled: tuple[str, ...]) -> Any:
@@ -282,6 +291,8 @@ async def run_turn(
     commands: Any = None,
     on_text: Callable[[str], Awaitable[None]] | None = None,
     on_thought: Callable[[str], Awaitable[None]] | None = None,
+    on_answered: Callable[[], Awaitable[None]] | None = None,
+    on_status: Callable[[str], Awaitable[None]] | None = None,
 ) -> TurnResult:
     """Run one user turn (model requests and tool calls until the model answers).
 
@@ -290,6 +301,10 @@ async def run_turn(
     With ``on_text`` the model's answers are streamed and every piece of text
     is handed to it as it arrives (the ACP server forwards them to the IDE);
     ``on_thought`` gets the model's thinking (``<think>`` blocks) the same way.
+    ``on_answered`` is called once the streamed answer is whole (an end-of-turn token went by, or a
+    response of text without tool calls ended): what remains of the turn is bookkeeping.
+    ``on_status`` hears what the user should know while waiting, e.g. that the model is being loaded
+    again after an idle unload (default: ``on_thought``, which the ACP server sends to the IDE).
     ``hooks.on_invalid`` hears of calls that never reached a tool, in the model's order.
     ``files``/``commands`` are the backends of :mod:`punie.agent.backends`
     (default: the disk and local processes).
@@ -297,18 +312,22 @@ async def run_turn(
     from pydantic_ai.exceptions import AgentRunError
     from pydantic_ai.usage import UsageLimits
 
+    from punie.agent.wake import status_callback
+
     hooks = hooks or ToolHooks()
     deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy,
                     hooks=hooks, files=files, commands=commands)
-    streamed = on_text or on_thought or hooks.on_invalid
+    streamed = on_text or on_thought or hooks.on_invalid or on_answered
+    handler = _event_handler(on_text, on_thought, hooks.on_invalid, on_answered) if streamed else None
     logger.info("turn against %s (workspace %s)", agent.base_url, deps.workspace.root)
+    status_callback.set(on_status or on_thought)  # this task's (and its children's) model requests
     try:
         result = await agent.agent.run(
             prompt,
             deps=deps,
             message_history=list(history) if history else None,
             usage_limits=UsageLimits(request_limit=agent.options.max_turns),
-            event_stream_handler=_event_handler(on_text, on_thought, hooks.on_invalid) if streamed else None,
+            event_stream_handler=handler,
         )
     except AgentRunError as exc:
         raise _agent_error(exc, agent) from exc
@@ -331,7 +350,8 @@ async def run_turn(
 
 def _event_handler(on_text: Callable[[str], Awaitable[None]] | None,
                    on_thought: Callable[[str], Awaitable[None]] | None = None,
-                   on_invalid: Callable[[ToolCallRecord], Awaitable[None]] | None = None) -> Any:
+                   on_invalid: Callable[[ToolCallRecord], Awaitable[None]] | None = None,
+                   on_answered: Callable[[], Awaitable[None]] | None = None) -> Any:
     """A pydantic-ai event stream handler handing text (and thinking) deltas to the callbacks.
 
     Text goes through a :class:`TagFilter` per text part, so template markup
@@ -351,19 +371,32 @@ def _event_handler(on_text: Callable[[str], Awaitable[None]] | None,
         TextPartDelta,
         ThinkingPart,
         ThinkingPartDelta,
+        ToolCallPart,
     )
 
     async def handler(ctx: Any, events: Any) -> None:
         filters: dict[int, TagFilter] = {}
         invalid: dict[str, Any] = {}  # tool_call_id -> the call, until its feedback arrives
+        texts = calls = 0
+        answered = False
+
+        async def answer_whole() -> None:
+            nonlocal answered
+            if not answered and on_answered:
+                answered = True
+                await on_answered()
 
         async def text(index: int, piece: str, end: bool = False) -> None:
+            nonlocal texts
             f = filters.setdefault(index, TagFilter())
             shown = f.feed(piece) + (f.flush() if end else "")
             if end:
                 filters.pop(index, None)
+            texts += bool(shown)
             if shown and on_text:
                 await on_text(shown)
+            if f.ended and texts and not calls:
+                await answer_whole()
 
         async for event in events:
             piece = part = None
@@ -372,6 +405,7 @@ def _event_handler(on_text: Callable[[str], Awaitable[None]] | None,
                 piece = getattr(part, "content", None)
                 if isinstance(part, TextPart):
                     filters.pop(event.index, None)
+                calls += isinstance(part, ToolCallPart)
             elif isinstance(event, PartDeltaEvent):
                 part = event.delta
                 piece = getattr(part, "content_delta", None)
@@ -400,6 +434,8 @@ def _event_handler(on_text: Callable[[str], Awaitable[None]] | None,
                 await on_thought(piece)
         for index in list(filters):
             await text(index, "", end=True)
+        if texts and not calls:  # a response of text alone: the answer
+            await answer_whole()
 
     return handler
 

@@ -16,6 +16,8 @@ import re
 from typing import Any
 
 CALL_OPEN = "<tool_call>"
+#: Special tokens that end the model's turn: text after one is not part of the answer.
+END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")
 CALL_CLOSE = "</tool_call>"
 #: Markup removed where it stands (the text around it is kept).
 _TAG = re.compile(
@@ -63,6 +65,8 @@ class TagFilter:
     def __init__(self) -> None:
         self._buffer = ""
         self._hiding = False
+        #: Set once an end-of-turn token went by: what follows is debris, the answer is whole.
+        self.ended = False
 
     def feed(self, piece: str) -> str:
         """The text of ``piece`` that can be shown now."""
@@ -87,6 +91,7 @@ class TagFilter:
             if match is not None:
                 out.append(self._buffer[: match.start()])
                 self._buffer = self._buffer[match.end():]
+                self.ended = self.ended or match.group() in END_OF_TURN
                 if match.group() == CALL_OPEN:
                     self._hiding = True
                 continue

@@ -11,6 +11,12 @@ code the error carries; nothing else in Punie prints or exits.
 from __future__ import annotations
 
 import importlib
+import os
+
+from punie.cli.fastcomplete import COMPLETE_VAR, complete_and_exit  # stdlib only
+
+if COMPLETE_VAR in os.environ:  # TAB: profile and adapter names without importing the CLI
+    complete_and_exit()  # exits when it answered; else click's completion below answers
 
 import click
 

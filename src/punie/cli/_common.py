@@ -175,6 +175,15 @@ def is_tty(stream: Any = None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+def table(heads: list[str], rows: list[list[str]]) -> list[str]:
+    """The one table style of the CLI: UPPERCASE headers, columns padded to their widest cell
+    (the last one is not padded), two spaces between them."""
+    every = [[h.upper() for h in heads], *rows]
+    widths = [max(len(row[i]) for row in every) for i in range(len(heads))]
+    widths[-1] = 0
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in every]
+
+
 def toml_value(value: Any) -> str:
     """A value written the way it would be in punie.toml (``"text"``, ``8080``, ``["a"]``)."""
     from punie.config.locate import dotted

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from punie.cli._common import echo_json, format_option, state_of
+from punie.cli._common import echo_json, format_option, state_of, table
 
 
 @click.group("adapters", invoke_without_command=True)
@@ -25,13 +25,6 @@ def _size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
-
-
-def _table(rows: list[list[str]], heads: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 @adapters_group.command("list")
@@ -71,7 +64,8 @@ def list_command(ctx: click.Context, fmt: str = "text") -> None:
             {True: "yes", False: "no", None: "bad"}[info.canary],
             fit if not info.problem else f"{fit} ({info.problem})",
         ])
-    click.echo(_table(rows, ["name", "base model", "rank", "layers", "size", "created", "score", "canary", "fits"]))
+    heads = ["name", "base model", "rank", "layers", "size", "created", "score", "canary", "fits"]
+    click.echo("\n".join(table(heads, rows)))
 
 
 def _score(info: Any) -> str:

@@ -27,7 +27,7 @@ def _project_dir(ctx: click.Context) -> Path:
 def export_command(ctx: click.Context, adapter: str, fmt: str, out: str, force: bool) -> None:
     """Write the exact PEFT equivalent of an mlx_lm ADAPTER (a directory or a name under adapters/).
 
-    ``--format`` here is the adapter format written (the PEFT config is in DIR/adapter_config.json).
+    --format here is the adapter format written (the PEFT config is in DIR/adapter_config.json).
     """
     from punie.adapters.peft import export_peft
     from punie.adapters.registry import resolve_adapter

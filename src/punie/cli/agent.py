@@ -183,10 +183,12 @@ def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: 
     """
     from punie.agent.permissions import terminal_asker
     from punie.agent.runner import build_agent, run_turn_sync
-    from punie.cli.terminal import Screen, spinning_turn
+    from punie.cli.terminal import Screen, spinning_turn, warnings_to_log
 
     target = _load_target(state_of(ctx), profile, overrides, base_url)
     screen = Screen(sys.stderr) if sys.stderr.isatty() else None
+    if screen is not None:
+        warnings_to_log(target.base_dir or ".")
     asker = terminal_asker()
     agent = build_agent(target.options, target.base_url, permission_asker=screen.pausing(asker) if screen else asker,
                         base_dir=target.base_dir, model_name=target.model_name)
@@ -253,7 +255,9 @@ def serve_command(ctx: click.Context, model: str, adapter: str | None, port: int
     target = serve_profile(model, adapter=adapter, port=port, host=host, base=resolved)
     from punie.launch import run_up
 
-    outcome = run_up(target, check=True, dry_run=dry_run, progress=render_progress, subreaper=True)
+    # As `punie up`: the interactive agent shares this terminal, so the server's output goes to its log.
+    outcome = run_up(target, check=True, dry_run=dry_run, progress=render_progress, subreaper=True,
+                     follow_server=not sys.stdin.isatty())
     if dry_run:
         if outcome.plan is not None:
             click.echo(outcome.plan.render_text())

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import click
 
-COMPLETE_VAR = "_PUNIE_COMPLETE"
+from punie.cli.fastcomplete import COMPLETE_VAR
 
 
 @click.command("completion")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion_command(shell: str) -> None:
-    """Print the completion script for SHELL (bash, zsh or fish); see `punie completion --help`.
+    """Print the completion script for SHELL (bash, zsh or fish); install it as below.
 
     \b
     bash:  eval "$(punie completion bash)"     (in ~/.bashrc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from punie.cli._common import echo_json, format_option, render_progress
+from punie.cli._common import echo_json, format_option, render_progress, table
 
 
 def register(group: click.Group) -> None:
@@ -36,9 +36,10 @@ def register(group: click.Group) -> None:
         if fmt == "json":
             echo_json(rows)
             return
-        for r in rows:
-            state = "provisioned" if r["provisioned"] else "not provisioned"
-            click.echo(f"{r['name']}\t{state}\t{r['path']}\t{r['description']}")
+        cells = [[r["name"], "provisioned" if r["provisioned"] else "not provisioned", r["path"], r["description"]]
+                 for r in rows]
+        for line in table(["name", "state", "path", "description"], cells):
+            click.echo(line)
 
     @models.command("import-gguf")
     @click.argument("file", type=click.Path(dir_okay=False))

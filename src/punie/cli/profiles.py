@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from punie.cli._common import complete_profiles, echo_json, format_option, set_option, state_of, toml_value
+from punie.cli._common import complete_profiles, echo_json, format_option, set_option, state_of, table, toml_value
 from punie.config import EMBEDDED_NAME, list_profiles, load_profile
 from punie.config.models import Profile, ResolvedProfile
 from punie.config.resolve import LEAF_KEYS
@@ -36,13 +36,6 @@ def _adapter_text(profile: Profile) -> str:
             ref.path if ref.weight == 1 else f"{ref.path}*{ref.weight:g}" for ref in profile.adapter_refs()
         )
     return "-"
-
-
-def _table(rows: list[list[str]]) -> list[str]:
-    """Columns padded to their widest cell (the last column is not padded)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    widths[-1] = 0
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def _origin(resolved: ResolvedProfile) -> str:
@@ -87,7 +80,7 @@ def profiles_group(ctx: click.Context, fmt: str, overrides: tuple[str, ...]) -> 
     if not listing.profiles:
         click.echo("(no profiles)")
         return
-    rows = [["", "NAME", "MODEL", "ADAPTER", "PORT", "DESCRIPTION"]]
+    rows = []
     for r in listing.profiles:
         p = r.profile
         rows.append(
@@ -100,20 +93,32 @@ def profiles_group(ctx: click.Context, fmt: str, overrides: tuple[str, ...]) -> 
                 p.description or "",
             ]
         )
-    for line in _table(rows):
+    for line in table(["", "NAME", "MODEL", "ADAPTER", "PORT", "DESCRIPTION"], rows):
         click.echo(line)
+
+
+#: Keys that only one backend reads: ``profiles show`` leaves the other backend's out (unless --all).
+BACKEND_ONLY = {"vllm": "server.vllm."}
+
+
+def shown_keys(backend: str, *, every: bool = False) -> list[str]:
+    """The keys ``profiles show`` lists for a profile on ``backend``."""
+    other = [prefix for name, prefix in BACKEND_ONLY.items() if name != backend]
+    return [k for k in LEAF_KEYS if every or not k.startswith(tuple(other))]
 
 
 @profiles_group.command("show")
 @click.argument("name", required=False, shell_complete=complete_profiles)
+@click.option("--all", "every", is_flag=True, help="Also list the keys only the other backend reads (server.vllm.*).")
 @_FORMAT
 @_SET
 @click.pass_context
-def show(ctx: click.Context, name: str | None, fmt: str, overrides: tuple[str, ...]) -> None:
+def show(ctx: click.Context, name: str | None, every: bool, fmt: str, overrides: tuple[str, ...]) -> None:
     """Print the fully resolved profile NAME and where each value came from.
 
     Sources: file, file (defaults), file (extends NAME), env (PUNIE_* variables),
-    cli (--set) or default. Without NAME, the default profile is shown.
+    cli (--set) or default. Without NAME, the default profile is shown. The keys only
+    another backend reads are left out unless --all is given.
     """
     state = state_of(ctx)
     resolved = load_profile(name, config=state.config, overrides=state.with_overrides(overrides))
@@ -128,10 +133,9 @@ def show(ctx: click.Context, name: str | None, fmt: str, overrides: tuple[str, .
         )
         return
     click.echo(f"profile {resolved.name}  ({_origin(resolved)})")
-    rows = [["KEY", "SOURCE", "VALUE"]]
-    for key in LEAF_KEYS:
-        rows.append([key, resolved.sources.get(key, "default"), toml_value(_leaf_value(resolved.profile, key))])
-    for line in _table(rows):
+    rows = [[key, resolved.sources.get(key, "default"), toml_value(_leaf_value(resolved.profile, key))]
+            for key in shown_keys(resolved.profile.server.backend, every=every)]
+    for line in table(["KEY", "SOURCE", "VALUE"], rows):
         click.echo(line)
 
 

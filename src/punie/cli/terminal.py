@@ -16,7 +16,9 @@ uses the plain line loop.
   supervisor reads and relays line by line in its own time, so a tool line
   written to stderr reached the screen after the answer written straight to
   stdout. Logs still go to stderr (and ``.punie/logs/``).
-* Ctrl-C during a turn cancels the turn and returns to the prompt. The
+* Ctrl-C during a turn cancels the turn and returns to the prompt; once the
+  answer is whole on the screen (the model's end-of-turn token went by) it only
+  cuts what is left of the stream: no "turn cancelled", the answer is kept. The
   terminal stays in raw mode during the turn and the key is read here, because
   under ``punie up`` the agent runs in a session of its own: the terminal's
   SIGINT would reach the supervisor (and stop everything), never the agent. A
@@ -311,17 +313,29 @@ class TerminalLoop:
         from punie.errors import AgentError
 
         screen = self.screen
-        streamed = False
+        streamed: list[str] = []
+        answered = False
 
         async def on_text(piece: str) -> None:
-            nonlocal streamed
-            streamed = True
+            nonlocal answered
+            streamed.append(piece)
+            answered = False
             screen.write(piece)
 
+        async def on_answered() -> None:
+            nonlocal answered
+            answered = True
+
         async def on_tool(record: Any) -> None:
+            nonlocal answered
+            answered = False
             screen.line(tool_line(record))
 
+        async def on_status(text: str) -> None:  # e.g. the model is loaded again after an idle unload
+            screen.line(f"punie: {text}")
+
         task = asyncio.create_task(run_turn(agent, prompt, history=history, on_text=on_text,
+                                            on_answered=on_answered, on_status=on_status,
                                             hooks=ToolHooks(on_end=on_tool, on_invalid=on_tool)))
         self._turn = task
         try:
@@ -330,6 +344,11 @@ class TerminalLoop:
                     await asyncio.wait({task})
         finally:
             self._turn = None
+        if task.cancelled() and answered:
+            # The answer was whole on the screen (the model only had debris left to send): the turn
+            # is over, not cancelled, and the conversation keeps the answer.
+            screen.end_line()
+            return [*history, *answered_messages(prompt, "".join(streamed))]
         if task.cancelled():
             screen.line(CANCELLED)
             return None
@@ -374,6 +393,13 @@ class TerminalLoop:
                     loop.remove_signal_handler(signal.SIGINT)
 
 
+def answered_messages(prompt: str, answer: str) -> list[Any]:
+    """The messages of a turn whose answer was whole when its stream was cut: the prompt and the answer."""
+    from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
+
+    return [ModelRequest(parts=[UserPromptPart(content=prompt)]), ModelResponse(parts=[TextPart(content=answer)])]
+
+
 async def spinning_turn(agent: Any, prompt: str, screen: Screen, *, show_tools: bool = True) -> Any:
     """One turn of ``punie ask`` with stderr on a terminal: the spinner, and each tool line as the call ends.
 
@@ -390,10 +416,30 @@ async def spinning_turn(agent: Any, prompt: str, screen: Screen, *, show_tools: 
         return await run_turn(agent, prompt, hooks=hooks)
 
 
+def warnings_to_log(project_dir: str | Path) -> None:
+    """Python warnings (a library's DeprecationWarning, say) go to :func:`punie.paths.terminal_log`, not
+    the screen a person reads: the calm terminal. Best effort: without a writable log they stay as they were."""
+    from punie.paths import terminal_log
+
+    path = terminal_log(project_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        logger.debug("warnings stay on stderr: %s", exc)
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    captured = logging.getLogger("py.warnings")
+    captured.addHandler(handler)
+    captured.propagate = False
+    logging.captureWarnings(True)
+
+
 def run_terminal(build: Callable[[Any], Any]) -> None:
     """Build the agent with the terminal's permission asker (``build(asker)``) and run the loop to its end."""
     loop = TerminalLoop()
     agent = build(loop.ask_permission)
+    warnings_to_log(agent.workspace.root)
     try:
         asyncio.run(loop.run(agent))
     except KeyboardInterrupt:  # a SIGINT outside a turn and outside the prompt: a clean stop all the same

@@ -29,8 +29,8 @@ from punie.cli._common import (
 @click.option("--no-check", is_flag=True, help="Launch without running `punie check` first.")
 @click.option(
     "--follow-server/--no-follow-server", default=None,
-    help="Keep showing the server's output after it is ready (default: yes, unless the agent talks to "
-    "you in this terminal; the output always goes to .punie/logs/).",
+    help="Show the server's output here (default: yes, unless the agent talks to you in this terminal: then "
+    "the server's and the agent's output go to .punie/logs/ only, quoted if they fail).",
 )
 @click.option(
     "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -56,9 +56,15 @@ def up_command(
 ) -> None:
     """Start mlx_lm.server for PROFILE and the agent wired to it; stop both on Ctrl-C.
 
-    Exit code: 0 when stopped by the user or when the agent exited cleanly,
-    1 when something failed (the message names the cause), 2 for a bad profile,
-    130 when a second Ctrl-C forced the stop.
+    \b
+    Exit code:
+      0    stopped by the user, or the agent exited cleanly
+      1    something failed; the message names it: the check found errors
+           (a missing or unfitting adapter or model), the server never answered,
+           the profile is already running, the server or the agent died
+      2    the command line or punie.toml is wrong (unknown profile, invalid
+           TOML or value, --set of an unknown key)
+      130  a second Ctrl-C forced the stop
     """
     from punie.config import load_profile
     from punie.launch import LaunchFailed, run_up

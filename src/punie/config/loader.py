@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
-from punie.config.locate import KeyPath, dotted, key_lines, line_of, syntax_error_position
+from punie.config.locate import KeyPath, dotted, key_lines, line_of, toml_syntax_error
 from punie.config.models import PunieFile
 from punie.errors import ConfigError, did_you_mean
 
@@ -167,9 +167,7 @@ def parse_config(text: str, *, display: str = CONFIG_NAME, path: Path | None = N
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line, col, message = syntax_error_position(exc, text)
-        where = display + (f":{line}" if line else "") + (f":{col}" if line and col else "")
-        raise ConfigError(f"invalid TOML: {message}", where=where) from None
+        raise toml_syntax_error(exc, text, display=display) from None
     except RecursionError:
         raise ConfigError("invalid TOML: values nested too deeply", where=display) from None
     lines = key_lines(text)

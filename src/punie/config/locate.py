@@ -11,9 +11,11 @@ cannot place falls back to its longest placed prefix (the table header).
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Sequence
 
 from punie.config import lexer
+from punie.errors import ConfigError
 
 KeyPath = tuple[str, ...]
 
@@ -86,6 +88,34 @@ def syntax_error_position(exc: Exception, text: str) -> tuple[int | None, int | 
         message = message.replace("(at end of document)", "").rstrip()
         lineno = max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
     return lineno, colno, getattr(exc, "msg", None) or message
+
+
+def toml_syntax_error(exc: Exception, text: str, *, display: str) -> ConfigError:
+    """The one ConfigError of every TOML reader for a syntax error (tomllib's or tomlkit's).
+
+    ``display:LINE:COL: invalid TOML: MESSAGE``, then the offending line and a caret under the
+    column (1-based, as tomllib counts; tomlkit's 0-based column is shifted to match).
+    """
+    if not isinstance(exc, tomllib.TOMLDecodeError):  # tomlkit's: tomllib's words and position where it has them
+        try:
+            tomllib.loads(text)
+        except tomllib.TOMLDecodeError as reference:
+            exc = reference
+        except RecursionError:
+            pass
+    line, col, message = syntax_error_position(exc, text)
+    if line is None and isinstance(getattr(exc, "line", None), int):  # tomlkit's ParseError
+        line, col = exc.line, exc.col + 1  # type: ignore[attr-defined]
+        message = re.sub(r"\s*at line \d+ col \d+$", "", message)
+    source = text.splitlines()
+    shown = ""
+    if line and 0 < line <= len(source):
+        code = source[line - 1].expandtabs(1)
+        caret = min(col, len(code) + 1) if col else len(code) + 1  # no column: the end of the line
+        shown = f"\n    {code}\n    {' ' * (caret - 1)}^"
+    error = ConfigError(f"invalid TOML: {message}{shown}", where=display + "".join(f":{n}" for n in (line, col) if n))
+    error.position = "".join(f":{n}" for n in (line, col) if n)  # type: ignore[attr-defined]
+    return error
 
 
 def dotted(path: Sequence[object]) -> str:

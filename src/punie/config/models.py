@@ -7,15 +7,58 @@ resolved profile is a value that plans and checks can be built from purely.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 ToolName = Literal["read_file", "write_file", "list_files", "search", "run_command"]
 ALL_TOOLS: tuple[ToolName, ...] = ("read_file", "write_file", "list_files", "search", "run_command")
 Decision = Literal["ask", "allow", "deny"]
 #: The values vLLM's --max-lora-rank accepts (vllm.config.lora.MaxLoRARanks).
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+DURATION_PATTERN = r"^\s*((\d+(\.\d+)?(ms|h|m|s)\s*)+|\d+(\.\d+)?\s*)$"
+
+
+def parse_duration(value: object) -> object:
+    """``"15m"``, ``"90s"``, ``"1h30m"``, ``"500ms"`` (or a number of seconds) as seconds; other values
+    pass through for pydantic to refuse."""
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):  # seconds, e.g. from an env var
+        return float(value)
+    if isinstance(value, str) and re.fullmatch(DURATION_PATTERN, value):
+        return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION.findall(value))
+    if isinstance(value, str):
+        raise ValueError(f"{value!r} is not a duration: write a number and a unit, e.g. \"15m\", \"90s\", \"1h30m\"")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be longer than 0 seconds")
+    return value
+
+
+#: Seconds, written as a duration (``"15m"``) or a number of seconds.
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    AfterValidator(_positive),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": DURATION_PATTERN},
+                              {"type": "number", "exclusiveMinimum": 0}]}),
+]
 
 
 class _Strict(BaseModel):
@@ -110,6 +153,11 @@ class ServerOptions(_Strict):
     )
     liveness_failures: int = Field(
         3, ge=1, description="Consecutive failed liveness probes after which the server counts as frozen."
+    )
+    idle_unload: Duration | None = Field(
+        None, description="Stop the model server after this long without a request (\"15m\", \"90s\", "
+        "\"1h\"), freeing its memory; the agent stays, and the next prompt starts the server again (readiness "
+        "and canary checked). Not set: never."
     )
 
     @field_validator("url")

@@ -67,6 +67,10 @@ class LaunchPlan(_Frozen):
     liveness_interval: float = 5.0
     liveness_failures: int = 3
     remote: bool = Field(False, description="The server is (or binds) a non-loopback address (allow_remote).")
+    idle_unload: float | None = Field(
+        None, description="Seconds without a request after which the server is stopped (the agent stays and "
+        "wakes it through the control channel); None: never. Not for an external server."
+    )
     canary: ExpectedCanary | None = Field(
         None, description="The adapter's canary: the readiness probe proves the server applies the adapter."
     )
@@ -123,6 +127,9 @@ class LaunchPlan(_Frozen):
                 f"on-failure (max {self.restart.max_restarts}, backoff {self.restart.backoff:g}s doubling)"
             )
             lines.append(f"  restart: {restart}")
+            if self.idle_unload:
+                lines.append(f"  idle:    stopped after {self.idle_unload:g}s without a request, "
+                             "started again by the next prompt")
             if self.liveness_interval > 0:
                 lines.append(f"  alive:   GET /health every {self.liveness_interval:g}s, "
                              f"frozen after {self.liveness_failures} misses")
@@ -142,6 +149,15 @@ class LaunchPlan(_Frozen):
             f"  log:     {self.agent_log}",
         ]
         return "\n".join(lines)
+
+
+def instance_logs(plan: LaunchPlan, stem: str) -> LaunchPlan:
+    """``plan`` with its log files named after ``stem`` (``STEM-server.log``, ``STEM-agent.log``): a second
+    running instance of a profile (on another port) never writes the first one's logs."""
+    update = {"agent_log": str(Path(plan.agent_log).with_name(f"{stem}-agent.log"))}
+    if plan.server_log is not None:
+        update["server_log"] = str(Path(plan.server_log).with_name(f"{stem}-server.log"))
+    return plan.model_copy(update=update)
 
 
 def _fmt_number(value: float | int) -> str:
@@ -270,4 +286,5 @@ def build_plan(
         liveness_interval=server.liveness_interval,
         liveness_failures=server.liveness_failures,
         remote=remote,
+        idle_unload=None if server.url else server.idle_unload,
     )

@@ -256,6 +256,7 @@ class Child:
         log_backups: int = LOG_BACKUPS,
         on_line: Callable[[str], None] | None = None,
         tail_lines: int = TAIL_LINES,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -273,6 +274,7 @@ class Child:
         #: Set when the child is known not to answer (liveness): a stop then kills it at once.
         self.unresponsive = False
         self.on_line = on_line  # called with every complete output line (no prefix), e.g. to parse progress
+        self.pass_fds = tuple(pass_fds)  # descriptors the command inherits (the agent's control channel)
         self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self.process: Process | None = None
         self.started_at: float | None = None
@@ -293,11 +295,11 @@ class Child:
 
     async def start(self) -> None:
         """Start the process (through the guard) in a new session."""
-        argv, pass_fds = self.argv, ()
+        argv, pass_fds = self.argv, self.pass_fds
         if self.guard:
             fd = lifeline_fd()
             argv = guarded_argv(self.argv, mode=guard_mode(), lifeline=fd, grace=self.guard_grace)
-            pass_fds = (fd,)
+            pass_fds = (*pass_fds, fd)
         if self.log_path:
             self._log = RotatingLog(self.log_path, max_bytes=self.log_max_bytes, backups=self.log_backups)
             self._log.write(f"=== punie: {self.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}: "

@@ -15,6 +15,10 @@ every ``liveness_interval`` seconds) catches a frozen or dead-inside server: aft
 policy applies). The signals task ends the session on the
 first SIGINT/SIGTERM/SIGHUP (graceful stop: SIGTERM, grace period, SIGKILL)
 and kills both children on the second.
+
+With ``server.idle_unload`` the server task also waits for the idle timer of `punie.launch.idle`
+(fed by the agent over its control channel): the server is stopped, the agent stays, and the next
+``wake`` starts the server again through the same spawn / readiness / canary path.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
+from punie import envvars
 from punie.errors import LaunchFailed, LaunchReason
 from punie.launch.canary import CanaryResult, ExpectedCanary
+from punie.launch.idle import IdleControl
 from punie.launch.messages import headline as _headline
 from punie.launch.messages import hint as _hint
 from punie.launch.messages import quote as _quote
@@ -70,6 +76,7 @@ _NOT_RESTARTABLE = {LaunchReason.PORT_BUSY, LaunchReason.ADAPTER_FAILED, LaunchR
 
 T = TypeVar("T")
 Failure = tuple[str, str]  # (reason code, detail)
+IDLE = "idle"  # not a failure: nobody asked for server.idle_unload seconds (the server is stopped, the agent stays)
 
 
 __all__ = ["LaunchFailed", "UpOutcome", "run_plan", "run_up", "supervise"]  # LaunchFailed: from errors.py
@@ -153,6 +160,16 @@ class _Supervisor:
     session: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by _finish
     outcome: UpOutcome | None = None
     error: Exception | None = None
+    control: IdleControl | None = None  # server.idle_unload: the agent's requests, and its wakes
+    spawned: float = 0.0  # when the current server was started
+
+    def note(self, text: str) -> None:
+        """A status line that only matters to someone watching the server: on the terminal when its
+        output is followed, else in the log (the agent talks in this terminal)."""
+        if self.follow_server:
+            self.status(text)
+        else:
+            logger.info("%s", text)
 
     def status(self, text: str) -> None:
         self.sink(f"punie | {text}")
@@ -169,6 +186,8 @@ class _Supervisor:
                 with self.session:
                     await self._session()
             finally:
+                if self.control is not None:
+                    self.control.failed("the session ended")
                 with anyio.CancelScope(shield=True):
                     await self._stop_all()
                 tg.cancel_scope.cancel()
@@ -204,6 +223,8 @@ class _Supervisor:
         """The server until it answers, then the agent until it exits (or something else ends the session)."""
         # Its own task group, so that the server task has finished (it could be about to
         # restart the server) before the children are stopped.
+        if self.plan.idle_unload and not self.plan.external:
+            self.control = IdleControl(self.plan.idle_unload)
         async with anyio.create_task_group() as tg:
             try:
                 await tg.start(self._serve)
@@ -250,12 +271,27 @@ class _Supervisor:
                 if failure is None:
                     self._ready(task_status)
                     failure = await self._until_failure(server, fatal, live=True)
+                if failure[0] == IDLE and self.control is not None:
+                    await self._unload(server, self.control)
+                    continue
                 if not await self._failed(server, *failure):
                     return
         except LaunchFailed as exc:
+            if self.control is not None:
+                self.control.failed(exc.message.splitlines()[0])
             if self.ready_seconds is None:
                 raise
             self._finish(error=exc)  # a restart could not start the server
+
+    async def _unload(self, server: Child, control: IdleControl) -> None:
+        """Stop the idle server (its memory goes back to the machine); return when a request wants it."""
+        pid = server.pid
+        await server.stop(self.grace)
+        server.close()
+        self.note(f"no request for {control.idle_after:g}s: stopped {self.plan.engine} (pid {pid}) to free its "
+                  "memory; the next prompt starts it again")
+        await control.wait_wake()
+        self.note(f"a request needs the model: starting {self.plan.engine} again")
 
     def _foreign(self, server: Child) -> Failure | None:
         """The answer must come from our child: else a foreign server took the port (never restarted)."""
@@ -266,11 +302,14 @@ class _Supervisor:
     def _ready(self, task_status: TaskStatus[None]) -> None:
         total = anyio.current_time() - self.t0
         what = "server" if not self.plan.external else "external server"
-        quiet = not self.follow_server and self.server is not None and self.plan.server_log
-        tail = f"; its output continues in {self.plan.server_log}" if quiet else ""
-        self.status(f"{what} ready on {self.plan.base_url} ({total:.2f}s){tail}")
-        if quiet and self.server is not None:
-            self.server.echo = False
+        ready = f"{what} ready on {self.plan.base_url} ({total:.2f}s)"
+        if self.control is not None and not self.control.awake:
+            ready = f"{what} ready on {self.plan.base_url} (woken in {anyio.current_time() - self.spawned:.2f}s)"
+        if self.control is not None:
+            (self.status if self.ready_seconds is None else self.note)(ready)  # a wake: the agent says it
+            self.control.ready()
+        else:
+            self.status(ready)
         if self.ready_seconds is None:  # the first time: now the agent can start
             self.ready_seconds = total
             if self.on_ready is not None:
@@ -287,10 +326,15 @@ class _Supervisor:
             message = f"port {plan.port} on {plan.host} is already in use (mlx_lm.server would hang on it)"
             raise LaunchFailed(LaunchReason.PORT_BUSY, message, hint=_hint(LaunchReason.PORT_BUSY, plan))
         fatal = _FatalLine()
+        self.spawned = anyio.current_time()
         self.server = self._child("server", plan.server_argv, plan.server_env, plan.server_log, capture="stdout",
                                   patterns={**SERVER_FATAL_PATTERNS, **plan.fatal_patterns}, on_match=fatal)
+        # Quiet (the agent talks in this terminal): the server's warnings and log lines go to its log
+        # only, from the first one; a failure still quotes its last lines.
+        self.server.echo = self.follow_server
         await self._start(self.server, plan.engine, LaunchReason.SERVER_FAILED)
-        self.status(f"started {plan.engine} (pid {self.server.pid}), waiting for a 1-token completion")
+        self.status(f"started {plan.engine} (pid {self.server.pid}), waiting for a 1-token completion"
+                    + ("" if self.follow_server else f"; its output goes to {plan.server_log}"))
         return self.server, fatal
 
     async def _wait_ready(self, server: Child | None = None, fatal: _FatalLine | None = None) -> Failure | None:
@@ -358,6 +402,13 @@ class _Supervisor:
                 reason = LaunchReason.ADAPTER_FAILED
             return reason, _strip_log_prefix(fatal.line)
 
+        async def idle() -> Failure:
+            if not live or self.control is None:
+                await anyio.sleep_forever()
+            assert self.control is not None
+            await self.control.idle()
+            return IDLE, ""
+
         async def liveness() -> Failure:
             interval, needed = self.plan.liveness_interval, self.plan.liveness_failures
             if not live or interval <= 0:
@@ -372,7 +423,7 @@ class _Supervisor:
                     server.unresponsive = True  # stopping it must not wait out the grace
                     return LaunchReason.SERVER_UNRESPONSIVE, f"{problem} ({misses} probes in a row)"
 
-        return await _first(exited, fatal_line, liveness)
+        return await _first(exited, fatal_line, liveness, idle)
 
     async def _failed(self, server: Child, reason: str, detail: str) -> bool:
         """Stop a failed server. True when the restart policy brings it back (after the backoff);
@@ -391,6 +442,8 @@ class _Supervisor:
             await anyio.sleep(delay)
             return True
         message = _headline(reason, detail, self.plan) + _quote(tail, "server", self.plan.server_log)
+        if self.control is not None:
+            self.control.failed(_headline(reason, detail, self.plan))
         if self.ready_seconds is None:
             raise LaunchFailed(reason, message, log_tail=tail, hint=_hint(reason, self.plan),
                                canaries=[c.to_json() for c in self.canaries])
@@ -401,8 +454,21 @@ class _Supervisor:
 
     async def _start_agent(self) -> Child:
         plan = self.plan
-        self.agent = self._child("agent", plan.agent_argv, plan.agent_env, plan.agent_log, capture="stderr")
-        await self._start(self.agent, "the agent", LaunchReason.AGENT_FAILED)
+        env, theirs = dict(plan.agent_env), None
+        if self.control is not None:  # the agent's end of the control channel, by descriptor
+            ours, theirs = IdleControl.pair()
+            env[envvars.CONTROL_FD] = str(theirs.fileno())
+            assert self.tg is not None
+            self.tg.start_soon(self.control.serve, ours)
+        self.agent = self._child("agent", plan.agent_argv, env, plan.agent_log, capture="stderr",
+                                 pass_fds=(theirs.fileno(),) if theirs is not None else ())
+        # Quiet: the agent shows what matters on its screen; its stderr (library warnings, logs) goes to its log.
+        self.agent.echo = self.follow_server
+        try:
+            await self._start(self.agent, "the agent", LaunchReason.AGENT_FAILED)
+        finally:
+            if theirs is not None:
+                theirs.close()  # the agent holds it now (or nobody: the channel reads EOF)
         self.status(f"started the agent (pid {self.agent.pid}) on {plan.base_url}")
         return self.agent
 
@@ -538,8 +604,12 @@ def run_up(
     library caller that has children of its own should not).
     A dry run returns ``UpOutcome(reason="dry-run", plan=...)``.
     """
+    from punie.launch.instances import claim, refuse_running
     from punie.launch.prepare import prepare
 
+    server = resolved.profile.server
+    if not dry_run and not server.url:
+        refuse_running(resolved.project_dir, resolved.name, server.port)
     plan = prepare(resolved, check=check, provision=not dry_run, log_dir=log_dir, progress=progress)
     if agent_argv is not None:
         plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
@@ -547,7 +617,8 @@ def run_up(
         on_plan(plan)
     if dry_run:
         return UpOutcome(reason=LaunchReason.DRY_RUN, exit_code=0, plan=plan)
-    return run_plan(plan, grace=grace, sink=sink, follow_server=follow_server, subreaper=subreaper)
+    with claim(plan) as instance:  # "already running (pid N)" instead of a busy port; own logs on another port
+        return run_plan(instance, grace=grace, sink=sink, follow_server=follow_server, subreaper=subreaper)
 
 
 def run_up_group(
@@ -565,12 +636,17 @@ def run_up_group(
 
     ``options`` go to `punie.launch.supervisor.run_plan` (grace, sink, follow_server).
     """
+    from punie.launch.instances import claim, refuse_running
     from punie.launch.prepare import prepare_vllm
 
+    lead = members[0].profile.server
+    if not dry_run and members and not lead.url:
+        refuse_running(members[0].project_dir, group or members[0].name, lead.port)
     plan = prepare_vllm(members, group=group, check=check, provision=not dry_run, log_dir=log_dir,
                         progress=progress)
     if agent_argv is not None:
         plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
     if dry_run:
         return UpOutcome(reason="dry-run", exit_code=0, plan=plan)
-    return run_plan(plan, **options)
+    with claim(plan) as instance:
+        return run_plan(instance, **options)

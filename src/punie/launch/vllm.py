@@ -134,7 +134,7 @@ def build_vllm_plan(
         backend="vllm", model_id=model_id, base_model_id=VLLM_BASE_MODEL_ID,
         lora_modules={k: str(v) for k, v in lora_dirs.items()}, models=models, fatal_patterns=VLLM_FATAL_PATTERNS,
         group=group, liveness_interval=server.liveness_interval, liveness_failures=server.liveness_failures,
-        remote=remote,
+        remote=remote, idle_unload=None if server.url else server.idle_unload,
     )
 
 

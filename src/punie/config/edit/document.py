@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from punie.config import keys, lexer, overrides
 from punie.config.edit.tables import is_container
-from punie.config.locate import dotted
+from punie.config.locate import dotted, toml_syntax_error
 from punie.config.models import Profile
 from punie.errors import ConfigError, UsageError, did_you_mean
 
@@ -83,11 +83,15 @@ def is_table_field(parts: Sequence[str]) -> bool:
 # --------------------------------------------------------------------------- document walking
 
 
-def parse_doc(text: str) -> tomlkit.TOMLDocument:
+#: What parse_doc's syntax errors name until the caller puts the real file in front.
+DOC_DISPLAY = "punie.toml"
+
+
+def parse_doc(text: str, *, display: str = DOC_DISPLAY) -> tomlkit.TOMLDocument:
     try:
         return tomlkit.parse(text)
     except Exception as exc:  # tomlkit raises several unrelated types
-        raise ConfigError(f"not valid TOML: {exc}") from None
+        raise toml_syntax_error(exc, text, display=display) from None
 
 
 def profiles_of(doc: tomlkit.TOMLDocument) -> Any:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from punie.config.atomic import locked, write_atomic
-from punie.config.edit.document import split_key
+from punie.config.edit.document import DOC_DISPLAY, split_key
 from punie.config.loader import parse_config
 from punie.config.locate import key_lines, line_of
 from punie.config.resolve import resolve_many
@@ -102,6 +102,9 @@ def _located(exc: ConfigError | UsageError, text: str, target: Path) -> ConfigEr
     display = display_of(target)
     if exc.where and exc.where.startswith(display):
         return exc
+    position = getattr(exc, "position", None)
+    if position is not None and (exc.where or "").startswith(DOC_DISPLAY):  # parse_doc's: this file's line, column
+        return type(exc)(exc.message, where=display + position, hint=exc.hint)
     where = display
     if exc.where:
         line = None

@@ -26,6 +26,7 @@ from punie.config.edit.sections import (
 from punie.config.edit.tables import is_container, new_item, render_key
 from punie.config.edit.values import set_value, unset_value
 from punie.config.loader import parse_config
+from punie.config.locate import toml_syntax_error
 from punie.config.resolve import resolve_many
 from punie.errors import ConfigError, UsageError
 
@@ -295,7 +296,7 @@ def replace_profile(text: str, name: str, snippet: str) -> str:
     try:
         data = tomllib.loads(snippet)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", where="edited profile") from None
+        raise toml_syntax_error(exc, snippet, display="edited profile") from None
     extra = [k for k in data if k != "profiles"] + [f"profiles.{k}" for k in data.get("profiles", {}) if k != name]
     if extra:
         raise ConfigError(
