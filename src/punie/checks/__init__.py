@@ -30,13 +30,16 @@ __all__ = [
 def check_profiles(profiles: Iterable[ResolvedProfile], *, strict: bool = False) -> Report:
     """Check every profile and collect all problems in one report (nothing is raised for problems).
 
-    ``strict``: an adapter trained on a different base model is an error even when its shapes fit.
+    ``strict``: an adapter trained on a different base model is an error even when its shapes fit,
+    and so is a busy port (a warning otherwise: the port is state, not configuration).
     """
     from punie.checks.ports import shared_port_problems
+    from punie.net import listener_snapshot
 
     resolved = list(profiles)
     shared = shared_port_problems(resolved)
-    reports = [check_profile_report(r, strict=strict) for r in resolved]
+    with listener_snapshot():  # one scan of the socket tables for every profile
+        reports = [check_profile_report(r, strict=strict) for r in resolved]
     return Report(profiles=[
         r.model_copy(update={"problems": [*r.problems, *shared[r.name]]}) if r.name in shared else r for r in reports
     ])

@@ -141,7 +141,7 @@ def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> 
     c = _Collector(resolved, strict=strict)
     profile = resolved.profile
     server = profile.server
-    for severity, code, key, message in server_findings(server):
+    for severity, code, key, message in server_findings(server, profile=resolved.name, strict=strict):
         c.add(severity, code, c.key(key), message)
     if not any(p.code in ("port", "host", "remote-host", "url") for p in c.problems):
         c.passed.append(f"server: using {server.url}" if server.url else f"server: {server.host}:{server.port} is free")
@@ -262,6 +262,18 @@ def _fit(c: _Collector, inspection: AdapterInspection, model_path: Path | None,
 
 def _check_single_adapter(c: _Collector, spec: str, model_path: Path | None,
                           shapes: ModelShapes | None) -> Path | None:
+    if c.resolved.profile.server.backend == "vllm":
+        from punie.adapters.peft import is_peft_adapter
+
+        try:
+            path = _served_adapter(c.resolved, spec)
+        except AdapterError:
+            path = None
+        if path is not None and is_peft_adapter(path):
+            # vLLM serves a PEFT directory as it is: its checks are vLLM's (checks/vllm.py), not mlx_lm's
+            c.passed.append(f"adapter: {display_path(path, c.resolved.project_dir)} is a PEFT adapter "
+                            "(vLLM serves it without an mlx_lm export)")
+            return path
     inspection = _inspect(c, spec, "adapter", single=True)
     if inspection is None:
         return None

@@ -23,9 +23,9 @@ from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
 from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, NON_PROFILE_ENV
 from punie.config.loader import (
     CONFIG_NAME,
+    MAX_CONFIG_BYTES,
     ConfigProblem,
     ConfigSource,
-    extends_chain,
     raise_problems,
     read_config,
     validation_problems,
@@ -33,7 +33,8 @@ from punie.config.loader import (
 from punie.config.locate import KeyPath, dotted, key_lines, line_of
 from punie.config.models import Profile, ResolvedProfile
 from punie.config.overrides import deep_merge, leaves, overrides_to_dict
-from punie.errors import ConfigError, did_you_mean
+from punie.errors import ConfigError, CorruptFileError, did_you_mean
+from punie.jsonio import read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,35 @@ def _layer(merged: dict[str, Any], sources: dict[str, str], table: Mapping[str, 
     return deep_merge(merged, table)
 
 
+def _inherited(source: ConfigSource, name: str, memo: dict[str, tuple[dict[str, Any], dict[str, str]]]
+               ) -> tuple[dict[str, Any], dict[str, str]]:
+    """(merged table, key origins) of ``[defaults]`` and the `extends` ancestors of ``name``.
+
+    ``memo[p]`` holds the same for a profile ``p`` whose own table is counted as an
+    ancestor's: the walk stops at the nearest remembered ancestor, and every step
+    applies one layer (the layers are never mutated: `_layer` returns new tables).
+    """
+    raw_profiles: dict[str, Any] = source.data.get("profiles", {})
+    profiles = source.file.profiles
+    chain: list[str] = []  # ancestors not remembered yet, nearest first
+    seen = {name}
+    current = profiles[name].extends
+    while current is not None and current not in memo and current not in seen:  # the file is acyclic
+        chain.append(current)
+        seen.add(current)
+        current = profiles[current].extends
+    if current is not None and current in memo:
+        merged, sources = memo[current]
+    else:
+        sources = {}
+        merged = _layer({}, sources, source.data.get("defaults", {}), "file (defaults)")
+    for ancestor in reversed(chain):
+        sources = dict(sources)
+        merged = _layer(merged, sources, raw_profiles[ancestor], f"file (extends {ancestor})")
+        memo[ancestor] = (merged, sources)
+    return merged, sources
+
+
 def _drop_exclusive(lower: dict[str, Any], higher: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in lower.items() if not any(k == _EXCLUSIVE[h] for h in higher if h in _EXCLUSIVE)}
 
@@ -176,16 +206,18 @@ def resolve_profile(
     env_layer: dict[str, Any],
     cli_layer: dict[str, Any],
     cli_origin: Mapping[tuple[str, ...], str],
+    memo: dict[str, tuple[dict[str, Any], dict[str, str]]] | None = None,
 ) -> ResolvedProfile:
-    """Merge one profile's layers and validate the result (the name is known to exist)."""
+    """Merge one profile's layers and validate the result (the name is known to exist).
+
+    ``memo`` (one per file, shared by the profiles resolved together) keeps what each
+    profile contributes as an `extends` parent, so resolving every profile of a long
+    chain costs one merge per profile, not one per ancestor.
+    """
     raw_profiles: dict[str, Any] = source.data.get("profiles", {})
-    chain = extends_chain(source, name)
-    sources: dict[str, str] = {}
-    merged: dict[str, Any] = {}
-    merged = _layer(merged, sources, source.data.get("defaults", {}), "file (defaults)")
-    for ancestor in reversed(chain[1:]):
-        merged = _layer(merged, sources, raw_profiles[ancestor], f"file (extends {ancestor})")
-    merged = _layer(merged, sources, raw_profiles[name], "file")
+    inherited, sources = _inherited(source, name, {} if memo is None else memo)
+    sources = dict(sources)
+    merged = _layer(inherited, sources, raw_profiles[name], "file")
     env_used = _drop_exclusive(env_layer, cli_layer)
     file_used = _drop_exclusive(_drop_exclusive(merged, env_used), cli_layer)
     for label, layer in (("env", env_used), ("cli", cli_layer)):
@@ -269,8 +301,9 @@ def resolve_many(
         check_profile_name(source, name)
     cli_layer, cli_origin = overrides_to_dict(overrides)
     env_layer = _read_env_layer(env)
+    memo: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
     return [
-        resolve_profile(source, name, env_layer=env_layer, cli_layer=cli_layer, cli_origin=cli_origin)
+        resolve_profile(source, name, env_layer=env_layer, cli_layer=cli_layer, cli_origin=cli_origin, memo=memo)
         for name in selected
     ]
 
@@ -368,8 +401,8 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
         path = Path(resolved.config_path)
         display = path.name
         try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError):
+            text = read_text_file(path, max_bytes=MAX_CONFIG_BYTES, encoding="utf-8-sig")
+        except (OSError, CorruptFileError):
             return display
     line = line_of(key_lines(text), written_at(resolved, key))
     return f"{display}:{line}" if line else display
