@@ -132,7 +132,7 @@ def nesting_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
     return depth
 
 
-_LONG_DIGITS = re.compile(r"[0-9]{%d}" % (MAX_NUMBER_DIGITS + 1))
+_LONG_DIGITS = re.compile(f"[0-9]{{{MAX_NUMBER_DIGITS + 1}}}")
 
 
 class _NumberTooLong(Exception):

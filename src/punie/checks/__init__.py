@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from punie.checks.profile import adapter_fits, check_adapter, check_profile, check_profile_report
+from punie.checks.profile import adapter_fits, check_adapter, check_profile, check_profile_report, model_scope
 from punie.checks.report import Problem, ProfileReport, Report
 from punie.config.models import ResolvedProfile
 
@@ -35,10 +35,12 @@ def check_profiles(profiles: Iterable[ResolvedProfile], *, strict: bool = False)
     """
     from punie.checks.ports import shared_port_problems
     from punie.net import listener_snapshot
+    from punie.weights.headers import shapes_scope
 
     resolved = list(profiles)
     shared = shared_port_problems(resolved)
-    with listener_snapshot():  # one scan of the socket tables for every profile
+    # one scan of the sockets, one resolution and one reading of each base model
+    with listener_snapshot(), shapes_scope(), model_scope():
         reports = [check_profile_report(r, strict=strict) for r in resolved]
     return Report(profiles=[
         r.model_copy(update={"problems": [*r.problems, *shared[r.name]]}) if r.name in shared else r for r in reports

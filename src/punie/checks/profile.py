@@ -6,7 +6,10 @@ no weights loaded, so a check takes milliseconds.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,13 +177,37 @@ def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> 
     )
 
 
+_resolved_models: contextvars.ContextVar[dict[tuple[str, str], Path] | None] = contextvars.ContextVar(
+    "punie_resolved_models", default=None)
+
+
+@contextlib.contextmanager
+def model_scope() -> Iterator[None]:
+    """Within this block each (model spec, project) is resolved to its directory once."""
+    token = _resolved_models.set({})
+    try:
+        yield
+    finally:
+        _resolved_models.reset(token)
+
+
+def _resolve_model(spec: str, project_dir: str) -> Path:
+    memo = _resolved_models.get()
+    if memo is None:
+        return resolve_model(spec, project_dir)
+    key = (spec, project_dir)
+    if key not in memo:
+        memo[key] = resolve_model(spec, project_dir)  # errors are not remembered: each profile reports its own
+    return memo[key]
+
+
 def _check_model(c: _Collector) -> tuple[Path | None, ModelShapes | None]:
     spec = c.resolved.profile.model
     if not spec:
         c.add("error", "no-model", c.key("model"), "no model: set `model` (or `server.url` to use a running server)")
         return None, None
     try:
-        path = resolve_model(spec, c.resolved.project_dir)
+        path = _resolve_model(spec, c.resolved.project_dir)
     except ModelNotProvisioned as exc:
         c.add("warning", "model-not-provisioned", c.key("model"), exc.message)
         return None, None

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,9 @@ def select_profile(source: ConfigSource, name: str | None, env: Mapping[str, str
 
 def check_profile_name(source: ConfigSource, name: str, *, where: str | None = None) -> None:
     """Raise ConfigError (with "did you mean") unless ``name`` is a profile of ``source``."""
-    names = source.profile_names
-    if name in names:
+    if name in source.file.profiles:  # a dict: no list of 5,000 names built per question
         return
+    names = source.profile_names
     if source.embedded:  # as when an IDE starts `punie up NAME` outside the project
         raise ConfigError(
             f"no {CONFIG_NAME} found in {Path.cwd()} or its parents, and '{name}' is not a built-in profile",
@@ -396,16 +397,37 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
         return ENV_PREFIX + ENV_DELIMITER.join(key.split(".")).upper()
     # The file was validated when the profile was resolved: only its key lines are needed.
     if resolved.config_path is None:
-        display, text = EMBEDDED_NAME, EMBEDDED_DEFAULT_TOML
+        display, lines = EMBEDDED_NAME, _lines_of_text(EMBEDDED_DEFAULT_TOML)
     else:
         path = Path(resolved.config_path)
         display = path.name
         try:
-            text = read_text_file(path, max_bytes=MAX_CONFIG_BYTES, encoding="utf-8-sig")
+            lines = _lines_of_file(path)
         except (OSError, CorruptFileError):
             return display
-    line = line_of(key_lines(text), written_at(resolved, key))
+    line = line_of(lines, written_at(resolved, key))
     return f"{display}:{line}" if line else display
+
+
+@lru_cache(maxsize=4)
+def _lines_of_text(text: str) -> dict[KeyPath, int]:
+    return key_lines(text)
+
+
+_LINES_CACHE: dict[tuple[str, int, int, int], dict[KeyPath, int]] = {}
+
+
+def _lines_of_file(path: Path) -> dict[KeyPath, int]:
+    """The key lines of a profiles file, scanned once per version of the file (by size, time and
+    inode): a check naming places in 5,000 profiles scans the file once, not once per message."""
+    st = os.stat(path)
+    signature = (str(path.absolute()), st.st_size, st.st_mtime_ns, st.st_ino)
+    found = _LINES_CACHE.get(signature)
+    if found is None:
+        found = key_lines(read_text_file(path, max_bytes=MAX_CONFIG_BYTES, encoding="utf-8-sig"))
+        _LINES_CACHE.clear()  # one file at a time is what a command reads
+        _LINES_CACHE[signature] = found
+    return found
 
 
 __all__ = [

@@ -16,9 +16,13 @@ shape of a module, which is what LoRA tensors must match.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import logging
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -235,13 +239,66 @@ def _config_value(config: dict[str, Any], args: Any, key: str) -> Any:
     return args.default(key) if args is not None else None
 
 
+def _signature(model_dir: Path) -> tuple[object, ...] | None:
+    """What `read_model_shapes` reads, by name, size and modification time (None: cannot tell)."""
+    parts: list[object] = [str(model_dir.absolute())]
+    try:
+        names = sorted(os.listdir(model_dir))
+    except OSError:
+        return None
+    for name in names:
+        if name.endswith((".json", ".safetensors", ".model", ".txt", ".tiktoken")):
+            try:
+                st = os.stat(model_dir / name)
+            except OSError:
+                continue
+            parts.append((name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(parts)
+
+
+_SHAPES_CACHE: dict[tuple[object, ...], ModelShapes] = {}
+_SHAPES_CACHE_SIZE = 16
+_scope: contextvars.ContextVar[dict[str, ModelShapes] | None] = contextvars.ContextVar("punie_shapes_scope",
+                                                                                       default=None)
+
+
+@contextlib.contextmanager
+def shapes_scope() -> Iterator[None]:
+    """Within this block a model directory is read (and its files listed) once: `punie check` of
+    5,000 profiles on one base answers every profile from the first reading."""
+    token = _scope.set({})
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
 def read_model_shapes(model_dir: str | Path) -> ModelShapes:
     """Read config.json and every weight header mlx_lm would load from a local model directory.
 
     Raises ModelError when config.json or the weights are missing, CorruptFileError when a
-    file is malformed; everything else mlx_lm would refuse is in ``problems``.
+    file is malformed; everything else mlx_lm would refuse is in ``problems``. The answer is
+    remembered per process while the directory's files keep their names, sizes and times
+    (5,000 profiles on one base read its headers once); treat it as read-only.
     """
     model_dir = Path(model_dir)
+    scope = _scope.get()
+    if scope is not None and (known := scope.get(str(model_dir.absolute()))) is not None:
+        return known
+    key = _signature(model_dir)
+    shapes = _SHAPES_CACHE.get(key) if key is not None else None
+    if shapes is None:
+        shapes = _read_model_shapes(model_dir)
+        if key is not None:
+            if len(_SHAPES_CACHE) >= _SHAPES_CACHE_SIZE:
+                _SHAPES_CACHE.pop(next(iter(_SHAPES_CACHE)))
+            _SHAPES_CACHE[key] = shapes
+    if scope is not None:
+        scope[str(model_dir.absolute())] = shapes
+    return shapes
+
+
+def _read_model_shapes(model_dir: Path) -> ModelShapes:
     facts = engine_facts()
     config = load_json_file(model_dir / "config.json", missing=ModelError)
     files = weight_files(model_dir, facts)
