@@ -70,6 +70,12 @@ def open_regular(path: str | os.PathLike[str], *, max_bytes: int | None = None) 
     except IsADirectoryError:
         raise CorruptFileError("is a directory, not a file", where=where) from None
     except OSError as exc:
+        try:  # a socket cannot even be opened (ENXIO): say what it is
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise CorruptFileError(f"is {_what(mode)}, not a regular file: not read", where=where) from None
         raise CorruptFileError(f"cannot read: {exc.strerror or exc}", where=where) from None
     try:
         st = os.fstat(fd)

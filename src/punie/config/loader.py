@@ -110,7 +110,7 @@ def find_config(
                     where=label,
                     hint=f"point to the file itself, e.g. {Path(explicit) / CONFIG_NAME}",
                 )
-            if not path.is_file():
+            if not path.exists() or path.is_dir():  # a FIFO is read, and refused saying so
                 raise ConfigError(
                     f"profiles file not found: {explicit}",
                     where=label,

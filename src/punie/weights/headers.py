@@ -228,9 +228,12 @@ class ModelShapes:
 
 
 def weight_files(model_dir: Path, facts: EngineFacts | None = None) -> list[Path]:
-    """The files mlx_lm loads: ``model*.safetensors`` (it ignores the index), sorted."""
+    """The files mlx_lm loads: ``model*.safetensors`` (it ignores the index), sorted.
+
+    Like mlx_lm's glob, a FIFO or a device of that name is one of them (reading it then says
+    what it is), where skipping it would blame the file names."""
     facts = facts or engine_facts()
-    return sorted(p for p in Path(model_dir).glob(facts.weight_glob) if p.is_file())
+    return sorted(p for p in Path(model_dir).glob(facts.weight_glob) if not p.is_dir())
 
 
 def _config_value(config: dict[str, Any], args: Any, key: str) -> Any:
@@ -356,7 +359,7 @@ def _read_model_shapes(model_dir: Path) -> ModelShapes:
 
 def _check_index(model_dir: Path, files: list[Path], problems: list[Finding]) -> None:
     index = model_dir / INDEX_FILE
-    if not index.is_file():
+    if not os.path.lexists(index):  # a FIFO or a device there is read (and refused) like a bad file
         return
     try:
         doc = load_json_file(index)
