@@ -109,6 +109,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 _snapshot: contextvars.ContextVar[dict[int, list[tuple[str, int]]] | None] = contextvars.ContextVar(
     "punie_listener_snapshot", default=None)
+_owners: contextvars.ContextVar[dict[tuple[int, str], list[int]] | None] = contextvars.ContextVar(
+    "punie_listener_owners", default=None)
 
 
 def _scan_listeners() -> dict[int, list[tuple[str, int]]]:
@@ -136,9 +138,11 @@ def listener_snapshot() -> Iterator[None]:
     5,000 times. Use it where the answers need to be consistent, not fresh (`punie check`);
     `punie up` asks outside it, at the moment it binds."""
     token = _snapshot.set(_scan_listeners())
+    owners = _owners.set({})
     try:
         yield
     finally:
+        _owners.reset(owners)
         _snapshot.reset(token)
 
 
@@ -261,11 +265,17 @@ def listener_pids(port: int, host: str = "") -> list[int]:
     inodes = {inode for address, inode in _proc_listeners(port) if not host or _overlaps(address, host)}
     if not inodes:
         return []
+    memo = _owners.get()
+    if memo is not None and (port, host) in memo:  # within a snapshot: /proc/*/fd is walked once per port
+        return memo[(port, host)]
     try:
         entries = [e for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return []
-    return sorted(int(e) for e in entries if socket_inodes(int(e)) & inodes)
+    found = sorted(int(e) for e in entries if socket_inodes(int(e)) & inodes)
+    if memo is not None:
+        memo[(port, host)] = found
+    return found
 
 
 def process_cmdline(pid: int) -> list[str]:
