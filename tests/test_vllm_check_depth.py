@@ -94,10 +94,10 @@ def test_max_model_len_above_the_derived_length_is_refused(tmp_path: Path, tiny_
 
 @pytest.mark.parametrize("config,tokenizer,expected", [
     ({"max_position_embeddings": 4096}, None, (4096, "max_position_embeddings")),
+    # the tokenizer's model_max_length counts only for pooling models (the differential test below)
+    ({"max_position_embeddings": 4096}, {"model_max_length": 512}, (4096, "max_position_embeddings")),
     ({"max_position_embeddings": 4096, "n_positions": 1024}, None, (1024, "n_positions")),
     ({"max_position_embeddings": 4096, "model_max_length": 8192}, None, (8192, "model_max_length")),
-    ({"max_position_embeddings": 4096}, {"model_max_length": 512}, (512, "tokenizer_config.json: model_max_length")),
-    ({"max_position_embeddings": 4096}, {"model_max_length": 1e30}, (4096, "max_position_embeddings")),
     ({"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 2.0}}, None,
      (8192, "max_position_embeddings")),
     ({"max_position_embeddings": 4096, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, None,
@@ -111,7 +111,7 @@ def test_max_model_len_above_the_derived_length_is_refused(tmp_path: Path, tiny_
     ({}, None, (float("inf"), None)),
 ])
 def test_derived_max_len_follows_vllms_rule(config: dict, tokenizer: dict | None, expected: tuple) -> None:
-    assert derived_max_len(config, tokenizer) == expected
+    assert derived_max_len(config) == expected  # ``tokenizer``: what tokenizer_config.json would say
 
 
 def _peft(tmp_path: Path, name: str = "peft", **changes: object) -> Path:

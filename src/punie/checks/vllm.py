@@ -187,12 +187,13 @@ _PRESCALED_ROPE = frozenset({"su", "longrope", "llama3", "yarn", "deepseek_yarn"
 ALLOW_LONG = "VLLM_ALLOW_LONG_MAX_MODEL_LEN"
 
 
-def derived_max_len(config: dict[str, Any], tokenizer_config: dict[str, Any] | None) -> tuple[float, str | None]:
+def derived_max_len(config: dict[str, Any]) -> tuple[float, str | None]:
     """(the longest context vLLM accepts for this config, the key it comes from); inf when none is set.
 
-    vLLM's rule: the smallest of `MAX_LEN_KEYS` in the text config (``model_max_length`` when
-    set wins), capped by the tokenizer's ``model_max_length``, times the RoPE scaling
-    ``factor`` unless the RoPE type is pre-scaled or the model is gemma3.
+    vLLM's rule (``_get_and_verify_max_len``): the smallest of `MAX_LEN_KEYS` in the text config
+    (``model_max_length`` when set wins), times the RoPE scaling ``factor`` unless the RoPE type
+    is pre-scaled or the model is gemma3. The tokenizer's ``model_max_length`` counts only for
+    pooling models, never for the generative models Punie serves (measured against vLLM 0.32).
     """
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     derived, key = math.inf, None
@@ -204,10 +205,6 @@ def derived_max_len(config: dict[str, Any], tokenizer_config: dict[str, Any] | N
             derived = min(derived, value)
     if _number(text.get("model_max_length")) and text["model_max_length"]:
         derived, key = text["model_max_length"], "model_max_length"
-    if tokenizer_config and _number(tokenizer_config.get("model_max_length")):
-        if tokenizer_config["model_max_length"] < derived:
-            key = "tokenizer_config.json: model_max_length"
-        derived = min(derived, tokenizer_config["model_max_length"])
     if derived == math.inf:
         return derived, None
     rope = text.get("rope_parameters") or text.get("rope_scaling")
@@ -229,8 +226,6 @@ def _number(value: object) -> bool:
 
 def max_len_problem(shapes: ModelShapes, resolved: ResolvedProfile) -> str | None:
     """Why vLLM refuses the profile's ``max_model_len`` for this model (its start raises), or None."""
-    from punie.jsonio import load_json_file
-
     v = resolved.profile.server.vllm
     wanted: Any = v.max_model_len
     for i, arg in enumerate(v.extra_args):  # the last spelling wins, as in argparse
@@ -246,11 +241,7 @@ def max_len_problem(shapes: ModelShapes, resolved: ResolvedProfile) -> str | Non
         return None
     if (v.env.get(ALLOW_LONG) or os.environ.get(ALLOW_LONG, "")).strip().lower() in ("1", "true"):
         return None
-    try:
-        tokenizer = load_json_file(shapes.path / "tokenizer_config.json", max_bytes=16 << 20)
-    except (OSError, CorruptFileError):
-        tokenizer = None
-    derived, key = derived_max_len(shapes.config, tokenizer)
+    derived, key = derived_max_len(shapes.config)
     if derived == math.inf or wanted <= derived:
         return None
     top = shapes.config.get("model_max_length")
