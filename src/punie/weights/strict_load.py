@@ -59,10 +59,22 @@ try:
         weights = model.sanitize(weights)
     q = config.get("quantization")
     if q is not None:
-        def predicate(p, m):
+        import inspect
+        helpers = {"mx": mx, "nn": nn, "inspect": inspect}
+        exec(req["helpers"], helpers)  # mlx_lm's own infer_quant_config and _takes_global_scale
+        infer, takes = helpers.get("infer_quant_config"), helpers.get("_takes_global_scale")
+
+        def predicate(p, m):  # load_model's class_predicate
             if p in q:
                 return q[p]
-            return hasattr(m, "to_quantized") and f"{p}.scales" in weights
+            if not hasattr(m, "to_quantized") or f"{p}.scales" not in weights:
+                return False
+            if infer is None:
+                return True
+            params = infer(p, m, weights)
+            if takes is not None and f"{p}.global_scale" in weights and takes(m):
+                params["global_scale"] = True
+            return params
         nn.quantize(model, group_size=q["group_size"], bits=q["bits"], mode=q.get("mode", "affine"),
                     class_predicate=predicate)
     current = dict(tree_flatten(model.parameters()))
@@ -77,6 +89,24 @@ print(json.dumps({
               if tuple(current[k].shape) != tuple(weights[k].shape)],
 }))
 """
+
+
+_HELPERS = ("infer_quant_config", "_takes_global_scale")
+
+
+def _helpers_source(package_dir: Path) -> str:
+    """The source of mlx_lm's per-module quantization inference (utils.py), to run in the oracle
+    without importing utils (which imports transformers); empty when it cannot be found."""
+    import ast
+
+    try:
+        source = (package_dir / "utils.py").read_text(encoding="utf-8")
+        tree = ast.parse(source)
+    except (OSError, UnicodeDecodeError, SyntaxError):
+        return ""
+    parts = [ast.get_source_segment(source, node) or "" for node in tree.body
+             if isinstance(node, ast.FunctionDef) and node.name in _HELPERS]
+    return "\n\n".join(parts)
 
 
 def _key(version: str | None, config: dict[str, Any], tensors: dict[str, tuple[str, list[int]]]) -> str:
@@ -123,8 +153,9 @@ def ask_engine(model_type: str, config: dict[str, Any], tensors: dict[str, tuple
     cached = _cache_read().get(key)
     if isinstance(cached, dict):
         return cached
-    request = json.dumps({"module": facts.resolve_type(model_type), "config": config, "tensors": tensors},
-                         allow_nan=True)
+    helpers = _helpers_source(facts.package_dir) if facts.package_dir is not None else ""
+    request = json.dumps({"module": facts.resolve_type(model_type), "config": config, "tensors": tensors,
+                          "helpers": helpers}, allow_nan=True)
     try:
         proc = subprocess.run([sys.executable, "-c", ORACLE], input=request, capture_output=True, text=True,
                               timeout=ORACLE_TIMEOUT, check=False,
