@@ -257,3 +257,14 @@ def test_the_real_agent_lists_sessions_over_acp_despite_fifos_and_deep_files(tmp
 
     with serve([]) as fake:
         assert asyncio.run(run(fake.url)) == ["good", "good"]
+
+
+@linux
+@pytest.mark.timeout(120)
+def test_editing_a_profiles_file_that_is_a_fifo_is_a_config_error(tmp_path: Path) -> None:
+    from punie.config.edit.files import _read
+    from punie.errors import ConfigError
+
+    fifo = _special("fifo", tmp_path / "punie.toml")
+    with pytest.raises(ConfigError, match="FIFO"):
+        _read(fifo, "punie.toml", create=False)
