@@ -153,3 +153,21 @@ def test_composition_compares_bases_by_weights_not_by_path_spelling(tmp_path: Pa
     plan_composition(same, project_dir=project)  # five spellings, one base (a copy is the same weights)
     with pytest.raises(CompositionError, match="different base models"):
         plan_composition([*same, (parts[5], 1.0)], project_dir=project)
+
+
+@pytest.mark.slow
+def test_mlx_lms_parameter_rules_are_not_applied_to_vllm_profiles(mutated: tuple[dict[str, Path], dict[str, dict]],
+                                                                   tmp_path: Path) -> None:
+    from punie.checks import check_profiles
+    from punie.config import load_profile
+
+    models, _ = mutated
+    python = tmp_path / "vpython"
+    python.write_text("#!/bin/sh\necho 0.32.0\n")
+    python.chmod(0o755)
+    (tmp_path / "punie.toml").write_text(f'[profiles.m]\nmodel = "{models["extra-param"]}"\n\n[profiles.v]\n'
+                                         f'model = "{models["extra-param"]}"\nserver.backend = "vllm"\n'
+                                         f'server.vllm.python = "{python}"\n')
+    codes = {name: {p.code for p in check_profiles([load_profile(name, config=str(tmp_path / "punie.toml"))]).problems}
+             for name in ("m", "v")}
+    assert "parameter-extra" in codes["m"] and "parameter-extra" not in codes["v"]

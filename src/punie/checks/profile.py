@@ -228,13 +228,16 @@ def _check_model(c: _Collector) -> tuple[Path | None, ModelShapes | None]:
         return path, None
     for f in shapes.problems:
         c.finding(f)
-    if not any(f.severity == "error" for f in shapes.problems):  # then as deep as mlx_lm's strict load
-        for f in shapes.strict_load_problems:
-            c.finding(f)
+    # then as deep as mlx_lm's strict load (vLLM loads by its own rules: checks/vllm.py)
+    mlx = c.resolved.profile.server.backend != "vllm"
+    strict_problems = shapes.strict_load_problems if mlx and not any(
+        f.severity == "error" for f in shapes.problems) else ()
+    for f in strict_problems:
+        c.finding(f)
     layers = shapes.total_layers
     bits = shapes.bits_summary()
     detail = ", ".join(x for x in (f"{layers} layers" if layers else "", bits or "") if x)
-    if not any(f.severity == "error" for f in (*shapes.problems, *shapes.strict_load_problems)):
+    if not any(f.severity == "error" for f in (*shapes.problems, *strict_problems)):
         c.passed.append(f"model: {path}" + (f" ({detail})" if detail else ""))
     return path, shapes
 
