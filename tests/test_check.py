@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -123,15 +124,22 @@ def test_corrupt_adapter_is_reported(tmp_path: Path, tiny_model: Path, tiny_adap
     assert problems[0].where == "ad/adapters.safetensors"
 
 
-def test_port_in_use_is_an_error(tmp_path: Path, tiny_model: Path) -> None:
+def test_port_in_use_is_a_warning_naming_the_listener_and_an_error_when_strict(tmp_path: Path,
+                                                                              tiny_model: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        problems = check_profile(_profile(tmp_path, model=str(tiny_model), server={"port": port}))
-    assert _errors(problems) == {"port"}
-    assert problems[0].where == "punie.toml: profiles.p.server.port"
-    assert "already in use" in problems[0].message
+        resolved = _profile(tmp_path, model=str(tiny_model), server={"port": port})
+        problems = check_profile(resolved)
+        strict = check_profile(resolved, strict=True)
+    assert _errors(problems) == set()
+    port_problems = [p for p in problems if p.code == "port"]
+    assert len(port_problems) == 1 and port_problems[0].severity == "warning"
+    assert port_problems[0].where == "punie.toml: profiles.p.server.port"
+    assert "already in use" in port_problems[0].message
+    assert f"pid {os.getpid()} listens there" in port_problems[0].message  # this test process holds it
+    assert _errors(strict) == {"port"}
 
 
 def test_remote_host_needs_allow_remote(tmp_path: Path, tiny_model: Path) -> None:

@@ -5,10 +5,13 @@ Everything here is stdlib-only and cheap to import (the CLI's check path uses it
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import ipaddress
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 #: The request ``model`` under which mlx_lm serves the model WITH its ``--adapter-path``
@@ -104,9 +107,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 # -- is the port taken? --------------------------------------------------------------------------
 
 
-def _proc_listeners(port: int) -> list[tuple[str, int]]:
-    """(address, inode) of every LISTEN socket on ``port`` in /proc/net/tcp{,6} (Linux; [] elsewhere)."""
-    found: list[tuple[str, int]] = []
+_snapshot: contextvars.ContextVar[dict[int, list[tuple[str, int]]] | None] = contextvars.ContextVar(
+    "punie_listener_snapshot", default=None)
+_owners: contextvars.ContextVar[dict[tuple[int, str], list[int]] | None] = contextvars.ContextVar(
+    "punie_listener_owners", default=None)
+
+
+def _scan_listeners() -> dict[int, list[tuple[str, int]]]:
+    """Every LISTEN socket in /proc/net/tcp{,6}, by port: [(address, inode)] (Linux; {} elsewhere)."""
+    found: dict[int, list[tuple[str, int]]] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table, encoding="ascii") as fh:
@@ -116,11 +125,33 @@ def _proc_listeners(port: int) -> list[tuple[str, int]]:
                     if len(fields) < 10 or fields[3] != _LISTEN:
                         continue
                     address, _, hexport = fields[1].rpartition(":")
-                    if int(hexport, 16) == port:
-                        found.append((_proc_address(address), int(fields[9])))
-        except OSError:
+                    found.setdefault(int(hexport, 16), []).append((_proc_address(address), int(fields[9])))
+        except (OSError, ValueError):
             continue
     return found
+
+
+@contextlib.contextmanager
+def listener_snapshot() -> Iterator[None]:
+    """Within this block, the socket tables are read once (at entry) and every port question is
+    answered from that one scan: a command checking 5,000 profiles reads /proc/net/tcp once, not
+    5,000 times. Use it where the answers need to be consistent, not fresh (`punie check`);
+    `punie up` asks outside it, at the moment it binds."""
+    token = _snapshot.set(_scan_listeners())
+    owners = _owners.set({})
+    try:
+        yield
+    finally:
+        _owners.reset(owners)
+        _snapshot.reset(token)
+
+
+def _proc_listeners(port: int) -> list[tuple[str, int]]:
+    """(address, inode) of every LISTEN socket on ``port`` (from the snapshot when one is taken)."""
+    table = _snapshot.get()
+    if table is None:
+        table = _scan_listeners()
+    return list(table.get(port, ()))
 
 
 def _proc_address(hexaddr: str) -> str:
@@ -226,6 +257,44 @@ def descendants(pid: int) -> list[int]:
         tree.append(current)
         todo.extend(children.get(current, ()))
     return tree
+
+
+def listener_pids(port: int, host: str = "") -> list[int]:
+    """Pids of the processes holding a socket that listens on ``port`` (overlapping ``host``), from
+    /proc (Linux; [] elsewhere or when they belong to another user)."""
+    inodes = {inode for address, inode in _proc_listeners(port) if not host or _overlaps(address, host)}
+    if not inodes:
+        return []
+    memo = _owners.get()
+    if memo is not None and (port, host) in memo:  # within a snapshot: /proc/*/fd is walked once per port
+        return memo[(port, host)]
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    found = sorted(int(e) for e in entries if socket_inodes(int(e)) & inodes)
+    if memo is not None:
+        memo[(port, host)] = found
+    return found
+
+
+def process_cmdline(pid: int) -> list[str]:
+    """The argv of process ``pid`` ([] when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read(1 << 20)
+    except OSError:
+        return []
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (None when unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def owns_listener(pid: int, port: int, host: str = "") -> bool | None:

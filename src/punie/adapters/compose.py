@@ -41,7 +41,7 @@ from punie.adapters.files import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
 from punie.adapters.identity import RecordedBase, recorded_base, same_base
 from punie.adapters.tensors import load_tensor, numpy_module, tensor_index
 from punie.errors import AdapterError
-from punie.jsonio import load_json_file
+from punie.jsonio import load_json_file, open_regular
 from punie.paths import state_dir
 from punie.weights.safetensors import TensorInfo, write_safetensors
 
@@ -466,8 +466,8 @@ def composition_hash(parts: Iterable[tuple[Path, float]]) -> str:
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             file = Path(path) / name
             try:
-                with open(file, "rb") as fh:
-                    digest.update(f"{name}:{os.fstat(fh.fileno()).st_size}:".encode())
+                with open_regular(file) as (fh, size):
+                    digest.update(f"{name}:{size}:".encode())
                     while chunk := fh.read(1 << 20):
                         digest.update(chunk)
             except FileNotFoundError:

@@ -181,7 +181,8 @@ def inspect_adapter(path: str | Path, *, display: str | None = None) -> AdapterI
     config: AdapterConfig | None = None
     config_where = f"{name}/{CONFIG_FILE}"
     config_file = path / CONFIG_FILE
-    if not config_file.is_file():
+    # exists(), not is_file(): a FIFO or a device there is read, and refused saying what it is
+    if not config_file.exists():
         findings.append(Finding("error", "adapter-config-missing", config_where, "missing"))
     else:
         try:
@@ -193,7 +194,7 @@ def inspect_adapter(path: str | Path, *, display: str | None = None) -> AdapterI
             findings += found
     header: SafetensorsHeader | None = None
     weights_where = f"{name}/{WEIGHTS_FILE}"
-    if not weights.is_file():
+    if not weights.exists():
         findings.append(_missing_weights(path, weights_where, config_file.is_file()))
     else:
         try:

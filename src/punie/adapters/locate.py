@@ -31,7 +31,8 @@ def adapter_dirs(project_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()
+        # exists(), not is_file(): an adapter whose config is a FIFO is listed with that problem
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).exists()
     )
 
 

@@ -37,6 +37,7 @@ from punie.adapters.files import PEFT_WEIGHTS_FILES
 from punie.adapters.files import WEIGHTS_FILE as MLX_WEIGHTS
 from punie.adapters.tensors import load_tensor, numpy_module, tensor_index
 from punie.errors import AdapterError, CorruptFileError
+from punie.jsonio import load_json_file, open_regular
 from punie.weights.safetensors import write_safetensors
 
 PEFT_CONFIG = MLX_CONFIG  # both formats name their config adapter_config.json
@@ -94,15 +95,7 @@ class PeftPlan:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise AdapterError("missing", where=str(path)) from exc
-    except (OSError, ValueError) as exc:
-        raise CorruptFileError(f"cannot read: {exc}", where=str(path)) from exc
-    if not isinstance(data, dict):
-        raise CorruptFileError("is not a JSON object", where=str(path))
-    return data
+    return load_json_file(path, missing=AdapterError)
 
 
 def _leaf(module: str) -> str:
@@ -162,6 +155,92 @@ def plan_export(adapter_dir: str | Path) -> PeftPlan:
     targets = tuple(sorted({_leaf(m.module) for m in modules}))
     return PeftPlan(rank=rank, lora_alpha=scale * rank, dropout=dropout, target_modules=targets,
                     modules=tuple(modules))
+
+
+def is_peft_adapter(adapter_dir: str | Path) -> bool:
+    """Whether ``adapter_dir`` holds a Hugging Face PEFT adapter (and no mlx_lm weights).
+
+    vLLM serves such a directory as it is; only mlx_lm adapters are exported first.
+    """
+    adapter_dir = Path(adapter_dir)
+    return not (adapter_dir / MLX_WEIGHTS).is_file() and (adapter_dir / PEFT_WEIGHTS).is_file()
+
+
+#: PEFT features vLLM refuses (vllm/lora/peft_helper.py ``_validate_features``): key -> why.
+_VLLM_REFUSES = (("use_dora", "vLLM does not support DoRA"), ("lora_bias", "vLLM does not support LoRA bias"),
+                 ("alora_invocation_tokens", "vLLM does not support Activated LoRA (aLoRA)"),
+                 ("layer_replication", "vLLM does not support layer_replication"),
+                 ("use_bdlora", "vLLM does not support block-diagonal LoRA"),
+                 ("use_qalora", "vLLM does not support QALoRA"))
+#: ``init_lora_weights`` values that only set the initial weights (vLLM accepts them).
+_PLAIN_INITS = (True, False, "gaussian", "eva", None)
+
+
+def plan_peft(peft_dir: str | Path) -> PeftPlan:
+    """What vLLM reads from the PEFT adapter in ``peft_dir`` (config and header only), as a PeftPlan.
+
+    Refuses with NotConvertible what vLLM's PEFTHelper refuses at load: no ``r``,
+    ``lora_alpha`` or ``target_modules``; DoRA, LoRA bias, aLoRA, layer_replication,
+    BD-LoRA, QALoRA, PiSSA-like inits, ``modules_to_save``, a ``bias``; and tensors that
+    are not Linear LoRA pairs of one rank. The rank checked against ``max_lora_rank`` is
+    the largest of ``r`` and ``rank_pattern``.
+    """
+    peft_dir = Path(peft_dir)
+    where = str(peft_dir / PEFT_CONFIG)
+    config = _read_json(peft_dir / PEFT_CONFIG)
+    missing = [k for k in ("r", "lora_alpha", "target_modules") if k not in config]
+    if missing:
+        raise NotConvertible(f"lacks {', '.join(missing)} (vLLM requires r, lora_alpha and target_modules)",
+                             where=where)
+    r, alpha = config["r"], config["lora_alpha"]
+    if not (isinstance(r, int) and not isinstance(r, bool) and r > 0):
+        raise NotConvertible(f"r = {_shown(r)} is not a positive integer", where=where)
+    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha)):
+        raise NotConvertible(f"lora_alpha = {_shown(alpha)} is not a finite number", where=where)
+    if config.get("peft_type", "LORA") != "LORA":
+        raise NotConvertible(f"peft_type {config.get('peft_type')!r} is not LORA", where=where)
+    for key, why in _VLLM_REFUSES:
+        if config.get(key):
+            raise NotConvertible(f"{key} is set: {why}", where=where)
+    if config.get("init_lora_weights", True) not in _PLAIN_INITS:
+        raise NotConvertible(f"init_lora_weights = {config['init_lora_weights']!r} changes the base weights: "
+                             "vLLM does not support it", where=where)
+    saved = config.get("modules_to_save") or []
+    if any(m not in ("classifier", "score") for m in (saved if isinstance(saved, list) else [saved])):
+        raise NotConvertible(f"modules_to_save = {saved!r}: vLLM serves only LoRA matrices", where=where)
+    if config.get("bias", "none") != "none":
+        raise NotConvertible(f"bias = {config['bias']!r}: vLLM does not support adapter bias", where=where)
+    pattern = config.get("rank_pattern") or {}
+    ranks = [r, *(v for v in pattern.values() if isinstance(v, int))] if isinstance(pattern, dict) else [r]
+    weights = peft_dir / PEFT_WEIGHTS
+    if not weights.is_file():
+        raise AdapterError(f"no {PEFT_WEIGHTS} (adapter_model.bin is not read: it needs torch)", where=str(peft_dir))
+    parts: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, info in tensor_index(weights).items():
+        match = _PEFT_NAME.match(name)
+        if match is None:
+            raise NotConvertible(f"tensor '{name}' is not a LoRA matrix (lora_A / lora_B)", where=str(weights))
+        parts.setdefault(match["module"].removeprefix(PEFT_PREFIX), {})[match["part"]] = info.shape
+    modules: list[LoraModule] = []
+    for module, shapes in sorted(parts.items()):
+        if set(shapes) != {"lora_A", "lora_B"}:
+            raise NotConvertible(f"module '{module}' has only {sorted(shapes)}", where=str(weights))
+        a, b = shapes["lora_A"], shapes["lora_B"]
+        if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+            raise CorruptFileError(f"module '{module}': lora_A {list(a)} and lora_B {list(b)} are not a "
+                                   "(r, in) and (out, r) pair", where=str(weights))
+        modules.append(LoraModule(module, in_features=a[1], out_features=b[0], rank=a[0]))
+    if not modules:
+        raise NotConvertible("holds no LoRA matrices", where=str(weights))
+    targets = config["target_modules"]
+    names = (targets,) if isinstance(targets, str) else tuple(str(t) for t in targets or ())
+    return PeftPlan(rank=max(max(ranks), *(m.rank for m in modules)), lora_alpha=float(alpha),
+                    dropout=float(config.get("lora_dropout") or 0.0), target_modules=names, modules=tuple(modules))
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _tensor_out(np: Any, array: Any, dtype: str) -> Any:
@@ -304,7 +383,7 @@ def content_hash(adapter_dir: str | Path) -> str:
         path = adapter_dir / name
         digest.update(name.encode() + b"\0")
         if path.is_file():
-            with open(path, "rb") as fh:
+            with open_regular(path) as (fh, _):
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
         digest.update(b"\0")

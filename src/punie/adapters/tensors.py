@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from punie.errors import AdapterError, CorruptFileError
+from punie.jsonio import open_regular
 from punie.weights.safetensors import TensorInfo, read_header
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def load_tensor(path: Path, info: TensorInfo) -> np.ndarray:
     count = 1
     for d in info.shape:
         count *= d
-    with open(path, "rb") as fh:
+    with open_regular(path) as (fh, _):
         fh.seek(info.start)
         raw = fh.read(info.end - info.start)
     width = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}.get(info.dtype)

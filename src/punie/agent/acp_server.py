@@ -232,7 +232,7 @@ class PunieAcpAgent:
     async def load_session(self, cwd: str, session_id: str, mcp_servers: Any = None, **kwargs: Any
                            ) -> LoadSessionResponse:
         try:
-            record = SessionStore(sessions_dir(cwd)).load(session_id)
+            record = await SessionStore(sessions_dir(cwd)).aload(session_id)
         except ValueError:
             record = None
         if record is None:
@@ -250,7 +250,7 @@ class PunieAcpAgent:
                             ) -> ListSessionsResponse:
         where = cwd or os.getcwd()
         found = [SessionInfo(session_id=r.session_id, cwd=r.cwd, title=r.title, updated_at=r.updated_at or None)
-                 for r in SessionStore(sessions_dir(where)).list() if cwd is None or r.cwd == cwd]
+                 for r in await SessionStore(sessions_dir(where)).alist() if cwd is None or r.cwd == cwd]
         return ListSessionsResponse(sessions=found)
 
     async def set_config_option(self, config_id: str, session_id: str, value: str | bool, **kwargs: Any

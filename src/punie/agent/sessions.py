@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from punie.errors import CorruptFileError
+from punie.jsonio import load_json_file
 from punie.paths import state_dir
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 SESSIONS_DIR = "sessions"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TITLE_CHARS = 80
+#: A larger session file is skipped (a long conversation is a few MB).
+MAX_SESSION_BYTES = 256 * 1024 * 1024
 
 
 def sessions_dir(project_dir: str | os.PathLike[str]) -> Path:
@@ -109,11 +113,11 @@ class SessionStore:
         """The stored session, or None when there is none (or it cannot be read)."""
         try:
             path = self.path(session_id)
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = load_json_file(path, max_bytes=MAX_SESSION_BYTES)
             return SessionRecord.from_json(data)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError, OSError) as exc:
+        except (CorruptFileError, ValueError, KeyError, TypeError, OSError) as exc:
             logger.warning("session %s cannot be read: %s", session_id, exc)
             return None
 
@@ -124,14 +128,33 @@ class SessionStore:
             return found
         for path in self.root.glob("*.json"):
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = load_json_file(path, max_bytes=MAX_SESSION_BYTES)
+                fields = {key: data.get(key) for key in ("session_id", "cwd", "title", "profile", "created_at",
+                                                         "updated_at")}
+                if not all(isinstance(v, str) or v is None for v in fields.values()) \
+                        or not fields["session_id"] or not fields["cwd"]:
+                    raise ValueError("session_id, cwd, title, profile and times must be strings")
                 found.append(SessionRecord(session_id=data["session_id"], cwd=data["cwd"], title=data.get("title"),
                                            profile=data.get("profile"), created_at=data.get("created_at") or "",
                                            updated_at=data.get("updated_at") or ""))
-            except (ValueError, KeyError, TypeError, OSError) as exc:
+            except FileNotFoundError:
+                continue  # removed while listing
+            except (CorruptFileError, ValueError, KeyError, TypeError, OSError) as exc:
                 logger.warning("skipping unreadable session file %s: %s", path, exc)
         found.sort(key=lambda r: r.updated_at, reverse=True)
         return found
+
+    async def alist(self) -> list[SessionRecord]:
+        """`list` in a worker thread: reading files never stalls the agent's event loop."""
+        import anyio
+
+        return await anyio.to_thread.run_sync(self.list)
+
+    async def aload(self, session_id: str) -> SessionRecord | None:
+        """`load` in a worker thread (see `alist`)."""
+        import anyio
+
+        return await anyio.to_thread.run_sync(self.load, session_id)
 
 
 def replay_updates(messages: list[Any], describe: Any) -> list[Any]:

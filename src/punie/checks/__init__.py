@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from punie.checks.profile import adapter_fits, check_adapter, check_profile, check_profile_report
+from punie.checks.profile import adapter_fits, check_adapter, check_profile, check_profile_report, model_scope
 from punie.checks.report import Problem, ProfileReport, Report
 from punie.config.models import ResolvedProfile
 
@@ -30,13 +30,18 @@ __all__ = [
 def check_profiles(profiles: Iterable[ResolvedProfile], *, strict: bool = False) -> Report:
     """Check every profile and collect all problems in one report (nothing is raised for problems).
 
-    ``strict``: an adapter trained on a different base model is an error even when its shapes fit.
+    ``strict``: an adapter trained on a different base model is an error even when its shapes fit,
+    and so is a busy port (a warning otherwise: the port is state, not configuration).
     """
     from punie.checks.ports import shared_port_problems
+    from punie.net import listener_snapshot
+    from punie.weights.headers import shapes_scope
 
     resolved = list(profiles)
     shared = shared_port_problems(resolved)
-    reports = [check_profile_report(r, strict=strict) for r in resolved]
+    # one scan of the sockets, one resolution and one reading of each base model
+    with listener_snapshot(), shapes_scope(), model_scope():
+        reports = [check_profile_report(r, strict=strict) for r in resolved]
     return Report(profiles=[
         r.model_copy(update={"problems": [*r.problems, *shared[r.name]]}) if r.name in shared else r for r in reports
     ])

@@ -9,6 +9,9 @@ from punie.checks.profile import _Collector
 from punie.checks.report import Problem
 from punie.config.models import ResolvedProfile
 
+#: How many other profiles a shared-port warning names.
+SHOWN = 5
+
 
 def shared_port_problems(profiles: Sequence[ResolvedProfile]) -> dict[str, list[Problem]]:
     """A ``shared-port`` warning for each profile that starts a server on a port another one uses.
@@ -23,8 +26,12 @@ def shared_port_problems(profiles: Sequence[ResolvedProfile]) -> dict[str, list[
     for port, group in by_port.items():
         if len(group) < 2:
             continue
-        for resolved in group:
-            others = ", ".join(o.name for o in group if o is not resolved)
+        names = [o.name for o in group]
+        for i, resolved in enumerate(group):
+            # at most SHOWN other names: a message per profile listing all the others is quadratic
+            shown = [n for j, n in enumerate(names[: SHOWN + 1]) if j != i][:SHOWN]
+            rest = len(group) - 1 - len(shown)
+            others = ", ".join(shown) + (f" and {rest} more" if rest else "")
             c = _Collector(resolved)
             c.add("warning", "shared-port", c.key("server.port"),
                   f"port {port} is also the port of profile {others}: they cannot run at the same time "

@@ -6,7 +6,10 @@ no weights loaded, so a check takes milliseconds.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,7 +144,7 @@ def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> 
     c = _Collector(resolved, strict=strict)
     profile = resolved.profile
     server = profile.server
-    for severity, code, key, message in server_findings(server):
+    for severity, code, key, message in server_findings(server, profile=resolved.name, strict=strict):
         c.add(severity, code, c.key(key), message)
     if not any(p.code in ("port", "host", "remote-host", "url") for p in c.problems):
         c.passed.append(f"server: using {server.url}" if server.url else f"server: {server.host}:{server.port} is free")
@@ -174,13 +177,37 @@ def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> 
     )
 
 
+_resolved_models: contextvars.ContextVar[dict[tuple[str, str], Path] | None] = contextvars.ContextVar(
+    "punie_resolved_models", default=None)
+
+
+@contextlib.contextmanager
+def model_scope() -> Iterator[None]:
+    """Within this block each (model spec, project) is resolved to its directory once."""
+    token = _resolved_models.set({})
+    try:
+        yield
+    finally:
+        _resolved_models.reset(token)
+
+
+def _resolve_model(spec: str, project_dir: str) -> Path:
+    memo = _resolved_models.get()
+    if memo is None:
+        return resolve_model(spec, project_dir)
+    key = (spec, project_dir)
+    if key not in memo:
+        memo[key] = resolve_model(spec, project_dir)  # errors are not remembered: each profile reports its own
+    return memo[key]
+
+
 def _check_model(c: _Collector) -> tuple[Path | None, ModelShapes | None]:
     spec = c.resolved.profile.model
     if not spec:
         c.add("error", "no-model", c.key("model"), "no model: set `model` (or `server.url` to use a running server)")
         return None, None
     try:
-        path = resolve_model(spec, c.resolved.project_dir)
+        path = _resolve_model(spec, c.resolved.project_dir)
     except ModelNotProvisioned as exc:
         c.add("warning", "model-not-provisioned", c.key("model"), exc.message)
         return None, None
@@ -201,10 +228,16 @@ def _check_model(c: _Collector) -> tuple[Path | None, ModelShapes | None]:
         return path, None
     for f in shapes.problems:
         c.finding(f)
+    # then as deep as mlx_lm's strict load (vLLM loads by its own rules: checks/vllm.py)
+    mlx = c.resolved.profile.server.backend != "vllm"
+    strict_problems = shapes.strict_load_problems if mlx and not any(
+        f.severity == "error" for f in shapes.problems) else ()
+    for f in strict_problems:
+        c.finding(f)
     layers = shapes.total_layers
     bits = shapes.bits_summary()
     detail = ", ".join(x for x in (f"{layers} layers" if layers else "", bits or "") if x)
-    if not any(f.severity == "error" for f in shapes.problems):
+    if not any(f.severity == "error" for f in (*shapes.problems, *strict_problems)):
         c.passed.append(f"model: {path}" + (f" ({detail})" if detail else ""))
     return path, shapes
 
@@ -262,6 +295,18 @@ def _fit(c: _Collector, inspection: AdapterInspection, model_path: Path | None,
 
 def _check_single_adapter(c: _Collector, spec: str, model_path: Path | None,
                           shapes: ModelShapes | None) -> Path | None:
+    if c.resolved.profile.server.backend == "vllm":
+        from punie.adapters.peft import is_peft_adapter
+
+        try:
+            path = _served_adapter(c.resolved, spec)
+        except AdapterError:
+            path = None
+        if path is not None and is_peft_adapter(path):
+            # vLLM serves a PEFT directory as it is: its checks are vLLM's (checks/vllm.py), not mlx_lm's
+            c.passed.append(f"adapter: {display_path(path, c.resolved.project_dir)} is a PEFT adapter "
+                            "(vLLM serves it without an mlx_lm export)")
+            return path
     inspection = _inspect(c, spec, "adapter", single=True)
     if inspection is None:
         return None

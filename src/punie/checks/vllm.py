@@ -14,6 +14,7 @@ interpreter's path and mtime.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from punie.config.models import ResolvedProfile
+from punie.errors import CorruptFileError
+from punie.jsonio import load_json_file
 from punie.paths import cache_dir
 from punie.weights.headers import ModelShapes
 
@@ -52,8 +55,8 @@ def vllm_python_status(python: str) -> dict[str, Any]:
         return {"ok": False, "error": "does not exist", "missing": True}
     cache = cache_dir() / _CACHE_FILE
     try:
-        known = json.loads(cache.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        known = load_json_file(cache, max_bytes=1 << 20)
+    except (OSError, CorruptFileError):
         known = {}
     if not isinstance(known, dict):
         known = {}
@@ -103,6 +106,10 @@ def vllm_items(resolved: ResolvedProfile, *, shapes: ModelShapes | None, adapter
         items.append(("error", "vllm-python", "server.vllm.python",
                       f"vLLM python {python} cannot import vllm: {status.get('error')}"))
     if shapes is not None:
+        if why := mlx_quantized(shapes):
+            items.append(("error", "vllm-mlx-quantized", "model", why))
+        if why := max_len_problem(shapes, resolved):
+            items.append(("error", "vllm-max-model-len", "server.vllm.max_model_len", why))
         why = heads_problem(shapes.config, v.tensor_parallel_size)
         if why:
             items.append(("error", "vllm-tensor-parallel", "server.vllm.tensor_parallel_size", why))
@@ -116,12 +123,13 @@ def vllm_items(resolved: ResolvedProfile, *, shapes: ModelShapes | None, adapter
 
 
 def _adapter_items(adapter_dir: Path, shapes: ModelShapes | None, max_rank: int, passed: list[str]) -> list[Item]:
-    from punie.adapters.peft import plan_export
+    from punie.adapters.peft import is_peft_adapter, plan_export, plan_peft
     from punie.errors import AdapterError
 
     key = "adapter"
+    peft = is_peft_adapter(adapter_dir)
     try:
-        plan = plan_export(adapter_dir)
+        plan = plan_peft(adapter_dir) if peft else plan_export(adapter_dir)
     except AdapterError as exc:
         return [("error", "vllm-adapter", key, f"vLLM cannot serve this adapter: {exc.render()}")]
     items: list[Item] = []
@@ -141,6 +149,104 @@ def _adapter_items(adapter_dir: Path, shapes: ModelShapes | None, max_rank: int,
                            f"({found.in_features} -> {found.out_features})")
                 items.append(("error", "vllm-target-shape", key, message))
     if not items:
-        passed.append(f"vllm: adapter converts to PEFT (r {plan.rank}, lora_alpha {plan.lora_alpha:g}, "
-                      f"{len(plan.modules)} modules)")
+        what = "a PEFT adapter, served as it is" if peft else "adapter converts to PEFT"
+        passed.append(f"vllm: {what} (r {plan.rank}, lora_alpha {plan.lora_alpha:g}, {len(plan.modules)} modules)")
     return items
+
+
+def mlx_quantized(shapes: ModelShapes) -> str | None:
+    """Why vLLM cannot load this base: mlx's own quantization (packed uint32 weights with
+    ``.scales``/``.biases``, a config ``quantization`` block without a ``quant_method``), or None.
+
+    vLLM picks a quantization only from ``quantization_config.quant_method`` (AWQ, GPTQ, FP8...);
+    mlx's packing is none of them, so the packed weights cannot load.
+    """
+    config = shapes.config
+    blocks = [config.get(k) for k in ("quantization_config", "quantization")]
+    text = config.get("text_config")
+    if isinstance(text, dict):
+        blocks += [text.get(k) for k in ("quantization_config", "quantization")]
+    declared = [b for b in blocks if isinstance(b, dict)]
+    if any(b.get("quant_method") for b in declared):
+        return None
+    packed = shapes.bits_summary()
+    if not declared and packed is None:
+        return None
+    bits = packed or next((f"{b['bits']}-bit" for b in declared if "bits" in b), "quantized")
+    return (f"the base model is mlx-quantized ({bits}: config.json has an mlx quantization block without a "
+            "quant_method, the weights are packed with .scales/.biases): vLLM cannot load it; serve the "
+            "unquantized model (or one quantized for vLLM: AWQ, GPTQ, FP8) with backend vllm")
+
+
+#: The keys vLLM derives a model's maximum length from (the smallest wins), in its order
+#: (vllm/transformers_utils/model_arch_config_convertor.py ``derive_max_model_len_and_key``).
+MAX_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
+#: RoPE types whose max_position_embeddings is already scaled (vLLM does not multiply by ``factor``).
+_PRESCALED_ROPE = frozenset({"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"})
+ALLOW_LONG = "VLLM_ALLOW_LONG_MAX_MODEL_LEN"
+
+
+def derived_max_len(config: dict[str, Any]) -> tuple[float, str | None]:
+    """(the longest context vLLM accepts for this config, the key it comes from); inf when none is set.
+
+    vLLM's rule (``_get_and_verify_max_len``): the smallest of `MAX_LEN_KEYS` in the text config
+    (``model_max_length`` when set wins), times the RoPE scaling ``factor`` unless the RoPE type
+    is pre-scaled or the model is gemma3. The tokenizer's ``model_max_length`` counts only for
+    pooling models, never for the generative models Punie serves (measured against vLLM 0.32).
+    """
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    derived, key = math.inf, None
+    for name in MAX_LEN_KEYS:
+        value = text.get(name)
+        if _number(value):
+            if value < derived:
+                key = name
+            derived = min(derived, value)
+    if _number(text.get("model_max_length")) and text["model_max_length"]:
+        derived, key = text["model_max_length"], "model_max_length"
+    if derived == math.inf:
+        return derived, None
+    rope = text.get("rope_parameters") or text.get("rope_scaling")
+    if isinstance(rope, dict) and "gemma3" not in str(config.get("model_type", "")):
+        layers = [p for p in rope.values() if isinstance(p, dict)] or [rope]
+        factor: Any = 1.0
+        for params in layers:
+            kind = params.get("rope_type", params.get("type"))
+            if kind not in _PRESCALED_ROPE:
+                factor = params.get("factor", factor)
+        if _number(factor):
+            derived *= factor
+    return derived, key
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def max_len_problem(shapes: ModelShapes, resolved: ResolvedProfile) -> str | None:
+    """Why vLLM refuses the profile's ``max_model_len`` for this model (its start raises), or None."""
+    v = resolved.profile.server.vllm
+    wanted: Any = v.max_model_len
+    for i, arg in enumerate(v.extra_args):  # the last spelling wins, as in argparse
+        if arg == "--max-model-len" and i + 1 < len(v.extra_args):
+            wanted = v.extra_args[i + 1]
+        elif arg.startswith("--max-model-len="):
+            wanted = arg.partition("=")[2]
+    try:
+        wanted = int(wanted) if wanted is not None else None
+    except ValueError:
+        return None  # vLLM's own argument parser says it
+    if wanted is None or wanted == -1:
+        return None
+    if (v.env.get(ALLOW_LONG) or os.environ.get(ALLOW_LONG, "")).strip().lower() in ("1", "true"):
+        return None
+    derived, key = derived_max_len(shapes.config)
+    if derived == math.inf or wanted <= derived:
+        return None
+    top = shapes.config.get("model_max_length")
+    if _number(top) and wanted <= top:
+        return None
+    return (f"max_model_len {wanted} is more than the model's {key} = {derived:g} (config.json of "
+            f"{shapes.path}): vLLM refuses to start; lower it, or set {ALLOW_LONG}=1 in server.vllm.env "
+            "if you know the model extrapolates")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -65,8 +64,10 @@ def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, for
 
         resolved = load_profile(base, config=state.config, overrides=state.overrides)
         stamp_canary(result, resolve_model_path(resolved, provision=True))
-    config = json.loads((result / "adapter_config.json").read_text())
-    meta = json.loads((result / "punie-adapter.json").read_text())
+    from punie.jsonio import load_json_file
+
+    config = load_json_file(result / "adapter_config.json")
+    meta = load_json_file(result / "punie-adapter.json")
     if fmt == "json":
         echo_json({"path": str(result), "adapter_config": config, "punie_adapter": meta})
         return

@@ -17,7 +17,8 @@ INTERNAL_ERROR = 3
 @click.argument("profiles", nargs=-1, shell_complete=complete_profiles)
 @format_option("Output format (json for CI).")
 @click.option("--strict", is_flag=True,
-              help="An adapter trained on a different base model is an error, even when its shapes fit.")
+              help="An adapter trained on a different base model is an error, even when its shapes fit; "
+              "so is a port something already listens on (a warning otherwise).")
 @set_option()
 @click.pass_context
 def check_command(ctx: click.Context, profiles: tuple[str, ...], fmt: str, strict: bool,

@@ -105,7 +105,13 @@ def merge_entry(text: str | None, entry: dict[str, Any], *, name: str = AGENT_NA
 def write_settings(path: Path, entry: dict[str, Any]) -> Path | None:
     """Merge ``entry`` into the settings file at ``path`` (atomically); returns the backup made
     when the file had comments (JSON cannot keep them), else None."""
-    text = path.read_text(encoding="utf-8") if path.exists() else None
+    from punie.errors import CorruptFileError
+    from punie.jsonio import read_text_file
+
+    try:
+        text = read_text_file(path, max_bytes=16 << 20) if path.exists() else None
+    except CorruptFileError as exc:
+        raise ConfigError(exc.message, where=str(path)) from None
     try:
         merged = merge_entry(text, entry)
     except ConfigError as exc:

@@ -27,12 +27,26 @@ def _members(annotation: Any) -> tuple[Any, ...]:
     return (annotation,)
 
 
+_MODEL_OF: dict[Any, type[BaseModel] | None] = {}
+
+
 def model_of(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds (``ServerOptions | None`` -> ServerOptions)."""
+    """The pydantic model an annotation holds (``ServerOptions | None`` -> ServerOptions).
+
+    Remembered per annotation: it is asked for every key of every profile resolved.
+    """
+    try:
+        return _MODEL_OF[annotation]
+    except (KeyError, TypeError):
+        pass
     members = _members(annotation)
-    if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
-        return members[0]
-    return None
+    found = members[0] if len(members) == 1 and isinstance(members[0], type) and issubclass(
+        members[0], BaseModel) else None
+    try:
+        _MODEL_OF[annotation] = found
+    except TypeError:  # an unhashable annotation: not remembered
+        pass
+    return found
 
 
 def dict_value_of(annotation: Any) -> tuple[bool, Any]:

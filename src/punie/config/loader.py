@@ -21,11 +21,14 @@ from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
 from punie.config.locate import KeyPath, dotted, key_lines, line_of, toml_syntax_error
 from punie.config.models import PunieFile
-from punie.errors import ConfigError, did_you_mean
+from punie.errors import ConfigError, CorruptFileError, did_you_mean
+from punie.jsonio import read_file_bytes
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "punie.toml"
+#: A larger profiles file is refused (5,000 profiles take about 1 MB).
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
@@ -107,7 +110,7 @@ def find_config(
                     where=label,
                     hint=f"point to the file itself, e.g. {Path(explicit) / CONFIG_NAME}",
                 )
-            if not path.is_file():
+            if not path.exists() or path.is_dir():  # a FIFO is read, and refused saying so
                 raise ConfigError(
                     f"profiles file not found: {explicit}",
                     where=label,
@@ -151,9 +154,11 @@ def read_config(
         return parse_config(fallback, display=EMBEDDED_NAME, path=None)
     display = _display(path, base)
     try:
-        raw = path.read_bytes()
+        raw = read_file_bytes(path, max_bytes=MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(f"cannot read the profiles file: {exc.strerror or exc}", where=display) from None
+    except CorruptFileError as exc:
+        raise ConfigError(f"cannot read the profiles file: {exc.message}", where=display) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -292,43 +297,61 @@ def structure_problems(source: ConfigSource) -> list[ConfigProblem]:
                 + (f", {hint}" if hint else f" (profiles: {', '.join(names) or 'none'})"),
             )
         )
-    reported: set[frozenset[str]] = set()
     for name, profile in profiles.items():
         target = profile.extends
-        if target is None:
+        if target is None or target in profiles:
             continue
         loc = ("profiles", name, "extends")
-        if target not in profiles:
-            hint = did_you_mean(target, [n for n in names if n != name])
-            problems.append(
-                ConfigProblem(
-                    source.where(loc),
-                    f"{dotted(loc)}: unknown profile '{target}'"
-                    + (f", {hint}" if hint else f" (profiles: {', '.join(names)})"),
-                )
+        hint = did_you_mean(target, [n for n in names if n != name])
+        problems.append(
+            ConfigProblem(
+                source.where(loc),
+                f"{dotted(loc)}: unknown profile '{target}'"
+                + (f", {hint}" if hint else f" (profiles: {', '.join(names)})"),
             )
-            continue
-        chain = [name]
-        current: str | None = target
-        while current is not None and current in profiles and current not in chain:
-            chain.append(current)
-            current = profiles[current].extends
-        if current is not None and current in chain:
-            cycle = chain[chain.index(current) :]
-            if frozenset(cycle) in reported or name != cycle[0]:
-                continue
-            reported.add(frozenset(cycle))
-            problems.append(
-                ConfigProblem(source.where(loc), f"{dotted(loc)}: cycle in extends: {' -> '.join(cycle + [cycle[0]])}")
-            )
+        )
+    for cycle in extends_cycles({name: p.extends for name, p in profiles.items()}):
+        loc = ("profiles", cycle[0], "extends")
+        problems.append(
+            ConfigProblem(source.where(loc), f"{dotted(loc)}: cycle in extends: {' -> '.join(cycle + [cycle[0]])}")
+        )
     return problems
+
+
+def extends_cycles(parent: Mapping[str, str | None]) -> list[list[str]]:
+    """Every cycle of the ``extends`` graph, each once, starting at its first member in file order.
+
+    Linear in the number of profiles: each profile is walked once (a walk stops at a
+    profile an earlier walk has settled), where following every chain from every
+    profile would cost the chain length squared per profile.
+    """
+    order = {name: i for i, name in enumerate(parent)}
+    state: dict[str, int] = {}  # absent: unseen; 1: on the current walk; 2: settled
+    cycles: list[list[str]] = []
+    for start in parent:
+        walk: list[str] = []
+        current: str | None = start
+        while current is not None and current in parent and current not in state:
+            state[current] = 1
+            walk.append(current)
+            current = parent[current]
+        if current is not None and state.get(current) == 1:
+            cycle = walk[walk.index(current):]
+            first = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+            cycles.append(cycle[first:] + cycle[:first])
+        for name in walk:
+            state[name] = 2
+    cycles.sort(key=lambda c: order[c[0]])
+    return cycles
 
 
 def extends_chain(source: ConfigSource, name: str) -> list[str]:
     """``name`` and the profiles it extends, nearest first (the file is known acyclic)."""
     chain = [name]
+    seen = {name}
     current = source.file.profiles[name].extends
-    while current is not None and current not in chain:
+    while current is not None and current not in seen:
         chain.append(current)
+        seen.add(current)
         current = source.file.profiles[current].extends
     return chain

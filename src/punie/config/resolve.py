@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
 from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, NON_PROFILE_ENV
 from punie.config.loader import (
     CONFIG_NAME,
+    MAX_CONFIG_BYTES,
     ConfigProblem,
     ConfigSource,
-    extends_chain,
     raise_problems,
     read_config,
     validation_problems,
@@ -33,7 +34,8 @@ from punie.config.loader import (
 from punie.config.locate import KeyPath, dotted, key_lines, line_of
 from punie.config.models import Profile, ResolvedProfile
 from punie.config.overrides import deep_merge, leaves, overrides_to_dict
-from punie.errors import ConfigError, did_you_mean
+from punie.errors import ConfigError, CorruptFileError, did_you_mean
+from punie.jsonio import read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +73,9 @@ def select_profile(source: ConfigSource, name: str | None, env: Mapping[str, str
 
 def check_profile_name(source: ConfigSource, name: str, *, where: str | None = None) -> None:
     """Raise ConfigError (with "did you mean") unless ``name`` is a profile of ``source``."""
-    names = source.profile_names
-    if name in names:
+    if name in source.file.profiles:  # a dict: no list of 5,000 names built per question
         return
+    names = source.profile_names
     if source.embedded:  # as when an IDE starts `punie up NAME` outside the project
         raise ConfigError(
             f"no {CONFIG_NAME} found in {Path.cwd()} or its parents, and '{name}' is not a built-in profile",
@@ -104,6 +106,35 @@ def _layer(merged: dict[str, Any], sources: dict[str, str], table: Mapping[str, 
             sources.pop(other, None)
     _record(sources, table, label)
     return deep_merge(merged, table)
+
+
+def _inherited(source: ConfigSource, name: str, memo: dict[str, tuple[dict[str, Any], dict[str, str]]]
+               ) -> tuple[dict[str, Any], dict[str, str]]:
+    """(merged table, key origins) of ``[defaults]`` and the `extends` ancestors of ``name``.
+
+    ``memo[p]`` holds the same for a profile ``p`` whose own table is counted as an
+    ancestor's: the walk stops at the nearest remembered ancestor, and every step
+    applies one layer (the layers are never mutated: `_layer` returns new tables).
+    """
+    raw_profiles: dict[str, Any] = source.data.get("profiles", {})
+    profiles = source.file.profiles
+    chain: list[str] = []  # ancestors not remembered yet, nearest first
+    seen = {name}
+    current = profiles[name].extends
+    while current is not None and current not in memo and current not in seen:  # the file is acyclic
+        chain.append(current)
+        seen.add(current)
+        current = profiles[current].extends
+    if current is not None and current in memo:
+        merged, sources = memo[current]
+    else:
+        sources = {}
+        merged = _layer({}, sources, source.data.get("defaults", {}), "file (defaults)")
+    for ancestor in reversed(chain):
+        sources = dict(sources)
+        merged = _layer(merged, sources, raw_profiles[ancestor], f"file (extends {ancestor})")
+        memo[ancestor] = (merged, sources)
+    return merged, sources
 
 
 def _drop_exclusive(lower: dict[str, Any], higher: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,16 +207,18 @@ def resolve_profile(
     env_layer: dict[str, Any],
     cli_layer: dict[str, Any],
     cli_origin: Mapping[tuple[str, ...], str],
+    memo: dict[str, tuple[dict[str, Any], dict[str, str]]] | None = None,
 ) -> ResolvedProfile:
-    """Merge one profile's layers and validate the result (the name is known to exist)."""
+    """Merge one profile's layers and validate the result (the name is known to exist).
+
+    ``memo`` (one per file, shared by the profiles resolved together) keeps what each
+    profile contributes as an `extends` parent, so resolving every profile of a long
+    chain costs one merge per profile, not one per ancestor.
+    """
     raw_profiles: dict[str, Any] = source.data.get("profiles", {})
-    chain = extends_chain(source, name)
-    sources: dict[str, str] = {}
-    merged: dict[str, Any] = {}
-    merged = _layer(merged, sources, source.data.get("defaults", {}), "file (defaults)")
-    for ancestor in reversed(chain[1:]):
-        merged = _layer(merged, sources, raw_profiles[ancestor], f"file (extends {ancestor})")
-    merged = _layer(merged, sources, raw_profiles[name], "file")
+    inherited, sources = _inherited(source, name, {} if memo is None else memo)
+    sources = dict(sources)
+    merged = _layer(inherited, sources, raw_profiles[name], "file")
     env_used = _drop_exclusive(env_layer, cli_layer)
     file_used = _drop_exclusive(_drop_exclusive(merged, env_used), cli_layer)
     for label, layer in (("env", env_used), ("cli", cli_layer)):
@@ -269,8 +302,9 @@ def resolve_many(
         check_profile_name(source, name)
     cli_layer, cli_origin = overrides_to_dict(overrides)
     env_layer = _read_env_layer(env)
+    memo: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
     return [
-        resolve_profile(source, name, env_layer=env_layer, cli_layer=cli_layer, cli_origin=cli_origin)
+        resolve_profile(source, name, env_layer=env_layer, cli_layer=cli_layer, cli_origin=cli_origin, memo=memo)
         for name in selected
     ]
 
@@ -363,16 +397,37 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
         return ENV_PREFIX + ENV_DELIMITER.join(key.split(".")).upper()
     # The file was validated when the profile was resolved: only its key lines are needed.
     if resolved.config_path is None:
-        display, text = EMBEDDED_NAME, EMBEDDED_DEFAULT_TOML
+        display, lines = EMBEDDED_NAME, _lines_of_text(EMBEDDED_DEFAULT_TOML)
     else:
         path = Path(resolved.config_path)
         display = path.name
         try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError):
+            lines = _lines_of_file(path)
+        except (OSError, CorruptFileError):
             return display
-    line = line_of(key_lines(text), written_at(resolved, key))
+    line = line_of(lines, written_at(resolved, key))
     return f"{display}:{line}" if line else display
+
+
+@lru_cache(maxsize=4)
+def _lines_of_text(text: str) -> dict[KeyPath, int]:
+    return key_lines(text)
+
+
+_LINES_CACHE: dict[tuple[str, int, int, int], dict[KeyPath, int]] = {}
+
+
+def _lines_of_file(path: Path) -> dict[KeyPath, int]:
+    """The key lines of a profiles file, scanned once per version of the file (by size, time and
+    inode): a check naming places in 5,000 profiles scans the file once, not once per message."""
+    st = os.stat(path)
+    signature = (str(path.absolute()), st.st_size, st.st_mtime_ns, st.st_ino)
+    found = _LINES_CACHE.get(signature)
+    if found is None:
+        found = key_lines(read_text_file(path, max_bytes=MAX_CONFIG_BYTES, encoding="utf-8-sig"))
+        _LINES_CACHE.clear()  # one file at a time is what a command reads
+        _LINES_CACHE[signature] = found
+    return found
 
 
 __all__ = [

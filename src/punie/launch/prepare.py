@@ -182,7 +182,7 @@ def prepare_vllm(
     own LoRA id: the lead's as the readiness probe, the others right after
     (`vllm_canaries`).
     """
-    from punie.adapters.peft import ensure_exported, exported_dir, plan_export
+    from punie.adapters.peft import ensure_exported, exported_dir, is_peft_adapter, plan_export, plan_peft
 
     if len(members) > 1 or group:
         check_group(members, group)
@@ -202,12 +202,16 @@ def prepare_vllm(
         adapter = resolve_adapter_path(m)
         if adapter is not None:
             sources[m.name] = adapter
-            rank = plan_export(adapter).rank  # headers only; raises NotConvertible with the reason
+            peft = is_peft_adapter(adapter)  # a PEFT directory is served as it is
+            rank = (plan_peft(adapter) if peft else plan_export(adapter)).rank  # headers only; NotConvertible
             if rank > max_rank:  # each member was checked against its own options; the lead's rule here
                 raise ConfigError(f"{m.name}: its adapter has rank {rank}, above the server's max_lora_rank "
                                   f"{max_rank} (from {lead.name})",
                                   hint=f"set server.vllm.max_lora_rank in {lead.name}")
-            lora_dirs[m.name] = ensure_exported(adapter, cache) if provision else exported_dir(adapter, cache)
+            if peft:
+                lora_dirs[m.name] = adapter
+            else:
+                lora_dirs[m.name] = ensure_exported(adapter, cache) if provision else exported_dir(adapter, cache)
     plan = build_vllm_plan(members, model_path=model, lora_dirs=lora_dirs, python=python, log_dir=log_dir,
                            group=group)
     return vllm_canaries(plan, members, model_path=model, adapters=sources, compute=provision)

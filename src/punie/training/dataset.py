@@ -24,12 +24,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from punie.errors import TrainingError, did_you_mean
+from punie.errors import CorruptFileError, TrainingError, did_you_mean
+from punie.jsonio import open_regular, parse_json, read_file_bytes
 
 SPLITS = ("train", "valid", "test")
 REQUIRED_SPLITS = ("train", "valid")
 ROLES = ("system", "user", "assistant", "tool")
 MAX_ERRORS = 20
+#: A larger split file is refused (it is read whole, as mlx_lm does).
+MAX_DATASET_BYTES = 4 * 1024 * 1024 * 1024
 
 
 class SplitInfo(BaseModel):
@@ -162,9 +165,12 @@ def check_split(path: Path, errors: list[str]) -> SplitInfo | None:
     rows = 0
     fmt: str | None = None
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
+        raw = read_file_bytes(path, max_bytes=MAX_DATASET_BYTES)
+    except FileNotFoundError as exc:
         errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return None
+    except CorruptFileError as exc:
+        errors.append(exc.render())
         return None
     try:
         text = raw.decode("utf-8")
@@ -182,9 +188,9 @@ def check_split(path: Path, errors: list[str]) -> SplitInfo | None:
             errors.append(f"{path}:{number}: empty line (mlx_lm cannot parse it)")
             continue
         try:
-            row = json.loads(line)
-        except ValueError as exc:
-            errors.append(f"{path}:{number}: not valid JSON: {exc}")
+            row = parse_json(line, where=f"{path}:{number}")
+        except CorruptFileError as exc:
+            errors.append(exc.render())
             continue
         row_format, problems = _check_row(row, fmt)
         errors.extend(f"{path}:{number}: {p}" for p in problems)
@@ -206,7 +212,11 @@ def dataset_hash(data_dir: str | Path) -> str:
         path = Path(data_dir) / f"{split}.jsonl"
         if path.is_file():
             digest.update(f"{split}:".encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            inner = hashlib.sha256()
+            with open_regular(path) as (fh, _):
+                while chunk := fh.read(1 << 20):
+                    inner.update(chunk)
+            digest.update(inner.digest())
     return digest.hexdigest()[:16]
 
 

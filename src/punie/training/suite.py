@@ -30,12 +30,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from punie.errors import TrainingError, UsageError, did_you_mean
+from punie.errors import CorruptFileError, TrainingError, UsageError, did_you_mean
+from punie.jsonio import read_text_file
 from punie.net import SERVED_MODEL_NAME
 
 SUITE_PACKAGE = "punie.data"
 SUITE_DIR = "eval"
 DEFAULT_SUITE = "tool-calling"
+#: A larger suite file is refused.
+MAX_SUITE_BYTES = 64 * 1024 * 1024
 _TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(\{.*?)\s*(?:</tool_call>|\Z)", re.DOTALL)
 
 
@@ -123,9 +126,11 @@ def load_suite(spec: str | Path | None = None) -> Suite:
     path = Path(spec).expanduser()
     if path.suffix == ".json" or path.exists():
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
+            text = read_text_file(path, max_bytes=MAX_SUITE_BYTES)
+        except FileNotFoundError as exc:
             raise UsageError(f"cannot read eval suite: {exc.strerror or exc}", where=str(path)) from exc
+        except CorruptFileError as exc:
+            raise UsageError(f"cannot read eval suite: {exc.message}", where=str(path)) from None
         where = str(path)
     else:
         names = shipped_suites()

@@ -270,7 +270,9 @@ def _settle_config(path: Path, *, target: Path, base_model: str, dataset: Path, 
         except ValueError:
             return str(p)
 
-    config = json.loads(path.read_text(encoding="utf-8"))
+    from punie.jsonio import load_json_file
+
+    config = load_json_file(path)
     config.update(adapter_path=shown(target), model=base_model, data=shown(dataset), config=None)
     path.write_text(json.dumps(config, indent=4, sort_keys=True) + "\n", encoding="utf-8")
 

@@ -40,6 +40,13 @@ class ModelArgsInfo:
     pops_tied_lm_head: bool = True
     stacks_experts: bool = False
     expert_renames: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)  # name -> its annotation, as written
+
+    def int_fields(self) -> list[str]:
+        """Fields annotated ``int`` (or ``Optional[int]`` / ``int | None``): config values mlx_lm sizes with."""
+        plain = {"int", "Optional[int]", "int | None", "None | int", "typing.Optional[int]"}
+        return [name for name, text in self.annotations.items() if text.replace(" ", "") in
+                {p.replace(" ", "") for p in plain}]
 
     def required(self) -> list[str]:
         return [name for name, default in self.fields.items() if default is REQUIRED]
@@ -158,10 +165,12 @@ def _model_args(path: Path, model_type: str) -> ModelArgsInfo | None:
     except SyntaxError:
         return None
     fields: dict[str, Any] = {}
+    annotations: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "ModelArgs":
             for item in node.body:
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    annotations[item.target.id] = ast.unparse(item.annotation)
                     if item.value is None:
                         fields[item.target.id] = REQUIRED
                     else:
@@ -178,4 +187,5 @@ def _model_args(path: Path, model_type: str) -> ModelArgsInfo | None:
         pops_tied_lm_head='pop("lm_head.weight"' in source,
         stacks_experts="switch_mlp" in source and ".experts." in source,
         expert_renames=renames,
+        annotations=annotations,
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from punie.errors import CorruptFileError, ModelError
-from punie.jsonio import load_json_file
+from punie.jsonio import load_json_file, open_regular, parse_json
 
 SCHEME = "punie-base-1"
 SAMPLES = 16
@@ -63,8 +62,7 @@ def config_fingerprint(model_dir: str | Path) -> str:
 
 
 def _sample_file(path: Path, weights: hashlib._Hash, shapes: hashlib._Hash) -> None:
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
+    with open_regular(path) as (fh, size):
         prefix = fh.read(8)
         if len(prefix) < 8:
             raise CorruptFileError("file is shorter than the 8-byte header length", where=str(path))
@@ -81,8 +79,8 @@ def _sample_file(path: Path, weights: hashlib._Hash, shapes: hashlib._Hash) -> N
             fh.seek(offset)
             weights.update(fh.read(SAMPLE_BYTES))
     try:
-        doc = json.loads(header)
-    except (ValueError, RecursionError):
+        doc = parse_json(header, where=str(path))
+    except CorruptFileError:
         doc = {}
     if isinstance(doc, dict):
         for name in sorted(k for k in doc if k != "__metadata__"):
@@ -124,14 +122,14 @@ def _cached(model_dir: Path, files: tuple[Path, ...], _signature: tuple[object, 
     for path in sorted(files, key=lambda p: p.name):
         try:
             _sample_file(path, weights, shapes)
-        except OSError as exc:
+        except FileNotFoundError as exc:
             raise ModelError(f"cannot read: {exc.strerror or exc}", where=str(path)) from None
     for name in TOKENIZER_FILES:
         path = model_dir / name
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as (fh, _):
                 data = fh.read(_MAX_TOKENIZER_BYTES)
-        except OSError:
+        except FileNotFoundError:
             continue
         weights.update(f"{name}:{len(data)}:".encode())
         weights.update(data)

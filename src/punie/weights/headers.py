@@ -16,9 +16,14 @@ shape of a module, which is what LoRA tensors must match.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import logging
+import math
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -216,6 +221,19 @@ class ModelShapes:
         text = f"{bits[0]}-bit" if len(bits) == 1 else "mixed " + "/".join(map(str, bits)) + "-bit"
         return text + (" + dense" if dense and len(bits) > 0 and self._mixed_dense_matters() else "")
 
+    @cached_property
+    def strict_load_problems(self) -> tuple[Finding, ...]:
+        """What mlx_lm's strict load would refuse beyond the headers' own problems: every extra,
+        missing or misshapen parameter, asked of the installed mlx_lm (`punie.weights.strict_load`);
+        computed once per reading of the model."""
+        from punie.weights.strict_load import strict_load_findings
+
+        quantized = frozenset(path for path, m in self.modules.items() if m.bits)
+        try:
+            return tuple(strict_load_findings(self.path, self.config, list(self.files), self.model_type, quantized))
+        except (CorruptFileError, OSError):
+            return ()  # the headers were read a moment ago: a file that changed since is reported next time
+
     def _mixed_dense_matters(self) -> bool:
         return any(m.bits is None and m.kind == "linear" and self.split_layer(m.name) for m in self.modules.values())
 
@@ -224,9 +242,12 @@ class ModelShapes:
 
 
 def weight_files(model_dir: Path, facts: EngineFacts | None = None) -> list[Path]:
-    """The files mlx_lm loads: ``model*.safetensors`` (it ignores the index), sorted."""
+    """The files mlx_lm loads: ``model*.safetensors`` (it ignores the index), sorted.
+
+    Like mlx_lm's glob, a FIFO or a device of that name is one of them (reading it then says
+    what it is), where skipping it would blame the file names."""
     facts = facts or engine_facts()
-    return sorted(p for p in Path(model_dir).glob(facts.weight_glob) if p.is_file())
+    return sorted(p for p in Path(model_dir).glob(facts.weight_glob) if not p.is_dir())
 
 
 def _config_value(config: dict[str, Any], args: Any, key: str) -> Any:
@@ -235,13 +256,66 @@ def _config_value(config: dict[str, Any], args: Any, key: str) -> Any:
     return args.default(key) if args is not None else None
 
 
+def _signature(model_dir: Path) -> tuple[object, ...] | None:
+    """What `read_model_shapes` reads, by name, size and modification time (None: cannot tell)."""
+    parts: list[object] = [str(model_dir.absolute())]
+    try:
+        names = sorted(os.listdir(model_dir))
+    except OSError:
+        return None
+    for name in names:
+        if name.endswith((".json", ".safetensors", ".model", ".txt", ".tiktoken")):
+            try:
+                st = os.stat(model_dir / name)
+            except OSError:
+                continue
+            parts.append((name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(parts)
+
+
+_SHAPES_CACHE: dict[tuple[object, ...], ModelShapes] = {}
+_SHAPES_CACHE_SIZE = 16
+_scope: contextvars.ContextVar[dict[str, ModelShapes] | None] = contextvars.ContextVar("punie_shapes_scope",
+                                                                                       default=None)
+
+
+@contextlib.contextmanager
+def shapes_scope() -> Iterator[None]:
+    """Within this block a model directory is read (and its files listed) once: `punie check` of
+    5,000 profiles on one base answers every profile from the first reading."""
+    token = _scope.set({})
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
 def read_model_shapes(model_dir: str | Path) -> ModelShapes:
     """Read config.json and every weight header mlx_lm would load from a local model directory.
 
     Raises ModelError when config.json or the weights are missing, CorruptFileError when a
-    file is malformed; everything else mlx_lm would refuse is in ``problems``.
+    file is malformed; everything else mlx_lm would refuse is in ``problems``. The answer is
+    remembered per process while the directory's files keep their names, sizes and times
+    (5,000 profiles on one base read its headers once); treat it as read-only.
     """
     model_dir = Path(model_dir)
+    scope = _scope.get()
+    if scope is not None and (known := scope.get(str(model_dir.absolute()))) is not None:
+        return known
+    key = _signature(model_dir)
+    shapes = _SHAPES_CACHE.get(key) if key is not None else None
+    if shapes is None:
+        shapes = _read_model_shapes(model_dir)
+        if key is not None:
+            if len(_SHAPES_CACHE) >= _SHAPES_CACHE_SIZE:
+                _SHAPES_CACHE.pop(next(iter(_SHAPES_CACHE)))
+            _SHAPES_CACHE[key] = shapes
+    if scope is not None:
+        scope[str(model_dir.absolute())] = shapes
+    return shapes
+
+
+def _read_model_shapes(model_dir: Path) -> ModelShapes:
     facts = engine_facts()
     config = load_json_file(model_dir / "config.json", missing=ModelError)
     files = weight_files(model_dir, facts)
@@ -275,6 +349,7 @@ def read_model_shapes(model_dir: str | Path) -> ModelShapes:
             if missing:
                 problems.append(Finding("error", "config-incomplete", where_config,
                                         f"lacks {', '.join(missing)}, required by mlx_lm's {model_type} model"))
+    _check_dim_values(config, args, problems, where_config)
     tied_value = _config_value(config, args, "tie_word_embeddings")
     tied = bool(tied_value) if isinstance(tied_value, bool) else False
     tensors = _sanitize(raw, config, args, tied, problems, where_config)
@@ -299,7 +374,7 @@ def read_model_shapes(model_dir: str | Path) -> ModelShapes:
 
 def _check_index(model_dir: Path, files: list[Path], problems: list[Finding]) -> None:
     index = model_dir / INDEX_FILE
-    if not index.is_file():
+    if not os.path.lexists(index):  # a FIFO or a device there is read (and refused) like a bad file
         return
     try:
         doc = load_json_file(index)
@@ -412,6 +487,65 @@ def _check_dims(shapes: ModelShapes, args: Any, problems: list[Finding], where: 
         found.append("tie_word_embeddings is false but the weights have no lm_head.weight")
     for text in found[:10]:
         problems.append(Finding("error", "config-mismatch", where, f"{text} (mlx_lm loads weights strictly)"))
+
+
+#: Keys that size a model (a count or a width): a positive integer or nothing, whatever the architecture.
+DIMENSION_KEYS = frozenset({
+    "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+    "vocab_size", "head_dim", "max_position_embeddings", "n_layer", "n_layers", "num_layers", "n_embd", "n_head",
+    "n_heads", "n_positions", "d_model", "num_local_experts", "num_experts", "num_experts_per_tok",
+    "moe_intermediate_size", "shared_expert_intermediate_size", "n_routed_experts", "kv_lora_rank",
+    "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "ffn_dim", "n_inner", "num_kv_heads",
+    "multiple_of", "sliding_window", "max_window_layers", "n_shared_experts", "moe_layer_freq",
+    "first_k_dense_replace", "partial_rotary_factor", "rope_theta",
+})
+#: Of those, the ones that may be 0 (a feature turned off) or fractional (a factor).
+_MAY_BE_ZERO = frozenset({"n_shared_experts", "first_k_dense_replace", "max_window_layers", "sliding_window",
+                          "moe_layer_freq"})
+_MAY_BE_FRACTION = frozenset({"partial_rotary_factor", "rope_theta"})
+
+
+def _check_dim_values(config: dict[str, Any], args: Any, problems: list[Finding], where: str) -> None:
+    """Refuse, with the file and key, a dimension that is not a positive integer (NaN, Infinity, 1e400,
+    2.5, 0, -1, true, "64"): mlx_lm builds layers of that size, and fails or loads something else.
+
+    The keys are `DIMENSION_KEYS` and every field mlx_lm's ModelArgs annotates ``int``, at the top
+    level and in ``text_config`` / ``llm_config``; ``null`` is left to mlx_lm's defaults.
+    """
+    int_fields = set(args.int_fields()) if args is not None else set()
+    for prefix, table in (("", config), ("text_config.", config.get("text_config")),
+                          ("llm_config.", config.get("llm_config"))):
+        if not isinstance(table, dict):
+            continue
+        for key, value in table.items():
+            if value is None or (key not in DIMENSION_KEYS and key not in int_fields):
+                continue
+            problem = _dimension_problem(key, value, sized=key in DIMENSION_KEYS)
+            if problem:
+                problems.append(Finding("error", "config-dimension", f"{where}: {prefix}{key}", problem))
+
+
+def _dimension_problem(key: str, value: Any, *, sized: bool) -> str | None:
+    shown = _shown_value(value)
+    if key in _MAY_BE_FRACTION:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        return None if ok else f"{shown} is not a positive finite number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{shown} is not an integer (mlx_lm sizes the model with it)"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return f"{shown} is not a finite number (mlx_lm sizes the model with it)"
+        return f"{shown} is not an integer (mlx_lm sizes the model with it)"
+    if sized and value <= 0 and not (key in _MAY_BE_ZERO and value == 0):
+        return f"{shown} is not a positive integer"
+    return None
+
+
+def _shown_value(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _span(items: list[int]) -> str:

@@ -19,6 +19,7 @@ from punie.errors import (
     ModelNotProvisioned,
     did_you_mean,
 )
+from punie.jsonio import read_text_file
 from punie.paths import hf_hub_cache
 from punie.weights import Progress
 
@@ -46,7 +47,7 @@ def find_in_hf_cache(repo_id: str, revision: str = "main", env: Mapping[str, str
     if not snapshots.is_dir():
         return None
     ref = repo_dir / "refs" / revision
-    commit = ref.read_text().strip() if ref.is_file() else revision
+    commit = read_text_file(ref, max_bytes=4096).strip() if ref.is_file() else revision
     candidate = snapshots / commit
     if candidate.is_dir():
         return candidate

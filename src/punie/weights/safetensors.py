@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from punie.errors import CorruptFileError
+from punie.jsonio import open_regular, parse_json
 
 #: A header larger than this is refused (real headers are a few hundred KB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -80,9 +81,10 @@ def parse_header(data: bytes, *, file_size: int | None = None, path: Path | str 
     if len(data) < 8 + length:
         raise _corrupt(path, "header is truncated")
     try:
-        doc = json.loads(data[8 : 8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise _corrupt(path, f"header is not valid JSON ({exc.__class__.__name__})") from None
+        # every value is then validated to its exact shape, which bounds the nesting: no depth walk
+        doc = parse_json(data[8 : 8 + length], where=str(path), max_depth=None)
+    except CorruptFileError as exc:
+        raise _corrupt(path, f"header is {exc.message}") from None
     if not isinstance(doc, dict):
         raise _corrupt(path, "header is not a JSON object")
     data_size = size - 8 - length
@@ -135,8 +137,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     CorruptFileError for unreadable ones (missing files raise FileNotFoundError).
     """
     path = Path(path)
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
+    with open_regular(path) as (fh, size):
         prefix = fh.read(8)
         if len(prefix) < 8:
             raise _corrupt(path, f"file is {size} bytes, shorter than the 8-byte header length")

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from punie.config.atomic import locked, write_atomic
 from punie.config.edit.document import DOC_DISPLAY, split_key
-from punie.config.loader import parse_config
+from punie.config.loader import MAX_CONFIG_BYTES, parse_config
 from punie.config.locate import key_lines, line_of
 from punie.config.resolve import resolve_many
-from punie.errors import ConfigError, PunieError, UsageError
+from punie.errors import ConfigError, CorruptFileError, PunieError, UsageError
+from punie.jsonio import read_file_bytes
 
 logger = logging.getLogger("punie.config.edit")
 
@@ -80,7 +81,7 @@ def apply_edit(path: str | os.PathLike[str], fn: Callable[[str], str], *, create
 def _read(real: Path, display: str, *, create: bool) -> tuple[str, str]:
     """The file's text and its byte order mark ("" when none)."""
     try:
-        raw = real.read_bytes()
+        raw = read_file_bytes(real, max_bytes=MAX_CONFIG_BYTES)
     except FileNotFoundError:
         if not create:
             raise ConfigError(
@@ -89,6 +90,8 @@ def _read(real: Path, display: str, *, create: bool) -> tuple[str, str]:
         raw = b""
     except OSError as exc:
         raise ConfigError(f"cannot read the profiles file: {exc.strerror or exc}", where=display) from None
+    except CorruptFileError as exc:
+        raise ConfigError(f"cannot read the profiles file: {exc.message}", where=display) from None
     bom = "\ufeff" if raw.startswith(codecs.BOM_UTF8) else ""
     try:
         return raw.decode("utf-8-sig"), bom
