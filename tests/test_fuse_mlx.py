@@ -186,6 +186,16 @@ def test_requantizing_until_the_delta_is_lost_is_refused(project: Path) -> None:
     assert fused.check.verdict == "adapter-active" and fused.check.to_adapter < 1e-3
 
 
+def test_a_dry_run_names_the_entry_and_fuses_nothing(project: Path) -> None:
+    resolved = _resolved(project, "tiny-fused")
+    fuse = resolved.profile.fuse.model_copy(update={"dtype": "bfloat16"})  # an entry no other test makes
+    resolved = resolved.model_copy(update={"profile": resolved.profile.model_copy(update={"fuse": fuse})})
+    plan = prepare(resolved, check=False, provision=False)
+    assert plan.model is not None and Path(plan.model).parent == fused_models_dir()
+    assert plan.adapter is None and not Path(plan.model).exists()
+    assert f"--model {plan.model}" in plan.render_text()
+
+
 def test_punie_up_serves_the_fused_model_and_its_canary_passes(project: Path) -> None:
     resolved = _resolved(project, "tiny-fused")
     plan = prepare(resolved, check=False)
