@@ -44,14 +44,13 @@ from punie.config.models import FuseOptions
 from punie.errors import AdapterError, ConfigError, CorruptFileError
 from punie.jsonio import load_json_file
 from punie.paths import fused_models_dir
+from punie.weights.headers import INDEX_FILE  # the weight index mlx_lm's save writes; sharded_load reads it
 
 logger = logging.getLogger(__name__)
 
 #: Bumped when what an entry holds changes, so older entries are not reused.
 FORMAT_VERSION = "punie-fuse-1"
 MANIFEST_FILE = "punie-fused.json"
-#: The weight index mlx_lm's save writes; mlx.distributed's sharded_load reads it.
-INDEX_FILE = "model.safetensors.index.json"
 #: Length of the key's hex prefix naming an entry.
 KEY_CHARS = 20
 

@@ -29,9 +29,9 @@ from typing import Any, Literal
 from punie.errors import PunieError
 from punie.findings import Finding
 from punie.jsonio import load_json_file
+from punie.weights.headers import INDEX_FILE
 
 Sharding = Literal["pipeline", "tensor"]
-INDEX_FILE = "model.safetensors.index.json"
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
