@@ -91,7 +91,8 @@ def tiny_case(work: Path) -> tuple[Path, Path]:
     return model, adapter
 
 
-def run_case(name: str, base: Path, adapter: Path, args: argparse.Namespace) -> None:
+def run_case(name: str, base: Path, adapter: Path, args: argparse.Namespace) -> Path:
+    """Fuse (or reuse), measure and print one case; return the fused model's cache entry."""
     from punie.adapters.fuse import FuseSpec
     from punie.launch.fuse import FuseRefused, ensure_fused
 
@@ -117,6 +118,7 @@ def run_case(name: str, base: Path, adapter: Path, args: argparse.Namespace) -> 
         except FuseRefused as exc:
             print(f"  re-quantized like the base (mlx_lm fuse's default): REFUSED, {exc.check.verdict}; "
                   f"{exc.check.distances()}")
+    return fused.path
 
 
 def main() -> int:
@@ -132,7 +134,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="punie-bench-fuse-"))
     try:
         model, adapter = tiny_case(work)
-        run_case("tiny qwen2 (hidden 64, 2 layers)", model, adapter, args)
+        entry = run_case("tiny qwen2 (hidden 64, 2 layers)", model, adapter, args)
+        shutil.rmtree(entry, ignore_errors=True)  # a fresh tiny adapter each run: its entry is never reused
+        entry.with_name(entry.name + ".lock").unlink(missing_ok=True)
         if not args.skip_smollm:
             from punie.weights.resolve import provision_model
 
