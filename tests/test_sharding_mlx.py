@@ -36,7 +36,8 @@ LAUNCH = Path(sys.executable).parent / "mlx.launch"
 def _fused(root: Path, base: Path, dataset: Path) -> Path:
     adapter = tiny.train_tiny_adapter(base, root / f"{base.name}-adapter", dataset, iters=6, learning_rate=2e-3)
     canary = stamp_canary(adapter, base)
-    return ensure_fused(base, adapter, FuseSpec(), canary=canary).path
+    # root: a module fixture runs before the per-test isolated PUNIE_CACHE_DIR is set
+    return ensure_fused(base, adapter, FuseSpec(), canary=canary, root=root / "fused").path
 
 
 @pytest.fixture(scope="module")
