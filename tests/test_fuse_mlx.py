@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from punie.adapters.fuse import INDEX_FILE, MANIFEST_FILE, FuseSpec, read_manifest
-from punie.adapters.metadata import read_canary
+from punie.adapters.fuse import INDEX_FILE, MANIFEST_FILE, FuseSpec, canary_digest, read_manifest
+from punie.adapters.metadata import read_canary, update_meta
 from punie.cli import main
 from punie.config import load_profile
 from punie.config.models import ResolvedProfile
@@ -124,6 +124,24 @@ def test_fuse_writes_a_verified_entry_with_the_index_and_reuses_it(project: Path
     assert code == 0, out
     assert out.startswith("reused ") and str(entry) in out
     assert not [p for p in entry.parent.iterdir() if p.name.startswith(".")]  # no work dir left behind
+
+
+def test_a_restamped_canary_is_verified_again_on_the_cached_entry(project: Path, tmp_path: Path) -> None:
+    model = load_profile("tiny", config=project / "punie.toml").profile.model
+    copy = tmp_path / "strong"  # same config and weights: the same cache entry
+    shutil.copytree(project / "adapters" / "strong", copy)
+    canary = read_canary(copy)
+    assert canary is not None
+    first = ensure_fused(model, copy, FuseSpec(), canary=canary)
+    nudged = canary.model_copy(update={"adapter": [t.model_copy(update={"logprob": t.logprob + 0.001})
+                                                   for t in canary.adapter]})
+    update_meta(copy, canary=nudged.model_dump(mode="json"))
+    events: list[str] = []
+    again = ensure_fused(model, copy, FuseSpec(), canary=nudged, on_event=lambda kind, detail: events.append(kind))
+    assert events == ["verifying", "reused"] and again.path == first.path and again.reused
+    assert 0.0005 < again.check.to_adapter < 0.002  # measured against the canary it has now
+    manifest = read_manifest(again.path)
+    assert manifest is not None and manifest.check.canary == canary_digest(nudged)
 
 
 def test_a_corrupted_entry_is_detected_and_fused_again(project: Path) -> None:
