@@ -18,6 +18,11 @@ def cache_dir() -> Path:
     return Path(base) / "punie"
 
 
+def fused_models_dir() -> Path:
+    """Where fused models (an adapter merged into its base's weights) are cached: ``<cache>/fused/<key>/``."""
+    return cache_dir() / "fused"
+
+
 def state_dir(project_dir: str | Path) -> Path:
     """The project's own state folder (`.punie/`: logs, composed adapters)."""
     return Path(project_dir) / ".punie"

@@ -42,7 +42,7 @@ COMMANDS: dict[str, str] = {
 #: does not import them (and they import only punie.cli._common), so no module imports its sibling.
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "profiles": ("profiles_edit",),
-    "adapters": ("adapters_compose", "adapters_peft"),
+    "adapters": ("adapters_compose", "adapters_peft", "adapters_fuse"),
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 

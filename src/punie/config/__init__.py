@@ -22,6 +22,7 @@ from punie.config.loader import (
 from punie.config.models import (
     AdapterRef,
     AgentOptions,
+    FuseOptions,
     Permissions,
     Profile,
     PunieFile,
@@ -48,6 +49,7 @@ __all__ = [
     "AdapterRef",
     "AgentOptions",
     "ConfigSource",
+    "FuseOptions",
     "Permissions",
     "Profile",
     "ProfileListing",

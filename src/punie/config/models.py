@@ -210,6 +210,52 @@ class AgentOptions(_Strict):
         return value
 
 
+#: Output dtypes of a fused model's non-quantized weights (mlx_lm convert's --dtype).
+FUSE_DTYPES = ("float16", "bfloat16", "float32")
+#: Bits and group sizes a fused model can be re-quantized to (mlx's affine quantization).
+FUSE_BITS = (2, 3, 4, 5, 6, 8)
+FUSE_GROUP_SIZES = (32, 64, 128)
+
+
+class FuseOptions(_Strict):
+    """``[profiles.NAME.fuse]``: serve the adapter fused into its base's weights (mlx backend).
+
+    The fused model is made once with mlx_lm's fuse code, cached under Punie's cache by the base's
+    weights, the adapter's content and these options, and refused when its canary no longer
+    answers like the adapter applied on the fly (re-quantization can lose LoRA deltas).
+    """
+
+    enabled: bool = Field(
+        False, description="Serve one fused model (no --adapter-path); needs an adapter with a canary, "
+        "checked against the fused model before it is served."
+    )
+    dtype: Literal["float16", "bfloat16", "float32"] | None = Field(
+        None, description="dtype of the fused model's non-quantized weights (default: the base's)."
+    )
+    bits: int | Literal["base"] | None = Field(
+        None, description="Re-quantize the fused weights: to this many bits (2, 3, 4, 5, 6 or 8, every layer, as "
+        "`mlx_lm convert -q`), or \"base\" (each fused layer like the base's own, as `mlx_lm fuse`). Unset: the "
+        "fused model is dense (de-quantized), which keeps the adapter's delta exactly."
+    )
+    group_size: int | None = Field(
+        None, description="Quantization group size with bits (32, 64 or 128; default 64)."
+    )
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value not in FUSE_BITS:
+            raise ValueError(f"must be one of {', '.join(map(str, FUSE_BITS))}")
+        return value
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, value: int | None) -> int | None:
+        if value is not None and value not in FUSE_GROUP_SIZES:
+            raise ValueError(f"must be one of {', '.join(map(str, FUSE_GROUP_SIZES))}")
+        return value
+
+
 class AdapterRef(_Strict):
     """One part of a composed adapter."""
 
@@ -240,6 +286,7 @@ class Profile(_Strict):
         default_factory=list, description="Several adapters composed into one (ranks concatenated)."
     )
     server: ServerOptions = Field(default_factory=ServerOptions)
+    fuse: FuseOptions = Field(default_factory=FuseOptions, description="Serve the adapter fused into the base.")
     agent: AgentOptions = Field(default_factory=AgentOptions)
 
     @model_validator(mode="after")

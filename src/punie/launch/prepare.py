@@ -108,8 +108,16 @@ def prepare(
     else:
         model = resolve_model_path(resolved, provision=provision, progress=progress)
         adapter = resolve_adapter_path(resolved)
-    plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
     canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
+    if resolved.profile.fuse.enabled and model is not None:
+        # fuse.enabled: serve the adapter fused into the base (cached, verified by the canary first);
+        # the readiness probe still checks the same canary, now on the fused model.
+        from punie.launch.fuse import profile_fused_model
+
+        model = profile_fused_model(resolved, model=model, adapter=adapter, expected=canary,
+                                    provision=provision, python=python)
+        adapter = None
+    plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
     return plan if canary is None else plan.model_copy(update={"canary": canary})
 
 
@@ -184,6 +192,10 @@ def prepare_vllm(
     """
     from punie.adapters.peft import ensure_exported, exported_dir, is_peft_adapter, plan_export, plan_peft
 
+    for m in members:
+        if m.profile.fuse.enabled:
+            raise ConfigError("fuse.enabled applies to mlx profiles: vLLM serves the adapter as a LoRA",
+                              where=f"profiles.{m.name}.fuse.enabled", hint="remove it from this profile")
     if len(members) > 1 or group:
         check_group(members, group)
     if check:
