@@ -103,6 +103,7 @@ class LaunchReason(StrEnum):
     READY_TIMEOUT = "ready-timeout"
     ADAPTER_NOT_APPLIED = "adapter-not-applied"  # the readiness canary: the server answers as the base alone
     MODEL_NOT_SERVED = "model-not-served"  # the server says the requested model id does not exist (vLLM 404)
+    SUPERVISOR_FAILED = "supervisor-failed"  # an unexpected error in the supervisor itself (children stopped)
 
 
 class LaunchFailed(LaunchError):
