@@ -18,7 +18,7 @@ import pytest
 
 from punie.agent.tools import run_command_impl
 from punie.agent.workspace import Workspace
-from tests.support.launch_helpers import environ_has, live_pids
+from tests.support.launch_helpers import cmdline_of, environ_has, live_pids
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes through /proc")
 
@@ -47,6 +47,14 @@ def wait_until(condition: object, timeout: float = 15.0) -> bool:
     return False
 
 
+@pytest.fixture(autouse=True, params=["native", "portable"])
+def mechanisms(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both descendant trackers (punie.mechanisms): the Linux subreaper and the
+    portable psutil tracker macOS gets, forced here as CI does."""
+    monkeypatch.setenv("PUNIE_MECHANISMS", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def marker() -> str:
     return uuid.uuid4().hex
@@ -72,6 +80,20 @@ def test_background_children_die_when_the_command_ends(ws: Workspace, marker: st
         assert marked(marker) == []  # already gone when the tool answers
     finally:
         _kill_leftovers(marker)
+
+
+def test_a_detached_process_that_clears_its_environment_dies_too(ws: Workspace) -> None:
+    """No marker to find it by (env -i): the subreaper, or the portable tracker's polls, must have it."""
+    tag = f"1000.{uuid.uuid4().int % 10**6:06d}"
+    mine = lambda: live_pids(lambda pid: cmdline_of(pid).split() == ["sleep", tag])  # noqa: E731
+    try:
+        code, out = asyncio.run(run_command_impl(
+            ws, f"setsid env -i sleep {tag} & sleep 0.5; echo started", timeout=30))
+        assert (code, out.strip()) == (0, "started")
+        assert mine() == []
+    finally:
+        for pid in mine():
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_everything_dies_at_the_timeout_even_when_ignoring_sigterm(ws: Workspace, marker: str) -> None:
@@ -162,9 +184,13 @@ print(code, flush=True)
 """
 
 
-def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent(tmp_path: Path,
-                                                                                  marker: str) -> None:
+def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent(tmp_path: Path, marker: str,
+                                                                                  mechanisms: str) -> None:
     import subprocess
+
+    if mechanisms == "portable":
+        pytest.skip("adopting orphans needs a subreaper (Linux): without one, a command that SIGKILLs its own "
+                    "reaper is out of reach (documented in punie.agent.procs)")
 
     command = "setsid sleep 1000 & nohup sleep 1000 >/dev/null 2>&1 & sleep 0.2; kill -9 $PPID; sleep 1000"
     try:
