@@ -20,6 +20,10 @@ written without asking, whatever the permission mode: anything under a
 ``.git`` or ``.punie`` directory, any ``punie.toml``, and the profile's
 ``agent.protected`` globs. The workspace also carries the extra environment
 of the commands run in it (``agent.env``).
+
+A directory on another mount than the root's (an outside folder bind-mounted
+into the tree, a mounted file system) is not crossed, by any tool, unless the
+profile says ``agent.cross_mounts = true``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class Workspace:
     """A directory tree the agent may read and (with permission) write."""
 
     def __init__(self, root: str | os.PathLike[str], *, protected: Iterable[str] = (),
-                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, env: Mapping[str, str] | None = None):
+                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, env: Mapping[str, str] | None = None,
+                 cross_mounts: bool = False):
         given = os.path.abspath(os.fspath(root))
         real = os.path.realpath(given)
         try:
@@ -65,6 +70,9 @@ class Workspace:
         self.protected = tuple(p.strip().strip("/") for p in protected if p.strip().strip("/"))
         self.max_read_bytes = max_read_bytes
         self.env = dict(env or {})
+        #: The root's mount (fs.mount_of): another mount met below it (a bind mount of an outside
+        #: folder) is refused, unless the profile consents (agent.cross_mounts: then None).
+        self.mount = None if cross_mounts else fs.mount_of(fd)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -77,7 +85,8 @@ class Workspace:
 
     def _target(self, path: str, **options: bool) -> fs.Target:
         parts = fs.split(path, str(self.root), self._aliases)
-        return fs.resolve(self._fd, str(self.root), parts, original=path, aliases=self._aliases, **options)
+        return fs.resolve(self._fd, str(self.root), parts, original=path, aliases=self._aliases, mount=self.mount,
+                          **options)
 
     def canonical(self, path: str) -> str:
         """``path`` relative to the root, symlinks inside followed ('.' for the root); for showing only."""
@@ -174,7 +183,7 @@ class Workspace:
         prefix = "" if rel == "." else rel + "/"
         entries: list[str] = []
         try:
-            for entry in fs.walk(fd, skip, recursive):
+            for entry in fs.walk(fd, skip, recursive, mount=self.mount):
                 entries.append(prefix + entry.rel + ("/" if entry.is_dir else ""))
                 if len(entries) >= limit:
                     return entries, True
@@ -201,7 +210,7 @@ class Workspace:
             rel = target.rel
         prefix = "" if rel == "." else rel + "/"
         try:
-            for entry in fs.walk(dirfd, skip, True):
+            for entry in fs.walk(dirfd, skip, True, mount=self.mount):
                 if not entry.is_file:
                     continue
                 try:
@@ -224,7 +233,7 @@ class Workspace:
 def resolve_workspace(workspace: str, base_dir: str | os.PathLike[str] | None = None, **options: object) -> Workspace:
     """The Workspace for an ``agent.workspace`` value: absolute, or relative to ``base_dir`` (default cwd).
 
-    ``options`` are :class:`Workspace`'s (``protected``, ``max_read_bytes``, ``env``).
+    ``options`` are :class:`Workspace`'s (``protected``, ``max_read_bytes``, ``env``, ``cross_mounts``).
     """
     base = os.fspath(base_dir) if base_dir is not None else os.getcwd()
     return Workspace(os.path.join(base, os.path.expanduser(workspace)), **options)  # type: ignore[arg-type]
@@ -233,4 +242,5 @@ def resolve_workspace(workspace: str, base_dir: str | os.PathLike[str] | None = 
 def workspace_for(options: AgentOptions, base_dir: str | os.PathLike[str] | None = None) -> Workspace:
     """The Workspace an ``AgentOptions`` describes: root, protected globs, read cap, commands' extra env."""
     return resolve_workspace(options.workspace, base_dir, protected=tuple(options.protected),
-                             max_read_bytes=options.max_read_bytes, env=dict(options.env))
+                             max_read_bytes=options.max_read_bytes, env=dict(options.env),
+                             cross_mounts=options.cross_mounts)
