@@ -146,3 +146,87 @@ def test_dirs_made_for_a_write_that_is_then_refused_are_removed(tmp_path: Path, 
     with pytest.raises(OutsideWorkspace):
         write_file_impl(ws, "kept/a/b/../../../../x.txt", "x")
     assert _tree(tmp_path) == {"kept"}
+
+
+class _Client:
+    """The IDE side of fs/read_text_file and fs/write_text_file: records what reaches it, writes by name
+    (as an editor does), reads its own buffers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def read_text_file(self, *, session_id: str, path: str) -> object:
+        self.calls.append(("read", path))
+        return type("Read", (), {"content": Path(path).read_text()})()
+
+    async def write_text_file(self, *, session_id: str, path: str, content: str) -> None:
+        self.calls.append(("write", path))
+        Path(path).write_text(content)
+
+
+def _client_fs() -> tuple[object, _Client]:
+    from punie.agent.backends import ClientFs
+
+    client = _Client()
+    return ClientFs(client, "s1", read=True, write=True), client
+
+
+def test_writes_delegated_to_the_ide_get_the_disk_paths_checks(tmp_path: Path, resolver: str) -> None:
+    import anyio
+
+    root, outside = tmp_path / "ws", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "twin.txt").write_text("outside original\n")
+    os.link(outside / "twin.txt", root / "linked.txt")  # a hard link: the outside twin shares the inode
+    (root / "out").symlink_to(outside)
+    (root / "punie.toml").write_text("[profiles]\n")
+    os.mkfifo(root / "pipe")
+    ws = Workspace(root)
+    files, client = _client_fs()
+    refused = {
+        "linked.txt": "2 hard links",
+        "out/twin.txt": "outside the workspace",
+        str(outside / "twin.txt"): "outside the workspace",
+        "punie.toml": "protected path",
+        "pipe": "FIFO",
+        ".": "directory",
+    }
+    for path, why in refused.items():
+        with pytest.raises(ToolFailure, match=why):
+            anyio.run(lambda p=path: files.write_text(ws, p, "overwritten\n"))
+    assert client.calls == []  # nothing refused ever reached the client
+    assert (outside / "twin.txt").read_text() == "outside original\n"
+    anyio.run(lambda: files.write_text(ws, "punie.toml", "approved\n", allow_protected=True))
+    anyio.run(lambda: files.write_text(ws, "new/dir/file.txt", "created\n"))
+    assert [call[0] for call in client.calls] == ["write", "write"]
+    assert client.calls[1][1] == str(root / "new" / "dir" / "file.txt")
+    # Reads get the same checks: a FIFO is refused at once (never handed to the client to block on).
+    with pytest.raises(ToolFailure, match="FIFO"):
+        anyio.run(lambda: files.read_text(ws, "pipe"))
+    with pytest.raises(OutsideWorkspace):
+        anyio.run(lambda: files.read_text(ws, "out/twin.txt"))
+    assert [call[0] for call in client.calls] == ["write", "write"]
+
+
+def test_the_diff_preview_reads_the_old_text_through_the_descriptor(tmp_path: Path, resolver: str) -> None:
+    import anyio
+
+    from punie.agent.backends import Disk
+
+    root, outside = tmp_path / "ws", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("outside secret\n")
+    (root / "leak.txt").symlink_to(outside / "secret.txt")
+    os.mkfifo(root / "pipe")
+    (root / "plain.txt").write_text("old text\n")
+    ws = Workspace(root)
+    async def pipe() -> str | None:
+        with anyio.fail_after(10):  # a FIFO opened by name would block for ever
+            return await Disk().old_text(ws, "pipe")
+
+    assert anyio.run(pipe) is None
+    assert anyio.run(Disk().old_text, ws, "leak.txt") is None
+    assert anyio.run(Disk().old_text, ws, "missing.txt") is None
+    assert anyio.run(Disk().old_text, ws, "plain.txt") == "old text\n"

@@ -163,6 +163,37 @@ class Workspace:
         """:meth:`write_bytes` of ``text`` encoded as UTF-8."""
         return self.write_bytes(path, text.encode("utf-8"), allow_protected=allow_protected)
 
+    def checked_read_path(self, path: str) -> Path:
+        """The absolute path of a regular file the read checks allow (inside, same mount, a regular file:
+        opened through the descriptor walk, then closed), to hand to a client that reads by name."""
+        with self._target(path) as target:
+            fd, _ = fs.open_regular(target, path)
+            os.close(fd)
+            return self.root / target.rel
+
+    def checked_write_path(self, path: str, *, allow_protected: bool = False) -> Path:
+        """The absolute path a write may go to, after the checks :meth:`write_bytes` makes (inside, no
+        symlink out, same mount, not protected unless allowed, a regular file with one link or
+        nothing yet), without writing: for a client that writes by name (the IDE's fs/write_text_file).
+        Missing parent directories are made, as for a write to disk."""
+        with self._target(path, create_dirs=True) as target:
+            if target.name is None:
+                raise ToolFailure(f"{path!r} is a directory")
+            if not allow_protected and self._protected_rel(target.rel):
+                raise ToolFailure(f"{target.rel!r} is a protected path: writing it needs permission")
+            st = target.st
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    raise ToolFailure(f"{path!r} is a directory")
+                if not stat.S_ISREG(st.st_mode):
+                    raise ToolFailure(f"{path!r} is a {fs.kind(st.st_mode)}, not a regular file: refused")
+                if st.st_nlink > 1:
+                    raise ToolFailure(f"{path!r} has {st.st_nlink} hard links: refused (the other names may be "
+                                      "outside the workspace; remove the extra links first)")
+                fd, _ = fs.open_regular(target, path)  # the mount check, on the file itself
+                os.close(fd)
+            return self.root / target.rel
+
     def existing_text(self, path: str) -> str | None:
         """The current text of a file, or None when it is missing or not a readable regular file (diffs)."""
         try:
