@@ -202,3 +202,47 @@ def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent
         assert marked(marker) == []
     finally:
         _kill_leftovers(marker)
+
+
+SECRET_AGENT = """
+import asyncio, os, sys
+from punie.agent.tools import run_command_impl
+from punie.agent.workspace import Workspace
+ws = Workspace(sys.argv[1], env={"AGENT_PID": str(os.getpid()), "HOLDER_PID": sys.argv[2]})
+code, out = asyncio.run(run_command_impl(ws, "bash probe.sh", timeout=60))
+print(out, flush=True)
+"""
+# What a command would try: both processes' environment and memory, and (a control) its own environment.
+PROBE = r"""
+for p in $AGENT_PID $HOLDER_PID; do
+  tr '\0' '\n' < /proc/$p/environ
+  echo "environ text=$(tr -d '\0' < /proc/$p/environ | wc -c)"
+  head -c 64 /proc/$p/mem > /dev/null; echo "mem rc=$?"
+done
+tr '\0' '\n' < /proc/$$/environ | grep -c '^PATH='
+"""
+HOLDER = "import sys, time; from punie.mechanisms import hide_environ; assert hide_environ(); print('ok', flush=True); time.sleep(600)"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/PID/environ is Linux's")
+def test_a_command_cannot_read_the_secrets_in_punies_own_environment(tmp_path: Path) -> None:
+    """The agent (and the supervisor, here a holder process doing what it does) keep the user's API keys in
+    their environment; a command reads neither through /proc, not even as root (CAP_SYS_PTRACE dropped)."""
+    import subprocess
+
+    env = dict(os.environ, OPENAI_API_KEY="sk-planted-secret-123")
+    (tmp_path / "probe.sh").write_text(PROBE)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        done = subprocess.run([sys.executable, "-c", SECRET_AGENT, str(tmp_path), str(holder.pid)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout
+        assert "sk-planted-secret" not in out
+        # Nothing to read in either: refused (a user) or a cleared block (root); their memory is refused too.
+        assert out.count("environ text=0") == 2 and out.count("mem rc=1") == 2, out
+        assert out.strip().endswith("1")  # the command still reads its own environment
+    finally:
+        holder.kill()
+        holder.wait()

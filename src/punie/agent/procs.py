@@ -20,7 +20,10 @@ that SIGKILLs its own reaper (the agent adopts orphans only with a subreaper), i
 
 The command's environment is an allow-list (:data:`ENV_ALLOW`, ``LC_*``) of
 this process's environment plus ``agent.env``; API keys, cloud credentials and
-tokens are not passed on.
+tokens are not passed on. Nor can the command read them from this process's
+``/proc/<pid>/environ``: before the first command this process makes itself
+non-dumpable, and a command started as root loses ``CAP_SYS_PTRACE``
+(:func:`punie.mechanisms.hide_environ` says what this does not stop).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import sys
 from collections.abc import Mapping
 
 from punie import envvars
-from punie.mechanisms import NATIVE, PORTABLE, mechanism
+from punie.mechanisms import NATIVE, PORTABLE, hide_environ, mechanism
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ _lifeline: tuple[int, int] | None = None
 _reapers: set[int] = set()  # pids of the reapers this process started and has not seen exit
 _adopting = False
 _spawning = 0  # reapers being started: their pids are not known yet, so no sweep meanwhile
+_hidden = False  # hide_environ done
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -180,6 +184,10 @@ async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeo
     stdin is /dev/null, stdout and stderr are merged. On cancellation the
     command's whole tree is stopped before the CancelledError goes on.
     """
+    global _hidden
+    if not _hidden:  # before the first command: our environment (API keys) is not readable by commands
+        _hidden = True
+        hide_environ()
     lifeline = lifeline_fd()
     mode, mark, psutil_dir, env = _tracking(env)
     spawn = asyncio.ensure_future(_spawn(

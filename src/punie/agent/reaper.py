@@ -51,6 +51,38 @@ def _subreaper() -> bool:
     return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
+CAP_SYS_PTRACE = 19
+PR_CAPBSET_DROP = 24
+
+
+def _drop_ptrace() -> None:
+    """A command run as root loses CAP_SYS_PTRACE (bounding, effective, permitted, inheritable sets),
+    so it cannot read the agent's or the supervisor's environment and memory (they are not dumpable:
+    punie.mechanisms.hide_environ). Linux only; nothing to do for other users."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0)
+        header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+        if libc.capget(ctypes.byref(header), data) == 0:
+            keep = ~(1 << CAP_SYS_PTRACE) & 0xFFFFFFFF
+            data[0].effective &= keep
+            data[0].permitted &= keep
+            data[0].inheritable &= keep
+            libc.capset(ctypes.byref(header), data)
+    except (OSError, AttributeError):
+        pass
+
+
 def descendants(root: int) -> list[int]:
     """Live (not zombie) processes below ``root``, from /proc (empty without /proc)."""
     children: dict[int, list[int]] = {}
@@ -236,6 +268,7 @@ def main(argv: list[str]) -> int:
     if pid == 0:  # the command: its own process group, default signal dispositions, then exec
         try:
             os.setpgid(0, 0)
+            _drop_ptrace()
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE,
                         signal.SIGXFSZ):

@@ -31,6 +31,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, Process
 
 from punie.launch.guard import guard_mode, guarded_argv, lifeline_fd
+from punie.mechanisms import hide_environ
 
 logger = logging.getLogger(__name__)
 
@@ -367,6 +368,7 @@ class Child:
     async def start(self) -> None:
         """Start the process (through the guard) in a new session."""
         argv, pass_fds = self.argv, ()
+        hide_environ()  # the user's secrets in our environment: not readable by what the children run
         if self.guard:
             fd = lifeline_fd()
             argv = guarded_argv(self.argv, mode=guard_mode(), lifeline=fd, grace=self.guard_grace)
