@@ -31,6 +31,7 @@ Goal: zero leaks, stops < 1 s except the frozen server (liveness detection + kil
 < grace + 1 s).
 
 Run: .venv/bin/python bench/chaos.py [--cycles 40] [--seed N] [--grace 3] [--kinds run-command,...]
+[--mechanisms portable] (the macOS mechanisms forced on Linux: watchdog guard, psutil owner check and tracker)
 """
 
 from __future__ import annotations
@@ -287,6 +288,8 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated fault kinds to draw from "
                         f"(default: all of {', '.join(KINDS)}; also: {', '.join(MORE_KINDS)})")
     parser.add_argument("--json", action="store_true", help="also print every cycle as JSON")
+    parser.add_argument("--mechanisms", choices=("native", "portable"), default=None,
+                        help="force the platform mechanisms (punie.mechanisms): portable = the macOS path on Linux")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -310,13 +313,16 @@ def main() -> None:
         (work / "hf" / "hub").mkdir(parents=True)
         env = tiny.mlx_env({"HF_HOME": str(work / "hf"), "PYTHONPATH": str(ROOT / "src")})
         env = {k: v for k, v in env.items() if not k.startswith("PUNIE_")}
+        if args.mechanisms:
+            env["PUNIE_MECHANISMS"] = args.mechanisms
         port = free_port()
         config = work / "punie.toml"
         config.write_text(
             f"[profiles.chaos]\nmodel = {json.dumps(str(model))}\n[profiles.chaos.server]\n"
             f"port = {port}\nready_timeout = 60\nmax_tokens = 4\nliveness_interval = 0.25\nliveness_failures = 2\n"
         )
-        print(f"chaos: {args.cycles} cycles, seed {seed}, grace {args.grace:g}s, port {port}, tiny model", flush=True)
+        print(f"chaos: {args.cycles} cycles, seed {seed}, grace {args.grace:g}s, port {port}, tiny model, "
+              f"mechanisms {args.mechanisms or 'default'}", flush=True)
         cycles: list[Cycle] = []
         for index, kind in enumerate(plan, 1):
             cycle = run_cycle(kind, work=work, config=config, port=port, grace=args.grace, env=env, rng=rng,
