@@ -83,14 +83,19 @@ def test_background_children_die_when_the_command_ends(ws: Workspace, marker: st
 
 
 def test_a_detached_process_that_clears_its_environment_dies_too(ws: Workspace) -> None:
-    """No marker to find it by (env -i): the subreaper, or the portable tracker's polls, must have it."""
+    """No marker to find it by (env -i): the subreaper, or the portable tracker's polls (every 0.1 s: the
+    shell that started it stays 2 s, time for a poll even on a loaded machine), must have it."""
     tag = f"1000.{uuid.uuid4().int % 10**6:06d}"
-    mine = lambda: live_pids(lambda pid: cmdline_of(pid).split() == ["sleep", tag])  # noqa: E731
+
+    def mine() -> list[int]:
+        return live_pids(lambda pid: cmdline_of(pid).split() == ["sleep", tag])
+
     try:
         code, out = asyncio.run(run_command_impl(
-            ws, f"setsid env -i sleep {tag} & sleep 0.5; echo started", timeout=30))
+            ws, f"setsid env -i sleep {tag} & sleep 2; echo started", timeout=30))
         assert (code, out.strip()) == (0, "started")
-        assert mine() == []
+        leaked = mine()
+        assert leaked == []
     finally:
         for pid in mine():
             os.kill(pid, signal.SIGKILL)
