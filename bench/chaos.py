@@ -12,13 +12,15 @@ and one fault:
 - foreign-server: a foreign OpenAI-like server (tests/support/fake_server.py, outside the
   supervisor's tree) binds the port right after mlx_lm.server was started (the race
   between the port check and mlx_lm's own bind);
-- run-command: the agent starts `setsid sleep 1000` through a shell that exits at once
-  (what `run_command "setsid ... &"` leaves), then punie is stopped one of the ways above
-  (SIGINT, SIGTERM, SIGKILL of the agent, SIGKILL of the supervisor). The fake agent
-  contains its descendants as the real agent's run_command is meant to (child subreaper,
-  kill them all on SIGTERM: a stand-in for agent/'s containment, `--contain`);
-- run-command-raw: the same with an agent that contains nothing: what the supervisor
-  alone covers (its own subreaper: everything but a SIGKILL of the supervisor itself).
+- run-command: the REAL agent (`punie agent --mode repl`, run_command allowed, its model a
+  scripted OpenAI server in this process that answers with one run_command call) runs
+  `setsid sleep 1000 & nohup sleep 1000 & ( sleep 1000 & ); sleep 1000` through its
+  run_command tool (the reaper), then punie is stopped one of the ways above (SIGINT,
+  SIGTERM, SIGKILL of the agent, SIGKILL of the supervisor): nothing may survive;
+- run-command-stand-in: the fake agent that contains its descendants itself (`--contain`),
+  and run-command-raw: a fake agent that contains nothing: what the supervisor alone covers
+  (everything but a SIGKILL of the supervisor itself, so it leaks by design). Neither is
+  drawn by default (`--kinds` selects them).
 
 The same port is used by every cycle, so each start also proves a port in TIME_WAIT is
 no obstacle. After each cycle every process the supervisor ever had below it (sampled
@@ -28,7 +30,8 @@ last process gone; for busy-port/foreign-server: start -> refused and all gone).
 Goal: zero leaks, stops < 1 s except the frozen server (liveness detection + kill:
 < grace + 1 s).
 
-Run: .venv/bin/python bench/chaos.py [--cycles 40] [--seed N] [--grace 3]
+Run: .venv/bin/python bench/chaos.py [--cycles 40] [--seed N] [--grace 3] [--kinds run-command,...]
+[--mechanisms portable] (the macOS mechanisms forced on Linux: watchdog guard, psutil owner check and tracker)
 """
 
 from __future__ import annotations
@@ -59,7 +62,12 @@ from tests.support.ports import free_port
 FAKE_AGENT = str(ROOT / "tests" / "support" / "fake_agent.py")
 FAKE_SERVER = str(ROOT / "tests" / "support" / "fake_server.py")
 KINDS = ("sigint", "sigterm", "sigkill-supervisor", "sigkill-server", "sigkill-agent", "sigstop-server",
-         "busy-port", "foreign-server", "run-command", "run-command-raw")
+         "busy-port", "foreign-server", "run-command")
+MORE_KINDS = ("run-command-stand-in", "run-command-raw")
+# What the real agent's run_command runs: every way of leaving the shell's process group.
+ESCAPING_COMMAND = ("setsid sleep 1000 & echo $! > detached.pid; nohup sleep 1000 >/dev/null 2>&1 & "
+                    "( sleep 1000 & ) ; touch escaped; sleep 1000")
+REAL_AGENT_OPTIONS = json.dumps({"permissions": {"run_command": "allow"}, "max_turns": 3})
 STOPS = tuple(os.environ.get("CHAOS_STOPS", "").split(",")) if os.environ.get("CHAOS_STOPS") else ("sigint", "sigterm", "sigkill-agent", "sigkill-supervisor")
 
 # The supervisor process: the code path of `punie up` without click (its agent is replaced).
@@ -101,15 +109,17 @@ class Cycle:
 class Run:
     """One supervisor process, its stderr lines and every pid ever seen below it."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, stdin: Path | None = None) -> None:
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+        self.stdin = open(stdin) if stdin is not None else None  # noqa: SIM115 (closed in run_cycle)
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=self.stdin or subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.seen: set[int] = set()
         self.agent_started = threading.Event()
         self.server_started = threading.Event()
         self.server_pid: int | None = None
+        self.agent_pid: int | None = None
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._sample, daemon=True).start()
 
@@ -120,7 +130,8 @@ class Run:
             if "started mlx_lm.server (pid " in line:
                 self.server_pid = int(line.split("(pid ", 1)[1].split(")", 1)[0])
                 self.server_started.set()
-            if "started the agent" in line:
+            if "started the agent (pid " in line:
+                self.agent_pid = int(line.split("(pid ", 1)[1].split(")", 1)[0])
                 self.agent_started.set()
 
     def _sample(self) -> None:
@@ -144,13 +155,20 @@ def _port_listening(port: int) -> bool:
 
 
 def run_cycle(kind: str, *, work: Path, config: Path, port: int, grace: float, env: dict[str, str],
-              rng: random.Random) -> Cycle:
+              rng: random.Random, model_url: str = "") -> Cycle:
     cycle = Cycle(kind)
-    for name in ("agent.pid", "detached.pid", "foreign.pid"):
+    for name in ("agent.pid", "detached.pid", "foreign.pid", "escaped"):
         (work / name).unlink(missing_ok=True)
     agent = [sys.executable, FAKE_AGENT, "--pidfile", str(work / "agent.pid")]
-    if kind.startswith("run-command"):
-        agent += ["--detach", str(work / "detached.pid")] + (["--contain"] if kind == "run-command" else [])
+    stdin = None
+    if kind == "run-command":  # the real agent, its run_command asked for by a scripted model
+        agent = [sys.executable, "-m", "punie", "agent", "--mode", "repl", "--base-url", model_url,
+                 "--options", REAL_AGENT_OPTIONS]
+        stdin = work / "prompt.txt"
+        stdin.write_text("run the command\n")
+        cycle.stop = rng.choice(STOPS)
+    elif kind.startswith("run-command"):
+        agent += ["--detach", str(work / "detached.pid")] + (["--contain"] if kind == "run-command-stand-in" else [])
         cycle.stop = rng.choice(STOPS)
     busy: socket.socket | None = None
     foreign: subprocess.Popen | None = None
@@ -159,7 +177,7 @@ def run_cycle(kind: str, *, work: Path, config: Path, port: int, grace: float, e
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         busy.bind(("127.0.0.1", port))
         busy.listen()
-    run = Run([sys.executable, "-c", DRIVER, str(config), str(grace), *agent], env, work)
+    run = Run([sys.executable, "-c", DRIVER, str(config), str(grace), *agent], env, work, stdin)
     fault_at = run.started
     try:
         if kind in ("busy-port",):
@@ -173,12 +191,18 @@ def run_cycle(kind: str, *, work: Path, config: Path, port: int, grace: float, e
             if not run.agent_started.wait(90):
                 cycle.note = "never ready: " + run.text()[-300:]
             deadline = time.monotonic() + 10  # the agent writes its pid right after it starts
-            while not _pids(work / "agent.pid") and time.monotonic() < deadline:
+            while kind != "run-command" and not _pids(work / "agent.pid") and time.monotonic() < deadline:
                 time.sleep(0.01)
+            if kind == "run-command" and run.agent_pid:
+                (work / "agent.pid").write_text(f"{run.agent_pid}\n")
             if kind.startswith("run-command"):
-                deadline = time.monotonic() + 10
-                while not _pids(work / "detached.pid") and time.monotonic() < deadline:
+                deadline = time.monotonic() + (60 if kind == "run-command" else 10)  # the agent's imports
+                while not (_pids(work / "detached.pid") and (kind != "run-command" or (work / "escaped").exists())):
+                    if time.monotonic() > deadline:
+                        cycle.note = "the command never ran"
+                        break
                     time.sleep(0.01)
+                time.sleep(0.05)
                 run.seen.update(_pids(work / "detached.pid"))
             run.seen.update(p for p in descendants(run.proc.pid) if p != run.proc.pid)
             fault = cycle.stop or kind
@@ -232,7 +256,7 @@ def run_cycle(kind: str, *, work: Path, config: Path, port: int, grace: float, e
         if kind.startswith("run-command"):
             stop_ok = {"sigint": rc == 0, "sigterm": rc == 0, "sigkill-agent": rc == 1,
                        "sigkill-supervisor": rc == -signal.SIGKILL}
-            ok = stop_ok[cycle.stop]
+            ok = stop_ok[cycle.stop] and not cycle.note
         else:
             ok = expected[kind]
         if not ok and not cycle.note:
@@ -247,6 +271,8 @@ def run_cycle(kind: str, *, work: Path, config: Path, port: int, grace: float, e
         if run.proc.poll() is None:
             run.proc.kill()
             run.proc.wait()
+        if run.stdin is not None:
+            run.stdin.close()
         for pid in [*run.seen, *_pids(work / "detached.pid")]:  # leave the machine clean
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGCONT)
@@ -259,8 +285,11 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=40)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated fault kinds to draw from")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated fault kinds to draw from "
+                        f"(default: all of {', '.join(KINDS)}; also: {', '.join(MORE_KINDS)})")
     parser.add_argument("--json", action="store_true", help="also print every cycle as JSON")
+    parser.add_argument("--mechanisms", choices=("native", "portable"), default=None,
+                        help="force the platform mechanisms (punie.mechanisms): portable = the macOS path on Linux")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -270,23 +299,34 @@ def main() -> None:
     rng.shuffle(plan)
 
     from tests.support import tiny
+    from tests.support.fake_openai import serve, text_reply, tool_call_reply, tool_messages
 
-    with tempfile.TemporaryDirectory(prefix="punie-chaos-") as tmp:
+    def model(body: dict) -> object:
+        """The real agent's model: one run_command call per prompt, then a final answer."""
+        if tool_messages(body):
+            return text_reply("done")
+        return tool_call_reply(("run_command", {"command": ESCAPING_COMMAND, "timeout": 600}))
+
+    with tempfile.TemporaryDirectory(prefix="punie-chaos-") as tmp, serve([model] * 10_000) as fake:
         work = Path(tmp)
         model = tiny.build_tiny_model(work / "tiny")
         (work / "hf" / "hub").mkdir(parents=True)
         env = tiny.mlx_env({"HF_HOME": str(work / "hf"), "PYTHONPATH": str(ROOT / "src")})
         env = {k: v for k, v in env.items() if not k.startswith("PUNIE_")}
+        if args.mechanisms:
+            env["PUNIE_MECHANISMS"] = args.mechanisms
         port = free_port()
         config = work / "punie.toml"
         config.write_text(
             f"[profiles.chaos]\nmodel = {json.dumps(str(model))}\n[profiles.chaos.server]\n"
             f"port = {port}\nready_timeout = 60\nmax_tokens = 4\nliveness_interval = 0.25\nliveness_failures = 2\n"
         )
-        print(f"chaos: {args.cycles} cycles, seed {seed}, grace {args.grace:g}s, port {port}, tiny model", flush=True)
+        print(f"chaos: {args.cycles} cycles, seed {seed}, grace {args.grace:g}s, port {port}, tiny model, "
+              f"mechanisms {args.mechanisms or 'default'}", flush=True)
         cycles: list[Cycle] = []
         for index, kind in enumerate(plan, 1):
-            cycle = run_cycle(kind, work=work, config=config, port=port, grace=args.grace, env=env, rng=rng)
+            cycle = run_cycle(kind, work=work, config=config, port=port, grace=args.grace, env=env, rng=rng,
+                              model_url=fake.url)
             cycles.append(cycle)
             stop = f"/{cycle.stop}" if cycle.stop else ""
             took = f"{cycle.seconds:.2f}s" if cycle.seconds is not None else "-"

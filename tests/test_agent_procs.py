@@ -18,7 +18,7 @@ import pytest
 
 from punie.agent.tools import run_command_impl
 from punie.agent.workspace import Workspace
-from tests.support.launch_helpers import environ_has, live_pids
+from tests.support.launch_helpers import cmdline_of, environ_has, live_pids
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes through /proc")
 
@@ -47,6 +47,14 @@ def wait_until(condition: object, timeout: float = 15.0) -> bool:
     return False
 
 
+@pytest.fixture(autouse=True, params=["native", "portable"])
+def mechanisms(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both descendant trackers (punie.mechanisms): the Linux subreaper and the
+    portable psutil tracker macOS gets, forced here as CI does."""
+    monkeypatch.setenv("PUNIE_MECHANISMS", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def marker() -> str:
     return uuid.uuid4().hex
@@ -72,6 +80,25 @@ def test_background_children_die_when_the_command_ends(ws: Workspace, marker: st
         assert marked(marker) == []  # already gone when the tool answers
     finally:
         _kill_leftovers(marker)
+
+
+def test_a_detached_process_that_clears_its_environment_dies_too(ws: Workspace) -> None:
+    """No marker to find it by (env -i): the subreaper, or the portable tracker's polls (every 0.1 s: the
+    shell that started it stays 2 s, time for a poll even on a loaded machine), must have it."""
+    tag = f"1000.{uuid.uuid4().int % 10**6:06d}"
+
+    def mine() -> list[int]:
+        return live_pids(lambda pid: cmdline_of(pid).split() == ["sleep", tag])
+
+    try:
+        code, out = asyncio.run(run_command_impl(
+            ws, f"setsid env -i sleep {tag} & sleep 2; echo started", timeout=30))
+        assert (code, out.strip()) == (0, "started")
+        leaked = mine()
+        assert leaked == []
+    finally:
+        for pid in mine():
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_everything_dies_at_the_timeout_even_when_ignoring_sigterm(ws: Workspace, marker: str) -> None:
@@ -162,9 +189,13 @@ print(code, flush=True)
 """
 
 
-def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent(tmp_path: Path,
-                                                                                  marker: str) -> None:
+def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent(tmp_path: Path, marker: str,
+                                                                                  mechanisms: str) -> None:
     import subprocess
+
+    if mechanisms == "portable":
+        pytest.skip("adopting orphans needs a subreaper (Linux): without one, a command that SIGKILLs its own "
+                    "reaper is out of reach (documented in punie.agent.procs)")
 
     command = "setsid sleep 1000 & nohup sleep 1000 >/dev/null 2>&1 & sleep 0.2; kill -9 $PPID; sleep 1000"
     try:
@@ -176,3 +207,47 @@ def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent
         assert marked(marker) == []
     finally:
         _kill_leftovers(marker)
+
+
+SECRET_AGENT = """
+import asyncio, os, sys
+from punie.agent.tools import run_command_impl
+from punie.agent.workspace import Workspace
+ws = Workspace(sys.argv[1], env={"AGENT_PID": str(os.getpid()), "HOLDER_PID": sys.argv[2]})
+code, out = asyncio.run(run_command_impl(ws, "bash probe.sh", timeout=60))
+print(out, flush=True)
+"""
+# What a command would try: both processes' environment and memory, and (a control) its own environment.
+PROBE = r"""
+for p in $AGENT_PID $HOLDER_PID; do
+  tr '\0' '\n' < /proc/$p/environ
+  echo "environ text=$(tr -d '\0' < /proc/$p/environ | wc -c)"
+  head -c 64 /proc/$p/mem > /dev/null; echo "mem rc=$?"
+done
+tr '\0' '\n' < /proc/$$/environ | grep -c '^PATH='
+"""
+HOLDER = "import sys, time; from punie.mechanisms import hide_environ; assert hide_environ(); print('ok', flush=True); time.sleep(600)"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/PID/environ is Linux's")
+def test_a_command_cannot_read_the_secrets_in_punies_own_environment(tmp_path: Path) -> None:
+    """The agent (and the supervisor, here a holder process doing what it does) keep the user's API keys in
+    their environment; a command reads neither through /proc, not even as root (CAP_SYS_PTRACE dropped)."""
+    import subprocess
+
+    env = dict(os.environ, OPENAI_API_KEY="sk-planted-secret-123")
+    (tmp_path / "probe.sh").write_text(PROBE)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        done = subprocess.run([sys.executable, "-c", SECRET_AGENT, str(tmp_path), str(holder.pid)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout
+        assert "sk-planted-secret" not in out
+        # Nothing to read in either: refused (a user) or a cleared block (root); their memory is refused too.
+        assert out.count("environ text=0") == 2 and out.count("mem rc=1") == 2, out
+        assert out.strip().endswith("1")  # the command still reads its own environment
+    finally:
+        holder.kill()
+        holder.wait()

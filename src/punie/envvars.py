@@ -12,8 +12,10 @@ PROFILE = "PUNIE_PROFILE"  # the profile to use
 CACHE_DIR = "PUNIE_CACHE_DIR"  # Punie's cache (provisioned models)
 GUARD_MODE = "PUNIE_GUARD_MODE"  # the orphan guard's mode (launch/guard.py)
 CONTROL_FD = "PUNIE_CONTROL_FD"  # the agent's end of the supervisor's control channel (idle unload)
+MECHANISMS = "PUNIE_MECHANISMS"  # force the portable (non-Linux) mechanisms (mechanisms.py)
+RUN_TOKEN = "PUNIE_RUN_TOKEN"  # marks a run_command command's processes (agent/procs.py, agent/reaper.py)
 
-NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, CONTROL_FD})
+NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, CONTROL_FD, MECHANISMS, RUN_TOKEN})
 PREFIX = "PUNIE_"
 #: The same names without the prefix (how config's env layer compares them).
 NON_PROFILE_KEYS = frozenset(name[len(PREFIX):] for name in NON_PROFILE)

@@ -104,6 +104,7 @@ class LaunchReason(StrEnum):
     ADAPTER_NOT_APPLIED = "adapter-not-applied"  # the readiness canary: the server answers as the base alone
     MODEL_NOT_SERVED = "model-not-served"  # the server says the requested model id does not exist (vLLM 404)
     ALREADY_RUNNING = "already-running"  # another live `punie up` of the profile serves on the same port
+    SUPERVISOR_FAILED = "supervisor-failed"  # an unexpected error in the supervisor itself (children stopped)
 
 
 class LaunchFailed(LaunchError):

@@ -14,6 +14,8 @@ import socket
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+from punie.mechanisms import NATIVE, mechanism
+
 #: The request ``model`` under which mlx_lm serves the model WITH its ``--adapter-path``
 #: (any other name, even the model's own path, silently reloads the bare base model).
 SERVED_MODEL_NAME = "default_model"
@@ -300,11 +302,16 @@ def parent_pid(pid: int) -> int | None:
 def owns_listener(pid: int, port: int, host: str = "") -> bool | None:
     """Does the process tree of ``pid`` hold every socket listening on ``port`` (overlapping ``host``)?
 
-    None when this cannot be told (no /proc: not Linux); False when no socket listens there
-    or some other process holds one.
+    THE port-owner check; the mechanism is chosen by `punie.mechanisms` (job ``port-owner``):
+    /proc on Linux, psutil elsewhere (or when forced). False when no socket of the tree listens
+    there or some other process is seen holding one; None when it cannot be told at all.
     """
-    if not os.path.isdir("/proc/self/fd") or not os.path.exists("/proc/net/tcp"):
-        return None
+    if mechanism("port-owner") == NATIVE:
+        return _proc_owns_listener(pid, port, host)
+    return _psutil_owns_listener(pid, port, host)
+
+
+def _proc_owns_listener(pid: int, port: int, host: str) -> bool | None:
     listeners = {inode for address, inode in _proc_listeners(port) if not host or _overlaps(address, host)}
     if not listeners:
         return False
@@ -312,3 +319,42 @@ def owns_listener(pid: int, port: int, host: str = "") -> bool | None:
     for member in descendants(pid):
         ours |= socket_inodes(member)
     return listeners <= ours
+
+
+def _psutil_owns_listener(pid: int, port: int, host: str) -> bool | None:
+    """The portable owner check: the listening sockets of ``pid``'s tree, by psutil (which on macOS
+    can list another user's sockets only as root: what it cannot see, it does not count against us)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    mine: set[tuple[str, int]] = set()
+    for member in tree:
+        try:
+            connections = member.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        mine |= {(c.laddr.ip, c.laddr.port) for c in connections if _listens_on(c, port, host)}
+    if not mine:
+        return False
+    tree_pids = {member.pid for member in tree}
+    try:
+        everyone = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):  # macOS without root: only our own tree's sockets can be seen
+        return True
+    others = [c for c in everyone if _listens_on(c, port, host) and c.pid is not None and c.pid not in tree_pids]
+    return not others
+
+
+def _listens_on(connection: object, port: int, host: str) -> bool:
+    laddr = getattr(connection, "laddr", None)
+    if getattr(connection, "status", None) != "LISTEN" or not laddr or laddr.port != port:
+        return False
+    address = laddr.ip.split("%")[0]
+    with_v4 = address.removeprefix("::ffff:") if address.startswith("::ffff:") else address
+    return not host or _overlaps(with_v4, host)

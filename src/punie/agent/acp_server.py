@@ -67,7 +67,7 @@ from acp.schema import (
 
 from punie import __version__
 from punie.agent.acp_stdio import stdio_transport
-from punie.agent.backends import ClientFs, ClientTerminal
+from punie.agent.backends import ClientFs, ClientTerminal, Disk
 from punie.agent.permissions import Answer, PermissionRequest
 from punie.agent.runner import PunieAgent, build_agent, run_turn
 from punie.agent.sessions import SessionRecord, SessionStore, replay_updates, sessions_dir, title_of
@@ -414,8 +414,8 @@ class PunieAcpAgent:
             if self._client.read_text_file:
                 files = ClientFs(self._conn, session.record.session_id, read=True, write=False)
                 old = await files.old_text(session.agent.workspace, args["path"])
-            else:
-                old = real.read_text(errors="replace") if real.is_file() else None
+            else:  # through the workspace's descriptors, never by name (no symlink, FIFO or mount crossing)
+                old = await Disk().old_text(session.agent.workspace, args["path"])
             return [tool_diff_content(str(real), args.get("content", ""), old)]
         except Exception:
             return None

@@ -31,11 +31,12 @@ SHELL = "bash"
 
 
 class FileBackend(Protocol):
-    """Reads and writes text files of a workspace."""
+    """Reads and writes text files of a workspace. ``allow_protected``: a person approved this write
+    of a protected path (else it is refused)."""
 
     async def read_text(self, ws: Workspace, path: str) -> str: ...
 
-    async def write_text(self, ws: Workspace, path: str, content: str) -> str: ...
+    async def write_text(self, ws: Workspace, path: str, content: str, *, allow_protected: bool = False) -> str: ...
 
 
 class CommandBackend(Protocol):
@@ -52,10 +53,14 @@ class Disk:
 
         return read_file_impl(ws, path)
 
-    async def write_text(self, ws: Workspace, path: str, content: str) -> str:
+    async def write_text(self, ws: Workspace, path: str, content: str, *, allow_protected: bool = False) -> str:
         from punie.agent.tools import write_file_impl
 
-        return write_file_impl(ws, path, content)
+        return await asyncio.to_thread(lambda: write_file_impl(ws, path, content, allow_protected=allow_protected))
+
+    async def old_text(self, ws: Workspace, path: str) -> str | None:
+        """The current text of ``path`` on disk (for a diff), read through the workspace's descriptors."""
+        return await asyncio.to_thread(ws.existing_text, path)
 
 
 class LocalCommands:
@@ -86,9 +91,7 @@ class ClientFs:
             return await self.fallback.read_text(ws, path)
         from punie.agent.tools import MAX_READ_CHARS
 
-        real = ws.resolve(path)
-        if real.is_dir():
-            raise ToolFailure(f"{path!r} is a directory (use list_files)")
+        real = await asyncio.to_thread(ws.checked_read_path, path)  # the disk path's checks, by descriptor
         try:
             response = await self.conn.read_text_file(session_id=self.session_id, path=str(real))
         except Exception as exc:  # the client's error (no such file, not text...) goes back to the model
@@ -98,12 +101,11 @@ class ClientFs:
             text = text[:MAX_READ_CHARS] + f"\n[... truncated: showing {MAX_READ_CHARS} of {len(text)} characters]"
         return text
 
-    async def write_text(self, ws: Workspace, path: str, content: str) -> str:
+    async def write_text(self, ws: Workspace, path: str, content: str, *, allow_protected: bool = False) -> str:
         if not self.write:
-            return await self.fallback.write_text(ws, path, content)
-        real = ws.resolve(path)
-        if real.is_dir():
-            raise ToolFailure(f"{path!r} is a directory")
+            return await self.fallback.write_text(ws, path, content, allow_protected=allow_protected)
+        # The checks the disk path makes (hard links, symlinks, mounts, protection, file type), by descriptor.
+        real = await asyncio.to_thread(lambda: ws.checked_write_path(path, allow_protected=allow_protected))
         try:
             await self.conn.write_text_file(session_id=self.session_id, path=str(real), content=content)
         except Exception as exc:

@@ -49,9 +49,12 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC | _NONBLOCK
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC | _NONBLOCK | _NOCTTY
 MAX_SYMLINKS = 40
 MAX_DEPTH = 64
+#: The longest file name (one path component) in bytes, as file systems count it (NAME_MAX), not in characters.
+NAME_MAX_BYTES = 255
 
 # openat2(2) (Linux >= 5.6); the number is the same on every architecture.
 _SYS_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -108,7 +111,35 @@ def split(path: str, root: str, aliases: tuple[str, ...] = ()) -> list[str]:
             raise OutsideWorkspace(f"{path!r} is outside the workspace {root!r}: file tools only work on paths "
                                    "inside it (no '..', no outside absolute paths, no symlinks pointing out)")
         path = rel
-    return [c for c in path.split("/") if c not in ("", ".")]
+    parts = [c for c in path.split("/") if c not in ("", ".")]
+    for part in parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX_BYTES:
+            raise ToolFailure(f"a name in {path!r} is {size} bytes long: file names are limited to "
+                              f"{NAME_MAX_BYTES} bytes (UTF-8), not characters")
+    return parts
+
+
+def mount_of(fd: int) -> tuple[int, int | None]:
+    """Which mount an open file is on: its device and (Linux) its mount id, which also tells a bind
+    mount of the same file system apart (same st_dev, another mount)."""
+    device = os.fstat(fd).st_dev
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"mnt_id:"):
+                    return device, int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return device, None
+
+
+def _check_mount(fd: int, mount: tuple[int, int | None] | None, where: str, shown: str) -> None:
+    """Refuse (closing ``fd``) a directory or file on another mount than the root's, when ``mount`` is set."""
+    if mount is not None and mount_of(fd) != mount:
+        os.close(fd)
+        raise OutsideWorkspace(f"{shown!r} crosses into another mount at {where!r} (a bind mount or a mounted "
+                               "file system): the agent does not cross mounts unless agent.cross_mounts = true")
 
 
 def _strip_root(path: str, roots: tuple[str, ...]) -> str | None:
@@ -132,6 +163,8 @@ class Target:
     parts: tuple[str, ...]
     name: str | None
     st: os.stat_result | None
+    #: The root's mount when crossing mounts is refused (`mount_of`), else None.
+    mount: tuple[int, int | None] | None = None
 
     @property
     def rel(self) -> str:
@@ -158,17 +191,38 @@ def _lstat(name: str, dirfd: int) -> os.stat_result | None:
 
 
 def resolve(root_fd: int, root: str, components: list[str], *, create_dirs: bool = False,
-            lexical_tail: bool = False, original: str = "", aliases: tuple[str, ...] = ()) -> Target:
+            lexical_tail: bool = False, original: str = "", aliases: tuple[str, ...] = (),
+            mount: tuple[int, int | None] | None = None) -> Target:
     """Walk ``components`` from ``root_fd`` to a :class:`Target`, never leaving the tree.
 
-    ``create_dirs`` makes missing directories on the way (write_file);
+    ``create_dirs`` makes missing directories on the way (write_file); when the
+    path is refused after that, the directories this call made are removed again.
     ``lexical_tail`` lets missing directories through as names only (for
-    showing a path, never for opening it).
+    showing a path, never for opening it). ``mount`` (the root's `mount_of`)
+    refuses a directory on another mount (a bind mount into the tree).
     """
     shown = original or "/".join(components)
-    fast = _resolve_openat2(root_fd, components, create_dirs, lexical_tail)
+    fast = _resolve_openat2(root_fd, components, create_dirs, lexical_tail, mount)
     if fast is not None:
         return fast
+    created: list[tuple[int, str]] = []  # (descriptor of the parent, name) of each directory made here
+    try:
+        return _walk_to(root_fd, root, components, shown, create_dirs, lexical_tail, aliases, mount, created)
+    except BaseException:
+        for parent, name in reversed(created):
+            try:
+                os.rmdir(name, dir_fd=parent)
+            except OSError:
+                pass
+        raise
+    finally:
+        for parent, _ in created:
+            os.close(parent)
+
+
+def _walk_to(root_fd: int, root: str, components: list[str], shown: str, create_dirs: bool, lexical_tail: bool,
+             aliases: tuple[str, ...], mount: tuple[int, int | None] | None,
+             created: list[tuple[int, str]]) -> Target:
     pending = list(components)
     stack: list[tuple[str, int]] = []  # directories the walk opened, below the root
     lexical: list[str] = []  # missing directories (lexical_tail only)
@@ -197,7 +251,7 @@ def resolve(root_fd: int, root: str, components: list[str], *, create_dirs: bool
                     pending = _splice(name, dirfd, pending, hops, root, shown, stack, aliases)
                     continue
                 fd = os.dup(dirfd)
-                return Target(fd, tuple(n for n, _ in stack), name, st)
+                return Target(fd, tuple(n for n, _ in stack), name, st, mount)
             try:
                 fd = os.open(name, DIR_FLAGS, dir_fd=dirfd)
             except FileNotFoundError:
@@ -207,8 +261,11 @@ def resolve(root_fd: int, root: str, components: list[str], *, create_dirs: bool
                 if not create_dirs:
                     raise ToolFailure(f"no such file or directory: {shown!r} ({'/'.join([*_names(stack), name])} "
                                       "does not exist)") from None
+                if len(stack) + len([c for c in pending if c not in ("", ".")]) > MAX_DEPTH:
+                    raise ToolFailure(f"{shown!r} is nested too deeply") from None  # before making anything
                 try:
                     os.mkdir(name, 0o777, dir_fd=dirfd)
+                    created.append((os.dup(dirfd), name))
                 except FileExistsError:
                     pass
                 pending.insert(0, name)  # open what was made (or raced in), with the same checks
@@ -232,12 +289,13 @@ def resolve(root_fd: int, root: str, components: list[str], *, create_dirs: bool
             if len(stack) >= MAX_DEPTH:
                 os.close(fd)
                 raise ToolFailure(f"{shown!r} is nested too deeply")
+            _check_mount(fd, mount, "/".join([*_names(stack), name]), shown)
             stack.append((name, fd))
         if lexical:
             top = stack[-1][1] if stack else root_fd
-            return Target(os.dup(top), (*_names(stack), *lexical[:-1]), lexical[-1], None)
+            return Target(os.dup(top), (*_names(stack), *lexical[:-1]), lexical[-1], None, mount)
         if not stack:
-            return Target(os.dup(root_fd), (), None, os.fstat(root_fd))
+            return Target(os.dup(root_fd), (), None, os.fstat(root_fd), mount)
         # The path ended on '..' or '.': the target is the directory the walk stands in.
         name, fd = stack.pop()
         try:
@@ -245,7 +303,7 @@ def resolve(root_fd: int, root: str, components: list[str], *, create_dirs: bool
         finally:
             os.close(fd)
         parent = stack[-1][1] if stack else root_fd
-        return Target(os.dup(parent), tuple(_names(stack)), name, st)
+        return Target(os.dup(parent), tuple(_names(stack)), name, st, mount)
     finally:
         for _, fd in stack:
             os.close(fd)
@@ -275,23 +333,25 @@ def _splice(name: str, dirfd: int, pending: list[str], hops: int, root: str, sho
     return [*target.split("/"), *pending]
 
 
-def _resolve_openat2(root_fd: int, components: list[str], create_dirs: bool, lexical_tail: bool) -> Target | None:
-    """The kernel-enforced fast path: the parent in one openat2 call, when it has no '..' and no symlink."""
+def _resolve_openat2(root_fd: int, components: list[str], create_dirs: bool, lexical_tail: bool,
+                     mount: tuple[int, int | None] | None = None) -> Target | None:
+    """The kernel-enforced fast path: the parent in one openat2 call, when it has no '..' and no symlink
+    (and, when ``mount`` is set, crosses no mount: RESOLVE_NO_XDEV)."""
     if not components or ".." in components:
         return None
     *parents, name = components
+    how = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | (RESOLVE_NO_XDEV if mount else 0)
     try:
-        fd = openat2(root_fd, "/".join(parents), DIR_FLAGS,
-                     RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS) if parents else os.dup(root_fd)
+        fd = openat2(root_fd, "/".join(parents), DIR_FLAGS, how) if parents else os.dup(root_fd)
     except OSError:
-        return None  # a symlink, a missing directory, a race: the walk decides
+        return None  # a symlink, a missing directory, a mount, a race: the walk decides
     if fd is None:
         return None
     st = _lstat(name, fd)
     if st is not None and stat.S_ISLNK(st.st_mode):
         os.close(fd)
         return None
-    return Target(fd, tuple(parents), name, st)
+    return Target(fd, tuple(parents), name, st, mount)
 
 
 def open_regular(target: Target, shown: str) -> tuple[int, os.stat_result]:
@@ -314,6 +374,7 @@ def open_regular(target: Target, shown: str) -> tuple[int, os.stat_result]:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise ToolFailure(f"{shown!r} is a {kind(st.st_mode)}, not a regular file: refused")
+    _check_mount(fd, target.mount, target.rel, shown)
     return fd, st
 
 
@@ -345,7 +406,7 @@ def write_atomic(target: Target, data: bytes, shown: str) -> None:
             raise ToolFailure(f"{shown!r} has {st.st_nlink} hard links: refused (the other names may be "
                               "outside the workspace; remove the extra links first)")
         mode = stat.S_IMODE(st.st_mode)
-    tmp = f".{target.name[:200]}.punie-{secrets.token_hex(6)}.tmp"
+    tmp = f".{_cut_bytes(target.name, 200)}.punie-{secrets.token_hex(6)}.tmp"  # <= 224 bytes
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600, dir_fd=target.dirfd)
     try:
         try:
@@ -369,6 +430,20 @@ def write_atomic(target: Target, data: bytes, shown: str) -> None:
         raise
 
 
+def _cut_bytes(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` bytes of its file-system encoding, never inside a character."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    cut = raw[:limit]
+    for _ in range(4):  # a UTF-8 character is at most 4 bytes: drop a partial one at the end
+        try:
+            return cut.decode("utf-8")
+        except UnicodeDecodeError:
+            cut = cut[:-1]
+    return os.fsdecode(raw[:limit])
+
+
 def open_dir(target: Target, shown: str) -> int:
     """A descriptor of the directory a target names."""
     if target.name is None:
@@ -378,11 +453,13 @@ def open_dir(target: Target, shown: str) -> int:
     if not stat.S_ISDIR(target.st.st_mode):
         raise ToolFailure(f"not a directory: {shown!r}")
     try:
-        return os.open(target.name, DIR_FLAGS, dir_fd=target.dirfd)
+        fd = os.open(target.name, DIR_FLAGS, dir_fd=target.dirfd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
             raise ToolFailure(f"{shown!r} changed while it was opened: try again") from None
         raise
+    _check_mount(fd, target.mount, target.rel, shown)
+    return fd
 
 
 @dataclass(frozen=True)
@@ -396,8 +473,10 @@ class Entry:
     name: str
 
 
-def walk(fd: int, skip: frozenset[str], recursive: bool = True, prefix: str = "", depth: int = 0) -> Iterator[Entry]:
-    """Entries under the open directory ``fd``, sorted, top-down; symlinks listed but never followed."""
+def walk(fd: int, skip: frozenset[str], recursive: bool = True, prefix: str = "", depth: int = 0,
+         mount: tuple[int, int | None] | None = None) -> Iterator[Entry]:
+    """Entries under the open directory ``fd``, sorted, top-down; symlinks listed but never followed;
+    with ``mount``, a directory on another mount is listed but not descended into."""
     with os.scandir(fd) as it:
         entries = sorted(it, key=lambda e: e.name)
     subdirs: list[str] = []
@@ -419,7 +498,10 @@ def walk(fd: int, skip: frozenset[str], recursive: bool = True, prefix: str = ""
             sub = os.open(name, DIR_FLAGS, dir_fd=fd)
         except OSError:
             continue  # swapped for something else meanwhile: not descended
+        if mount is not None and mount_of(sub) != mount:
+            os.close(sub)
+            continue  # a mount point (bind mount) inside the tree: not crossed
         try:
-            yield from walk(sub, skip, True, f"{prefix}{name}/", depth + 1)
+            yield from walk(sub, skip, True, f"{prefix}{name}/", depth + 1, mount)
         finally:
             os.close(sub)

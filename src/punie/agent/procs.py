@@ -11,9 +11,19 @@ That covers ``punie up`` being killed too: the supervisor's orphan guard
 signals the agent when the supervisor dies, and the agent's death closes the
 lifeline.
 
+How the reaper keeps the command's processes in reach is chosen by :mod:`punie.mechanisms`
+(job ``descendants``): on Linux it is a child subreaper; elsewhere (macOS), or when
+``$PUNIE_MECHANISMS=portable`` forces it, it polls the process table through psutil and marks the
+command's environment with a token (:data:`punie.envvars.RUN_TOKEN`). Known limit of the portable
+path: a process that leaves within one poll interval *and* clears its environment, or a command
+that SIGKILLs its own reaper (the agent adopts orphans only with a subreaper), is out of reach.
+
 The command's environment is an allow-list (:data:`ENV_ALLOW`, ``LC_*``) of
 this process's environment plus ``agent.env``; API keys, cloud credentials and
-tokens are not passed on.
+tokens are not passed on. Nor can the command read them from this process's
+``/proc/<pid>/environ``: before the first command this process makes itself
+non-dumpable, and a command started as root loses ``CAP_SYS_PTRACE``
+(:func:`punie.mechanisms.hide_environ` says what this does not stop).
 """
 
 from __future__ import annotations
@@ -22,9 +32,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Mapping
+
+from punie import envvars
+from punie.mechanisms import NATIVE, PORTABLE, hide_environ, mechanism
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +53,7 @@ _lifeline: tuple[int, int] | None = None
 _reapers: set[int] = set()  # pids of the reapers this process started and has not seen exit
 _adopting = False
 _spawning = 0  # reapers being started: their pids are not known yet, so no sweep meanwhile
+_hidden = False  # hide_environ done
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -48,7 +63,7 @@ def adopt_orphans() -> bool:
     as that reaper is seen gone. Only for the agent's own process (serve entry points), never a
     test runner or library caller that has other children. True when it took effect (Linux)."""
     global _adopting
-    if _adopting or not sys.platform.startswith("linux"):
+    if _adopting or mechanism("descendants") != NATIVE:
         return _adopting
     import ctypes
 
@@ -169,10 +184,15 @@ async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeo
     stdin is /dev/null, stdout and stderr are merged. On cancellation the
     command's whole tree is stopped before the CancelledError goes on.
     """
+    global _hidden
+    if not _hidden:  # before the first command: our environment (API keys) is not readable by commands
+        _hidden = True
+        hide_environ()
     lifeline = lifeline_fd()
+    mode, mark, psutil_dir, env = _tracking(env)
     spawn = asyncio.ensure_future(_spawn(
-        sys.executable, "-I", "-S", REAPER, str(lifeline), str(grace), "--", *argv,
-        cwd=cwd, env=dict(env), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-I", "-S", REAPER, str(lifeline), str(grace), mode, mark, psutil_dir, "--", *argv,
+        cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, start_new_session=True, pass_fds=(lifeline,),
     ))
     try:
@@ -212,6 +232,21 @@ async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeo
     finally:
         if proc.returncode is not None:
             _reapers.discard(proc.pid)
+
+
+def _tracking(env: Mapping[str, str]) -> tuple[str, str, str, dict[str, str]]:
+    """How the reaper keeps the command's processes in reach (`punie.mechanisms`, job ``descendants``):
+    (mode, the token marking the command's environment, psutil's folder, the environment)."""
+    if mechanism("descendants") == NATIVE:
+        return NATIVE, "", "", dict(env)
+    mark = secrets.token_hex(16)
+    try:
+        import psutil
+
+        psutil_dir = os.path.dirname(os.path.dirname(os.path.abspath(psutil.__file__)))
+    except ImportError:
+        psutil_dir = ""
+    return PORTABLE, f"{envvars.RUN_TOKEN}={mark}", psutil_dir, {**env, envvars.RUN_TOKEN: mark}
 
 
 async def _exited(proc: asyncio.subprocess.Process) -> None:

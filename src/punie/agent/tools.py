@@ -241,7 +241,7 @@ async def write_file(ctx: RunContext[TurnDeps], path: str, content: str) -> str:
         await ctx.deps.policy.check(PermissionRequest("write_file", ctx.tool_call_id or "", args, summary,
                                                       protected=protected))
         if ctx.deps.files is not None:  # the IDE's buffers (fs/write_text_file), same path rules
-            return "ok", await ctx.deps.files.write_text(ws, path, content)
+            return "ok", await ctx.deps.files.write_text(ws, path, content, allow_protected=protected)
         return "ok", await anyio.to_thread.run_sync(
             lambda: write_file_impl(ws, path, content, allow_protected=protected))
 

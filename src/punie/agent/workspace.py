@@ -20,6 +20,10 @@ written without asking, whatever the permission mode: anything under a
 ``.git`` or ``.punie`` directory, any ``punie.toml``, and the profile's
 ``agent.protected`` globs. The workspace also carries the extra environment
 of the commands run in it (``agent.env``).
+
+A directory on another mount than the root's (an outside folder bind-mounted
+into the tree, a mounted file system) is not crossed, by any tool, unless the
+profile says ``agent.cross_mounts = true``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class Workspace:
     """A directory tree the agent may read and (with permission) write."""
 
     def __init__(self, root: str | os.PathLike[str], *, protected: Iterable[str] = (),
-                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, env: Mapping[str, str] | None = None):
+                 max_read_bytes: int = DEFAULT_MAX_READ_BYTES, env: Mapping[str, str] | None = None,
+                 cross_mounts: bool = False):
         given = os.path.abspath(os.fspath(root))
         real = os.path.realpath(given)
         try:
@@ -65,6 +70,9 @@ class Workspace:
         self.protected = tuple(p.strip().strip("/") for p in protected if p.strip().strip("/"))
         self.max_read_bytes = max_read_bytes
         self.env = dict(env or {})
+        #: The root's mount (fs.mount_of): another mount met below it (a bind mount of an outside
+        #: folder) is refused, unless the profile consents (agent.cross_mounts: then None).
+        self.mount = None if cross_mounts else fs.mount_of(fd)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -77,7 +85,8 @@ class Workspace:
 
     def _target(self, path: str, **options: bool) -> fs.Target:
         parts = fs.split(path, str(self.root), self._aliases)
-        return fs.resolve(self._fd, str(self.root), parts, original=path, aliases=self._aliases, **options)
+        return fs.resolve(self._fd, str(self.root), parts, original=path, aliases=self._aliases, mount=self.mount,
+                          **options)
 
     def canonical(self, path: str) -> str:
         """``path`` relative to the root, symlinks inside followed ('.' for the root); for showing only."""
@@ -154,6 +163,37 @@ class Workspace:
         """:meth:`write_bytes` of ``text`` encoded as UTF-8."""
         return self.write_bytes(path, text.encode("utf-8"), allow_protected=allow_protected)
 
+    def checked_read_path(self, path: str) -> Path:
+        """The absolute path of a regular file the read checks allow (inside, same mount, a regular file:
+        opened through the descriptor walk, then closed), to hand to a client that reads by name."""
+        with self._target(path) as target:
+            fd, _ = fs.open_regular(target, path)
+            os.close(fd)
+            return self.root / target.rel
+
+    def checked_write_path(self, path: str, *, allow_protected: bool = False) -> Path:
+        """The absolute path a write may go to, after the checks :meth:`write_bytes` makes (inside, no
+        symlink out, same mount, not protected unless allowed, a regular file with one link or
+        nothing yet), without writing: for a client that writes by name (the IDE's fs/write_text_file).
+        Missing parent directories are made, as for a write to disk."""
+        with self._target(path, create_dirs=True) as target:
+            if target.name is None:
+                raise ToolFailure(f"{path!r} is a directory")
+            if not allow_protected and self._protected_rel(target.rel):
+                raise ToolFailure(f"{target.rel!r} is a protected path: writing it needs permission")
+            st = target.st
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    raise ToolFailure(f"{path!r} is a directory")
+                if not stat.S_ISREG(st.st_mode):
+                    raise ToolFailure(f"{path!r} is a {fs.kind(st.st_mode)}, not a regular file: refused")
+                if st.st_nlink > 1:
+                    raise ToolFailure(f"{path!r} has {st.st_nlink} hard links: refused (the other names may be "
+                                      "outside the workspace; remove the extra links first)")
+                fd, _ = fs.open_regular(target, path)  # the mount check, on the file itself
+                os.close(fd)
+            return self.root / target.rel
+
     def existing_text(self, path: str) -> str | None:
         """The current text of a file, or None when it is missing or not a readable regular file (diffs)."""
         try:
@@ -174,7 +214,7 @@ class Workspace:
         prefix = "" if rel == "." else rel + "/"
         entries: list[str] = []
         try:
-            for entry in fs.walk(fd, skip, recursive):
+            for entry in fs.walk(fd, skip, recursive, mount=self.mount):
                 entries.append(prefix + entry.rel + ("/" if entry.is_dir else ""))
                 if len(entries) >= limit:
                     return entries, True
@@ -201,7 +241,7 @@ class Workspace:
             rel = target.rel
         prefix = "" if rel == "." else rel + "/"
         try:
-            for entry in fs.walk(dirfd, skip, True):
+            for entry in fs.walk(dirfd, skip, True, mount=self.mount):
                 if not entry.is_file:
                     continue
                 try:
@@ -224,7 +264,7 @@ class Workspace:
 def resolve_workspace(workspace: str, base_dir: str | os.PathLike[str] | None = None, **options: object) -> Workspace:
     """The Workspace for an ``agent.workspace`` value: absolute, or relative to ``base_dir`` (default cwd).
 
-    ``options`` are :class:`Workspace`'s (``protected``, ``max_read_bytes``, ``env``).
+    ``options`` are :class:`Workspace`'s (``protected``, ``max_read_bytes``, ``env``, ``cross_mounts``).
     """
     base = os.fspath(base_dir) if base_dir is not None else os.getcwd()
     return Workspace(os.path.join(base, os.path.expanduser(workspace)), **options)  # type: ignore[arg-type]
@@ -233,4 +273,5 @@ def resolve_workspace(workspace: str, base_dir: str | os.PathLike[str] | None = 
 def workspace_for(options: AgentOptions, base_dir: str | os.PathLike[str] | None = None) -> Workspace:
     """The Workspace an ``AgentOptions`` describes: root, protected globs, read cap, commands' extra env."""
     return resolve_workspace(options.workspace, base_dir, protected=tuple(options.protected),
-                             max_read_bytes=options.max_read_bytes, env=dict(options.env))
+                             max_read_bytes=options.max_read_bytes, env=dict(options.env),
+                             cross_mounts=options.cross_mounts)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from punie.errors import PunieError
+from punie.textsafe import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,15 +51,20 @@ def configure_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format=f"{PREFIX}: %(levelname)s: %(message)s")
 
 
+def echo(text: str, *, err: bool = False, nl: bool = True) -> None:
+    """``click.echo`` through `printable`."""
+    click.echo(printable(text), err=err, nl=nl)
+
+
 def say(message: str) -> None:
     """A status line on stderr (stdout may belong to the agent protocol)."""
-    click.echo(f"{PREFIX}: {message}", err=True)
+    echo(f"{PREFIX}: {message}", err=True)
 
 
 def error_line(error: PunieError | str) -> str:
-    """The one wording of an error for the user: ``punie: error: MESSAGE``."""
+    """The one wording of an error for the user: ``punie: error: MESSAGE`` (control characters escaped)."""
     text = error.render() if isinstance(error, PunieError) else error
-    return f"{PREFIX}: error: {text}"
+    return printable(f"{PREFIX}: error: {text}")
 
 
 def print_error(error: PunieError | str) -> None:

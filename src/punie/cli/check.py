@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import logging
 import traceback
+from typing import Any
 
 import click
 
-from punie.cli._common import State, complete_profiles, echo_json, format_option, set_option, state_of
+from punie.cli._common import (
+    State,
+    complete_profiles,
+    echo,
+    echo_json,
+    format_option,
+    printable,
+    set_option,
+    state_of,
+)
 
 #: Exit code of a crash inside Punie: never to be mistaken for a verdict (0 ok, 1 problems, 2 usage).
 INTERNAL_ERROR = 3
@@ -45,8 +55,26 @@ def check_command(ctx: click.Context, profiles: tuple[str, ...], fmt: str, stric
     if fmt == "json":
         echo_json(report.to_json())
     else:
-        click.echo(report.render_text())
+        echo(_one_line_values(report).render_text())
     ctx.exit(0 if report.ok else 1)
+
+
+def _one_line_values(report: Any) -> Any:
+    """The report with every value that goes on one line escaped (`printable` one_line): a newline in a
+    path from punie.toml cannot start a line of its own (a forged ``✓``)."""
+    def line(text: str | None) -> str | None:
+        return None if text is None else printable(text, one_line=True)
+
+    profiles = [
+        prof.model_copy(update={
+            "name": line(prof.name),
+            "passed": [line(text) for text in prof.passed],
+            "problems": [p.model_copy(update={"message": line(p.message), "where": line(p.where)})
+                         for p in prof.problems],
+        })
+        for prof in report.profiles
+    ]
+    return report.model_copy(update={"profiles": profiles})
 
 
 def _run(state: State, profiles: tuple[str, ...], overrides: tuple[str, ...], strict: bool):

@@ -13,6 +13,7 @@ import click
 
 from punie.cli._common import (
     complete_profiles,
+    echo,
     echo_json,
     format_option,
     print_outcome,
@@ -101,7 +102,7 @@ def up_command(
         if fmt == "json":
             echo_json(outcome.plan.to_json())
         else:
-            click.echo(outcome.plan.render_text())
+            echo(outcome.plan.render_text())
         return
     print_outcome(outcome.message, outcome.exit_code)
     if fmt == "json":  # the session's status; on stderr, as stdout belongs to the agent

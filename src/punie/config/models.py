@@ -200,6 +200,10 @@ class AgentOptions(_Strict):
         "(PATH, HOME, LANG, LC_*, TERM, USER, ...); nothing else of Punie's environment is passed.",
     )
     max_read_bytes: int = Field(1 << 20, ge=1, description="Most bytes read_file reads from one file.")
+    cross_mounts: bool = Field(
+        False, description="Let the file tools cross into another mount below the workspace (a bind-mounted "
+        "outside folder, a mounted file system); by default such a directory is refused and not listed into.",
+    )
 
     @field_validator("env")
     @classmethod

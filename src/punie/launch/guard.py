@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from punie import envvars
+from punie.mechanisms import NATIVE, mechanism
 
 # Keep this short and stdlib-only: it runs before every child, without site-packages.
 GUARD_CODE = """\
@@ -73,11 +74,12 @@ _lifeline: tuple[int, int] | None = None
 
 
 def guard_mode() -> str:
-    """``pdeathsig`` on Linux, else ``watchdog``; $PUNIE_GUARD_MODE forces one (tests, debugging)."""
+    """``pdeathsig`` where the kernel has it, else ``watchdog`` (`punie.mechanisms`, job ``guard``);
+    $PUNIE_GUARD_MODE forces one (tests, debugging), as does $PUNIE_MECHANISMS."""
     forced = os.environ.get(envvars.GUARD_MODE)
     if forced in ("pdeathsig", "watchdog"):
         return forced
-    return "pdeathsig" if sys.platform.startswith("linux") else "watchdog"
+    return "pdeathsig" if mechanism("guard") == NATIVE else "watchdog"
 
 
 def lifeline_fd() -> int:

@@ -23,6 +23,7 @@ from punie.launch.canary import ExpectedCanary
 from punie.launch.plan import LaunchPlan, build_plan, refuse_remote
 from punie.launch.vllm import PEFT_CACHE, build_vllm_plan, check_group
 from punie.paths import state_dir
+from punie.textsafe import printable
 from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ def run_check(resolved: ResolvedProfile) -> None:
             logger.warning("%s: %s", problem.where or problem.profile, problem.message)
     if errors:
         lines = [f"profile '{resolved.name}' has {len(errors)} error(s); not launching (--no-check skips this):"]
-        lines += [f"  {p.where + ': ' if p.where else ''}{p.message}" for p in errors]
+        # One line per problem: a newline inside a value (a path from punie.toml) is escaped, not a new line.
+        lines += [printable(f"  {p.where + ': ' if p.where else ''}{p.message}", one_line=True) for p in errors]
         raise CheckFailed("\n".join(lines), report)
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, Process
 
 from punie.launch.guard import guard_mode, guarded_argv, lifeline_fd
+from punie.mechanisms import hide_environ
 
 logger = logging.getLogger(__name__)
 
@@ -40,50 +42,114 @@ TAIL_LINES = 15
 PARTIAL_AFTER = 0.1  # seconds of silence after which an unfinished line is shown
 LOG_MAX_BYTES = 10 * 1024 * 1024  # a log file is rotated when it would grow past this
 LOG_BACKUPS = 3  # rotated files kept: name.log.1 (newest) .. name.log.3
+#: A longer output line is cut to its first LINE_MAX_BYTES bytes (the rest is counted, never held in
+#: memory), so a child writing 100 MB without a newline costs the supervisor a bounded amount of memory.
+LINE_MAX_BYTES = 64 * 1024
 
 
 class RotatingLog:
     """An append-only text log capped at ``max_bytes``, rotated to ``path.1`` .. ``path.N``.
 
     Written by the supervisor (children write to a pipe, never to the file), so the
-    cap holds however chatty a child is.
+    cap holds however chatty a child is. A log is a witness, never a reason to stop:
+    no method raises OSError. A write that fails (full disk, EIO, a file that cannot be
+    opened) drops that text, counts it (``dropped_lines``, ``dropped_bytes``) and calls
+    ``on_problem`` once with what went wrong; later writes are tried again, so the log
+    resumes when the disk has room again. Only a regular file is ever rotated.
     """
 
-    def __init__(self, path: str | Path, *, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> None:
+    def __init__(self, path: str | Path, *, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS,
+                 on_problem: Callable[[str], None] | None = None) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[bytes] | None = open(self.path, "ab")  # noqa: SIM115
-        self._size = self._fh.tell()
+        self.on_problem = on_problem
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+        self.problem: str | None = None  # the first failure, said once
+        self._fd: int | None = None
+        self._regular = False
+        self._size = 0
+        self._closed = False
+        self._open(append=True)
+
+    def _open(self, *, append: bool) -> bool:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, flags, 0o644)
+            self._size = os.fstat(self._fd).st_size
+            self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+        except OSError as exc:
+            self._fd = None
+            self._failed("cannot open", exc)
+            return False
+        return True
+
+    def _failed(self, what: str, exc: OSError) -> None:
+        if self.problem is None:
+            self.problem = f"{what} {self.path}: {exc.strerror or exc}"
+            if self.on_problem is not None:
+                with contextlib.suppress(Exception):  # a broken reporter must not break the pump either
+                    self.on_problem(f"{self.problem}: lines are dropped (the output is still drained)")
+
+    def _drop(self, size: int) -> None:
+        self.dropped_lines += 1
+        self.dropped_bytes += size
 
     def write(self, text: str) -> None:
-        if self._fh is None:
+        """Append ``text`` (one line); on failure count it as dropped. Never raises OSError."""
+        if self._closed:
             return
         data = text.encode("utf-8", errors="replace")
-        if self._size and self._size + len(data) > self.max_bytes:
+        if self._fd is None and not self._open(append=True):
+            self._drop(len(data))
+            return
+        if self._size and self._size + len(data) > self.max_bytes and self._regular:
             self._rotate()
-        assert self._fh is not None
-        self._fh.write(data)
-        self._fh.flush()
-        self._size += len(data)
+            if self._fd is None:
+                self._drop(len(data))
+                return
+        assert self._fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+                self._size += written
+        except OSError as exc:
+            self._failed("cannot write", exc)
+            self._drop(len(view))
 
     def _rotate(self) -> None:
-        assert self._fh is not None
-        self._fh.close()
-        if self.backups > 0:
-            for index in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{index}")
-                if older.exists():
-                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._fh = open(self.path, "wb")  # noqa: SIM115
-        self._size = 0
+        assert self._fd is not None
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = None
+        try:
+            if self.backups > 0:
+                for index in range(self.backups - 1, 0, -1):
+                    older = self.path.with_name(f"{self.path.name}.{index}")
+                    if older.exists():
+                        os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        except OSError as exc:
+            self._failed("cannot rotate", exc)
+        self._open(append=False)
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        """Close the file, writing a last line that says what was dropped (if it can). Never raises."""
+        if self._closed:
+            return
+        if self.dropped_lines and self._fd is not None:
+            note = f"=== punie: {self.dropped_lines} log lines ({self.dropped_bytes} bytes) were dropped ===\n"
+            with contextlib.suppress(OSError):
+                os.write(self._fd, note.encode())
+        self._closed = True
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def process_state(pid: int) -> str | None:
@@ -230,6 +296,14 @@ def reap_adopted(known: set[int] | frozenset[int] = frozenset(), *, grace: float
     return adopted
 
 
+def _append_capped(head: bytearray, chunk: bytes, start: int, end: int) -> int:
+    """Append ``chunk[start:end]`` to ``head`` up to LINE_MAX_BYTES; the number of bytes left out."""
+    room = max(LINE_MAX_BYTES - len(head), 0)
+    take = min(room, end - start)
+    head += chunk[start:start + take]
+    return end - start - take
+
+
 class Child:
     """A child process in its own process group; see the module docstring.
 
@@ -296,12 +370,14 @@ class Child:
     async def start(self) -> None:
         """Start the process (through the guard) in a new session."""
         argv, pass_fds = self.argv, self.pass_fds
+        hide_environ()  # the user's secrets in our environment: not readable by what the children run
         if self.guard:
             fd = lifeline_fd()
             argv = guarded_argv(self.argv, mode=guard_mode(), lifeline=fd, grace=self.guard_grace)
             pass_fds = (*pass_fds, fd)
         if self.log_path:
-            self._log = RotatingLog(self.log_path, max_bytes=self.log_max_bytes, backups=self.log_backups)
+            self._log = RotatingLog(self.log_path, max_bytes=self.log_max_bytes, backups=self.log_backups,
+                                    on_problem=self._log_problem)
             self._log.write(f"=== punie: {self.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                             f"{' '.join(self.argv)}\n")
         kwargs: dict[str, Any] = {"env": self.env, "cwd": self.cwd, "start_new_session": True, "pass_fds": pass_fds}
@@ -321,8 +397,10 @@ class Child:
         assert self.process is not None
         return self.process.stdout if self.capture == "stdout" else self.process.stderr
 
-    def _emit(self, raw: bytes) -> None:
+    def _emit(self, raw: bytes, cut: int = 0) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip("\r")
+        if cut:
+            line += f" [punie: line truncated, {cut} more bytes dropped]"
         self.tail.append(line)
         if self._shown:
             partial = getattr(self.sink, "partial", None)
@@ -349,30 +427,40 @@ class Child:
             self._shown = text
 
     async def pump(self) -> None:
-        """Copy the child's output line by line until EOF (run as a task)."""
+        """Copy the child's output line by line until EOF (run as a task).
+
+        Never stops before EOF because of where the lines go (the log file handles its own
+        failures), and holds at most LINE_MAX_BYTES of an unfinished line: the rest of a
+        longer line is counted and dropped (the line is marked as truncated).
+        """
         stream = self._stream()
-        buffer = b""
+        head = bytearray()  # the current line so far (capped)
+        cut = 0  # bytes of the current line dropped past the cap
         try:
             if stream is None:
                 return
             while True:
-                if buffer:
+                if head or cut:
                     with anyio.move_on_after(PARTIAL_AFTER) as scope:
                         chunk = await stream.receive()
                     if scope.cancelled_caught:
-                        self._show_partial(buffer)
+                        self._show_partial(bytes(head))
                         continue
                 else:
                     chunk = await stream.receive()
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for raw in lines:
-                    self._emit(raw)
+                start = 0
+                while (newline := chunk.find(b"\n", start)) >= 0:
+                    cut += _append_capped(head, chunk, start, newline)
+                    self._emit(bytes(head), cut)
+                    head.clear()
+                    cut = 0
+                    start = newline + 1
+                cut += _append_capped(head, chunk, start, len(chunk))
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             pass
         finally:
-            if buffer:
-                self._emit(buffer)
+            if head or cut:
+                self._emit(bytes(head), cut)
             self._pumped.set()
 
     async def drained(self, timeout: float) -> None:
@@ -443,7 +531,15 @@ class Child:
         """Release the log file and pipes (after the process has exited)."""
         self._close_log()
 
+    def _log_problem(self, message: str) -> None:
+        """Said once per log (RotatingLog.on_problem): the output goes on being drained and shown."""
+        logger.warning("%s log: %s", self.name, message)
+        self.sink(f"punie | {self.name} log: {message}")
+
     def _close_log(self) -> None:
-        if self._log:
-            self._log.close()
-            self._log = None
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
+            if log.dropped_lines:
+                logger.warning("%s: %d log lines (%d bytes) were dropped: %s", self.name, log.dropped_lines,
+                               log.dropped_bytes, log.problem)

@@ -29,20 +29,49 @@ PROBE_BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "
 GENERATION_DIED = "generation thread died"
 
 __all__ = ["GENERATION_DIED", "PROBE_BODY", "ProbeFailed", "liveness_probe", "model_not_served", "owner_problem",
-           "port_in_use", "wait_ready"]
+           "port_in_use", "served_ids_problem", "wait_ready"]
 
 
 def owner_problem(pid: int, host: str, port: int) -> str | None:
     """Why the server answering on ``host:port`` is not process ``pid``'s (tree), or None.
 
-    On Linux every socket listening on the port (overlapping ``host``) must be one of
-    the fds of ``pid`` or its descendants; elsewhere this cannot be told and None is returned.
+    Every socket listening on the port (overlapping ``host``) must belong to ``pid`` or its
+    descendants (`punie.net.owns_listener`: /proc on Linux, psutil elsewhere); None when
+    that holds or cannot be told.
     """
     owned = owns_listener(pid, port, host)
     if owned is False:
         return (f"another process answers on port {port}: the socket listening there does not belong to "
                 f"the server Punie started (pid {pid})")
     return None
+
+
+async def served_ids_problem(base_url: str, expected: tuple[str, ...], *, timeout: float = 5.0) -> str | None:
+    """The second witness of who answers: the server's own ``GET /v1/models`` must list one of the
+    ``expected`` ids (mlx_lm lists the resolved path of the model it loaded; vLLM its served names).
+
+    None when it does, or when the answer says nothing either way (no list, an empty list, an
+    error: mlx_lm without a hub cache answers an empty body); else why the server is not ours.
+    """
+    import httpx
+
+    if not expected:
+        return None
+    url = base_url.rstrip("/") + "/models"
+    try:
+        async with httpx.AsyncClient(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
+            response = await client.get(url)
+        data = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    entries = data.get("data") if isinstance(data, dict) else None
+    ids = {e.get("id") for e in entries if isinstance(e, dict)} if isinstance(entries, list) else set()
+    ids.discard(None)
+    if not ids or ids & set(expected):
+        return None
+    shown = ", ".join(sorted(str(i) for i in ids)[:5])
+    return (f"the server answering on {server_root(base_url)} does not list the model Punie started it with "
+            f"({expected[0]}) in GET /v1/models (it lists: {shown})")
 
 
 async def liveness_probe(base_url: str, *, timeout: float) -> str | None:

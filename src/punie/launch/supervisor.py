@@ -57,6 +57,7 @@ from punie.launch.readiness import (
     liveness_probe,
     owner_problem,
     port_in_use,
+    served_ids_problem,
     wait_ready,
 )
 from punie.net import remote_warning
@@ -111,6 +112,24 @@ async def _first(*waiters: Callable[[], Awaitable[T]]) -> T:
         for waiter in waiters:
             tg.start_soon(run, waiter)
     return results[0]
+
+
+def _expected_ids(plan: LaunchPlan) -> tuple[str, ...]:
+    """The ids the started server lists in GET /v1/models: vLLM its served model id, mlx_lm the
+    resolved path of its model (relative paths are resolved from the server's working folder)."""
+    if plan.backend == "vllm":
+        return tuple(i for i in (plan.model_id, plan.base_model_id) if i)
+    if not plan.model:
+        return ()
+    path = Path(plan.cwd, plan.model)
+    return (str(path.resolve()),) if path.exists() else ()
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an unexpected error (the leaves of an ExceptionGroup, joined)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 class _FatalLine:
@@ -178,19 +197,25 @@ class _Supervisor:
 
     async def run(self) -> UpOutcome:
         self.t0 = anyio.current_time()
-        async with anyio.create_task_group() as tg:
-            self.tg = tg
-            if self.handle_signals:
-                await tg.start(self._signals)
-            try:
-                with self.session:
-                    await self._session()
-            finally:
-                if self.control is not None:
-                    self.control.failed("the session ended")
-                with anyio.CancelScope(shield=True):
-                    await self._stop_all()
-                tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                self.tg = tg
+                if self.handle_signals:
+                    await tg.start(self._signals)
+                try:
+                    with self.session:
+                        await self._session()
+                finally:
+                    if self.control is not None:
+                        self.control.failed("the session ended")
+                    with anyio.CancelScope(shield=True):
+                        await self._stop_all()
+                    tg.cancel_scope.cancel()
+        except Exception as exc:  # an ExceptionGroup too: every session ends with a reason and an exit code
+            logger.error("the supervisor failed", exc_info=True)
+            if self.outcome is None and self.error is None:  # an outcome already reached stands
+                self.outcome = UpOutcome(reason=LaunchReason.SUPERVISOR_FAILED, exit_code=3,
+                                         message=f"the supervisor failed: {_describe(exc)} (children stopped)")
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
             flush()  # our stderr lines come before whatever the caller prints next
@@ -267,7 +292,7 @@ class _Supervisor:
                 server, fatal = await self._spawn_server()
                 failure = await self._wait_ready(server, fatal)
                 if failure is None:
-                    failure = self._foreign(server)
+                    failure = await self._foreign(server)
                 if failure is None:
                     self._ready(task_status)
                     failure = await self._until_failure(server, fatal, live=True)
@@ -293,10 +318,13 @@ class _Supervisor:
         await control.wait_wake()
         self.note(f"a request needs the model: starting {self.plan.engine} again")
 
-    def _foreign(self, server: Child) -> Failure | None:
-        """The answer must come from our child: else a foreign server took the port (never restarted)."""
+    async def _foreign(self, server: Child) -> Failure | None:
+        """The answer must come from our child: else a foreign server took the port (never restarted).
+        Two witnesses: who holds the listening socket, and the model ids the server itself lists."""
         assert server.pid is not None and self.plan.port is not None
         problem = owner_problem(server.pid, self.plan.host, self.plan.port)
+        if problem is None:
+            problem = await served_ids_problem(self.plan.base_url, _expected_ids(self.plan))
         return (LaunchReason.FOREIGN_SERVER, problem) if problem else None
 
     def _ready(self, task_status: TaskStatus[None]) -> None:
@@ -499,6 +527,9 @@ class _Supervisor:
     async def _stop_one(self, child: Child, grace: float) -> None:
         try:
             await child.stop(grace)
+        except Exception:  # stopping must finish for every child, whatever went wrong with this one
+            logger.error("stopping %s failed: killing its group", child.name, exc_info=True)
+            child.kill()
         finally:
             child.close()
 
