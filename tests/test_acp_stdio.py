@@ -164,13 +164,12 @@ def test_acp_cancel_stops_the_turn(workspace: Path) -> None:
             while not fake.requests:
                 await asyncio.sleep(0.05)
             await conn.cancel(session_id=session.session_id)
+            # Bounded from the cancel, not from the agent's start (which a loaded machine makes slow).
             return await asyncio.wait_for(prompt, 10)
 
     with serve([slow]) as fake:
-        start = time.monotonic()
         response = asyncio.run(run(fake.url))
     assert response.stop_reason == "cancelled"
-    assert time.monotonic() - start < 10
 
 
 def test_agent_command_rejects_bad_options() -> None:

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +78,12 @@ from punie.errors import AgentError
 
 logger = logging.getLogger(__name__)
 
+#: Sends the client one status line of a session (see PunieAcpAgent.status).
+StatusSender = Callable[[str], Awaitable[None]]
+
 MAX_UPDATE_TEXT = 8_000
+#: Prompts that may wait behind a session's running turn; one more is refused.
+MAX_WAITING = 8
 PROFILE_OPTION = "profile"
 
 _KINDS = {"read_file": "read", "write_file": "edit", "list_files": "search", "search": "search",
@@ -131,6 +137,11 @@ class _Session:
     record: SessionRecord
     agent: PunieAgent
     task: asyncio.Task[Any] | None = None
+    #: One turn at a time (asyncio's lock wakes its waiters in FIFO order).
+    turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Prompts waiting for the lock, and session/cancel notifications seen so far.
+    waiting: int = 0
+    cancels: int = 0
     #: Tool calls announced and not yet finished (id -> tool name).
     open_calls: dict[str, str] = field(default_factory=dict)
     terminals: dict[str, str] = field(default_factory=dict)
@@ -162,8 +173,12 @@ class PunieAcpAgent:
 
     def __init__(self, options: AgentOptions, base_url: str, *, profile: str | None = None,
                  profiles: dict[str, AgentOptions] | None = None, model_name: str | None = None,
-                 models: dict[str, str] | None = None):
+                 models: dict[str, str] | None = None,
+                 before_turn: Callable[[StatusSender], Awaitable[None]] | None = None):
         self.options = options
+        # Awaited before each turn with a function that sends the client a status line: the place to
+        # wake a model server that was unloaded while idle ("loading the model...").
+        self.before_turn = before_turn
         self.base_url = base_url
         self.profile = profile
         # The profiles a session may switch to (they share the running server); the current one first.
@@ -231,6 +246,7 @@ class PunieAcpAgent:
 
     async def load_session(self, cwd: str, session_id: str, mcp_servers: Any = None, **kwargs: Any
                            ) -> LoadSessionResponse:
+        self._not_busy(session_id)
         try:
             record = SessionStore(sessions_dir(cwd)).load(session_id)
         except ValueError:
@@ -260,7 +276,7 @@ class PunieAcpAgent:
             known = ", ".join(self.profiles) or "none"
             raise RequestError.invalid_params(
                 {"message": f"unknown config option {config_id}={value!r} (profiles on this server: {known})"})
-        if session.task is not None and not session.task.done():
+        if session.turn_lock.locked():
             raise RequestError.invalid_params({"message": "cannot switch profile during a turn"})
         session.agent = self._build(session_id, session.record.cwd, value)
         session.record.profile = value
@@ -282,6 +298,12 @@ class PunieAcpAgent:
             raise RequestError.invalid_params(
                 {"message": f"_meta punie/profile {profile!r} is not served here (profiles: {known})"})
         return profile
+
+    def _not_busy(self, session_id: str) -> None:
+        """Refuse to replace a live session whose turn is running (its turn would be lost, uncancellable)."""
+        live = self._sessions.get(session_id)
+        if live is not None and live.turn_lock.locked():
+            raise RequestError.invalid_request({"message": f"session {session_id} has a turn running"})
 
     def _session(self, session_id: str) -> _Session:
         try:
@@ -305,7 +327,27 @@ class PunieAcpAgent:
         return files, commands
 
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> PromptResponse:
+        """One turn per session at a time: a prompt sent while a turn runs waits for it (FIFO, at
+        most :data:`MAX_WAITING`), then runs with the history that turn left. ``session/cancel``
+        stops the running turn and every prompt waiting behind it."""
         session = self._session(session_id)
+        if session.waiting >= MAX_WAITING:
+            raise RequestError.invalid_request(
+                {"message": f"session {session_id} already has {MAX_WAITING} prompts waiting for its turn"})
+        generation = session.cancels
+        session.waiting += 1
+        try:
+            await session.turn_lock.acquire()
+        finally:
+            session.waiting -= 1
+        try:
+            if session.cancels != generation:  # cancelled while it waited: it never starts
+                return PromptResponse(stop_reason="cancelled")
+            return await self._turn(session_id, session, prompt)
+        finally:
+            session.turn_lock.release()
+
+    async def _turn(self, session_id: str, session: _Session, prompt: list[Any]) -> PromptResponse:
         text = _prompt_text(prompt)
         hooks = ToolHooks(on_start=lambda cid, name, args: self._tool_started(session_id, session, cid, name, args),
                           on_end=lambda record: self._tool_ended(session_id, session, record))
@@ -319,8 +361,13 @@ class PunieAcpAgent:
         async def on_thought(piece: str) -> None:
             await self._send(session_id, update_agent_thought_text(piece))
 
-        task = asyncio.create_task(run_turn(session.agent, text, history=session.history, hooks=hooks,
-                                            files=files, commands=commands, on_text=on_text, on_thought=on_thought))
+        async def turn() -> Any:
+            if self.before_turn is not None:  # e.g. wake an unloaded model server, telling the client
+                await self.before_turn(lambda message: self.status(session_id, message))
+            return await run_turn(session.agent, text, history=session.history, hooks=hooks, files=files,
+                                  commands=commands, on_text=on_text, on_thought=on_thought)
+
+        task = asyncio.create_task(turn())
         session.task = task
         try:
             await asyncio.wait({task})
@@ -348,6 +395,11 @@ class PunieAcpAgent:
             await self._send(session_id, update_agent_message_text(result.answer))
         return PromptResponse(stop_reason="end_turn")
 
+    async def status(self, session_id: str, message: str) -> None:
+        """Tell the client what the agent is waiting for (\"loading the model...\"), as a thought
+        chunk: IDEs show it in the turn without it becoming part of the answer or the history."""
+        await self._send(session_id, update_agent_thought_text(message.rstrip("\n") + "\n"))
+
     def _save(self, session: _Session) -> None:
         try:
             SessionStore(sessions_dir(session.record.cwd)).save(session.record)
@@ -356,7 +408,10 @@ class PunieAcpAgent:
 
     async def cancel(self, session_id: str, **kwargs: Any) -> None:
         session = self._sessions.get(session_id)
-        if session and session.task and not session.task.done():
+        if session is None:
+            return
+        session.cancels += 1  # the prompts waiting behind the running turn see it and never start
+        if session.task and not session.task.done():
             logger.info("ACP session %s: turn cancelled", session_id)
             session.task.cancel()
 

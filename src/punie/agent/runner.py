@@ -24,6 +24,7 @@ from typing import Any
 from punie.agent.permissions import PermissionAsker, PermissionPolicy, deny_asker
 from punie.agent.textclean import TagFilter, has_tool_call_text, parse_tool_call_text, scrub
 from punie.agent.tools import TOOL_FUNCTIONS, ToolCallRecord, ToolHooks, TurnDeps, make_tools
+from punie.agent.transient import ATTEMPTS, retrying_http_client
 from punie.agent.workspace import ToolFailure, Workspace, workspace_for
 from punie.config.models import AgentOptions
 from punie.errors import AgentError
@@ -100,8 +101,10 @@ def build_agent(
         workspace = workspace_for(options, base_dir)
     except ToolFailure as exc:
         raise AgentError(str(exc), where="agent.workspace") from None
-    # No SDK retries: a dead server should be reported at once, not after backoff.
-    client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout)
+    # No SDK retries (they would repeat requests the server got: timeouts, 5xx); connection failures
+    # before any answer (a full listen backlog under many sessions) are retried, bounded (punie.agent.transient).
+    client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout,
+                         http_client=retrying_http_client(timeout))
     # mlx_lm ignores "strict"; a generic profile keeps the request plain chat completions.
     # max_tokens (not max_completion_tokens): the field every OpenAI-compatible server reads.
     profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False,
@@ -243,7 +246,7 @@ def _agent_error(exc: BaseException, agent: PunieAgent) -> AgentError:
     url = agent.base_url
     if isinstance(exc, ModelConnectionError):
         return AgentError(
-            f"cannot reach the model server at {url}: {exc}",
+            f"cannot reach the model server at {url} (tried {ATTEMPTS} times): {exc}",
             hint="is mlx_lm.server running there? start one with `punie up PROFILE` "
             "or `punie serve --model M --port P`",
         )
@@ -282,6 +285,7 @@ async def run_turn(
     commands: Any = None,
     on_text: Callable[[str], Awaitable[None]] | None = None,
     on_thought: Callable[[str], Awaitable[None]] | None = None,
+    toolsets: Sequence[Any] | None = None,
 ) -> TurnResult:
     """Run one user turn (model requests and tool calls until the model answers).
 
@@ -292,7 +296,8 @@ async def run_turn(
     ``on_thought`` gets the model's thinking (``<think>`` blocks) the same way.
     ``hooks.on_invalid`` hears of calls that never reached a tool, in the model's order.
     ``files``/``commands`` are the backends of :mod:`punie.agent.backends`
-    (default: the disk and local processes).
+    (default: the disk and local processes). ``toolsets`` are more tools for this turn
+    (the client's MCP servers: :mod:`punie.agent.mcp_servers`).
     """
     from pydantic_ai.exceptions import AgentRunError
     from pydantic_ai.usage import UsageLimits
@@ -309,6 +314,7 @@ async def run_turn(
             message_history=list(history) if history else None,
             usage_limits=UsageLimits(request_limit=agent.options.max_turns),
             event_stream_handler=_event_handler(on_text, on_thought, hooks.on_invalid) if streamed else None,
+            toolsets=list(toolsets) if toolsets else None,
         )
     except AgentRunError as exc:
         raise _agent_error(exc, agent) from exc
