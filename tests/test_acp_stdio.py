@@ -24,11 +24,15 @@ class RecordingClient:
 
     def __init__(self, decision: str = "allow"):
         self.decision = decision
-        self.updates: list[Any] = []
+        self.updates: list[Any] = []  # a turn's updates (the session-level ones are in `session_updates`)
+        self.session_updates: list[Any] = []
         self.permission_requests: list[Any] = []
 
     async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
-        self.updates.append(update)
+        if update.session_update in ("available_commands_update", "usage_update"):
+            self.session_updates.append(update)
+        else:
+            self.updates.append(update)
 
     async def request_permission(self, session_id: str, tool_call: Any, options: list[Any],
                                  **kwargs: Any) -> RequestPermissionResponse:

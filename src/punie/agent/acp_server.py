@@ -43,33 +43,50 @@ from acp.helpers import (
     tool_terminal_ref,
     update_agent_message_text,
     update_agent_thought_text,
+    update_available_commands,
     update_tool_call,
 )
 from acp.schema import (
     AgentCapabilities,
     AuthenticateResponse,
+    ConfigOptionUpdate,
     Implementation,
     InitializeResponse,
     ListSessionsResponse,
     LoadSessionResponse,
+    McpCapabilities,
     NewSessionResponse,
     PermissionOption,
     PromptCapabilities,
     PromptResponse,
+    ResumeSessionResponse,
     SessionCapabilities,
     SessionConfigOptionSelect,
     SessionConfigSelectOption,
     SessionInfo,
     SessionListCapabilities,
+    SessionResumeCapabilities,
     SetSessionConfigOptionResponse,
     ToolCallLocation,
     ToolCallUpdate,
+    UsageUpdate,
 )
 
 from punie import __version__
+from punie.agent.acp_commands import (
+    adapter_report,
+    available_commands,
+    help_text,
+    load_resolved,
+    parse_command,
+    run_eval,
+    served_context_window,
+)
 from punie.agent.acp_stdio import stdio_transport
 from punie.agent.backends import ClientFs, ClientTerminal
+from punie.agent.mcp_servers import McpConnections, connect, is_mcp_tool, split_name
 from punie.agent.permissions import Answer, PermissionRequest
+from punie.agent.plan import PLAN_TOOL, acp_plan
 from punie.agent.runner import PunieAgent, build_agent, run_turn
 from punie.agent.sessions import SessionRecord, SessionStore, replay_updates, sessions_dir, title_of
 from punie.agent.tools import ToolCallRecord, ToolHooks
@@ -87,7 +104,7 @@ MAX_WAITING = 8
 PROFILE_OPTION = "profile"
 
 _KINDS = {"read_file": "read", "write_file": "edit", "list_files": "search", "search": "search",
-          "run_command": "execute"}
+          "run_command": "execute", "update_plan": "think"}
 
 PERMISSION_OPTIONS = [
     PermissionOption(option_id="allow", name="Allow", kind="allow_once"),
@@ -108,6 +125,11 @@ def tool_title(name: str, args: dict[str, Any]) -> str:
         return f"Search {args.get('pattern')!r}"
     if name == "run_command":
         return f"Run `{args.get('command')}`"
+    if name == PLAN_TOOL:
+        return "Update the plan"
+    if is_mcp_tool(name):
+        server, tool = split_name(name)
+        return f"{server}: {tool}"
     return name
 
 
@@ -145,10 +167,23 @@ class _Session:
     #: Tool calls announced and not yet finished (id -> tool name).
     open_calls: dict[str, str] = field(default_factory=dict)
     terminals: dict[str, str] = field(default_factory=dict)
+    #: The client's MCP servers connected for this session (punie.agent.mcp_servers).
+    mcp: McpConnections | None = None
 
     @property
     def history(self) -> list[Any]:
         return self.record.messages
+
+
+def context_tokens(messages: list[Any]) -> int | None:
+    """Tokens in the model's context after the last answer: its request's input plus its output."""
+    from pydantic_ai.messages import ModelResponse
+
+    for message in reversed(messages):
+        usage = getattr(message, "usage", None) if isinstance(message, ModelResponse) else None
+        if usage is not None and (usage.input_tokens or usage.output_tokens):
+            return int(usage.input_tokens or 0) + int(usage.output_tokens or 0)
+    return None
 
 
 def _prompt_text(blocks: list[Any]) -> str:
@@ -174,8 +209,14 @@ class PunieAcpAgent:
     def __init__(self, options: AgentOptions, base_url: str, *, profile: str | None = None,
                  profiles: dict[str, AgentOptions] | None = None, model_name: str | None = None,
                  models: dict[str, str] | None = None,
-                 before_turn: Callable[[StatusSender], Awaitable[None]] | None = None):
+                 before_turn: Callable[[StatusSender], Awaitable[None]] | None = None,
+                 config: str | None = None, context_window: int | None = None):
         self.options = options
+        # punie.toml the profiles come from (slash commands read the profile's adapter, run its eval).
+        self.config = config
+        # Tokens the model's context holds (usage_update's size); None: asked of the server once.
+        self.context_window = context_window
+        self._window_known = context_window is not None
         # Awaited before each turn with a function that sends the client a status line: the place to
         # wake a model server that was unloaded while idle ("loading the model...").
         self.before_turn = before_turn
@@ -192,6 +233,7 @@ class PunieAcpAgent:
         self._conn: Any = None
         self._client = ClientFeatures()
         self._sessions: dict[str, _Session] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     def on_connect(self, conn: Any) -> None:
         self._conn = conn
@@ -205,7 +247,9 @@ class PunieAcpAgent:
             agent_capabilities=AgentCapabilities(
                 load_session=True,
                 prompt_capabilities=PromptCapabilities(embedded_context=True),
-                session_capabilities=SessionCapabilities(list=SessionListCapabilities()),
+                session_capabilities=SessionCapabilities(list=SessionListCapabilities(),
+                                                         resume=SessionResumeCapabilities()),
+                mcp_capabilities=McpCapabilities(http=True, sse=True),  # stdio: always
             ),
             auth_methods=[],  # a local model needs no login
             agent_info=Implementation(name=self.options.name, title="Punie", version=__version__),
@@ -240,27 +284,76 @@ class PunieAcpAgent:
         profile = self._meta_profile(kwargs) or self.profile
         agent = self._build(session_id, cwd, profile)
         record = SessionRecord(session_id=session_id, cwd=cwd, profile=profile)
-        session = self._sessions[session_id] = _Session(record=record, agent=agent)
+        session = await self._open(_Session(record=record, agent=agent), mcp_servers)
         logger.info("ACP session %s in %s", session_id, agent.workspace.root)
         return NewSessionResponse(session_id=session_id, config_options=self._config_options(session))
+
+    async def _open(self, session: _Session, mcp_servers: Any) -> _Session:
+        """Make ``session`` the live one of its id: the client's MCP servers connected (a session it
+        replaces closes its own), the slash commands advertised once the client has the answer."""
+        session_id = session.record.session_id
+        session.mcp = await connect(mcp_servers, session.record.cwd)
+        old = self._sessions.get(session_id)
+        self._sessions[session_id] = session
+        if old is not None and old is not session and old.mcp is not None:
+            await old.mcp.close()
+
+        async def announce() -> None:
+            await asyncio.sleep(0)  # after the session/new (load, resume) answer is on its way
+            await self._send(session_id, update_available_commands(available_commands()))
+            for failure in session.mcp.failures if session.mcp else []:
+                await self.status(session_id, failure)
+
+        task = asyncio.create_task(announce())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return session
+
+    async def close(self) -> None:
+        """Disconnect every session's MCP servers (the client has gone)."""
+        for session in list(self._sessions.values()):
+            if session.mcp is not None:
+                await session.mcp.close()
 
     async def load_session(self, cwd: str, session_id: str, mcp_servers: Any = None, **kwargs: Any
                            ) -> LoadSessionResponse:
         self._not_busy(session_id)
+        record = self._stored(cwd, session_id)
+        profile = record.profile if record.profile in self.profiles else self.profile
+        record.profile = profile
+        record.cwd = cwd
+        agent = self._build(session_id, cwd, profile)
+        for update in replay_updates(record.messages, describe_tool):
+            await self._send(session_id, update)
+        session = await self._open(_Session(record=record, agent=agent), mcp_servers)
+        logger.info("ACP session %s loaded (%d messages)", session_id, len(record.messages))
+        return LoadSessionResponse(config_options=self._config_options(session))
+
+    async def resume_session(self, cwd: str, session_id: str, mcp_servers: Any = None, **kwargs: Any
+                             ) -> ResumeSessionResponse:
+        """``session/resume``: carry on a session without replaying it (the client still shows it):
+        the live one of this process, else the stored one."""
+        self._not_busy(session_id)
+        live = self._sessions.get(session_id)
+        if live is not None and live.record.cwd == cwd:
+            record, agent = live.record, live.agent
+        else:
+            record = self._stored(cwd, session_id)
+            record.profile = record.profile if record.profile in self.profiles else self.profile
+            record.cwd = cwd
+            agent = self._build(session_id, cwd, record.profile)
+        session = await self._open(_Session(record=record, agent=agent), mcp_servers)
+        logger.info("ACP session %s resumed (%d messages)", session_id, len(record.messages))
+        return ResumeSessionResponse(config_options=self._config_options(session))
+
+    def _stored(self, cwd: str, session_id: str) -> SessionRecord:
         try:
             record = SessionStore(sessions_dir(cwd)).load(session_id)
         except ValueError:
             record = None
         if record is None:
             raise RequestError.resource_not_found(f"session {session_id!r} under {sessions_dir(cwd)}")
-        profile = record.profile if record.profile in self.profiles else self.profile
-        record.profile = profile
-        record.cwd = cwd
-        session = self._sessions[session_id] = _Session(record=record, agent=self._build(session_id, cwd, profile))
-        for update in replay_updates(record.messages, describe_tool):
-            await self._send(session_id, update)
-        logger.info("ACP session %s loaded (%d messages)", session_id, len(record.messages))
-        return LoadSessionResponse(config_options=self._config_options(session))
+        return record
 
     async def list_sessions(self, cwd: str | None = None, cursor: str | None = None, **kwargs: Any
                             ) -> ListSessionsResponse:
@@ -278,10 +371,13 @@ class PunieAcpAgent:
                 {"message": f"unknown config option {config_id}={value!r} (profiles on this server: {known})"})
         if session.turn_lock.locked():
             raise RequestError.invalid_params({"message": "cannot switch profile during a turn"})
-        session.agent = self._build(session_id, session.record.cwd, value)
-        session.record.profile = value
-        logger.info("ACP session %s: profile %s", session_id, value)
+        self._switch_profile(session, value)
         return SetSessionConfigOptionResponse(config_options=self._config_options(session) or [])
+
+    def _switch_profile(self, session: _Session, profile: str) -> None:
+        session.agent = self._build(session.record.session_id, session.record.cwd, profile)
+        session.record.profile = profile
+        logger.info("ACP session %s: profile %s", session.record.session_id, profile)
 
     def _model_of(self, profile: str | None) -> dict[str, str]:
         """The request model id of ``profile``'s sessions (a vLLM group's LoRA id), if any."""
@@ -349,6 +445,9 @@ class PunieAcpAgent:
 
     async def _turn(self, session_id: str, session: _Session, prompt: list[Any]) -> PromptResponse:
         text = _prompt_text(prompt)
+        command = parse_command(text)
+        if command is not None:
+            return await self._slash(session_id, session, *command)
         hooks = ToolHooks(on_start=lambda cid, name, args: self._tool_started(session_id, session, cid, name, args),
                           on_end=lambda record: self._tool_ended(session_id, session, record))
         files, commands = self._backends(session_id, session)
@@ -365,7 +464,8 @@ class PunieAcpAgent:
             if self.before_turn is not None:  # e.g. wake an unloaded model server, telling the client
                 await self.before_turn(lambda message: self.status(session_id, message))
             return await run_turn(session.agent, text, history=session.history, hooks=hooks, files=files,
-                                  commands=commands, on_text=on_text, on_thought=on_thought)
+                                  commands=commands, on_text=on_text, on_thought=on_thought,
+                                  toolsets=session.mcp.toolsets if session.mcp else None)
 
         task = asyncio.create_task(turn())
         session.task = task
@@ -393,7 +493,64 @@ class PunieAcpAgent:
         self._save(session)
         if result.answer and not streamed:
             await self._send(session_id, update_agent_message_text(result.answer))
+        await self._usage(session_id, result.messages)
         return PromptResponse(stop_reason="end_turn")
+
+    async def _slash(self, session_id: str, session: _Session, name: str, arg: str) -> PromptResponse:
+        """Serve a slash command (punie.agent.acp_commands); never part of the conversation history."""
+        task = asyncio.create_task(self._slash_reply(session, name, arg))
+        session.task = task  # cancellable like a turn (an /eval can run for minutes)
+        try:
+            await asyncio.wait({task})
+        finally:
+            session.task = None
+        if task.cancelled():
+            return PromptResponse(stop_reason="cancelled")
+        exc = task.exception()
+        reply = f"punie: /{name} failed: {exc}" if exc is not None else task.result()
+        if exc is not None:
+            logger.error("/%s failed", name, exc_info=exc)
+        await self._send(session_id, update_agent_message_text(reply))
+        return PromptResponse(stop_reason="end_turn")
+
+    async def _slash_reply(self, session: _Session, name: str, arg: str) -> str:
+        profile = session.record.profile or self.profile
+        if name == "help":
+            return help_text()
+        if name == "clear":
+            session.record.messages = []
+            self._save(session)
+            return "Conversation cleared: the model starts from nothing on the next prompt."
+        if name == "profile":
+            if not arg:
+                listed = "\n".join(f"{'* ' if p == profile else '  '}{p}" for p in self.profiles) or "  (none)"
+                return f"Profiles on this server (* active):\n{listed}"
+            if arg not in self.profiles:
+                known = ", ".join(self.profiles) or "none"
+                return f"No profile {arg!r} on this server (profiles: {known}); another adapter or model needs " \
+                       f"`punie up {arg}`."
+            self._switch_profile(session, arg)
+            if options := self._config_options(session):
+                await self._send(session.record.session_id,
+                                 ConfigOptionUpdate(session_update="config_option_update", config_options=options))
+            return f"Switched to profile {arg}."
+        resolved = await asyncio.to_thread(load_resolved, profile, self.config)
+        if name == "adapter":
+            return await asyncio.to_thread(adapter_report, resolved)
+        return await run_eval(profile, self.config, arg or None, session.record.cwd)  # /eval
+
+    async def _usage(self, session_id: str, messages: list[Any]) -> None:
+        """``usage_update``: the tokens in the model's context after this turn, of its window."""
+        used = context_tokens(messages)
+        if used is None:
+            return
+        if not self._window_known:
+            self.context_window = await served_context_window(self.base_url)
+            self._window_known = True
+        if self.context_window is None:
+            logger.debug("usage_update not sent: the model's context window is not known")
+            return
+        await self._send(session_id, UsageUpdate(session_update="usage_update", used=used, size=self.context_window))
 
     async def status(self, session_id: str, message: str) -> None:
         """Tell the client what the agent is waiting for (\"loading the model...\"), as a thought
@@ -462,6 +619,8 @@ class PunieAcpAgent:
             record.id, status="completed" if record.status == "ok" else "failed",
             content=content, raw_output=record.result,
         ))
+        if record.name == PLAN_TOOL and record.status == "ok" and (plan := acp_plan(record.args)) is not None:
+            await self._send(session_id, plan)
 
     async def _diff(self, session: _Session, args: dict[str, Any]) -> list[Any] | None:
         try:
@@ -513,7 +672,12 @@ async def serve_stdio_async(options: AgentOptions, base_url: str, **kwargs: Any)
     adopt_orphans()  # run_command's processes never outlive their reaper (see punie.agent.procs)
     transport = await stdio_transport()
     logger.info("punie agent: ACP on stdio, model server %s", base_url)
-    await run_agent(PunieAcpAgent(options, base_url, **kwargs), transport)
+    agent = PunieAcpAgent(options, base_url, **kwargs)
+    try:
+        # session/resume is stable in the protocol's schema; the Python SDK still files it as unstable.
+        await run_agent(agent, transport, use_unstable_protocol=True)
+    finally:
+        await agent.close()
 
 
 def serve_stdio(options: AgentOptions, base_url: str, **kwargs: Any) -> None:

@@ -122,13 +122,23 @@ def build_agent(
         instructions=options.instructions or DEFAULT_INSTRUCTIONS,
         model_settings=settings or None,
         retries=retries,
-        tools=make_tools(options.tools),
+        tools=_tools(options.tools),
         name=options.name,
     )
     agent.output_validator(_answer_validator(tuple(options.tools)))
     policy = PermissionPolicy(options.permissions, permission_asker or deny_asker)
     return PunieAgent(options=options, base_url=base_url, workspace=workspace, policy=policy, agent=agent,
                       retries=retries)
+
+
+def _tools(names: Sequence[str]) -> list[Any]:
+    """The enabled tools: the built-in ones, and the plan tool (punie.agent.plan) when asked for."""
+    tools: list[Any] = make_tools([name for name in names if name in TOOL_FUNCTIONS])
+    if "update_plan" in names:
+        from punie.agent.plan import plan_tool
+
+        tools.append(plan_tool())
+    return tools
 
 
 def _answer_validator(enabled: tuple[str, ...]) -> Any:
