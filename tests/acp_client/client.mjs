@@ -198,7 +198,7 @@ try {
     await Promise.all(pending.splice(0));
   });
 } catch (err) {
-  failure = String(err && err.stack ? err.stack : err);
+  failure = String(err && err.stack ? err.stack : err) + (err && err.data ? `\ndata: ${JSON.stringify(err.data)}` : "");
 }
 child.stdin.end();
 const status = await Promise.race([exited, new Promise((r) => setTimeout(() => r(null), 20000))]);

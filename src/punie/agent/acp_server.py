@@ -17,6 +17,19 @@ agent-client-protocol package, as the protocol intends:
 * a ``profile`` session config option switches between the profiles that can
   share the running server (same model, adapter and generation options:
   :func:`punie.agent.target.sharing_profiles`).
+* one turn per session at a time: a prompt sent during a turn waits for it
+  (FIFO, at most :data:`MAX_WAITING`); ``session/cancel`` stops the running turn
+  (its run_command children with it) and every prompt waiting behind it;
+* the client's MCP servers from ``session/new`` / ``load`` / ``resume`` are
+  connected for the session beside the built-in tools, under
+  ``agent.permissions.mcp`` (:mod:`punie.agent.mcp_servers`);
+* slash commands are advertised (``available_commands_update``) and served
+  (:mod:`punie.agent.acp_commands`); a ``usage_update`` follows each turn; the
+  model's ``update_plan`` calls become agent ``plan`` updates
+  (:mod:`punie.agent.plan`); ``session/resume`` carries a session on without
+  replaying it;
+* :meth:`PunieAcpAgent.status` tells the client what the agent waits for, and a
+  ``before_turn`` hook runs before each turn with it (waking an unloaded server).
 
 :func:`serve_stdio` runs it on the process's stdin/stdout. stdout belongs to
 the protocol: the real stdout is kept for it and file descriptor 1 is pointed
