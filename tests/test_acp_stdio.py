@@ -24,11 +24,15 @@ class RecordingClient:
 
     def __init__(self, decision: str = "allow"):
         self.decision = decision
-        self.updates: list[Any] = []
+        self.updates: list[Any] = []  # a turn's updates (the session-level ones are in `session_updates`)
+        self.session_updates: list[Any] = []
         self.permission_requests: list[Any] = []
 
     async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
-        self.updates.append(update)
+        if update.session_update in ("available_commands_update", "usage_update"):
+            self.session_updates.append(update)
+        else:
+            self.updates.append(update)
 
     async def request_permission(self, session_id: str, tool_call: Any, options: list[Any],
                                  **kwargs: Any) -> RequestPermissionResponse:
@@ -164,13 +168,12 @@ def test_acp_cancel_stops_the_turn(workspace: Path) -> None:
             while not fake.requests:
                 await asyncio.sleep(0.05)
             await conn.cancel(session_id=session.session_id)
+            # Bounded from the cancel, not from the agent's start (which a loaded machine makes slow).
             return await asyncio.wait_for(prompt, 10)
 
     with serve([slow]) as fake:
-        start = time.monotonic()
         response = asyncio.run(run(fake.url))
     assert response.stop_reason == "cancelled"
-    assert time.monotonic() - start < 10
 
 
 def test_agent_command_rejects_bad_options() -> None:

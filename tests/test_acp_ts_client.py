@@ -38,11 +38,11 @@ def ts_client() -> Path:
 
 
 def run_client(client: Path, tmp_path: Path, agent: list[str], cwd: Path, steps: list[dict[str, Any]],
-               **scenario: Any) -> dict[str, Any]:
+               timeout: float = 180, **scenario: Any) -> dict[str, Any]:
     path = tmp_path / f"scenario-{len(list(tmp_path.glob('scenario-*')))}.json"
     path.write_text(json.dumps({"agent": agent, "cwd": str(cwd), "steps": steps, **scenario}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUNIE_")}
-    proc = subprocess.run(["node", str(client), str(path)], capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run(["node", str(client), str(path)], capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["failure"] is None, out["failure"] + "\nagent stderr:\n" + out["stderr"]

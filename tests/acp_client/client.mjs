@@ -10,10 +10,16 @@
 //   "buffers": {"/abs/path": "text"},   // what fs/read_text_file serves (an editor's unsaved buffers)
 //   "permission": "allow" | "allow_always" | "reject" | "cancel_turn",
 //   "steps": [{"op": "new_session"}, {"op": "prompt", "text": "..."}, {"op": "load_session", "sessionId": "..."},
-//             {"op": "list_sessions"}, {"op": "set_config_option", "configId": "profile", "value": "x"}]
+//             {"op": "list_sessions"}, {"op": "set_config_option", "configId": "profile", "value": "x"},
+//             {"op": "resume_session", "sessionId": "..."},
+//             {"op": "prompt", "text": "...", "wait": false, "tag": "t"}  (answer recorded when it comes),
+//             {"op": "cancel"}, {"op": "join"} (wait for every prompt sent without waiting),
+//             {"op": "wait_update", "kind": "tool_call", "count": 1}, {"op": "wait_file", "path": "/abs"},
+//             {"op": "write_file", "path": "/abs", "content": "..."},
+//             {"op": "new_sessions", "count": 50, "prefix": "s"} then "session": "s7" on a prompt]
 // }
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { Readable, Writable } from "node:stream";
 import * as acp from "@agentclientprotocol/sdk";
 
@@ -119,31 +125,80 @@ try {
       clientInfo: { name: "punie-test-client", version: "1.0.0" },
     });
     record({ type: "response", op: "initialize", result: init });
+    const pending = [];
+    const sessions = {};  // step "as" name -> session id
+    const sid = (step) => (step.session ? sessions[step.session] : sessionId);
+    const deadline = (ms) => Date.now() + (ms ?? 120000);
     for (const step of scenario.steps) {
       let result;
       if (step.op === "new_session") {
-        result = await ctx.request(acp.methods.agent.session.new, { cwd: scenario.cwd, mcpServers: [] });
+        result = await ctx.request(acp.methods.agent.session.new,
+          { cwd: scenario.cwd, mcpServers: step.mcpServers || [], ...(step.meta ? { _meta: step.meta } : {}) });
         sessionId = result.sessionId;
-      } else if (step.op === "load_session") {
+        if (step.as) sessions[step.as] = sessionId;
+      } else if (step.op === "new_sessions") {
+        // Many sessions at once (concurrency tests): named PREFIX0..PREFIX(n-1).
+        const made = await Promise.all(Array.from({ length: step.count }, () =>
+          ctx.request(acp.methods.agent.session.new, { cwd: scenario.cwd, mcpServers: [] })));
+        made.forEach((r, i) => { sessions[`${step.prefix}${i}`] = r.sessionId; });
+        result = { count: made.length };
+      } else if (step.op === "load_session" || step.op === "resume_session") {
         sessionId = step.sessionId;
-        result = await ctx.request(acp.methods.agent.session.load,
-          { sessionId, cwd: scenario.cwd, mcpServers: [] });
+        const method = step.op === "load_session" ? acp.methods.agent.session.load : acp.methods.agent.session.resume;
+        result = await ctx.request(method, { sessionId, cwd: scenario.cwd, mcpServers: step.mcpServers || [] });
       } else if (step.op === "list_sessions") {
         result = await ctx.request(acp.methods.agent.session.list, { cwd: scenario.cwd });
       } else if (step.op === "set_config_option") {
         result = await ctx.request(acp.methods.agent.session.setConfigOption,
           { sessionId, configId: step.configId, value: step.value });
+      } else if (step.op === "prompt" && step.wait === false) {
+        // Sent without waiting for its answer: the answer is recorded (with the step's tag) when it comes.
+        const started = Date.now();
+        pending.push(ctx.request(acp.methods.agent.session.prompt,
+          { sessionId: sid(step), prompt: [{ type: "text", text: step.text }] }).then(
+          (r) => record({ type: "response", op: "prompt", tag: step.tag, session: step.session,
+                          seconds: (Date.now() - started) / 1000, result: r }),
+          (e) => record({ type: "error", op: "prompt", tag: step.tag, session: step.session,
+                          error: { code: e.code, message: String(e.message), data: e.data ?? null } })));
+        continue;
       } else if (step.op === "prompt") {
         result = await ctx.request(acp.methods.agent.session.prompt,
-          { sessionId, prompt: [{ type: "text", text: step.text }] });
+          { sessionId: sid(step), prompt: [{ type: "text", text: step.text }] });
+      } else if (step.op === "cancel") {
+        await ctx.notify(acp.methods.agent.session.cancel, { sessionId: sid(step) });
+        record({ type: "sent", method: "session/cancel" });
+        continue;
+      } else if (step.op === "wait_update") {
+        // Until `count` updates of this kind arrived (or the step's timeout: then the scenario fails).
+        const until = deadline(step.timeoutMs);
+        const seen = () => events.filter((e) => e.type === "update" && e.update.sessionUpdate === step.kind).length;
+        while (seen() < (step.count ?? 1)) {
+          if (Date.now() > until) throw new Error(`no ${step.count ?? 1} ${step.kind} update(s) in time`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        continue;
+      } else if (step.op === "wait_file") {
+        const until = deadline(step.timeoutMs);
+        while (!existsSync(step.path) || readFileSync(step.path, "utf8").trim() === "") {
+          if (Date.now() > until) throw new Error(`${step.path} never appeared`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        continue;
+      } else if (step.op === "write_file") {
+        writeFileSync(step.path, step.content ?? "");
+        continue;
+      } else if (step.op === "join") {
+        await Promise.all(pending.splice(0));
+        continue;
       } else {
         throw new Error(`unknown step ${step.op}`);
       }
       record({ type: "response", op: step.op, result: result ?? null });
     }
+    await Promise.all(pending.splice(0));
   });
 } catch (err) {
-  failure = String(err && err.stack ? err.stack : err);
+  failure = String(err && err.stack ? err.stack : err) + (err && err.data ? `\ndata: ${JSON.stringify(err.data)}` : "");
 }
 child.stdin.end();
 const status = await Promise.race([exited, new Promise((r) => setTimeout(() => r(null), 20000))]);

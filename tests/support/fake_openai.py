@@ -76,6 +76,7 @@ class FakeOpenAI:
     script: list[ReplySource]
     requests: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    max_model_len: int = 4096
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -142,7 +143,9 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             if self.path.rstrip("/") == "/health":  # mlx_lm.server's, which `punie up` probes
                 self._send_json(200, {"status": "ok"})
             elif self.path.rstrip("/").endswith("/models"):
-                self._send_json(200, {"object": "list", "data": [{"id": "default_model", "object": "model"}]})
+                # max_model_len: what vLLM reports (the agent's usage updates read the context window there).
+                self._send_json(200, {"object": "list", "data": [{"id": "default_model", "object": "model",
+                                                                  "max_model_len": fake.max_model_len}]})
             else:
                 self._send_json(404, {"error": "not found"})
 

@@ -17,6 +17,19 @@ agent-client-protocol package, as the protocol intends:
 * a ``profile`` session config option switches between the profiles that can
   share the running server (same model, adapter and generation options:
   :func:`punie.agent.target.sharing_profiles`).
+* one turn per session at a time: a prompt sent during a turn waits for it
+  (FIFO, at most :data:`MAX_WAITING`); ``session/cancel`` stops the running turn
+  (its run_command children with it) and every prompt waiting behind it;
+* the client's MCP servers from ``session/new`` / ``load`` / ``resume`` are
+  connected for the session beside the built-in tools, under
+  ``agent.permissions.mcp`` (:mod:`punie.agent.mcp_servers`);
+* slash commands are advertised (``available_commands_update``) and served
+  (:mod:`punie.agent.acp_commands`); a ``usage_update`` follows each turn; the
+  model's ``update_plan`` calls become agent ``plan`` updates
+  (:mod:`punie.agent.plan`); ``session/resume`` carries a session on without
+  replaying it;
+* :meth:`PunieAcpAgent.status` tells the client what the agent waits for, and a
+  ``before_turn`` hook runs before each turn with it (waking an unloaded server).
 
 :func:`serve_stdio` runs it on the process's stdin/stdout. stdout belongs to
 the protocol: the real stdout is kept for it and file descriptor 1 is pointed
@@ -30,6 +43,7 @@ import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,33 +56,50 @@ from acp.helpers import (
     tool_terminal_ref,
     update_agent_message_text,
     update_agent_thought_text,
+    update_available_commands,
     update_tool_call,
 )
 from acp.schema import (
     AgentCapabilities,
     AuthenticateResponse,
+    ConfigOptionUpdate,
     Implementation,
     InitializeResponse,
     ListSessionsResponse,
     LoadSessionResponse,
+    McpCapabilities,
     NewSessionResponse,
     PermissionOption,
     PromptCapabilities,
     PromptResponse,
+    ResumeSessionResponse,
     SessionCapabilities,
     SessionConfigOptionSelect,
     SessionConfigSelectOption,
     SessionInfo,
     SessionListCapabilities,
+    SessionResumeCapabilities,
     SetSessionConfigOptionResponse,
     ToolCallLocation,
     ToolCallUpdate,
+    UsageUpdate,
 )
 
 from punie import __version__
+from punie.agent.acp_commands import (
+    adapter_report,
+    available_commands,
+    help_text,
+    load_resolved,
+    parse_command,
+    run_eval,
+    served_context_window,
+)
 from punie.agent.acp_stdio import stdio_transport
 from punie.agent.backends import ClientFs, ClientTerminal, Disk
+from punie.agent.mcp_servers import McpConnections, connect, is_mcp_tool, split_name
 from punie.agent.permissions import Answer, PermissionRequest
+from punie.agent.plan import PLAN_TOOL, acp_plan
 from punie.agent.runner import PunieAgent, build_agent, run_turn
 from punie.agent.sessions import SessionRecord, SessionStore, replay_updates, sessions_dir, title_of
 from punie.agent.tools import ToolCallRecord, ToolHooks
@@ -77,11 +108,16 @@ from punie.errors import AgentError
 
 logger = logging.getLogger(__name__)
 
+#: Sends the client one status line of a session (see PunieAcpAgent.status).
+StatusSender = Callable[[str], Awaitable[None]]
+
 MAX_UPDATE_TEXT = 8_000
+#: Prompts that may wait behind a session's running turn; one more is refused.
+MAX_WAITING = 8
 PROFILE_OPTION = "profile"
 
 _KINDS = {"read_file": "read", "write_file": "edit", "list_files": "search", "search": "search",
-          "run_command": "execute"}
+          "run_command": "execute", "update_plan": "think"}
 
 PERMISSION_OPTIONS = [
     PermissionOption(option_id="allow", name="Allow", kind="allow_once"),
@@ -102,6 +138,11 @@ def tool_title(name: str, args: dict[str, Any]) -> str:
         return f"Search {args.get('pattern')!r}"
     if name == "run_command":
         return f"Run `{args.get('command')}`"
+    if name == PLAN_TOOL:
+        return "Update the plan"
+    if is_mcp_tool(name):
+        server, tool = split_name(name)
+        return f"{server}: {tool}"
     return name
 
 
@@ -131,13 +172,31 @@ class _Session:
     record: SessionRecord
     agent: PunieAgent
     task: asyncio.Task[Any] | None = None
+    #: One turn at a time (asyncio's lock wakes its waiters in FIFO order).
+    turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Prompts waiting for the lock, and session/cancel notifications seen so far.
+    waiting: int = 0
+    cancels: int = 0
     #: Tool calls announced and not yet finished (id -> tool name).
     open_calls: dict[str, str] = field(default_factory=dict)
     terminals: dict[str, str] = field(default_factory=dict)
+    #: The client's MCP servers connected for this session (punie.agent.mcp_servers).
+    mcp: McpConnections | None = None
 
     @property
     def history(self) -> list[Any]:
         return self.record.messages
+
+
+def context_tokens(messages: list[Any]) -> int | None:
+    """Tokens in the model's context after the last answer: its request's input plus its output."""
+    from pydantic_ai.messages import ModelResponse
+
+    for message in reversed(messages):
+        usage = getattr(message, "usage", None) if isinstance(message, ModelResponse) else None
+        if usage is not None and (usage.input_tokens or usage.output_tokens):
+            return int(usage.input_tokens or 0) + int(usage.output_tokens or 0)
+    return None
 
 
 def _prompt_text(blocks: list[Any]) -> str:
@@ -162,8 +221,18 @@ class PunieAcpAgent:
 
     def __init__(self, options: AgentOptions, base_url: str, *, profile: str | None = None,
                  profiles: dict[str, AgentOptions] | None = None, model_name: str | None = None,
-                 models: dict[str, str] | None = None):
+                 models: dict[str, str] | None = None,
+                 before_turn: Callable[[StatusSender], Awaitable[None]] | None = None,
+                 config: str | None = None, context_window: int | None = None):
         self.options = options
+        # punie.toml the profiles come from (slash commands read the profile's adapter, run its eval).
+        self.config = config
+        # Tokens the model's context holds (usage_update's size); None: asked of the server once.
+        self.context_window = context_window
+        self._window_known = context_window is not None
+        # Awaited before each turn with a function that sends the client a status line: the place to
+        # wake a model server that was unloaded while idle ("loading the model...").
+        self.before_turn = before_turn
         self.base_url = base_url
         self.profile = profile
         # The profiles a session may switch to (they share the running server); the current one first.
@@ -177,6 +246,7 @@ class PunieAcpAgent:
         self._conn: Any = None
         self._client = ClientFeatures()
         self._sessions: dict[str, _Session] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     def on_connect(self, conn: Any) -> None:
         self._conn = conn
@@ -190,7 +260,9 @@ class PunieAcpAgent:
             agent_capabilities=AgentCapabilities(
                 load_session=True,
                 prompt_capabilities=PromptCapabilities(embedded_context=True),
-                session_capabilities=SessionCapabilities(list=SessionListCapabilities()),
+                session_capabilities=SessionCapabilities(list=SessionListCapabilities(),
+                                                         resume=SessionResumeCapabilities()),
+                mcp_capabilities=McpCapabilities(http=True, sse=True),  # stdio: always
             ),
             auth_methods=[],  # a local model needs no login
             agent_info=Implementation(name=self.options.name, title="Punie", version=__version__),
@@ -225,26 +297,76 @@ class PunieAcpAgent:
         profile = self._meta_profile(kwargs) or self.profile
         agent = self._build(session_id, cwd, profile)
         record = SessionRecord(session_id=session_id, cwd=cwd, profile=profile)
-        session = self._sessions[session_id] = _Session(record=record, agent=agent)
+        session = await self._open(_Session(record=record, agent=agent), mcp_servers)
         logger.info("ACP session %s in %s", session_id, agent.workspace.root)
         return NewSessionResponse(session_id=session_id, config_options=self._config_options(session))
 
+    async def _open(self, session: _Session, mcp_servers: Any) -> _Session:
+        """Make ``session`` the live one of its id: the client's MCP servers connected (a session it
+        replaces closes its own), the slash commands advertised once the client has the answer."""
+        session_id = session.record.session_id
+        session.mcp = await connect(mcp_servers, session.record.cwd)
+        old = self._sessions.get(session_id)
+        self._sessions[session_id] = session
+        if old is not None and old is not session and old.mcp is not None:
+            await old.mcp.close()
+
+        async def announce() -> None:
+            await asyncio.sleep(0)  # after the session/new (load, resume) answer is on its way
+            await self._send(session_id, update_available_commands(available_commands()))
+            for failure in session.mcp.failures if session.mcp else []:
+                await self.status(session_id, failure)
+
+        task = asyncio.create_task(announce())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return session
+
+    async def close(self) -> None:
+        """Disconnect every session's MCP servers (the client has gone)."""
+        for session in list(self._sessions.values()):
+            if session.mcp is not None:
+                await session.mcp.close()
+
     async def load_session(self, cwd: str, session_id: str, mcp_servers: Any = None, **kwargs: Any
                            ) -> LoadSessionResponse:
+        self._not_busy(session_id)
+        record = await self._stored(cwd, session_id)
+        profile = record.profile if record.profile in self.profiles else self.profile
+        record.profile = profile
+        record.cwd = cwd
+        agent = self._build(session_id, cwd, profile)
+        for update in replay_updates(record.messages, describe_tool):
+            await self._send(session_id, update)
+        session = await self._open(_Session(record=record, agent=agent), mcp_servers)
+        logger.info("ACP session %s loaded (%d messages)", session_id, len(record.messages))
+        return LoadSessionResponse(config_options=self._config_options(session))
+
+    async def resume_session(self, cwd: str, session_id: str, mcp_servers: Any = None, **kwargs: Any
+                             ) -> ResumeSessionResponse:
+        """``session/resume``: carry on a session without replaying it (the client still shows it):
+        the live one of this process, else the stored one."""
+        self._not_busy(session_id)
+        live = self._sessions.get(session_id)
+        if live is not None and live.record.cwd == cwd:
+            record, agent = live.record, live.agent
+        else:
+            record = await self._stored(cwd, session_id)
+            record.profile = record.profile if record.profile in self.profiles else self.profile
+            record.cwd = cwd
+            agent = self._build(session_id, cwd, record.profile)
+        session = await self._open(_Session(record=record, agent=agent), mcp_servers)
+        logger.info("ACP session %s resumed (%d messages)", session_id, len(record.messages))
+        return ResumeSessionResponse(config_options=self._config_options(session))
+
+    async def _stored(self, cwd: str, session_id: str) -> SessionRecord:
         try:
             record = await SessionStore(sessions_dir(cwd)).aload(session_id)
         except ValueError:
             record = None
         if record is None:
             raise RequestError.resource_not_found(f"session {session_id!r} under {sessions_dir(cwd)}")
-        profile = record.profile if record.profile in self.profiles else self.profile
-        record.profile = profile
-        record.cwd = cwd
-        session = self._sessions[session_id] = _Session(record=record, agent=self._build(session_id, cwd, profile))
-        for update in replay_updates(record.messages, describe_tool):
-            await self._send(session_id, update)
-        logger.info("ACP session %s loaded (%d messages)", session_id, len(record.messages))
-        return LoadSessionResponse(config_options=self._config_options(session))
+        return record
 
     async def list_sessions(self, cwd: str | None = None, cursor: str | None = None, **kwargs: Any
                             ) -> ListSessionsResponse:
@@ -260,12 +382,15 @@ class PunieAcpAgent:
             known = ", ".join(self.profiles) or "none"
             raise RequestError.invalid_params(
                 {"message": f"unknown config option {config_id}={value!r} (profiles on this server: {known})"})
-        if session.task is not None and not session.task.done():
+        if session.turn_lock.locked():
             raise RequestError.invalid_params({"message": "cannot switch profile during a turn"})
-        session.agent = self._build(session_id, session.record.cwd, value)
-        session.record.profile = value
-        logger.info("ACP session %s: profile %s", session_id, value)
+        self._switch_profile(session, value)
         return SetSessionConfigOptionResponse(config_options=self._config_options(session) or [])
+
+    def _switch_profile(self, session: _Session, profile: str) -> None:
+        session.agent = self._build(session.record.session_id, session.record.cwd, profile)
+        session.record.profile = profile
+        logger.info("ACP session %s: profile %s", session.record.session_id, profile)
 
     def _model_of(self, profile: str | None) -> dict[str, str]:
         """The request model id of ``profile``'s sessions (a vLLM group's LoRA id), if any."""
@@ -282,6 +407,12 @@ class PunieAcpAgent:
             raise RequestError.invalid_params(
                 {"message": f"_meta punie/profile {profile!r} is not served here (profiles: {known})"})
         return profile
+
+    def _not_busy(self, session_id: str) -> None:
+        """Refuse to replace a live session whose turn is running (its turn would be lost, uncancellable)."""
+        live = self._sessions.get(session_id)
+        if live is not None and live.turn_lock.locked():
+            raise RequestError.invalid_request({"message": f"session {session_id} has a turn running"})
 
     def _session(self, session_id: str) -> _Session:
         try:
@@ -305,8 +436,31 @@ class PunieAcpAgent:
         return files, commands
 
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> PromptResponse:
+        """One turn per session at a time: a prompt sent while a turn runs waits for it (FIFO, at
+        most :data:`MAX_WAITING`), then runs with the history that turn left. ``session/cancel``
+        stops the running turn and every prompt waiting behind it."""
         session = self._session(session_id)
+        if session.waiting >= MAX_WAITING:
+            raise RequestError.invalid_request(
+                {"message": f"session {session_id} already has {MAX_WAITING} prompts waiting for its turn"})
+        generation = session.cancels
+        session.waiting += 1
+        try:
+            await session.turn_lock.acquire()
+        finally:
+            session.waiting -= 1
+        try:
+            if session.cancels != generation:  # cancelled while it waited: it never starts
+                return PromptResponse(stop_reason="cancelled")
+            return await self._turn(session_id, session, prompt)
+        finally:
+            session.turn_lock.release()
+
+    async def _turn(self, session_id: str, session: _Session, prompt: list[Any]) -> PromptResponse:
         text = _prompt_text(prompt)
+        command = parse_command(text)
+        if command is not None:
+            return await self._slash(session_id, session, *command)
         hooks = ToolHooks(on_start=lambda cid, name, args: self._tool_started(session_id, session, cid, name, args),
                           on_end=lambda record: self._tool_ended(session_id, session, record))
         files, commands = self._backends(session_id, session)
@@ -319,8 +473,14 @@ class PunieAcpAgent:
         async def on_thought(piece: str) -> None:
             await self._send(session_id, update_agent_thought_text(piece))
 
-        task = asyncio.create_task(run_turn(session.agent, text, history=session.history, hooks=hooks,
-                                            files=files, commands=commands, on_text=on_text, on_thought=on_thought))
+        async def turn() -> Any:
+            if self.before_turn is not None:  # e.g. wake an unloaded model server, telling the client
+                await self.before_turn(lambda message: self.status(session_id, message))
+            return await run_turn(session.agent, text, history=session.history, hooks=hooks, files=files,
+                                  commands=commands, on_text=on_text, on_thought=on_thought,
+                                  toolsets=session.mcp.toolsets if session.mcp else None)
+
+        task = asyncio.create_task(turn())
         session.task = task
         try:
             await asyncio.wait({task})
@@ -346,7 +506,69 @@ class PunieAcpAgent:
         self._save(session)
         if result.answer and not streamed:
             await self._send(session_id, update_agent_message_text(result.answer))
+        await self._usage(session_id, result.messages)
         return PromptResponse(stop_reason="end_turn")
+
+    async def _slash(self, session_id: str, session: _Session, name: str, arg: str) -> PromptResponse:
+        """Serve a slash command (punie.agent.acp_commands); never part of the conversation history."""
+        task = asyncio.create_task(self._slash_reply(session, name, arg))
+        session.task = task  # cancellable like a turn (an /eval can run for minutes)
+        try:
+            await asyncio.wait({task})
+        finally:
+            session.task = None
+        if task.cancelled():
+            return PromptResponse(stop_reason="cancelled")
+        exc = task.exception()
+        reply = f"punie: /{name} failed: {exc}" if exc is not None else task.result()
+        if exc is not None:
+            logger.error("/%s failed", name, exc_info=exc)
+        await self._send(session_id, update_agent_message_text(reply))
+        return PromptResponse(stop_reason="end_turn")
+
+    async def _slash_reply(self, session: _Session, name: str, arg: str) -> str:
+        profile = session.record.profile or self.profile
+        if name == "help":
+            return help_text()
+        if name == "clear":
+            session.record.messages = []
+            self._save(session)
+            return "Conversation cleared: the model starts from nothing on the next prompt."
+        if name == "profile":
+            if not arg:
+                listed = "\n".join(f"{'* ' if p == profile else '  '}{p}" for p in self.profiles) or "  (none)"
+                return f"Profiles on this server (* active):\n{listed}"
+            if arg not in self.profiles:
+                known = ", ".join(self.profiles) or "none"
+                return f"No profile {arg!r} on this server (profiles: {known}); another adapter or model needs " \
+                       f"`punie up {arg}`."
+            self._switch_profile(session, arg)
+            if options := self._config_options(session):
+                await self._send(session.record.session_id,
+                                 ConfigOptionUpdate(session_update="config_option_update", config_options=options))
+            return f"Switched to profile {arg}."
+        resolved = await asyncio.to_thread(load_resolved, profile, self.config)
+        if name == "adapter":
+            return await asyncio.to_thread(adapter_report, resolved)
+        return await run_eval(profile, self.config, arg or None, session.record.cwd)  # /eval
+
+    async def _usage(self, session_id: str, messages: list[Any]) -> None:
+        """``usage_update``: the tokens in the model's context after this turn, of its window."""
+        used = context_tokens(messages)
+        if used is None:
+            return
+        if not self._window_known:
+            self.context_window = await served_context_window(self.base_url)
+            self._window_known = True
+        if self.context_window is None:
+            logger.debug("usage_update not sent: the model's context window is not known")
+            return
+        await self._send(session_id, UsageUpdate(session_update="usage_update", used=used, size=self.context_window))
+
+    async def status(self, session_id: str, message: str) -> None:
+        """Tell the client what the agent is waiting for (\"loading the model...\"), as a thought
+        chunk: IDEs show it in the turn without it becoming part of the answer or the history."""
+        await self._send(session_id, update_agent_thought_text(message.rstrip("\n") + "\n"))
 
     def _save(self, session: _Session) -> None:
         try:
@@ -356,7 +578,10 @@ class PunieAcpAgent:
 
     async def cancel(self, session_id: str, **kwargs: Any) -> None:
         session = self._sessions.get(session_id)
-        if session and session.task and not session.task.done():
+        if session is None:
+            return
+        session.cancels += 1  # the prompts waiting behind the running turn see it and never start
+        if session.task and not session.task.done():
             logger.info("ACP session %s: turn cancelled", session_id)
             session.task.cancel()
 
@@ -407,6 +632,8 @@ class PunieAcpAgent:
             record.id, status="completed" if record.status == "ok" else "failed",
             content=content, raw_output=record.result,
         ))
+        if record.name == PLAN_TOOL and record.status == "ok" and (plan := acp_plan(record.args)) is not None:
+            await self._send(session_id, plan)
 
     async def _diff(self, session: _Session, args: dict[str, Any]) -> list[Any] | None:
         try:
@@ -458,7 +685,12 @@ async def serve_stdio_async(options: AgentOptions, base_url: str, **kwargs: Any)
     adopt_orphans()  # run_command's processes never outlive their reaper (see punie.agent.procs)
     transport = await stdio_transport()
     logger.info("punie agent: ACP on stdio, model server %s", base_url)
-    await run_agent(PunieAcpAgent(options, base_url, **kwargs), transport)
+    agent = PunieAcpAgent(options, base_url, **kwargs)
+    try:
+        # session/resume is stable in the protocol's schema; the Python SDK still files it as unstable.
+        await run_agent(agent, transport, use_unstable_protocol=True)
+    finally:
+        await agent.close()
 
 
 def serve_stdio(options: AgentOptions, base_url: str, **kwargs: Any) -> None:

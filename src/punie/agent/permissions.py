@@ -23,12 +23,14 @@ from typing import Any, Literal, TextIO
 from punie.config.models import Permissions
 from punie.errors import PermissionDenied
 
-__all__ = ["Answer", "PermissionAsker", "PermissionDenied", "PermissionPolicy", "PermissionRequest",
-           "deny_asker", "terminal_asker"]
+__all__ = ["MCP_TOOL_PREFIX", "Answer", "PermissionAsker", "PermissionDenied", "PermissionPolicy", "PermissionRequest",
+           "deny_asker", "permission_key", "terminal_asker"]
 
 logger = logging.getLogger(__name__)
 
 Verdict = Literal["allow", "deny"]
+#: Names of tools from the client's MCP servers (punie.agent.mcp_servers) start with this.
+MCP_TOOL_PREFIX = "mcp__"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class Answer:
 PermissionAsker = Callable[[PermissionRequest], Awaitable[Answer]]
 
 
+def permission_key(tool: str) -> str:
+    """The ``agent.permissions`` key deciding ``tool``: its name, or ``mcp`` for any MCP server's tool."""
+    return "mcp" if tool.startswith(MCP_TOOL_PREFIX) else tool
+
+
 async def deny_asker(request: PermissionRequest) -> Answer:
     """An asker for places where nobody can be asked."""
     return Answer(False, reason="nobody is available to approve it")
@@ -73,12 +80,12 @@ def terminal_asker(
             logger.warning(
                 "%s needs permission (%s) but stdin is not a terminal: refused "
                 "(set agent.permissions.%s = \"allow\" to allow it without asking)",
-                request.tool, request.summary, request.tool,
+                request.tool, request.summary, permission_key(request.tool),
             )
             return Answer(
                 False,
                 reason=f"stdin is not a terminal, so nobody could be asked "
-                f"(agent.permissions.{request.tool} = \"ask\")",
+                f"(agent.permissions.{permission_key(request.tool)} = \"ask\")",
             )
 
         def prompt() -> str:
@@ -105,8 +112,12 @@ class PermissionPolicy:
     always_allowed: set[str] = field(default_factory=set)
 
     def decision(self, tool: str) -> str:
-        """The configured decision for ``tool`` (tools without a setting are allowed: reads)."""
-        return getattr(self.permissions, tool, "allow")
+        """The configured decision for ``tool`` (tools without a setting are allowed: reads).
+
+        Every tool of an MCP server (``mcp__server__tool``) falls under ``permissions.mcp``;
+        "allow always" is remembered per tool.
+        """
+        return getattr(self.permissions, permission_key(tool), "allow")
 
     async def check(self, request: PermissionRequest) -> None:
         """Return when allowed; raise :class:`PermissionDenied` with the reason otherwise."""
@@ -116,7 +127,7 @@ class PermissionPolicy:
         if decision == "deny":
             raise PermissionDenied(
                 f"permission denied: {request.tool} is not allowed by the profile "
-                f"(agent.permissions.{request.tool} = \"deny\")"
+                f"(agent.permissions.{permission_key(request.tool)} = \"deny\")"
             )
         answer = await self.asker(request)
         if not answer.allowed:

@@ -24,6 +24,7 @@ from typing import Any
 from punie.agent.permissions import PermissionAsker, PermissionPolicy, deny_asker
 from punie.agent.textclean import TagFilter, has_tool_call_text, parse_tool_call_text, scrub
 from punie.agent.tools import TOOL_FUNCTIONS, ToolCallRecord, ToolHooks, TurnDeps, make_tools
+from punie.agent.transient import ATTEMPTS, RetryTransport, retrying_http_client
 from punie.agent.workspace import ToolFailure, Workspace, workspace_for
 from punie.config.models import AgentOptions
 from punie.errors import AgentError
@@ -100,9 +101,10 @@ def build_agent(
         workspace = workspace_for(options, base_dir)
     except ToolFailure as exc:
         raise AgentError(str(exc), where="agent.workspace") from None
-    # No SDK retries: a dead server should be reported at once, not after backoff.
+    # No SDK retries (they would repeat requests the server got: timeouts, 5xx); connection failures
+    # before any answer (a full listen backlog under many sessions) are retried, bounded (punie.agent.transient).
     client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout,
-                         http_client=_waking_client())
+                         http_client=_http_client(timeout))
     # mlx_lm ignores "strict"; a generic profile keeps the request plain chat completions.
     # max_tokens (not max_completion_tokens): the field every OpenAI-compatible server reads.
     profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False,
@@ -120,7 +122,7 @@ def build_agent(
         instructions=options.instructions or DEFAULT_INSTRUCTIONS,
         model_settings=settings or None,
         retries=retries,
-        tools=make_tools(options.tools),
+        tools=_tools(options.tools),
         name=options.name,
     )
     agent.output_validator(_answer_validator(tuple(options.tools)))
@@ -129,12 +131,25 @@ def build_agent(
                       retries=retries)
 
 
-def _waking_client() -> Any:
-    """Under `punie up` with idle unload: an httpx client that wakes the server before each request."""
+def _http_client(timeout: float) -> Any:
+    """The model client's HTTP client: bounded retries of connection failures (punie.agent.transient),
+    and under `punie up` with idle unload a wake of the server before each request (punie.agent.wake)."""
     from punie.agent.wake import current_waker, waking_client
 
     waker = current_waker()
-    return waking_client(waker) if waker is not None else None  # None: the OpenAI client's own
+    if waker is None:
+        return retrying_http_client(timeout)
+    return waking_client(waker, inner=RetryTransport(), timeout=timeout)
+
+
+def _tools(names: Sequence[str]) -> list[Any]:
+    """The enabled tools: the built-in ones, and the plan tool (punie.agent.plan) when asked for."""
+    tools: list[Any] = make_tools([name for name in names if name in TOOL_FUNCTIONS])
+    if "update_plan" in names:
+        from punie.agent.plan import plan_tool
+
+        tools.append(plan_tool())
+    return tools
 
 
 def _answer_validator(enabled: tuple[str, ...]) -> Any:
@@ -252,7 +267,7 @@ def _agent_error(exc: BaseException, agent: PunieAgent) -> AgentError:
     url = agent.base_url
     if isinstance(exc, ModelConnectionError):
         return AgentError(
-            f"cannot reach the model server at {url}: {exc}",
+            f"cannot reach the model server at {url} (tried {ATTEMPTS} times): {exc}",
             hint="is mlx_lm.server running there? start one with `punie up PROFILE` "
             "or `punie serve --model M --port P`",
         )
@@ -293,6 +308,7 @@ async def run_turn(
     on_thought: Callable[[str], Awaitable[None]] | None = None,
     on_answered: Callable[[], Awaitable[None]] | None = None,
     on_status: Callable[[str], Awaitable[None]] | None = None,
+    toolsets: Sequence[Any] | None = None,
 ) -> TurnResult:
     """Run one user turn (model requests and tool calls until the model answers).
 
@@ -307,7 +323,8 @@ async def run_turn(
     again after an idle unload (default: ``on_thought``, which the ACP server sends to the IDE).
     ``hooks.on_invalid`` hears of calls that never reached a tool, in the model's order.
     ``files``/``commands`` are the backends of :mod:`punie.agent.backends`
-    (default: the disk and local processes).
+    (default: the disk and local processes). ``toolsets`` are more tools for this turn
+    (the client's MCP servers: :mod:`punie.agent.mcp_servers`).
     """
     from pydantic_ai.exceptions import AgentRunError
     from pydantic_ai.usage import UsageLimits
@@ -328,6 +345,7 @@ async def run_turn(
             message_history=list(history) if history else None,
             usage_limits=UsageLimits(request_limit=agent.options.max_turns),
             event_stream_handler=handler,
+            toolsets=list(toolsets) if toolsets else None,
         )
     except AgentRunError as exc:
         raise _agent_error(exc, agent) from exc

@@ -202,6 +202,10 @@ async def _invoke(ctx: RunContext[TurnDeps], name: str, args: dict[str, Any],
     return result
 
 
+#: Public: tools from elsewhere (the client's MCP servers) go through the same recording and hooks.
+invoke_tool = _invoke
+
+
 def _ok(fn: Callable[[], str]) -> Callable[[], Awaitable[tuple[Status, str]]]:
     """An action running the blocking ``fn`` in a worker thread (the event loop keeps serving)."""
     async def run() -> tuple[Status, str]:

@@ -146,9 +146,9 @@ def _transport_class(hx: Any) -> type:
     class WakingTransport(hx.AsyncBaseTransport):  # type: ignore[misc,name-defined]
         """``wake`` before each request, ``done`` after its response (see the module doc)."""
 
-        def __init__(self, waker: Waker) -> None:
+        def __init__(self, waker: Waker, inner: Any = None) -> None:
             self.waker = waker
-            self.inner = hx.AsyncHTTPTransport()
+            self.inner = inner if inner is not None else hx.AsyncHTTPTransport()
 
         async def handle_async_request(self, request: Any) -> Any:
             await ensure_awake(self.waker)
@@ -173,10 +173,12 @@ def _say_done(waker: Waker) -> None:
         pass
 
 
-def waking_client(waker: Waker) -> Any:
-    """An OpenAI-ready async http client whose requests wake the server first (its own transport)."""
+def waking_client(waker: Waker, inner: Any = None, timeout: float | None = None) -> Any:
+    """An OpenAI-ready async http client whose requests wake the server first (its own transport,
+    sending through ``inner`` when given: the retrying one of :mod:`punie.agent.transient`)."""
     from openai import DefaultAsyncHttpxClient
 
     base = next(c for c in DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient")
     hx = importlib.import_module(base.__module__.split(".")[0])
-    return DefaultAsyncHttpxClient(transport=_transport_class(hx)(waker))
+    kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    return DefaultAsyncHttpxClient(transport=_transport_class(hx)(waker, inner), **kwargs)

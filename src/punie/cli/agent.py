@@ -82,7 +82,8 @@ async def _repl(agent: Any) -> None:
 
 def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_dir: str | None = None,
                       profile: str | None = None, profiles: dict[str, Any] | None = None,
-                      model_name: str | None = None, models: dict[str, str] | None = None) -> None:
+                      model_name: str | None = None, models: dict[str, str] | None = None,
+                      config: str | None = None) -> None:
     """ACP on stdio, or the interactive loop when stdin is a terminal (``mode`` auto|acp|repl).
 
     In ACP mode the workspace is relative to each session's cwd (the IDE's
@@ -96,7 +97,7 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
     if not interactive:
         try:
             serve_stdio(options, base_url, profile=profile, profiles=profiles, model_name=model_name,
-                        models=models)
+                        models=models, config=config, context_window=_context_window(profile, config))
         except KeyboardInterrupt:  # Ctrl-C on the supervisor's terminal: a clean stop
             pass
         return
@@ -146,7 +147,18 @@ def agent_command(base_url: str, options_text: str | None, mode: str, model_name
     options = parse_options(options_text)
     profiles = _sharing_profiles(profile, config) if profile else None
     run_agent_process(options, base_url, mode=mode, profile=profile, profiles=profiles, model_name=model_name,
-                      models=models)
+                      models=models, config=config)
+
+
+def _context_window(profile: str | None, config: str | None) -> int | None:
+    """The profile's model context window (ACP usage updates), None when it cannot be told."""
+    from punie.agent.acp_commands import context_window_of, load_resolved
+    from punie.errors import PunieError
+
+    try:
+        return context_window_of(load_resolved(profile, config))
+    except (PunieError, OSError):
+        return None
 
 
 def _sharing_profiles(profile: str, config: str | None) -> dict[str, Any]:

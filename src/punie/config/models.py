@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-ToolName = Literal["read_file", "write_file", "list_files", "search", "run_command"]
+ToolName = Literal["read_file", "write_file", "list_files", "search", "run_command", "update_plan"]
 ALL_TOOLS: tuple[ToolName, ...] = ("read_file", "write_file", "list_files", "search", "run_command")
 Decision = Literal["ask", "allow", "deny"]
 #: The values vLLM's --max-lora-rank accepts (vllm.config.lora.MaxLoRARanks).
@@ -173,6 +173,7 @@ class Permissions(_Strict):
 
     write_file: Decision = Field("ask", description="Writing files in the workspace.")
     run_command: Decision = Field("ask", description="Running shell commands in the workspace.")
+    mcp: Decision = Field("ask", description="Calling tools of the MCP servers an IDE connects to a session.")
 
 
 class AgentOptions(_Strict):
@@ -185,7 +186,8 @@ class AgentOptions(_Strict):
         2048, ge=1, description="Maximum tokens the model may generate per request (a cap against runaway "
         "answers); null leaves it to the server.",
     )
-    tools: list[ToolName] = Field(default_factory=lambda: list(ALL_TOOLS), description="Enabled tools.")
+    tools: list[ToolName] = Field(default_factory=lambda: list(ALL_TOOLS), description="Enabled tools "
+                                  "(update_plan, off by default: the model states its plan, shown by IDEs).")
     workspace: str = Field(".", description="Directory the file tools are confined to.")
     permissions: Permissions = Field(default_factory=Permissions)
     max_turns: int = Field(20, ge=1, description="Maximum model requests per prompt.")
