@@ -19,6 +19,7 @@ from punie.errors import (
     ModelError,
     ModelNotProvisioned,
 )
+from punie.launch.blas import find_blas
 from punie.launch.canary import ExpectedCanary
 from punie.launch.plan import LaunchPlan, build_plan, refuse_remote
 from punie.launch.vllm import PEFT_CACHE, build_vllm_plan, check_group
@@ -108,7 +109,8 @@ def prepare(
     else:
         model = resolve_model_path(resolved, provision=provision, progress=progress)
         adapter = resolve_adapter_path(resolved)
-    plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
+    blas = find_blas(resolved.profile.server.blas) if model is not None else None
+    plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir, blas=blas)
     canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
     return plan if canary is None else plan.model_copy(update={"canary": canary})
 

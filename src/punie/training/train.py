@@ -160,8 +160,10 @@ def default_output(resolved: ResolvedProfile, *, stamp: str | None = None) -> Pa
 
 
 def train_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of the mlx_lm child: offline, no JIT compile, unbuffered plain output."""
-    env = dict(os.environ if environ is None else environ)
+    """The environment of the mlx_lm child: offline, no JIT compile, unbuffered plain output, fast BLAS."""
+    from punie.launch.blas import mlx_child_env
+
+    env = mlx_child_env(environ)
     env.setdefault("MLX_DISABLE_COMPILE", "1")
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
