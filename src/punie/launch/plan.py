@@ -89,6 +89,8 @@ class LaunchPlan(_Frozen):
     blas: str | None = None
     blas_note: str | None = None
     blas_hint: str | None = None
+    dense_of: str | None = Field(None, description="The quantized model ``model`` is a dense copy of "
+                                 "(punie.launch.dense); checks and canaries use that one.")
 
     @property
     def engine(self) -> str:
@@ -113,7 +115,7 @@ class LaunchPlan(_Frozen):
             lines.append(f"server:    external, {self.server_url} (nothing started, readiness checked)")
         else:
             lines += [
-                f"model:     {self.model}",
+                f"model:     {self.model}" + (f" (dense copy of {self.dense_of})" if self.dense_of else ""),
                 f"adapter:   {self.adapter or '(none)'}",
                 f"server:    {shlex.join(self.server_argv or ())}",
             ]

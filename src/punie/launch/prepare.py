@@ -110,7 +110,15 @@ def prepare(
         model = resolve_model_path(resolved, provision=provision, progress=progress)
         adapter = resolve_adapter_path(resolved)
     blas = find_blas(resolved.profile.server.blas) if model is not None else None
-    plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir, blas=blas)
+    served = model
+    if model is not None:  # a dense copy where faster; checks and canaries keep using the original
+        from punie.launch.dense import served_model
+
+        served = served_model(resolved.profile.server.dense, resolved.profile.model, model, blas,
+                              provision=provision)
+    plan = build_plan(resolved, model_path=served, adapter_path=adapter, python=python, log_dir=log_dir, blas=blas)
+    if served != model:
+        plan = plan.model_copy(update={"dense_of": str(model)})
     canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
     return plan if canary is None else plan.model_copy(update={"canary": canary})
 

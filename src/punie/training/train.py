@@ -349,8 +349,11 @@ def train_adapter(
     target = target.resolve()
     model_dir, base_model = _model_for(resolved)
     staging_hint = target.parent / f".{target.name}.staging"
+    from punie.launch.dense import dense_for  # mlx_lm trains on the dense copy where faster; identity: the original
+
     plan_args = dict(
-        model_dir=model_dir, base_model=base_model, model_layers=model_layer_count(model_dir),
+        model_dir=dense_for(resolved, model_dir, provision=not dry_run), base_model=base_model,
+        model_layers=model_layer_count(model_dir),
         dataset=dataset, output=target, options=options,
     )
     if dry_run:
