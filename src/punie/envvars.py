@@ -12,9 +12,10 @@ PROFILE = "PUNIE_PROFILE"  # the profile to use
 CACHE_DIR = "PUNIE_CACHE_DIR"  # Punie's cache (provisioned models)
 GUARD_MODE = "PUNIE_GUARD_MODE"  # the orphan guard's mode (launch/guard.py)
 DENSE = "PUNIE_DENSE"  # off: never serve a dense copy of a quantized model (launch/dense.py)
+WARM = "PUNIE_WARM"  # off: the agent does not warm the server's prompt cache at start (agent/warm.py)
 BLAS = "PUNIE_BLAS"  # the BLAS of mlx children: auto, off, a library or a directory (launch/blas.py)
 
-NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, BLAS, DENSE})
+NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, BLAS, DENSE, WARM})
 PREFIX = "PUNIE_"
 #: The same names without the prefix (how config's env layer compares them).
 NON_PROFILE_KEYS = frozenset(name[len(PREFIX):] for name in NON_PROFILE)

@@ -78,13 +78,15 @@ def build_agent(
     timeout: float = 600.0,
     retries: int = TOOL_RETRIES,
     model_name: str = SERVED_MODEL_NAME,
+    http_client: Any = None,
 ) -> PunieAgent:
     """Build the agent for ``options`` talking to the server at ``base_url`` (OpenAI base URL).
 
     ``options.workspace`` is resolved against ``base_dir`` (default: the
     current directory). ``permission_asker`` answers the ``ask`` permissions
     (default: refuse, as nobody can be asked). ``model_name`` is the request's ``model``
-    (a vLLM server picks the profile's LoRA by it; see punie.config.served).
+    (a vLLM server picks the profile's LoRA by it; see punie.config.served). ``http_client``
+    (an httpx.AsyncClient) replaces the OpenAI client's own (punie.agent.warm captures requests).
     """
     import pydantic_ai
     from openai import AsyncOpenAI
@@ -101,7 +103,8 @@ def build_agent(
     except ToolFailure as exc:
         raise AgentError(str(exc), where="agent.workspace") from None
     # No SDK retries: a dead server should be reported at once, not after backoff.
-    client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout)
+    client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout,
+                         **({"http_client": http_client} if http_client is not None else {}))
     # mlx_lm ignores "strict"; a generic profile keeps the request plain chat completions.
     # max_tokens (not max_completion_tokens): the field every OpenAI-compatible server reads.
     profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False,
@@ -301,6 +304,9 @@ async def run_turn(
     deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy,
                     hooks=hooks, files=files, commands=commands)
     streamed = on_text or on_thought or hooks.on_invalid
+    from punie.agent.warm import settled
+
+    await settled()  # the server's prompt cache holds our prefix once the warm-up is done (agent.warm)
     logger.info("turn against %s (workspace %s)", agent.base_url, deps.workspace.root)
     try:
         result = await agent.agent.run(

@@ -260,6 +260,7 @@ def build_plan(
     agent_argv = (
         python, "-m", "punie", "agent", "--base-url", base_url, "--options", profile.agent.model_dump_json(),
         "--profile", resolved.name, *(("--config", resolved.config_path) if resolved.config_path else ()),
+        *(("--warm",) if argv is not None else ()),  # our server: warm its prompt cache (punie.agent.warm)
     )
     return LaunchPlan(
         profile=resolved.name,
