@@ -185,6 +185,11 @@ def main() -> int:
 
     model = str(ensure_builtin("smollm2-135m-instruct"))
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; model {model}", flush=True)
+    from punie.launch.dense import DEFAULT_DTYPE, ensure_dense
+
+    start = time.monotonic()  # made once (what the first `punie up` on this machine pays), not timed below
+    dense = ensure_dense(Path(model), DEFAULT_DTYPE)
+    print(f"dense {DEFAULT_DTYPE} copy: {dense} ({time.monotonic() - start:.1f}s, once)", flush=True)
     rows: dict[str, dict] = {}
     if not args.skip_up:
         rows["by hand (4-bit)"] = by_hand(model)

@@ -123,3 +123,27 @@ def test_tool_calling_canary_matches_through_punie_up_on_the_dense_copy() -> Non
     assert outcome.canary is not None and outcome.canary["verdict"] == "adapter-active", "\n".join(lines)
     assert outcome.canary["distance_to_adapter"] < 1e-4, outcome.canary  # as recorded on the 4-bit model
     assert outcome.blas is not None and outcome.blas["active"] is True
+
+
+@pytest.mark.mlx
+@pytest.mark.slow
+def test_a_rounded_copy_is_another_model_and_gets_its_own_canary(tiny_model_q4: Path, tiny_dataset: Path,
+                                                                 tmp_path: Path) -> None:
+    """A bfloat16 copy rounds the weights: not its original's identity, and readiness compares the canary
+    computed on what is served, not the one recorded on the quantized model."""
+    pytest.importorskip("mlx_lm")
+    from punie.config import load_profile
+    from punie.launch import prepare
+    from punie.launch.dense import is_exact_copy
+    from punie.launch.stamp import stamp_canary
+
+    adapter = tiny.train_tiny_adapter(tiny_model_q4, tmp_path / "adapters" / "a", tiny_dataset)
+    recorded = stamp_canary(adapter, tiny_model_q4)
+    (tmp_path / "punie.toml").write_text(f"[profiles.t]\nmodel = {json.dumps(str(tiny_model_q4))}\n"
+                                         'adapter = "a"\n[profiles.t.server]\ndense = "bfloat16"\n')
+    plan = prepare(load_profile("t", config=tmp_path / "punie.toml"), check=False)
+    served = Path(plan.model or "")
+    assert plan.dense_of == str(tiny_model_q4) and served.name.endswith("-bfloat16") and not is_exact_copy(served)
+    assert base_identity(served).origin is None and not base_identity(served).same_weights(base_identity(tiny_model_q4))
+    assert plan.canary is not None and plan.canary.canary.base_fingerprint == base_identity(served).weights
+    assert recorded.base_fingerprint == base_identity(tiny_model_q4).weights  # the adapter's record is unchanged

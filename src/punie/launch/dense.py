@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 #: builtin SmolLM2, 2 cores: float32 28.7, bfloat16 4.2, float16 3.0, the 4-bit original 2.2).
 DEFAULT_DTYPE = "float32"
 DENSE_FORMAT = 1
+#: Dtypes that hold every dequantized weight exactly: such a copy is its original (identity, canary).
+#: A bfloat16/float16 copy rounds the weights: its canary is computed on it (`served_canary`).
+EXACT_DTYPES = frozenset({"float32"})
 
 
 def is_quantized(model_dir: Path) -> bool:
@@ -110,7 +113,8 @@ def ensure_dense(model_dir: Path, dtype: str, *, python: str = sys.executable) -
             if code != 0 or not (work / "model.safetensors").is_file():
                 raise ModelError(f"making the dense copy failed (exit code {code}):\n  " + "\n  ".join(tail[-8:]),
                                  where=str(model_dir))
-            marker = {"format": DENSE_FORMAT, "origin": origin, "dtype": dtype, "source": str(model_dir),
+            marker = {"format": DENSE_FORMAT, "origin": origin, "dtype": dtype, "exact": dtype in EXACT_DTYPES,
+                      "source": str(model_dir),
                       "source_shapes": base_identity(model_dir).shapes}
             with open(work / DENSE_MARKER, "w") as fh:
                 json.dump(marker, fh, indent=2)
@@ -147,3 +151,12 @@ def dense_for(resolved: ResolvedProfile, model_dir: Path, *, provision: bool = T
 
     server = resolved.profile.server
     return served_model(server.dense, resolved.profile.model, model_dir, find_blas(server.blas), provision=provision)
+
+
+def is_exact_copy(model_dir: Path) -> bool:
+    """True for a dense copy whose weights are exactly its original's (see EXACT_DTYPES)."""
+    try:
+        marker = json.loads((model_dir / DENSE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("exact") is True

@@ -120,7 +120,26 @@ def prepare(
     if served != model:
         plan = plan.model_copy(update={"dense_of": str(model)})
     canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
+    if canary is not None and served is not None and served != model and provision:
+        canary = _served_canary(canary, served)
     return plan if canary is None else plan.model_copy(update={"canary": canary})
+
+
+def _served_canary(expected: ExpectedCanary, served: Path) -> ExpectedCanary:
+    """The canary compared at readiness when a dense copy is served: the recorded one for an exact
+    (float32) copy, whose answers are the original's within ~3e-5 nats; for a rounded (bfloat16,
+    float16) copy, computed on the copy itself, as that is what the server answers from."""
+    from punie.launch.dense import is_exact_copy
+
+    if is_exact_copy(served):
+        return expected
+    from punie.launch.stamp import compute_canary
+
+    try:
+        return expected.model_copy(update={"canary": compute_canary(served, expected.adapter)})
+    except AdapterError as exc:
+        logger.warning("%s", exc.render())
+        return expected
 
 
 def expected_canary(

@@ -159,5 +159,7 @@ def _dense_origin(model_dir: Path) -> str | None:
         marker = json.loads((model_dir / DENSE_MARKER).read_text())
     except (OSError, ValueError, RecursionError):
         return None
-    origin = marker.get("origin") if isinstance(marker, dict) else None
+    if not isinstance(marker, dict) or marker.get("exact") is not True:  # a rounded copy is another model
+        return None
+    origin = marker.get("origin")
     return origin if isinstance(origin, str) and origin else None
