@@ -67,18 +67,24 @@ def test_the_dense_copy_is_made_once_and_stands_for_its_original(tiny_model_q4: 
 @pytest.mark.mlx
 @pytest.mark.slow
 def test_canary_of_the_quantized_model_and_its_dense_copy_agree(tiny_model_q4: Path, tiny_dataset: Path,
-                                                                 tmp_path: Path) -> None:
-    """An adapter stamped on the quantized base answers the same canary on the dense copy (< 1e-4)."""
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adapter stamped on the quantized base answers the same canary on the dense copy, with and
+    without the fast BLAS (every pair within 1e-4 nats)."""
     pytest.importorskip("mlx_lm")
     from punie.launch.stamp import compute_canary
 
     adapter = tiny.train_tiny_adapter(tiny_model_q4, tmp_path / "adapter", tiny_dataset)
     copy = ensure_dense(tiny_model_q4, "float32")
-    on_q4, on_dense = compute_canary(tiny_model_q4, adapter), compute_canary(copy, adapter)
-    assert on_dense.base_fingerprint == on_q4.base_fingerprint
-    for side in ("base", "adapter"):
-        a, b = keyed(getattr(on_q4, side), "mlx"), keyed(getattr(on_dense, side), "mlx")
-        assert distance(a, b) < 1e-4, (side, a, b)
+    runs = {}
+    for blas in ("auto", "off"):
+        monkeypatch.setenv(envvars.BLAS, blas)
+        runs[("q4", blas)], runs[("dense", blas)] = compute_canary(tiny_model_q4, adapter), compute_canary(copy, adapter)
+    first = runs[("q4", "off")]  # the old path: the reference
+    for key, canary in runs.items():
+        assert canary.base_fingerprint == first.base_fingerprint
+        for side in ("base", "adapter"):
+            a, b = keyed(getattr(first, side), "mlx"), keyed(getattr(canary, side), "mlx")
+            assert distance(a, b) < 1e-4, (key, side, a, b)
 
 
 def _builtin() -> Path:
