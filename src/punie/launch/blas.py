@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import glob
 import importlib.metadata
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from punie import envvars
+
+logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 OFF = "off"
@@ -132,9 +135,7 @@ def mlx_child_env(environ: Mapping[str, str] | None = None, setting: str | None 
     env = dict(os.environ if environ is None else environ)
     choice = find_blas(setting, env)
     if hint := hint_once(choice):
-        import logging
-
-        logging.getLogger(__name__).warning("%s", hint)
+        logger.warning("%s", hint)
     env.update(preload_env(choice, env))
     return env
 
