@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 QUESTION = "What is the capital of France?"
 OLD = {"PUNIE_BLAS": "off", "PUNIE_DENSE": "off", "PUNIE_WARM": "off"}
+SPEEDS_ONLY = False  # --speeds-only: no first answer (prompt and decode tok/s only)
 
 
 def free_port() -> int:
@@ -102,10 +103,11 @@ def speeds(url: str) -> tuple[float, float]:
                        timeout=900)
         return time.monotonic() - t, r.json()["usage"]
 
-    t1, u1 = post(1)
+    cold, usage = post(1)  # the whole prompt is processed
+    warm, _ = post(1)  # now cached: what is left is one decode step and the request's overhead
     tn, un = post(48)
     extra = un["completion_tokens"] - 1
-    return u1["prompt_tokens"] / t1, (extra / (tn - t1) if extra > 0 and tn > t1 else float("nan"))
+    return usage["prompt_tokens"] / cold, (extra / (tn - warm) if extra > 0 and tn > warm else float("nan"))
 
 
 def by_hand(model: str) -> dict:
@@ -117,7 +119,7 @@ def by_hand(model: str) -> dict:
     try:
         wait_ready(url, proc)
         ready = time.monotonic() - start
-        answer, text = first_answer(url, base_env())
+        answer, text = first_answer(url, base_env()) if not SPEEDS_ONLY else (float("nan"), "-")
         prompt_tps, decode_tps = speeds(url)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -152,7 +154,8 @@ def punie_up(profile: str, extra: dict[str, str]) -> dict:
         if not ready_at:
             raise RuntimeError("punie up never got ready:\n" + "\n".join(lines[-20:]))
         ready = ready_at[0] - start
-        answer, text = first_answer(url, base_env())  # the user's own shell: no PUNIE_ variables
+        # the user's own shell: no PUNIE_ variables
+        answer, text = first_answer(url, base_env()) if not SPEEDS_ONLY else (float("nan"), "-")
         prompt_tps, decode_tps = speeds(url)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -179,7 +182,10 @@ def main() -> int:
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-up", action="store_true")
+    parser.add_argument("--speeds-only", action="store_true", help="no first answer, no tool-calling side")
     args = parser.parse_args()
+    global SPEEDS_ONLY
+    SPEEDS_ONLY = args.speeds_only
 
     from punie.weights.builtin import ensure_builtin
 
@@ -195,7 +201,8 @@ def main() -> int:
         rows["by hand (4-bit)"] = by_hand(model)
         rows["up demo, old path"] = punie_up("demo", OLD)
         rows["up demo"] = punie_up("demo", {})
-        rows["up tool-calling"] = punie_up("tool-calling", {})
+        if not SPEEDS_ONLY:
+            rows["up tool-calling"] = punie_up("tool-calling", {})
         print(f"\n{'side':22s} {'ready s':>8s} {'1st answer s':>13s} {'prompt tok/s':>13s} {'decode tok/s':>13s}"
               "  answer")
         for name, r in rows.items():
