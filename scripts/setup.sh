@@ -9,6 +9,29 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $("$PY" --version 2>&1)"
   "$PY" -m venv .venv
 fi
+# OpenBLAS: mlx[cpu] on Linux bundles a single-threaded reference BLAS; Punie preloads the
+# system's OpenBLAS into its mlx children (src/punie/launch/blas.py). Install it where we can.
+if [ "$(uname -s)" = Linux ] && [ -z "${PUNIE_SKIP_OPENBLAS:-}" ]; then
+  have_openblas=
+  for lib in /usr/lib/*/openblas-pthread/libblas.so.3 /usr/lib64/libopenblas*.so.0 /usr/lib/libopenblas*.so.0; do
+    [ -e "$lib" ] && have_openblas=1
+  done
+  if [ -n "$have_openblas" ]; then
+    say "OpenBLAS: already installed"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "OpenBLAS: installing libopenblas0-pthread with apt-get"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread; } >&2 \
+      && say "OpenBLAS: installed" || say "OpenBLAS: apt-get failed; mlx runs with its slow bundled BLAS"
+  elif [ "$(id -u)" = 0 ] && command -v dnf >/dev/null; then
+    say "OpenBLAS: installing openblas with dnf"
+    dnf install -y -q openblas >&2 && say "OpenBLAS: installed" \
+      || say "OpenBLAS: dnf failed; mlx runs with its slow bundled BLAS"
+  elif command -v apt-get >/dev/null; then
+    say "OpenBLAS: not installed (mlx will be slow on this CPU); run: sudo apt-get install libopenblas0-pthread"
+  else
+    say "OpenBLAS: not installed (mlx will be slow on this CPU); install your system's OpenBLAS (Fedora: sudo dnf install openblas)"
+  fi
+fi
 stamp=.venv/.punie-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   start=$SECONDS

@@ -72,3 +72,17 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def dense_copy_dir(model_dir: str | Path, fingerprint: str, dtype: str) -> Path:
+    """Where the dense copy of a quantized model lives (`punie.launch.dense`).
+
+    Beside the original when that is in Punie's cache (a builtin model: ``NAME.dense-float32``);
+    else under Punie's cache, named by the original's weights fingerprint (a hub snapshot or a
+    project's directory is never written to).
+    """
+    model_dir = Path(model_dir).resolve()
+    cache = cache_dir().resolve()
+    if model_dir.is_relative_to(cache):
+        return model_dir.with_name(f"{model_dir.name}.dense-{dtype}")
+    return cache / "dense" / f"{model_dir.name}-{fingerprint[:12]}-{dtype}"

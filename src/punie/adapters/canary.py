@@ -91,6 +91,6 @@ def base_fingerprint(model_dir: str | Path) -> str | None:
     from punie.weights.fingerprint import base_identity
 
     try:
-        return base_identity(model_dir).weights
+        return base_identity(model_dir).lineage  # a dense copy: the original's (same canary)
     except (PunieError, OSError):
         return None

@@ -79,13 +79,15 @@ def build_agent(
     timeout: float = 600.0,
     retries: int = TOOL_RETRIES,
     model_name: str = SERVED_MODEL_NAME,
+    http_client: Any = None,
 ) -> PunieAgent:
     """Build the agent for ``options`` talking to the server at ``base_url`` (OpenAI base URL).
 
     ``options.workspace`` is resolved against ``base_dir`` (default: the
     current directory). ``permission_asker`` answers the ``ask`` permissions
     (default: refuse, as nobody can be asked). ``model_name`` is the request's ``model``
-    (a vLLM server picks the profile's LoRA by it; see punie.config.served).
+    (a vLLM server picks the profile's LoRA by it; see punie.config.served). ``http_client``
+    (an httpx.AsyncClient) replaces the OpenAI client's own (punie.agent.warm captures requests).
     """
     import pydantic_ai
     from openai import AsyncOpenAI
@@ -104,7 +106,7 @@ def build_agent(
     # No SDK retries (they would repeat requests the server got: timeouts, 5xx); connection failures
     # before any answer (a full listen backlog under many sessions) are retried, bounded (punie.agent.transient).
     client = AsyncOpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=timeout,
-                         http_client=_http_client(timeout))
+                         http_client=http_client if http_client is not None else _http_client(timeout))
     # mlx_lm ignores "strict"; a generic profile keeps the request plain chat completions.
     # max_tokens (not max_completion_tokens): the field every OpenAI-compatible server reads.
     profile = OpenAIModelProfile(openai_supports_strict_tool_definition=False,
@@ -336,6 +338,9 @@ async def run_turn(
                     hooks=hooks, files=files, commands=commands)
     streamed = on_text or on_thought or hooks.on_invalid or on_answered
     handler = _event_handler(on_text, on_thought, hooks.on_invalid, on_answered) if streamed else None
+    from punie.agent.warm import settled
+
+    await settled()  # the server's prompt cache holds our prefix once the warm-up is done (agent.warm)
     logger.info("turn against %s (workspace %s)", agent.base_url, deps.workspace.root)
     status_callback.set(on_status or on_thought)  # this task's (and its children's) model requests
     try:

@@ -83,16 +83,23 @@ async def _repl(agent: Any) -> None:
 def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_dir: str | None = None,
                       profile: str | None = None, profiles: dict[str, Any] | None = None,
                       model_name: str | None = None, models: dict[str, str] | None = None,
-                      config: str | None = None) -> None:
+                      config: str | None = None, warm_cache: bool = False) -> None:
     """ACP on stdio, or the interactive loop when stdin is a terminal (``mode`` auto|acp|repl).
 
     In ACP mode the workspace is relative to each session's cwd (the IDE's
     project); in the interactive loop to ``base_dir`` (default: cwd).
     ``profile``/``profiles``: the profile the options come from and those a
-    session may switch to on this server.
+    session may switch to on this server. ``warm_cache``: warm the server's prompt cache
+    with the agent's prefix at start (`punie.agent.warm`).
     """
+    from punie.agent import warm
     from punie.agent.acp_server import serve_stdio
+    from punie.agent.runner import build_agent, run_turn
 
+    named = {"model_name": model_name} if model_name else {}
+    if warm_cache:  # the server's prompt cache gets our system prompt and tools now, not at the first question
+        warm.start(base_url, lambda client: build_agent(options, base_url, base_dir=base_dir, http_client=client,
+                                                        **named), run_turn)
     interactive = mode == "repl" or (mode == "auto" and sys.stdin.isatty())
     if not interactive:
         try:
@@ -102,7 +109,6 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
             pass
         return
     from punie.agent.permissions import terminal_asker
-    from punie.agent.runner import build_agent
 
     def build(asker: Any) -> Any:
         return build_agent(options, base_url, permission_asker=asker, base_dir=base_dir,
@@ -133,8 +139,11 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
               help="The profile the options come from: the IDE may switch to the profiles sharing its server.")
 @click.option("--config", "config", metavar="PATH", type=click.Path(dir_okay=False),
               help="punie.toml the profiles are read from (default: found from the current directory).")
+@click.option("--warm", "warm_cache", is_flag=True,
+              help="At start, have the server process the system prompt and tools once (its prompt cache "
+                   "then holds them for the first question); `punie up` passes it. PUNIE_WARM=off turns it off.")
 def agent_command(base_url: str, options_text: str | None, mode: str, model_name: str | None,
-                  models_text: str | None, profile: str | None, config: str | None) -> None:
+                  models_text: str | None, profile: str | None, config: str | None, warm_cache: bool = False) -> None:
     """Run the coding agent: Agent Client Protocol over stdio (used by `punie up` and IDEs)."""
     import json
 
@@ -147,7 +156,7 @@ def agent_command(base_url: str, options_text: str | None, mode: str, model_name
     options = parse_options(options_text)
     profiles = _sharing_profiles(profile, config) if profile else None
     run_agent_process(options, base_url, mode=mode, profile=profile, profiles=profiles, model_name=model_name,
-                      models=models, config=config)
+                      models=models, config=config, warm_cache=warm_cache)
 
 
 def _context_window(profile: str | None, config: str | None) -> int | None:

@@ -108,7 +108,7 @@ def up_command(
     if fmt == "json":  # the session's status; on stderr, as stdout belongs to the agent
         status = {"profile": name, "reason": outcome.reason, "exit_code": outcome.exit_code,
                   "ready_seconds": outcome.ready_seconds, "restarts": outcome.restarts, "canary": outcome.canary,
-                  "canaries": list(outcome.canaries)}
+                  "canaries": list(outcome.canaries), "blas": outcome.blas}
         click.echo(json.dumps(status), err=True)
     ctx.exit(outcome.exit_code)
 

@@ -134,6 +134,17 @@ class ServerOptions(_Strict):
         default_factory=dict, description="Extra arguments passed to the chat template (JSON)."
     )
     draft_model: str | None = Field(None, description="Draft model for speculative decoding.")
+    blas: str = Field(
+        "auto", min_length=1,
+        description="BLAS for mlx on a Linux CPU: auto (the system's OpenBLAS, preloaded into the server only), "
+        "off (mlx's bundled reference BLAS), or the path of a BLAS library or of a directory to search. "
+        "The PUNIE_BLAS environment variable wins.",
+    )
+    dense: Literal["auto", "off", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Serve a quantized model from a dense copy made once (faster with a fast BLAS on a CPU): "
+        "auto (the builtin model, when a fast BLAS is used), off, or the dtype of the copy (any quantized model).",
+    )
     extra_args: list[str] = Field(
         default_factory=list, description="Extra command-line arguments for mlx_lm.server."
     )

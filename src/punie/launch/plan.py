@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from punie.config.models import ResolvedProfile
 from punie.errors import ConfigError
+from punie.launch.blas import BlasChoice, hint_text, preload_env
 from punie.launch.canary import ExpectedCanary
 from punie.net import connect_host, is_loopback, remote_host_problem, server_root
 from punie.paths import hf_hub_cache, state_dir
@@ -87,6 +88,13 @@ class LaunchPlan(_Frozen):
     models: dict[str, str] = Field(default_factory=dict)
     fatal_patterns: dict[str, str] = Field(default_factory=dict)
     group: str | None = None
+    # The fast BLAS (punie.launch.blas): the library preloaded into the server (None: mlx's
+    # bundled one), or why none; the one-line install hint when one would help.
+    blas: str | None = None
+    blas_note: str | None = None
+    blas_hint: str | None = None
+    dense_of: str | None = Field(None, description="The quantized model ``model`` is a dense copy of "
+                                 "(punie.launch.dense); checks and canaries use that one.")
 
     @property
     def engine(self) -> str:
@@ -111,7 +119,7 @@ class LaunchPlan(_Frozen):
             lines.append(f"server:    external, {self.server_url} (nothing started, readiness checked)")
         else:
             lines += [
-                f"model:     {self.model}",
+                f"model:     {self.model}" + (f" (dense copy of {self.dense_of})" if self.dense_of else ""),
                 f"adapter:   {self.adapter or '(none)'}",
                 f"server:    {shlex.join(self.server_argv or ())}",
             ]
@@ -122,6 +130,8 @@ class LaunchPlan(_Frozen):
             if self.server_env:
                 env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.server_env.items()))
                 lines.append(f"  env:     {env}")
+            if self.backend == "mlx":
+                lines.append(f"  blas:    {self.blas + ' (preloaded)' if self.blas else f'bundled ({self.blas_note})'}")
             lines.append(f"  log:     {self.server_log}")
             restart = "no" if self.restart.mode == "no" else (
                 f"on-failure (max {self.restart.max_restarts}, backoff {self.restart.backoff:g}s doubling)"
@@ -215,6 +225,7 @@ def build_plan(
     log_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
     lora_dirs: Mapping[str, Path] | None = None,
+    blas: BlasChoice | None = None,
 ) -> LaunchPlan:
     """Build the launch plan of ``resolved`` (pure: reads no files, starts nothing).
 
@@ -223,6 +234,7 @@ def build_plan(
     external: the plan has no server argv and ``model_path`` may be None.
     ``environ`` (default os.environ) is only read to find the Hugging Face cache.
     A vLLM profile's plan is built by `punie.launch.vllm` (``lora_dirs``: LoRA id -> PEFT dir).
+    ``blas`` (`punie.launch.blas.find_blas`, which reads the disk) is preloaded into the server.
     """
     env = os.environ if environ is None else environ
     remote = refuse_remote(resolved)
@@ -255,6 +267,8 @@ def build_plan(
         server_env = {"HF_HUB_CACHE": hub_cache, "PYTHONUNBUFFERED": "1"}
         if Path(model).is_absolute():
             server_env["HF_HUB_OFFLINE"] = "1"
+        if blas is not None:
+            server_env |= preload_env(blas, env)
         server_log = str(logs / f"{resolved.name}-server.log")
         ensure = (str(logs), hub_cache)
         port = server.port
@@ -262,6 +276,7 @@ def build_plan(
     agent_argv = (
         python, "-m", "punie", "agent", "--base-url", base_url, "--options", profile.agent.model_dump_json(),
         "--profile", resolved.name, *(("--config", resolved.config_path) if resolved.config_path else ()),
+        *(("--warm",) if argv is not None else ()),  # our server: warm its prompt cache (punie.agent.warm)
     )
     return LaunchPlan(
         profile=resolved.name,
@@ -287,4 +302,7 @@ def build_plan(
         liveness_failures=server.liveness_failures,
         remote=remote,
         idle_unload=None if server.url else server.idle_unload,
+        blas=blas.path if blas is not None and argv is not None else None,
+        blas_note=blas.reason if blas is not None and argv is not None else None,
+        blas_hint=hint_text(blas) if blas is not None and argv is not None else None,
     )

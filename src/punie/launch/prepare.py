@@ -19,6 +19,7 @@ from punie.errors import (
     ModelError,
     ModelNotProvisioned,
 )
+from punie.launch.blas import find_blas
 from punie.launch.canary import ExpectedCanary
 from punie.launch.plan import LaunchPlan, build_plan, refuse_remote
 from punie.launch.vllm import PEFT_CACHE, build_vllm_plan, check_group
@@ -110,17 +111,46 @@ def prepare(
     else:
         model = resolve_model_path(resolved, provision=provision, progress=progress)
         adapter = resolve_adapter_path(resolved)
+    blas = find_blas(resolved.profile.server.blas) if model is not None else None
     canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
+    served = model
     if resolved.profile.fuse.enabled and model is not None:
         # fuse.enabled: serve the adapter fused into the base (cached, verified by the canary first);
         # the readiness probe still checks the same canary, now on the fused model.
         from punie.launch.fuse import profile_fused_model
 
-        model = profile_fused_model(resolved, model=model, adapter=adapter, expected=canary,
+        fused = profile_fused_model(resolved, model=model, adapter=adapter, expected=canary,
                                     provision=provision, python=python)
-        adapter = None
-    plan = build_plan(resolved, model_path=model, adapter_path=adapter, python=python, log_dir=log_dir)
+        plan = build_plan(resolved, model_path=fused, adapter_path=None, python=python, log_dir=log_dir, blas=blas)
+        return plan if canary is None else plan.model_copy(update={"canary": canary})
+    if model is not None:  # a dense copy where faster; checks and canaries keep using the original
+        from punie.launch.dense import served_model
+
+        served = served_model(resolved.profile.server.dense, resolved.profile.model, model, blas,
+                              provision=provision)
+    plan = build_plan(resolved, model_path=served, adapter_path=adapter, python=python, log_dir=log_dir, blas=blas)
+    if served != model:
+        plan = plan.model_copy(update={"dense_of": str(model)})
+    if canary is not None and served is not None and served != model and provision:
+        canary = _served_canary(canary, served)
     return plan if canary is None else plan.model_copy(update={"canary": canary})
+
+
+def _served_canary(expected: ExpectedCanary, served: Path) -> ExpectedCanary:
+    """The canary compared at readiness when a dense copy is served: the recorded one for an exact
+    (float32) copy, whose answers are the original's within ~3e-5 nats; for a rounded (bfloat16,
+    float16) copy, computed on the copy itself, as that is what the server answers from."""
+    from punie.launch.dense import is_exact_copy
+
+    if is_exact_copy(served):
+        return expected
+    from punie.launch.stamp import compute_canary
+
+    try:
+        return expected.model_copy(update={"canary": compute_canary(served, expected.adapter)})
+    except AdapterError as exc:
+        logger.warning("%s", exc.render())
+        return expected
 
 
 def expected_canary(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,12 +19,13 @@ from pydantic import ValidationError
 
 from punie.adapters.canary import CANARY_KEY, PROBE_MESSAGES, TOP_K, Canary, base_fingerprint
 from punie.errors import AdapterError
+from punie.launch.blas import mlx_child_env
 
 logger = logging.getLogger(__name__)
 
 
 def _child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if environ is None else environ)
+    env = mlx_child_env(environ)  # the fast BLAS, like every mlx child
     env.setdefault("MLX_DISABLE_COMPILE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["HF_HUB_OFFLINE"] = "1"

@@ -98,6 +98,7 @@ class UpOutcome:
     forced: bool = False
     canary: dict[str, Any] | None = None  # what the readiness canary proved (CanaryResult.to_json)
     canaries: tuple[dict[str, Any], ...] = ()  # every canary checked (vLLM group: one per LoRA id), in order
+    blas: dict[str, Any] | None = None  # the server's BLAS as it mapped it (punie.launch.blas.blas_report)
 
 
 async def _first(*waiters: Callable[[], Awaitable[T]]) -> T:
@@ -174,6 +175,7 @@ class _Supervisor:
     ready_seconds: float | None = None  # set when the server first answered
     canary: CanaryResult | None = None  # what the readiness probe proved about the adapter
     canaries: list[CanaryResult] = field(default_factory=list)  # and every other canary (a vLLM group's LoRAs)
+    blas: dict[str, Any] | None = None  # what the started server mapped (_report_blas)
     t0: float = 0.0
     tg: TaskGroup | None = None  # output pumps and signals: they outlive the session
     session: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled by _finish
@@ -232,6 +234,7 @@ class _Supervisor:
             restarts=self.restarts,
             canary=self.canary.to_json() if self.canary else None,
             canaries=tuple(c.to_json() for c in self.canaries),
+            blas=self.blas,
             server_returncode=self.server.returncode if self.server else None,
             agent_returncode=self.agent.returncode if self.agent else None,
         )
@@ -340,9 +343,26 @@ class _Supervisor:
             self.status(ready)
         if self.ready_seconds is None:  # the first time: now the agent can start
             self.ready_seconds = total
+            self._report_blas()
             if self.on_ready is not None:
                 self.on_ready(total, self.server.pid if self.server is not None else None)
             task_status.started()
+
+    def _report_blas(self) -> None:
+        """Say which BLAS the started mlx server really mapped (/proc/PID/maps), or what to install."""
+        plan = self.plan
+        if self.server is None or self.server.pid is None or plan.backend != "mlx":
+            return
+        from punie.launch.blas import blas_report, say_once
+
+        self.blas = {**blas_report(self.server.pid, plan.blas), "note": plan.blas_note}
+        if self.blas["active"]:
+            self.status(f"BLAS: {plan.blas} (mapped by the server)")
+        elif plan.blas:
+            self.status(f"warning: BLAS: {plan.blas} was preloaded but the server did not map it")
+        elif hint := say_once(plan.blas_hint):
+            self.status(hint)
+        logger.info("server BLAS: %s", self.blas)
 
     async def _spawn_server(self) -> tuple[Child, _FatalLine]:
         plan = self.plan

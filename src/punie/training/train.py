@@ -160,8 +160,10 @@ def default_output(resolved: ResolvedProfile, *, stamp: str | None = None) -> Pa
 
 
 def train_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of the mlx_lm child: offline, no JIT compile, unbuffered plain output."""
-    env = dict(os.environ if environ is None else environ)
+    """The environment of the mlx_lm child: offline, no JIT compile, unbuffered plain output, fast BLAS."""
+    from punie.launch.blas import mlx_child_env
+
+    env = mlx_child_env(environ)
     env.setdefault("MLX_DISABLE_COMPILE", "1")
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
@@ -349,8 +351,11 @@ def train_adapter(
     target = target.resolve()
     model_dir, base_model = _model_for(resolved)
     staging_hint = target.parent / f".{target.name}.staging"
+    from punie.launch.dense import dense_for  # mlx_lm trains on the dense copy where faster; identity: the original
+
     plan_args = dict(
-        model_dir=model_dir, base_model=base_model, model_layers=model_layer_count(model_dir),
+        model_dir=dense_for(resolved, model_dir, provision=not dry_run), base_model=base_model,
+        model_layers=model_layer_count(model_dir),
         dataset=dataset, output=target, options=options,
     )
     if dry_run:

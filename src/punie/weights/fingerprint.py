@@ -28,6 +28,8 @@ SAMPLE_BYTES = 4096
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 _MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
+#: The marker of a dense copy of a quantized model (`punie.launch.dense`): {"origin": WEIGHTS, ...}.
+DENSE_MARKER = "punie-dense.json"
 
 
 class BaseIdentity(BaseModel):
@@ -45,9 +47,17 @@ class BaseIdentity(BaseModel):
     shapes: str = Field(description="sha256 over tensor names, dtypes and shapes only.")
     config: str | None = Field(None, description="sha256 prefix of the canonical config.json.")
     spec: str | None = Field(None, description="The model spec or path it was computed from (for messages).")
+    origin: str | None = Field(None, description="A dense copy's original: the quantized model's ``weights`` "
+                               "it was dequantized from (punie-dense.json).")
+
+    @property
+    def lineage(self) -> str:
+        """The weights this model stands for: its origin's for a dense copy, else its own."""
+        return self.origin or self.weights
 
     def same_weights(self, other: BaseIdentity) -> bool:
-        return self.scheme == other.scheme and self.weights == other.weights
+        """One model: the same weights, or a dense copy and the quantized model it was made from."""
+        return self.scheme == other.scheme and (self.weights == other.weights or self.lineage == other.lineage)
 
     def same_shapes(self, other: BaseIdentity) -> bool:
         return self.scheme == other.scheme and self.shapes == other.shapes
@@ -91,7 +101,7 @@ def _sample_file(path: Path, weights: hashlib._Hash, shapes: hashlib._Hash) -> N
 
 def _signature(model_dir: Path, files: list[Path]) -> tuple[object, ...]:
     parts: list[object] = [str(model_dir)]
-    for p in [*files, *(model_dir / n for n in (*TOKENIZER_FILES, "config.json"))]:
+    for p in [*files, *(model_dir / n for n in (*TOKENIZER_FILES, "config.json", DENSE_MARKER))]:
         try:
             st = p.stat()
         except OSError:
@@ -138,4 +148,16 @@ def _cached(model_dir: Path, files: tuple[Path, ...], _signature: tuple[object, 
     except (ModelError, CorruptFileError):
         config = None
     return BaseIdentity(scheme=SCHEME, weights=weights.hexdigest()[:32], shapes=shapes.hexdigest()[:32],
-                        config=config)
+                        config=config, origin=_dense_origin(model_dir))
+
+
+def _dense_origin(model_dir: Path) -> str | None:
+    """The original's weights fingerprint named by a dense copy's marker (None: not a dense copy)."""
+    try:
+        marker = json.loads((model_dir / DENSE_MARKER).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(marker, dict) or marker.get("exact") is not True:  # a rounded copy is another model
+        return None
+    origin = marker.get("origin")
+    return origin if isinstance(origin, str) and origin else None

@@ -1,0 +1,122 @@
+"""Warm start: the server's prompt cache holds the agent's prefix before the first question.
+
+The first request of a session carries the system prompt and the tool definitions (~150
+tokens on the builtin model): processing them was most of the 15-24 s of a first answer on a
+CPU. mlx_lm.server keeps a prompt cache that matches the longest common token prefix of a new
+request with any cached one, trimming a longer entry (``LRUPromptCache.fetch_nearest_cache``),
+so one request with the agent's own prefix and a throw-away user turn, answered with one
+token, leaves every later first request sharing system prompt, tools and the user turn's
+opening already processed.
+
+The prefix is built by the agent's own code: a real turn (`punie.agent.runner.run_turn` on
+`build_agent`) is run against a capturing transport, and the captured request is sent to the
+server with ``max_tokens`` 1; so the warm request cannot drift from what the agent sends.
+It runs in a background thread when the agent process starts (after the server is ready:
+readiness is not delayed); the first turn waits for it (`settled`, bounded) rather than
+processing the same prefix a second time concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: The throw-away user turn of the warm request (its tokens after the shared prefix are not reused).
+WARM_PROMPT = "hi"
+#: How long a first turn waits for an unfinished warm-up (then it goes ahead on its own).
+SETTLE_TIMEOUT = 120.0
+
+_done = threading.Event()
+_done.set()  # nothing started: nothing to wait for
+_thread: threading.Thread | None = None
+
+
+def enabled(environ: Any = None) -> bool:
+    """False when ``PUNIE_WARM=off`` (the old path, for benchmarks)."""
+    import os
+
+    from punie import envvars
+
+    return (os.environ if environ is None else environ).get(envvars.WARM, "").strip().lower() != "off"
+
+
+def captured_request(build: Any, turn: Any) -> dict[str, Any]:
+    """The body of the first chat request the agent built by ``build(http_client)`` sends for a turn
+    (``turn``: `punie.agent.runner.run_turn`, passed in as the runner waits for us: `settled`)."""
+    import httpx
+
+    bodies: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json={
+            "id": "warm", "object": "chat.completion", "created": 0, "model": "warm",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "ok"}}],
+        })
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+            await turn(build(client), WARM_PROMPT)
+
+    asyncio.run(run())
+    return bodies[0]
+
+
+def warm_request(build: Any, turn: Any) -> dict[str, Any]:
+    """The warm request: the agent's first request for WARM_PROMPT, one token, not streamed."""
+    body = captured_request(build, turn)
+    body.update({"max_tokens": 1, "stream": False})
+    body.pop("stream_options", None)
+    body.pop("max_completion_tokens", None)
+    return body
+
+
+def warm(base_url: str, build: Any, turn: Any, *, timeout: float = 300.0) -> float | None:
+    """Send the warm request to ``base_url``'s chat completions; seconds it took (None: it failed)."""
+    import httpx
+
+    from punie.net import is_loopback_url, openai_base_url
+
+    start = time.monotonic()
+    try:
+        body = warm_request(build, turn)
+        url = openai_base_url(base_url).rstrip("/") + "/chat/completions"
+        with httpx.Client(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
+            client.post(url, json=body).raise_for_status()
+    except Exception as exc:  # a warm-up never breaks the agent: the first turn pays instead
+        logger.info("warm-up of the server's prompt cache failed: %s", exc)
+        return None
+    took = time.monotonic() - start
+    logger.info("warm-up: the server's prompt cache holds the agent's prefix (%.2fs)", took)
+    return took
+
+
+def start(base_url: str, build: Any, turn: Any) -> threading.Thread | None:
+    """Warm the server in a background thread (unless PUNIE_WARM=off); `settled` waits for it."""
+    global _thread
+    if not enabled():
+        return None
+    _done.clear()
+
+    def run() -> None:
+        try:
+            warm(base_url, build, turn)
+        finally:
+            _done.set()
+
+    _thread = threading.Thread(target=run, name="punie-warm", daemon=True)
+    _thread.start()
+    return _thread
+
+
+async def settled(timeout: float = SETTLE_TIMEOUT) -> None:
+    """Return once no warm-up is running (or after ``timeout``)."""
+    if not _done.is_set() and threading.current_thread() is not _thread:  # the warm turn itself: no wait
+        await asyncio.to_thread(_done.wait, timeout)
