@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "models": "models",
     "train": "train",
     "eval": "train",
+    "data": "data",
     "adapters": "adapters",
     "ide": "ide",
     "completion": "completion",
