@@ -28,7 +28,7 @@ from punie.adapters.registry import effective_adapter, now_iso, read_meta, updat
 from punie.config.models import ResolvedProfile
 from punie.errors import LaunchError, LaunchFailed, TrainingError, UsageError
 from punie.net import free_port, is_loopback_url, openai_base_url
-from punie.training.suite import CaseResult, Suite, load_suite, request_body, score_case
+from punie.training.suite import CaseResult, Suite, load_suite, request_body, score_case, wants_second_step
 
 logger = logging.getLogger(__name__)
 
@@ -151,10 +151,15 @@ def run_suite(
                 response = client.post(url, json=request_body(suite, case))
                 response.raise_for_status()
                 message = response.json()["choices"][0]["message"]
-                result = score_case(case, message)
+                second = None
+                if (first := wants_second_step(case, message)) is not None:
+                    response = client.post(url, json=request_body(suite, case, first))
+                    response.raise_for_status()
+                    second = response.json()["choices"][0]["message"]
+                result = score_case(case, message, second)
             except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
                 logger.warning("%s: case %s failed: %s", label, case.id, exc)
-                result = CaseResult(id=case.id, score=0.0, error=str(exc)[:300])
+                result = CaseResult(id=case.id, category=case.category, score=0.0, error=str(exc)[:300])
             results.append(result)
             if on_case is not None:
                 on_case(index, result)
