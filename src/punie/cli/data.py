@@ -77,6 +77,22 @@ def register(group: click.Group) -> None:
         for line in _report_lines(report, out):
             click.echo(line)
 
+    @data.command("generate")
+    @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Data directory to write.")
+    @click.option("--train", "train", type=click.IntRange(min=1), default=1200, show_default=True,
+                  help="Training rows (about).")
+    @click.option("--valid", "valid", type=click.IntRange(min=1), default=120, show_default=True,
+                  help="Validation rows (about).")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same data).")
+    @click.option("--suite", metavar="NAME|FILE", help="Eval suite whose system prompt and tools the rows use and "
+                  "whose prompts are held out (default: the shipped tool-calling suite).")
+    def generate(out: str, train: int, valid: int, seed: int, suite: str | None) -> None:
+        """Generate tool-calling training data from templates (never the eval prompts)."""
+        from punie.training.generate import generate_dataset
+
+        counts = generate_dataset(out, train=train, valid=valid, seed=seed, suite=suite)
+        click.echo(f"wrote {counts['train']} train and {counts['valid']} valid rows to {out}")
+
     @data.command("stats")
     @click.argument("directory", type=click.Path(file_okay=False))
     @click.option("--model", "model", type=click.Path(file_okay=False, exists=True),
