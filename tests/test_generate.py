@@ -64,9 +64,9 @@ def test_rows_teach_every_tool_and_plain_answers(tmp_path: Path) -> None:
                 args = call["function"]["arguments"]
                 prompt = row["messages"][1]["content"]
                 path = args.get("path")
-                if call["function"]["name"] != "read_file" or len(row["messages"]) <= 3:
-                    if path not in (None, "."):
-                        assert path in prompt or path.rsplit("/", 1)[0] in prompt  # copied, not invented
+                copied = call["function"]["name"] != "read_file" or len(row["messages"]) <= 3
+                if copied and path not in (None, "."):
+                    assert path in prompt or path.rsplit("/", 1)[0] in prompt  # copied, not invented
     assert set(taught) == {"read_file", "list_files", "search", "write_file", "run_command", "answer"}
     assert min(taught.values()) >= 12
     plain = [r for r in rows if len(r["messages"]) == 3 and not r["messages"][-1].get("tool_calls")]

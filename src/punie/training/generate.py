@@ -86,8 +86,8 @@ SEARCH_TEMPLATES = ["Search for {t}.", "Find {t} in the code.", "Where does {t} 
 SEARCH_IN_TEMPLATES = ["Search for {t} in {d}.", "Find {t} under {d}.", "Grep {d} for {t}.",
                        "Look for {t} in the {d} folder.", "Where is {t} used in {d}?"]
 WRITE_TEMPLATES = ["Write {c} to {p}.", "Create {p} with {c}.", "Save {c} into {p}.", "Put {c} in {p}.",
-                   "Make a file {p} containing {c}.", "Write the text {c} into {p}.", "Create a file {p} that says {c}.",
-                   "Overwrite {p} with {c}.", "Store {c} in the file {p}."]
+                   "Make a file {p} containing {c}.", "Write the text {c} into {p}.",
+                   "Create a file {p} that says {c}.", "Overwrite {p} with {c}.", "Store {c} in the file {p}."]
 RUN_TEMPLATES = ["Run {c}.", "Execute {c}.", "Please run {c}.", "Run the command {c}.", "Can you run {c}?",
                  "Execute {c} for me.", "Start {c}.", "Run {c} in the project.", "$ {c}", "Use the shell: {c}"]
 TWO_STEP_TEMPLATES = ["Look in {d} and read the {k} file.", "Find the {k} file in {d} and show it to me.",
@@ -132,7 +132,8 @@ PLAIN = [
     ("What is an environment variable?", "A named value set in a process's environment, read by programs, "
      "such as PATH or HOME."),
 ]
-ACRONYMS = {"HTTP": "HyperText Transfer Protocol", "JSON": "JavaScript Object Notation", "CPU": "Central Processing Unit",
+ACRONYMS = {"HTTP": "HyperText Transfer Protocol", "JSON": "JavaScript Object Notation",
+            "CPU": "Central Processing Unit",
             "SQL": "Structured Query Language", "RAM": "Random Access Memory", "URL": "Uniform Resource Locator",
             "CSS": "Cascading Style Sheets", "HTML": "HyperText Markup Language", "GPU": "Graphics Processing Unit",
             "YAML": "YAML Ain't Markup Language", "TCP": "Transmission Control Protocol", "DNS": "Domain Name System",
@@ -296,7 +297,8 @@ class _Gen:
         hits = [f"{self.path('py')}:{self.rng.randint(1, 300)}: {t}" for _ in range(self.rng.randint(1, 3))]
         answer = f"{t} appears in " + ", ".join(h.split(":")[0] for h in hits) + "."
         return [self.row([user, call]),
-                self.row([user, call, self.result("search", "\n".join(hits)), {"role": "assistant", "content": answer}])]
+                self.row([user, call, self.result("search", "\n".join(hits)),
+                          {"role": "assistant", "content": answer}])]
 
     def write(self) -> list[dict[str, Any]]:
         p, c = self.path(), self.rng.choice(WRITE_TEXTS)
@@ -355,8 +357,8 @@ MIX = (("read", 0.18), ("ask", 0.1), ("list", 0.18), ("search", 0.11), ("write",
        ("two_step", 0.08), ("plain", 0.15))
 
 
-def generate_rows(count: int, *, seed: int = 0, system: str | None = None, tools: list[dict[str, Any]] | None = None,
-                  held_out: Iterable[str] = ()) -> list[dict[str, Any]]:
+def generate_rows(count: int, *, seed: int = 0, system: str | None = None,
+                  tools: list[dict[str, Any]] | None = None, held_out: Iterable[str] = ()) -> list[dict[str, Any]]:
     """About ``count`` rows (a request's rows stay together), none whose prompt is (near) a held-out one."""
     rng = random.Random(seed)
     gen = _Gen(rng, system, list(tools or []))
