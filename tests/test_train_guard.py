@@ -145,3 +145,15 @@ def test_the_best_checkpoint_becomes_the_adapter(tmp_path: Path, tiny_model: Pat
         (adapter / "checkpoints" / f"{best:07d}_adapters.safetensors").read_bytes()
     assert f"weights of iteration {best}" in result.stdout
     assert "ETA" in result.stderr
+
+
+def test_a_stopped_run_keeps_a_checkpoint_only_when_it_beat_the_start(tmp_path: Path) -> None:
+    from punie.training.train import _improved_checkpoint
+
+    for it in (8, 16):
+        (tmp_path / f"{it:07d}_adapters.safetensors").write_bytes(b"w")
+    # a run that improved (val 2.05 -> 1.77 at checkpoint 8) and then diverged: checkpoint 8 is kept
+    assert _improved_checkpoint(tmp_path, {1: 2.048, 8: 1.765, 16: 9.973})
+    # a run that never beat its start: the stop is an error
+    assert not _improved_checkpoint(tmp_path, {1: 2.0, 8: 2.1, 16: 9.9})
+    assert not _improved_checkpoint(tmp_path / "none", {})

@@ -16,6 +16,9 @@ at iteration ``i`` is that of the weights after ``i - 1`` steps. Checkpoints are
 saved after the step, so checkpoint ``i`` is paired with the loss printed at
 ``i`` (the weights one step earlier); `best_checkpoint` records that pairing.
 `data_warnings` says, before any compute is spent, when the data is too small.
+A stopped run still gives an adapter when a checkpoint saved before the stop has
+a lower validation loss than the run started with (the weights before a
+divergence, or before the rise); otherwise the stop is an error.
 """
 
 from __future__ import annotations

@@ -382,6 +382,15 @@ class _Watch:
             self.guard.feed(event.kind, event.iteration, event.loss)
 
 
+def _improved_checkpoint(staging: Path, val_losses: dict[int, float]) -> bool:
+    """Whether a checkpoint saved before a stop has a lower validation loss than the run started with
+    (then it is worth keeping, e.g. the weights before a divergence)."""
+    if not val_losses:
+        return False
+    start = val_losses[min(val_losses)]
+    return any(c.val_loss is not None and c.val_loss < start for c in list_checkpoints(staging, val_losses))
+
+
 def _select(staging: Path, plan: TrainPlan, watch: _Watch, stopped: TrainingStopped | None,
             warnings: list[str]) -> Selection:
     """Make the best checkpoint the adapter's weights; move the checkpoints under ``checkpoints/``."""
@@ -488,7 +497,7 @@ def train_adapter(
             code, tail = run_lora(plan, watch)
         except TrainingStopped as exc:
             logger.warning("training stopped: %s", exc.render())
-            if not exc.keep_best:
+            if not (exc.keep_best or _improved_checkpoint(staging, watch.val_losses)):
                 raise TrainingStopped(f"training stopped: {exc.message}{kept}", cause=exc.cause,
                                       iteration=exc.iteration, hint=exc.hint) from None
             stopped, code, tail = exc, 0, []
