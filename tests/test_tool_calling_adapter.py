@@ -55,7 +55,8 @@ def test_recorded_eval_beats_the_baseline() -> None:
     meta = read_meta(ADAPTER)
     assert meta is not None and meta.eval is not None
     suite = meta.eval["suites"]["tool-calling"]
-    assert set(suite["cases"]) == {c.id for c in load_suite("tool-calling").cases}
+    # v1's recorded eval was made on the first 10 cases; the suite has grown around them since.
+    assert set(suite["cases"]) <= {c.id for c in load_suite("tool-calling").cases}
     assert meta.score == suite["score"] > suite["baseline_score"]
 
 
@@ -160,14 +161,15 @@ def _acp_updates(proc: subprocess.Popen[str], cwd: str, text: str) -> tuple[dict
 @pytest.mark.mlx
 def test_punie_up_tool_calling_answers_with_a_real_tool_call(tmp_path: Path) -> None:
     """The README's headline, `punie up tool-calling`, in a copy of the project as a fresh clone has
-    it (punie.toml and adapters/tool-calling-v1, nothing else): check passes offline, the server
+    it (punie.toml and the shipped adapters, nothing else): check passes offline, the server
     serves the builtin model with the shipped adapter and the agent, driven over ACP as an IDE
     drives it, really runs list_files on the workspace (its output is the real listing)."""
     from punie.weights.builtin import ensure_builtin
 
     ensure_builtin("smollm2-135m-instruct")
     project = tmp_path / "project"
-    shutil.copytree(ADAPTER, project / "adapters" / ADAPTER.name)
+    for shipped in ("tool-calling-v1", "tool-calling-v2"):  # every adapter punie.toml's profiles name
+        shutil.copytree(REPO / "adapters" / shipped, project / "adapters" / shipped)
     shutil.copy(CONFIG, project / "punie.toml")
     (project / "adapters" / "README.md").write_text("adapters\n")
     check = subprocess.run([sys.executable, "-m", "punie", "check"], cwd=project, capture_output=True, text=True,

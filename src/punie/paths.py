@@ -39,6 +39,11 @@ def terminal_log(project_dir: str | Path) -> Path:
     return state_dir(project_dir) / "logs" / "terminal.log"
 
 
+def sessions_dir(project_dir: str | Path) -> Path:
+    """Where the agent keeps a project's conversations (`.punie/sessions/`, one JSON file per session)."""
+    return state_dir(project_dir) / "sessions"
+
+
 def history_file(project_dir: str | Path) -> Path:
     """The terminal mode's prompt history for a workspace (`.punie/history`, one entry per prompt)."""
     return state_dir(project_dir) / "history"

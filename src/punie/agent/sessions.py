@@ -23,20 +23,17 @@ from typing import Any
 
 from punie.errors import CorruptFileError
 from punie.jsonio import load_json_file
-from punie.paths import state_dir
+from punie.paths import sessions_dir
 
 logger = logging.getLogger(__name__)
 
-SESSIONS_DIR = "sessions"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TITLE_CHARS = 80
 #: A larger session file is skipped (a long conversation is a few MB).
 MAX_SESSION_BYTES = 256 * 1024 * 1024
 
 
-def sessions_dir(project_dir: str | os.PathLike[str]) -> Path:
-    """Where the sessions of a project (an ACP session's cwd) are kept."""
-    return state_dir(project_dir) / SESSIONS_DIR
+__all__ = ["SessionRecord", "SessionStore", "replay_updates", "sessions_dir", "title_of", "valid_session_id"]
 
 
 def valid_session_id(session_id: str) -> bool:

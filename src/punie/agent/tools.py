@@ -314,3 +314,14 @@ TOOL_FUNCTIONS: dict[str, Callable[..., Awaitable[str]]] = {
 def make_tools(names: list[str] | tuple[str, ...]) -> list[Tool[TurnDeps]]:
     """pydantic-ai tools for the enabled tool names (in the order given)."""
     return [Tool(TOOL_FUNCTIONS[name], takes_ctx=True, name=name) for name in names]
+
+
+def openai_tool_definitions(names: list[str] | tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """The enabled tools as the model sees them (OpenAI ``{"type": "function", "function": ...}``),
+    for training data that must offer the same tools as the agent."""
+    out = []
+    for tool in make_tools(list(names) if names is not None else list(TOOL_FUNCTIONS)):
+        spec = tool.tool_def
+        out.append({"type": "function", "function": {"name": spec.name, "description": spec.description,
+                                                     "parameters": spec.parameters_json_schema}})
+    return out

@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "models": "models",
     "train": "train",
     "eval": "evaluation",
+    "data": "data",
     "adapters": "adapters",
     "ide": "ide",
     "completion": "completion",

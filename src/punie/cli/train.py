@@ -27,20 +27,30 @@ class _TrainBar:
         self.total = total
         self.done = 0
         self.losses: dict[str, float | None] = {"train": None, "val": None}
+        self.eta: float | None = None
         self.bar: Any = None
 
     def _label(self) -> str:
         parts = [f"{k} loss {v:.3f}" for k, v in self.losses.items() if v is not None]
+        if self.eta is not None:
+            minutes, seconds = divmod(int(self.eta), 60)
+            parts.append(f"ETA {minutes}:{seconds:02d}")
         return "training" + (f" ({', '.join(parts)})" if parts else "")
 
     def __call__(self, event: Any) -> None:
+        if event.kind == "warning":
+            say(f"warning: {event.message}")
+            return
         if event.kind == "status":
             if self.bar is None:
                 say(event.message)
             return
+        if event.eta_seconds is not None:
+            self.eta = event.eta_seconds
         self.losses[event.kind] = event.loss
         if self.bar is None:
-            self.bar = click.progressbar(length=self.total, label=self._label(), file=sys.stderr, show_pos=True)
+            self.bar = click.progressbar(length=self.total, label=self._label(), file=sys.stderr, show_pos=True,
+                                         show_eta=False)
             self.bar.__enter__()
         self.bar.label = self._label()
         if event.kind == "train" and event.iteration is not None and event.iteration > self.done:
@@ -71,6 +81,12 @@ class _TrainBar:
 @click.option("--val-batches", type=int, help="Validation batches (-1: the whole valid split).")
 @click.option("--seed", type=int, help="Random seed.")
 @click.option("--mask-prompt", is_flag=True, help="Train on the answers only.")
+@click.option("--steps-per-eval", type=click.IntRange(min=1),
+              help="Validation interval (default: a fifth of --iters).")
+@click.option("--save-every", type=click.IntRange(min=1),
+              help="Checkpoint interval (default: the validation interval); the best by validation loss is kept.")
+@click.option("--guard/--no-guard", default=True, show_default=True,
+              help="Stop a run whose loss is NaN, rises or does not drop.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Adapter directory to write "
               "(default: the profile's adapter; adapters/PROFILE-TIME for latest/best/none).")
 @click.option("--dry-run", is_flag=True, help="Check the dataset and print the mlx_lm command; train nothing.")
@@ -117,6 +133,11 @@ def train_command(ctx: click.Context, profile: str | None, data: str, output: st
                f" {result.seconds:.1f} s)")
     click.echo(f"base model {result.meta.base_model} (config {result.meta.base_fingerprint}), "
                f"dataset {result.meta.dataset_hash}")
+    if result.selection is not None:
+        chosen = result.selection
+        if chosen.stopped:
+            say(f"warning: {chosen.stopped}")
+        click.echo(f"weights of iteration {chosen.chosen_iteration}: {chosen.reason.split(' (')[0]}")
     adapter_spec = resolved.profile.adapter
     if adapter_spec is None:
         click.echo(f"note: profile '{resolved.name}' uses no adapter; serve this one with "

@@ -45,7 +45,15 @@ from punie.training.ab import (
     compare_sides,
 )
 from punie.training.stats import CONFIDENCE, RESAMPLES, SEED, Gate, mean_interval
-from punie.training.suite import CaseResult, EvalCase, Suite, load_suite, request_body, score_case
+from punie.training.suite import (
+    CaseResult,
+    EvalCase,
+    Suite,
+    load_suite,
+    request_body,
+    score_case,
+    wants_second_step,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,17 +158,23 @@ def serve(resolved: ResolvedProfile, *, log_dir: Path) -> Iterator[tuple[str, st
             yield server.base_url, server.adapter
 
 
-def _ask(client: Any, url: str, body: dict[str, Any], case: EvalCase, label: str) -> CaseResult:
+def _ask(client: Any, url: str, body: dict[str, Any], suite: Suite, case: EvalCase, label: str) -> CaseResult:
     import httpx
 
     try:
         response = client.post(url, json=body)
         response.raise_for_status()
         message = response.json()["choices"][0]["message"]
-        return score_case(case, message)
+        second = None
+        if (first := wants_second_step(case, message)) is not None:  # two-step cases: the tool's result, then again
+            sampling = {key: body[key] for key in ("temperature", "top_p", "seed") if key in body}
+            response = client.post(url, json=request_body(suite, case, first) | sampling)
+            response.raise_for_status()
+            second = response.json()["choices"][0]["message"]
+        return score_case(case, message, second)
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
         logger.warning("%s: case %s failed: %s", label, case.id, exc)
-        return CaseResult(id=case.id, score=0.0, error=str(exc)[:300])
+        return CaseResult(id=case.id, category=case.category, score=0.0, error=str(exc)[:300])
 
 
 AnswerCallback = Callable[[int, "int | None", CaseResult, float], None]
@@ -198,7 +212,7 @@ def ask_suite(
             body = request_body(suite, case)
             body["temperature"] = 0.0
             started = time.monotonic()
-            result = _ask(client, url, body, case, label)
+            result = _ask(client, url, body, suite, case, label)
             greedy.append(result)
             if on_answer is not None:
                 on_answer(index, None, result, time.monotonic() - started)
@@ -209,7 +223,7 @@ def ask_suite(
                 if top_p is not None:
                     body["top_p"] = top_p
                 started = time.monotonic()
-                result = _ask(client, url, body, case, label)
+                result = _ask(client, url, body, suite, case, label)
                 answers.append(result)
                 if on_answer is not None:
                     on_answer(index, sample, result, time.monotonic() - started)

@@ -11,6 +11,12 @@ Each case scores 0..1: the mean of its parts, which are (when the case asks
 for them) the right tool name, the fraction of argument keywords found in the
 call's arguments, and the fraction of answer keywords found in the text. A
 case with ``expect_tool: null`` and ``no_tool: true`` wants a plain answer.
+A two-step case has ``then``: when the first answer calls the expected tool,
+the call and a scripted result (``then.result``) go back to the model, whose
+second answer is scored against ``then``; the case scores the mean of both
+steps (a missed first step scores the second 0). A case passes when it scores
+1 (every part right). Each case has a category (default: its tool, or
+``no-tool``), for per-category reports.
 
 Only real tool calls count: the OpenAI ``tool_calls`` of the server's answer,
 which is all the agent (pydantic-ai over OpenAI tool calling) ever receives.
@@ -42,23 +48,49 @@ MAX_SUITE_BYTES = 64 * 1024 * 1024
 _TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(\{.*?)\s*(?:</tool_call>|\Z)", re.DOTALL)
 
 
+#: A case passes at this score (every part of it right).
+PASS_SCORE = 1.0
+
+
+class FollowUp(BaseModel):
+    """The second step of a two-step case: the first call's scripted result and the call expected next."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    result: str = Field(description="What the first tool call returns to the model.")
+    expect_tool: str
+    expect_args: list[str] = Field(default_factory=list)
+
+
 class EvalCase(BaseModel):
     """One prompt and what a good answer contains."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
+    category: str = Field("", description="Group of the case in reports (default: expect_tool, or no-tool).")
     prompt: str
     tools: list[str] | None = Field(None, description="Names of the suite's tools offered (default: all).")
     expect_tool: str | None = None
     expect_args: list[str] = Field(default_factory=list, description="Keywords expected in the arguments.")
     expect_keywords: list[str] = Field(default_factory=list, description="Keywords expected in the answer text.")
     no_tool: bool = Field(False, description="The answer must not call a tool.")
+    then: FollowUp | None = Field(None, description="A second step (two-step cases): needs expect_tool.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_category(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("category"):
+            data = dict(data)
+            data["category"] = "no-tool" if data.get("no_tool") else (data.get("expect_tool") or "answer")
+        return data
 
     @model_validator(mode="after")
     def _something_to_score(self) -> EvalCase:
         if not (self.expect_tool or self.expect_keywords or self.no_tool):
             raise ValueError("a case needs expect_tool, expect_keywords or no_tool")
+        if self.then is not None and not self.expect_tool:
+            raise ValueError("a two-step case ('then') needs expect_tool for its first step")
         return self
 
 
@@ -84,6 +116,9 @@ class Suite(BaseModel):
             for name in case.tools or []:
                 if name not in names:
                     raise ValueError(f"case {case.id!r}: tool {name!r} is not defined in the suite's tools")
+        ids = [c.id for c in self.cases]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"case ids repeat: {sorted({i for i in ids if ids.count(i) > 1})}")
         return self
 
     def tools_for(self, case: EvalCase) -> list[dict[str, Any]]:
@@ -105,8 +140,11 @@ class CaseResult(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
+    category: str = ""
     score: float
+    passed: bool = Field(False, description=f"score >= {PASS_SCORE}")
     tool_call: ToolCall | None = Field(None, description="The first real tool call (OpenAI tool_calls).")
+    second_call: ToolCall | None = Field(None, description="Two-step cases: the call of the second answer.")
     text_call: ToolCall | None = Field(
         None, description="A <tool_call> written in the text that the server did not parse (scores nothing)."
     )
@@ -148,12 +186,20 @@ def load_suite(spec: str | Path | None = None) -> Suite:
         raise TrainingError(f"{loc + ': ' if loc else ''}{first['msg']}", where=where) from exc
 
 
-def request_body(suite: Suite, case: EvalCase) -> dict[str, Any]:
-    """The /v1/chat/completions body of a case (model "default_model": the served adapter)."""
+def request_body(suite: Suite, case: EvalCase, first: ToolCall | None = None) -> dict[str, Any]:
+    """The /v1/chat/completions body of a case (model "default_model": the served adapter).
+
+    With ``first`` (a two-step case's first call), the body of the second step: the
+    call and the case's scripted result follow the prompt.
+    """
     messages: list[dict[str, Any]] = []
     if suite.system:
         messages.append({"role": "system", "content": suite.system})
     messages.append({"role": "user", "content": case.prompt})
+    if first is not None and case.then is not None:
+        messages.append({"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": first.name, "arguments": first.arguments}}]})
+        messages.append({"role": "tool", "tool_call_id": "call_1", "name": first.name, "content": case.then.result})
     body: dict[str, Any] = {
         "model": SERVED_MODEL_NAME,
         "messages": messages,
@@ -202,22 +248,42 @@ def _fraction(keywords: list[str], text: str) -> float:
     return sum(1 for k in keywords if k.lower() in low) / len(keywords)
 
 
-def score_case(case: EvalCase, message: dict[str, Any]) -> CaseResult:
-    """Score an assistant message (OpenAI format) against the case."""
+def _call_parts(expect_tool: str, expect_args: list[str], call: ToolCall | None) -> list[float]:
+    parts = [1.0 if call is not None and call.name == expect_tool else 0.0]
+    if expect_args:
+        parts.append(_fraction(expect_args, call.arguments) if call is not None else 0.0)
+    return parts
+
+
+def wants_second_step(case: EvalCase, message: dict[str, Any]) -> ToolCall | None:
+    """The first call to send back for a two-step case's second step (None: no second step to ask)."""
+    call = extract_tool_call(message)
+    if case.then is None or case.expect_tool is None or call is None or call.name != case.expect_tool:
+        return None
+    return call
+
+
+def score_case(case: EvalCase, message: dict[str, Any], second: dict[str, Any] | None = None) -> CaseResult:
+    """Score an assistant message (OpenAI format) against the case; ``second`` is a two-step case's second answer."""
     call = extract_tool_call(message)
     text = message.get("content") or ""
     parts: list[float] = []
     if case.expect_tool:
-        parts.append(1.0 if call is not None and call.name == case.expect_tool else 0.0)
-        if case.expect_args:
-            parts.append(_fraction(case.expect_args, call.arguments) if call is not None else 0.0)
+        parts += _call_parts(case.expect_tool, case.expect_args, call)
     if case.no_tool:
         parts.append(0.0 if call is not None else 1.0)
     if case.expect_keywords:
         parts.append(_fraction(case.expect_keywords, text))
     score = sum(parts) / len(parts)
+    second_call = None
+    if case.then is not None:
+        second_call = extract_tool_call(second) if second is not None else None
+        then = _call_parts(case.then.expect_tool, case.then.expect_args, second_call)
+        score = (score + (sum(then) / len(then) if second is not None else 0.0)) / 2
     text_call = extract_text_tool_call(message) if call is None else None
-    return CaseResult(id=case.id, score=round(score, 4), tool_call=call, text_call=text_call, text=text[:300])
+    score = round(score, 4)
+    return CaseResult(id=case.id, category=case.category, score=score, passed=score >= PASS_SCORE, tool_call=call,
+                      second_call=second_call, text_call=text_call, text=text[:300])
 
 
 def run_suite_cases_count(spec: str | Path | None = None) -> int:

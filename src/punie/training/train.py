@@ -7,6 +7,13 @@ into a hidden staging directory beside the target, which replaces the target
 only when mlx_lm succeeded (the old adapter is kept otherwise). Progress lines
 of mlx_lm are parsed into `ProgressEvent` values handed to a callback; this
 module never prints.
+
+The run is guarded (`punie.training.guard`): too little data is a warning
+before mlx_lm starts; a NaN, an exploding or a rising validation loss, or no
+drop at all stops mlx_lm with the likely cause and the fix. Checkpoints are
+saved every ``save_every`` iterations (and kept under ``checkpoints/``); the
+one with the lowest validation loss becomes the adapter, and which one and why
+is recorded as ``training`` in punie-adapter.json.
 """
 
 from __future__ import annotations
@@ -31,11 +38,22 @@ from punie.config.models import ResolvedProfile
 from punie.errors import ModelError, PunieError, TrainingError, UsageError
 from punie.paths import current_umask
 from punie.training.dataset import DatasetInfo, validate_dataset
+from punie.training.guard import (
+    LossGuard,
+    Selection,
+    TrainingStopped,
+    best_checkpoint,
+    data_warnings,
+    list_checkpoints,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_LAYERS = 16
 DEFAULT_BATCH_SIZE = 4
+#: Validation evaluations (and checkpoints) per run by default, besides the first one.
+DEFAULT_EVALS = 5
+CHECKPOINTS_DIR = "checkpoints"
 TAIL_LINES = 40
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # mlx-lm >= 0.30 prints a table ("   10    2.345 ▼    1,234    0.1k" and
@@ -64,6 +82,8 @@ class TrainOptions(BaseModel):
     val_batches: int | None = Field(None, description="Validation batches (-1: whole valid split).")
     steps_per_eval: int | None = Field(None, ge=1)
     steps_per_report: int | None = Field(None, ge=1)
+    save_every: int | None = Field(None, ge=1, description="Checkpoint interval (default: the evaluation interval).")
+    guard: bool = Field(True, description="Stop a run whose loss goes wrong; keep the best checkpoint.")
     seed: int | None = None
     mask_prompt: bool = False
 
@@ -92,11 +112,12 @@ class ProgressEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["train", "val", "status"]
+    kind: Literal["train", "val", "status", "warning"]
     iteration: int | None = None
     total: int | None = None
     loss: float | None = None
     message: str | None = None
+    eta_seconds: float | None = Field(None, description="Estimated seconds left (train events).")
 
 
 class TrainResult(BaseModel):
@@ -109,6 +130,8 @@ class TrainResult(BaseModel):
     train_loss: float | None = None
     val_loss: float | None = None
     seconds: float
+    selection: Selection | None = None
+    warnings: list[str] = Field(default_factory=list)
 
 
 def parse_progress_line(line: str, total: int | None = None) -> ProgressEvent | None:
@@ -202,6 +225,8 @@ def build_train_plan(
     if batch_size > smallest:
         raise UsageError(f"--batch-size {batch_size} is larger than the smallest split ({smallest} rows)")
     iters = options.iters
+    steps_per_eval = options.steps_per_eval or max(1, iters // DEFAULT_EVALS)
+    save_every = options.save_every or steps_per_eval
     argv = [
         python, "-m", "mlx_lm", "lora",
         "--model", str(model_dir),
@@ -213,8 +238,8 @@ def build_train_plan(
         "--num-layers", str(num_layers),
         "--adapter-path", str(staging),
         "--steps-per-report", str(options.steps_per_report or max(1, iters // 50)),
-        "--steps-per-eval", str(options.steps_per_eval or iters),
-        "--save-every", str(iters + 1),  # checkpoints are not kept: only the final adapter
+        "--steps-per-eval", str(steps_per_eval),
+        "--save-every", str(save_every),
         "-c", str(config_file),
     ]
     if options.learning_rate is not None:
@@ -311,7 +336,86 @@ def run_lora(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | Non
         code, tail = run_to_end("mlx_lm", plan.argv, env=plan.env, on_line=on_line, tail_lines=TAIL_LINES)
     except OSError as exc:
         raise TrainingError(f"cannot start mlx_lm: {exc}") from exc
+    except BaseExceptionGroup as group:  # a TrainingStopped raised by on_progress, from the pump task
+        stopped = _stopped_in(group)
+        if stopped is None:
+            raise
+        raise stopped from None
     return code, [_ANSI.sub("", line) for line in tail]
+
+
+def _stopped_in(group: BaseExceptionGroup) -> TrainingStopped | None:
+    for exc in group.exceptions:
+        if isinstance(exc, TrainingStopped):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _stopped_in(exc)) is not None:
+            return found
+    return None
+
+
+class _Watch:
+    """The progress callback of a run: feeds the guard, adds an ETA, forwards to the caller."""
+
+    def __init__(self, plan: TrainPlan, guard: LossGuard | None,
+                 on_progress: Callable[[ProgressEvent], None] | None):
+        self.plan = plan
+        self.guard = guard
+        self.on_progress = on_progress
+        self.losses: dict[str, float | None] = {"train": None, "val": None}
+        self.val_losses: dict[int, float] = {}
+        self.started: tuple[float, int] | None = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind in self.losses:
+            self.losses[event.kind] = event.loss
+        if event.kind == "val" and event.iteration is not None and event.loss is not None:
+            self.val_losses[event.iteration] = event.loss
+        if event.kind == "train" and event.iteration is not None:
+            now = time.monotonic()
+            if self.started is None:
+                self.started = (now, event.iteration)
+            else:
+                t0, it0 = self.started
+                if event.iteration > it0:
+                    rate = (now - t0) / (event.iteration - it0)
+                    event = event.model_copy(update={"eta_seconds": round(rate * (self.plan.iters - event.iteration),
+                                                                          1)})
+        if self.on_progress is not None:
+            self.on_progress(event)
+        if self.guard is not None:
+            self.guard.feed(event.kind, event.iteration, event.loss)
+
+
+def _improved_checkpoint(staging: Path, val_losses: dict[int, float]) -> bool:
+    """Whether a checkpoint saved before a stop has a lower validation loss than the run started with
+    (then it is worth keeping, e.g. the weights before a divergence)."""
+    if not val_losses:
+        return False
+    start = val_losses[min(val_losses)]
+    return any(c.val_loss is not None and c.val_loss < start for c in list_checkpoints(staging, val_losses))
+
+
+def _select(staging: Path, plan: TrainPlan, watch: _Watch, stopped: TrainingStopped | None,
+            warnings: list[str]) -> Selection:
+    """Make the best checkpoint the adapter's weights; move the checkpoints under ``checkpoints/``."""
+    checkpoints = list_checkpoints(staging, watch.val_losses)
+    final = None if stopped is not None else plan.iters
+    candidates = [c for c in checkpoints if c.iteration != final]  # checkpoint == final weights
+    iteration, loss, reason = best_checkpoint(candidates, final_iteration=final,
+                                              final_val=watch.val_losses.get(plan.iters) if final else None)
+    if iteration != final:
+        shutil.copyfile(staging / next(c.file for c in checkpoints if c.iteration == iteration),
+                        staging / WEIGHTS_FILE)
+    if checkpoints:
+        (staging / CHECKPOINTS_DIR).mkdir()
+        for c in checkpoints:
+            os.rename(staging / c.file, staging / CHECKPOINTS_DIR / c.file)
+    return Selection(chosen_iteration=iteration, chosen_val_loss=loss,
+                     reason=reason + " (a checkpoint is paired with the validation loss mlx_lm printed at its "
+                     "iteration, measured one step before it)",
+                     checkpoints=[c.model_copy(update={"file": f"{CHECKPOINTS_DIR}/{c.file}"}) for c in checkpoints],
+                     stopped=stopped.render() if stopped is not None else None,
+                     val_losses=dict(sorted(watch.val_losses.items())), warnings=warnings)
 
 
 def _with_canary(adapter_dir: Path, model_dir: Path, meta: AdapterMeta) -> AdapterMeta:
@@ -363,6 +467,13 @@ def train_adapter(
         if on_plan:
             on_plan(plan)
         return plan
+    probe = build_train_plan(**plan_args, staging=staging_hint, config_file=staging_hint / "lora.yaml")
+    warnings = data_warnings(dataset.splits["train"].rows, dataset.splits["valid"].rows if "valid" in
+                             dataset.splits else 0, probe.iters, probe.batch_size)
+    for warning in warnings:  # before any compute is spent
+        logger.warning("%s", warning)
+        if on_progress is not None:
+            on_progress(ProgressEvent(kind="warning", message=warning))
     if target.exists() and not target.is_dir():
         raise UsageError("output exists and is not a directory", where=str(target))
     from punie.weights.fingerprint import base_identity
@@ -384,25 +495,30 @@ def train_adapter(
             on_plan(plan)
         # JSON is YAML: mlx_lm reads the -c file with yaml.load.
         config_file.write_text(json.dumps(plan.lora_config), encoding="utf-8")
-        losses: dict[str, float | None] = {"train": None, "val": None}
-
-        def progress(event: ProgressEvent) -> None:
-            if event.kind in losses:
-                losses[event.kind] = event.loss
-            if on_progress is not None:
-                on_progress(event)
-
-        code, tail = run_lora(plan, progress)
-        if code != 0 or not (staging / WEIGHTS_FILE).is_file():
-            kept = " (the previous adapter is kept)" if target.exists() else ""
+        guard = LossGuard(iters=plan.iters, train_rows=dataset.splits["train"].rows,
+                          learning_rate=options.learning_rate) if options.guard else None
+        watch = _Watch(plan, guard, on_progress)
+        kept = " (the previous adapter is kept)" if target.exists() else ""
+        stopped: TrainingStopped | None = None
+        try:
+            code, tail = run_lora(plan, watch)
+        except TrainingStopped as exc:
+            logger.warning("training stopped: %s", exc.render())
+            if not (exc.keep_best or _improved_checkpoint(staging, watch.val_losses)):
+                raise TrainingStopped(f"training stopped: {exc.message}{kept}", cause=exc.cause,
+                                      iteration=exc.iteration, hint=exc.hint) from None
+            stopped, code, tail = exc, 0, []
+        if code != 0 or (stopped is None and not (staging / WEIGHTS_FILE).is_file()):
             raise TrainingError(
                 f"mlx_lm lora failed (exit code {code}){kept}; its last output:\n  " + "\n  ".join(tail[-15:]),
                 where=str(target),
             )
+        selection = _select(staging, plan, watch, stopped, warnings)
         meta = AdapterMeta(
             base_model=base_model, base_fingerprint=identity.config if identity else None, base=identity,
             dataset_hash=dataset.hash,
             iters=plan.iters, created=now_iso(), score=None, eval=None,
+            training=selection.model_dump(mode="json"),
         )
         _settle_config(staging / "adapter_config.json", target=target, base_model=base_model,
                        dataset=Path(dataset.path), project_dir=Path(resolved.project_dir))
@@ -414,6 +530,6 @@ def train_adapter(
         config_file.unlink(missing_ok=True)
     logger.info("adapter written to %s", target)
     return TrainResult(
-        adapter_dir=str(target), meta=meta, train_loss=losses["train"], val_loss=losses["val"],
-        seconds=round(time.monotonic() - started, 2),
+        adapter_dir=str(target), meta=meta, train_loss=watch.losses["train"], val_loss=watch.losses["val"],
+        seconds=round(time.monotonic() - started, 2), selection=selection, warnings=warnings,
     )
