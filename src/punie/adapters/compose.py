@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from punie.adapters.files import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
 from punie.adapters.identity import RecordedBase, recorded_base, same_base
 from punie.adapters.tensors import load_tensor, numpy_module, tensor_index
+from punie.config.atomic import replace_dir
 from punie.errors import AdapterError
 from punie.jsonio import load_json_file, open_regular
 from punie.paths import state_dir
@@ -424,10 +425,7 @@ def _write_atomically(plan: Plan, out: Path, *, replace: bool) -> Path:
     try:
         _write_dir(plan, tmp)
         if replace and out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / out.name)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, out)
         else:
             try:
                 os.rename(tmp, out)

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from punie.adapters.canary import Canary, TopToken
 from punie.adapters.files import CONFIG_FILE, WEIGHTS_FILE
+from punie.config.atomic import replace_dir
 from punie.config.models import FuseOptions
 from punie.errors import AdapterError, ConfigError, CorruptFileError
 from punie.jsonio import load_json_file
@@ -273,15 +274,7 @@ def new_work_dir(entry: Path) -> Path:
 
 def commit(work: Path, entry: Path) -> Path:
     """Move a finished work directory into place (replacing a bad entry); call under `entry_lock`."""
-    os.chmod(work, 0o755)
-    if entry.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.old-", dir=entry.parent))
-        os.rename(entry, old / entry.name)
-        os.rename(work, entry)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(work, entry)
-    return entry
+    return replace_dir(work, entry, mode=0o755)
 
 
 def discard(directory: Path) -> None:

@@ -391,6 +391,18 @@ def read_fd(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def check_replaceable_file(st: os.stat_result, shown: str) -> None:
+    """Refuse to replace what is not one plain file: a directory, a FIFO, device or socket, or a file
+    with other (hard-linked) names, which may be outside the workspace."""
+    if stat.S_ISDIR(st.st_mode):
+        raise ToolFailure(f"{shown!r} is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise ToolFailure(f"{shown!r} is a {kind(st.st_mode)}, not a regular file: refused")
+    if st.st_nlink > 1:
+        raise ToolFailure(f"{shown!r} has {st.st_nlink} hard links: refused (the other names may be "
+                          "outside the workspace; remove the extra links first)")
+
+
 def write_atomic(target: Target, data: bytes, shown: str) -> None:
     """Replace ``target`` with ``data``: a temp file in the same directory descriptor, renamed over it."""
     if target.name is None:
@@ -398,13 +410,7 @@ def write_atomic(target: Target, data: bytes, shown: str) -> None:
     st = target.st
     mode = 0o666
     if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise ToolFailure(f"{shown!r} is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise ToolFailure(f"{shown!r} is a {kind(st.st_mode)}, not a regular file: refused")
-        if st.st_nlink > 1:
-            raise ToolFailure(f"{shown!r} has {st.st_nlink} hard links: refused (the other names may be "
-                              "outside the workspace; remove the extra links first)")
+        check_replaceable_file(st, shown)
         mode = stat.S_IMODE(st.st_mode)
     tmp = f".{_cut_bytes(target.name, 200)}.punie-{secrets.token_hex(6)}.tmp"  # <= 224 bytes
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o600, dir_fd=target.dirfd)

@@ -183,13 +183,7 @@ class Workspace:
                 raise ToolFailure(f"{target.rel!r} is a protected path: writing it needs permission")
             st = target.st
             if st is not None:
-                if stat.S_ISDIR(st.st_mode):
-                    raise ToolFailure(f"{path!r} is a directory")
-                if not stat.S_ISREG(st.st_mode):
-                    raise ToolFailure(f"{path!r} is a {fs.kind(st.st_mode)}, not a regular file: refused")
-                if st.st_nlink > 1:
-                    raise ToolFailure(f"{path!r} has {st.st_nlink} hard links: refused (the other names may be "
-                                      "outside the workspace; remove the extra links first)")
+                fs.check_replaceable_file(st, path)
                 fd, _ = fs.open_regular(target, path)  # the mount check, on the file itself
                 os.close(fd)
             return self.root / target.rel

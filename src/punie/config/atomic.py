@@ -1,4 +1,4 @@
-"""Atomic, serialised replacement of a text file (the profiles file).
+"""Atomic, serialised replacement of a text file (the profiles file), and of a directory (`replace_dir`).
 
 ``write_atomic`` writes the new content to a temporary file in the same
 directory (named ``.NAME.PID.RANDOM.tmp``), flushes and fsyncs it, gives it the
@@ -40,8 +40,10 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -255,3 +257,23 @@ def remove_stale_temps(target: Path) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+def replace_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str], *, mode: int | None = None) -> Path:
+    """Put the finished directory ``staging`` at ``target`` (a sibling), replacing what is there.
+
+    Each step is a rename within one directory: a reader sees the old directory or the new one,
+    never a mix. The old one is moved aside first, then removed. ``mode``: the new directory's
+    permissions (a ``mkdtemp`` directory is 0700).
+    """
+    staging, target = Path(staging), Path(target)
+    if mode is not None:
+        os.chmod(staging, mode)
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / target.name)
+        os.rename(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, target)
+    return target

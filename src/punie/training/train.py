@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from punie.adapters.files import ADAPTERS_DIR, SPECIAL_SPECS, WEIGHTS_FILE
 from punie.adapters.metadata import AdapterMeta, now_iso, write_meta
+from punie.config.atomic import replace_dir
 from punie.config.models import ResolvedProfile
 from punie.errors import ModelError, PunieError, TrainingError, UsageError
 from punie.paths import current_umask
@@ -305,16 +306,8 @@ def _settle_config(path: Path, *, target: Path, base_model: str, dataset: Path, 
 
 
 def _swap_into_place(staging: Path, output: Path) -> None:
-    """Replace ``output`` by ``staging`` (renames within one directory)."""
-    # mkdtemp makes a private (0700) directory; the adapter gets the usual permissions.
-    os.chmod(staging, 0o777 & ~current_umask())
-    if output.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-        os.rename(output, old / output.name)
-        os.rename(staging, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, output)
+    """Replace ``output`` by ``staging``; the adapter gets the usual permissions (mkdtemp's are 0700)."""
+    replace_dir(staging, output, mode=0o777 & ~current_umask())
 
 
 def run_lora(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | None = None) -> tuple[int, list[str]]:
