@@ -1,6 +1,6 @@
 """The README's Python API example, run as written on the builtin model.
 
-It must print exactly what ``punie eval tool-calling`` reports (same suite, same baseline, same
+It must print exactly what ``punie eval tool-calling --suite tool-calling-smoke`` reports (same suite, same baseline, same
 scores per case: temperature 0 on the same model), and the shipped adapter must beat its
 baseline on real tool calls: the measurement `punie eval` is for.
 """
@@ -52,7 +52,7 @@ def test_the_readme_example_prints_what_punie_eval_prints() -> None:
     ensure_builtin("smollm2-135m-instruct")  # once per session (PUNIE_CACHE_DIR is a session temp dir)
     (rc, printed, err), (cli_rc, cli_out, cli_err) = _run_both(
         [sys.executable, "-c", readme_example()],
-        [sys.executable, "-m", "punie", "eval", "tool-calling", "--format", "json"],
+        [sys.executable, "-m", "punie", "eval", "tool-calling", "--suite", "tool-calling-smoke", "--format", "json"],
     )
     assert rc == 0, err[-3000:]
     assert "case 1/" in err and "ETA" in err  # the example's progress, on stderr
