@@ -18,9 +18,6 @@ CONFIG = REPO / "punie.toml"
 @pytest.mark.slow
 @pytest.mark.mlx
 @pytest.mark.timeout(1200)
-@pytest.mark.xfail(strict=True, reason="tool-calling-v2 had only 12 training iterations (24 rows): measured "
-                   "2026-12-07, it made no call for the list prompt and ran out of tokens; a longer run is needed "
-                   "(strict: remove this marker when an adapter passes)")
 def test_the_readme_prompts_call_the_right_tool_with_the_right_path(tmp_path: Path) -> None:
     from punie.agent.runner import build_agent, run_turn_sync
     from punie.agent.tools import ToolCallRecord, ToolHooks
