@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
@@ -179,3 +180,29 @@ def test_unreadable_bytes_are_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not UTF-8"):
         apply_edit(path, lambda text: set_value(text, "a", "server.port", 9000))
     assert path.read_bytes() == b"[profiles.a]\nmodel = '\xff'\n"
+
+
+def test_write_cache_json_writes_and_is_best_effort(tmp_path: Path) -> None:
+    from punie.config.atomic import write_cache_json
+
+    target = tmp_path / "cache" / "known.json"
+    assert write_cache_json(target, {"a": 1}) is True
+    assert json.loads(target.read_text()) == {"a": 1}
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert write_cache_json(blocker / "known.json", {"a": 1}) is False  # a parent that is a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "file"]  # no temp file left
+
+
+def test_replace_dir_swaps_in_the_new_directory(tmp_path: Path) -> None:
+    from punie.config.atomic import replace_dir
+
+    target, staging = tmp_path / "adapter", tmp_path / ".staging"
+    target.mkdir()
+    (target / "old").write_text("old")
+    staging.mkdir()
+    (staging / "new").write_text("new")
+    replace_dir(staging, target, mode=0o755)
+    assert [p.name for p in target.iterdir()] == ["new"] and not staging.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # the old one moved aside and removed
+    assert target.stat().st_mode & 0o777 == 0o755

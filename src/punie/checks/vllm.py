@@ -13,7 +13,6 @@ interpreter's path and mtime.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -21,6 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from punie.config.atomic import write_cache_json
 from punie.config.models import ResolvedProfile
 from punie.errors import CorruptFileError
 from punie.jsonio import load_json_file
@@ -65,13 +65,7 @@ def vllm_python_status(python: str) -> dict[str, Any]:
     status = _probe(str(path))
     if status.get("ok"):  # a failure may be fixed without touching the interpreter: ask again next time
         known[stamp] = status
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(known), encoding="utf-8")
-            os.replace(tmp, cache)
-        except OSError:
-            pass
+        write_cache_json(cache, known)
     return status
 
 

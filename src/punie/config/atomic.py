@@ -277,3 +277,21 @@ def replace_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str],
     else:
         os.rename(staging, target)
     return target
+
+
+def write_cache_json(path: str | os.PathLike[str], value: object) -> bool:
+    """Write a cache file as JSON through a temp file and a rename, best effort: a cache that
+    cannot be written is only slower next time, so an OSError is swallowed (returns False)."""
+    import json
+
+    path = Path(path)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(value), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+    return True

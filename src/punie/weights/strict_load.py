@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from punie.config.atomic import write_cache_json
 from punie.errors import CorruptFileError
 from punie.findings import Finding
 from punie.jsonio import load_json_file
@@ -130,14 +131,7 @@ def _cache_write(key: str, answer: dict[str, Any]) -> None:
     known[key] = answer
     while len(known) > _CACHE_ENTRIES:
         known.pop(next(iter(known)))
-    path = cache_dir() / _CACHE_FILE
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    write_cache_json(cache_dir() / _CACHE_FILE, known)
 
 
 def ask_engine(model_type: str, config: dict[str, Any], tensors: dict[str, tuple[str, list[int]]]
