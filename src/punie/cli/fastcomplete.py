@@ -33,6 +33,7 @@ SLOTS: dict[tuple[str, ...], dict[str, str]] = {
     ("ide",): {},  # its PROFILE is its second positional: left to click
     ("profiles", "show"): {"ARG": "profiles"},
     ("adapters", "compose"): {"ARGS": "adapters"},
+    ("adapters", "fuse"): {"ARG": "adapters"},
     ("ask",): {"--profile|-p": "profiles"},
     ("serve",): {"--profile|-p": "profiles", "--adapter|-a": "adapters"},
     ("train",): {"ARG": "profiles"},
