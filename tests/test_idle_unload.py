@@ -193,3 +193,132 @@ def test_a_turn_that_wakes_the_server_tells_its_thoughts_callback(monkeypatch: p
     # the thought and the (fake, instant) start race; both come before the answer
     assert sorted(events[:2]) == sorted([f"thought {wake.LOADING}", "server started"]), events
     assert events[2:] == ["text Hi there."], events
+
+
+def test_the_control_socket_serves_several_peers_and_only_its_user(tmp_path: Path) -> None:
+    """The control socket `punie ask` uses: mode 0600; two peers asleep at once are both answered
+    loading, then ready; a peer's request in flight holds the server like the agent's; the socket file
+    is gone once the listener stops."""
+    import stat
+
+    import anyio
+
+    from punie.agent.wake import Waker
+    from punie.launch.idle import IdleControl
+
+    path = tmp_path / "p.sock"
+
+    async def scenario() -> None:
+        control = IdleControl(0.2)
+        async with anyio.create_task_group() as tg:
+            await tg.start(control.listen, path)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            first, second = Waker.connect(path), Waker.connect(path)
+            assert first is not None and second is not None
+            assert await anyio.to_thread.run_sync(first.begin) == "ready"  # awake: at once
+            with anyio.fail_after(5):
+                while control.in_flight != 1:
+                    await anyio.sleep(0.01)
+            with anyio.move_on_after(0.6) as held:
+                await control.idle()
+            assert held.cancelled_caught and control.awake  # its request holds the server
+            first.send("done")
+            with anyio.fail_after(5):
+                await control.idle()
+            assert not control.awake
+            assert await anyio.to_thread.run_sync(first.begin) == "loading"
+            assert await anyio.to_thread.run_sync(second.begin) == "loading"
+            with anyio.fail_after(5):
+                await control.wait_wake()
+                while control.waiting != 2:
+                    await anyio.sleep(0.01)
+            control.ready()
+            assert await anyio.to_thread.run_sync(first.finish) == "ready"
+            assert await anyio.to_thread.run_sync(second.finish) == "ready"
+            first.sock.close()
+            second.sock.close()
+            with anyio.fail_after(5):
+                while control.in_flight:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        assert not path.exists()
+
+    anyio.run(scenario)
+
+
+def test_no_control_socket_where_its_path_cannot_be_bound(tmp_path: Path) -> None:
+    """A project so deep that the socket path passes the kernel's limit gets no socket (and says nothing
+    false): the instance file names none, so `punie ask` does not try."""
+    from punie.launch.instances import MAX_SOCKET_PATH, claim, control_socket, running
+    from tests.support.launch_helpers import fake_plan
+
+    deep = tmp_path / ("d" * (MAX_SOCKET_PATH + 10))
+    deep.mkdir()
+    shallow_plan = fake_plan(tmp_path, idle_unload=60.0)
+    deep_plan = fake_plan(deep, idle_unload=60.0)
+    with claim(shallow_plan) as claimed:
+        assert claimed.control_socket is not None and claimed.control_socket.endswith(".sock")
+        assert control_socket(tmp_path, claimed.profile, claimed.port) == Path(claimed.control_socket)
+        assert "control_socket" not in claimed.to_json()  # not part of the plan's JSON (dry run unchanged)
+    with claim(deep_plan) as claimed:
+        assert claimed.control_socket is None
+        assert [i.control for i in running(deep)] == [None]
+
+
+@pytest.mark.slow
+@pytest.mark.mlx
+@pytest.mark.timeout(400)
+def test_punie_ask_wakes_the_idle_server_of_a_running_punie_up(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`punie up` of a profile with idle_unload; the server is stopped when idle; `punie ask --profile`
+    in the same project wakes it through the control socket and gets its answer; the session then
+    ends cleanly and leaves neither process nor socket."""
+    import subprocess
+    import threading
+
+    pytest.importorskip("mlx_lm")
+    from punie.config import load_profile
+    from tests.support.tiny import build_tiny_model
+
+    marker = f"IDLE_ASK_TEST_MARK={uuid.uuid4().hex}"
+    monkeypatch.setenv(*marker.split("=", 1))
+    model = build_tiny_model(tmp_path / "tiny")
+    port = free_port()
+    config = tmp_path / "punie.toml"
+    config.write_text(f'[profiles.idle]\nmodel = {json.dumps(str(model))}\n'
+                      f'[profiles.idle.server]\nport = {port}\nidle_unload = "2s"\nready_timeout = 120\n'
+                      '[profiles.idle.agent]\ntools = []\nmax_tokens = 4\ntemperature = 0.0\n')
+    stop = tmp_path / "stop"
+    agent = [sys.executable, "-c", "import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)",
+             str(stop)]
+    resolved = load_profile("idle", config=config)
+    lines: list[str] = []
+    stopped = threading.Event()
+
+    def sink(line: str) -> None:
+        lines.append(line)
+        if "no request for 2s: stopped mlx_lm.server" in line:
+            stopped.set()
+
+    outcome: list[object] = []
+    runner = threading.Thread(target=lambda: outcome.append(run_up(resolved, check=False, sink=sink,
+                                                                   agent_argv=agent)))
+    runner.start()
+    try:
+        assert stopped.wait(240), "\n".join(lines)
+        sockets = list((tmp_path / ".punie" / "run").glob("*.sock"))
+        assert [s.name for s in sockets] == ["idle.sock"], sockets
+        env = {**os.environ, "PUNIE_CONFIG": str(config)}
+        ask = subprocess.run([sys.executable, "-m", "punie", "ask", "--profile", "idle", "--format", "json",
+                              "hello"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        assert ask.returncode == 0, ask.stderr
+        assert "answer" in json.loads(ask.stdout), ask.stdout
+        text = "\n".join(lines)
+        assert "a request needs the model: starting mlx_lm.server again" in text, text
+        assert re.search(r"server ready on .* \(woken in \d+\.\d\ds\)", text), text
+    finally:
+        stop.touch()
+        runner.join(120)
+    assert outcome and outcome[0].reason == "agent-exited", "\n".join(lines)  # type: ignore[attr-defined]
+    assert not list((tmp_path / ".punie" / "run").glob("*")), "instance file or socket left"
+    assert live_pids(lambda pid: pid != os.getpid() and environ_has(pid, marker)) == []

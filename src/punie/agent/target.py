@@ -26,6 +26,7 @@ class AgentTarget:
     base_url: str
     base_dir: str
     model_name: str = MLX_SERVED_MODEL_NAME  # the request's model id (punie.config.served)
+    control: str | None = None  # the running `punie up`'s control socket: wakes its idle-unloaded server
 
 
 def server_base_url(server: ServerOptions) -> str:
@@ -36,10 +37,18 @@ def server_base_url(server: ServerOptions) -> str:
 
 
 def agent_target(resolved: ResolvedProfile, *, base_url: str | None = None) -> AgentTarget:
-    """The agent of a resolved profile (``base_url`` overrides the profile's server)."""
-    url = openai_base_url(base_url) if base_url else server_base_url(resolved.profile.server)
+    """The agent of a resolved profile (``base_url`` overrides the profile's server). When the profile's
+    `punie up` runs in the project and unloads its server when idle, ``control`` names its control socket."""
+    server = resolved.profile.server
+    url = openai_base_url(base_url) if base_url else server_base_url(server)
+    control = None
+    if not base_url and not server.url and server.idle_unload:
+        from punie.launch.instances import control_socket
+
+        found = control_socket(resolved.project_dir, resolved.name, server.port)
+        control = str(found) if found is not None else None
     return AgentTarget(options=resolved.profile.agent, base_url=url, base_dir=resolved.project_dir,
-                       model_name=request_model_id(resolved.name, resolved.profile))
+                       model_name=request_model_id(resolved.name, resolved.profile), control=control)
 
 
 def options_json(options: AgentOptions) -> str:

@@ -57,6 +57,19 @@ class Waker:
             logger.warning("%s=%s is not a usable control channel: %s", envvars.CONTROL_FD, value, exc)
             return None
 
+    @classmethod
+    def connect(cls, path: str | os.PathLike[str]) -> Waker | None:
+        """The channel of a running `punie up` through its control socket (`punie ask`), or None when it
+        cannot be reached (the session just ended: the request then fails or finds a server as usual)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(os.fspath(path))
+        except OSError as exc:
+            sock.close()
+            logger.warning("cannot reach the control socket %s: %s", path, exc)
+            return None
+        return cls(sock)
+
     def send(self, line: str) -> None:
         with self._send_lock:
             self.sock.sendall((line + "\n").encode())
@@ -97,11 +110,21 @@ _checked = False
 
 
 def current_waker() -> Waker | None:
-    """This process's control channel (read once from the environment)."""
+    """This process's control channel (read once from the environment, or given by :func:`use_control`)."""
     global _waker, _checked
     if not _checked:
         _waker, _checked = Waker.from_env(), True
     return _waker
+
+
+def use_control(path: str | os.PathLike[str]) -> Waker | None:
+    """Make the control socket at ``path`` this process's channel (`punie ask` beside a `punie up` that
+    unloads its idle server): its model requests then wake the server first."""
+    global _waker, _checked
+    waker = Waker.connect(path)
+    if waker is not None:
+        _waker, _checked = waker, True
+    return waker
 
 
 async def ensure_awake(waker: Waker) -> None:

@@ -207,6 +207,10 @@ def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: 
     from punie.cli.terminal import Screen, spinning_turn, warnings_to_log
 
     target = _load_target(state_of(ctx), profile, overrides, base_url)
+    if target.control:  # the profile's `punie up` unloads its idle server: the request wakes it
+        from punie.agent.wake import use_control
+
+        use_control(target.control)
     screen = Screen(sys.stderr) if sys.stderr.isatty() else None
     if screen is not None:
         warnings_to_log(target.base_dir or ".")

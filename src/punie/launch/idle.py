@@ -14,36 +14,71 @@ The protocol is lines of text. From the agent:
 * ``done``: that request's response is over (activity).
 * ``touch``: activity, nothing in flight.
 
-A closed channel (the agent exited) counts as nothing in flight. The idle timer runs from the last
+Besides the agent's socket pair, the supervisor serves the same protocol on a Unix socket beside its
+instance file (``.punie/run/NAME.sock``, mode 0600), so that `punie ask --profile NAME` wakes the
+server too. A closed channel (the agent exited) counts as nothing in flight. The idle timer runs from the last
 ``wake``/``done``/``touch`` (or from when the server became ready) and only while nothing is in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 
 logger = logging.getLogger(__name__)
 
 MAX_LINE = 1024
 
 
+class _Channel:
+    """One connected peer: the agent's socket pair end, or a `punie ask` on the control socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.in_flight = 0
+        self.waiting = 0  # its wakes answered "loading", to be answered "ready" or "failed"
+        self.closed = False
+
+    def send(self, line: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.sock.send((line + "\n").encode())
+        except OSError as exc:  # the peer is gone: its wakes need no answer
+            logger.debug("control channel: %s", exc)
+
+
 class IdleControl:
-    """The supervisor's view of the agent's requests: in flight, last activity, who waits for a wake."""
+    """The supervisor's view of the requests: in flight, last activity, who waits for a wake.
+
+    Several peers may talk to it at once: the agent `punie up` started (a socket pair) and any
+    `punie ask --profile NAME` of the same project (the control socket, :meth:`listen`).
+    """
 
     def __init__(self, idle_after: float) -> None:
         self.idle_after = idle_after
         self.awake = True
-        self.in_flight = 0
         self.last = anyio.current_time()
-        self.waiting = 0  # wakes answered "loading", to be answered "ready" or "failed"
         self.wake_asked = anyio.Event()
         self.wakes = 0  # how many times a request woke the server (tests, status)
         self._changed = anyio.Event()
-        self._sock: socket.socket | None = None
-        self._closed = False
+        self._channels: set[_Channel] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests between their ``wake`` and their ``done``, over every peer."""
+        return sum(c.in_flight for c in self._channels)
+
+    @property
+    def waiting(self) -> int:
+        """Wakes answered ``loading`` and not yet ``ready``/``failed``, over every peer."""
+        return sum(c.waiting for c in self._channels)
 
     # -- the channel --------------------------------------------------------------------------
 
@@ -55,9 +90,39 @@ class IdleControl:
         ours.setblocking(False)
         return ours, theirs
 
+    async def listen(self, path: Path, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the protocol on a Unix socket at ``path`` (mode 0600: only this user) until cancelled, for
+        `punie ask` run beside `punie up`; the socket file is removed at the end."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale one of a killed session (the instance file was ours to take)
+        old = os.umask(0o177)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old)
+        listener.listen(8)
+        listener.setblocking(False)
+        try:
+            async with anyio.create_task_group() as tg:
+                task_status.started()
+                while True:
+                    await anyio.wait_readable(listener)
+                    try:
+                        conn, _ = listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    conn.setblocking(False)
+                    tg.start_soon(self.serve, conn)
+        finally:
+            listener.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+
     async def serve(self, sock: socket.socket) -> None:
-        """Read the agent's lines until it closes the channel (run as a task; cancelled at the stop)."""
-        self._sock = sock
+        """Read one peer's lines until it closes the channel (run as a task; cancelled at the stop)."""
+        channel = _Channel(sock)
+        self._channels.add(channel)
         buffer = b""
         try:
             while True:
@@ -76,33 +141,25 @@ class IdleControl:
                     logger.warning("control channel: a line longer than %d bytes; closing it", MAX_LINE)
                     break
                 for raw in lines:
-                    self._on_line(raw.decode("utf-8", errors="replace").strip())
+                    self._on_line(channel, raw.decode("utf-8", errors="replace").strip())
         finally:
-            self.in_flight = 0  # an agent gone has nothing in flight
-            self._closed = True
+            channel.closed = True  # a peer gone has nothing in flight
+            self._channels.discard(channel)
             self._activity()
             sock.close()
 
-    def _send(self, line: str) -> None:
-        if self._sock is None or self._closed:
-            return
-        try:
-            self._sock.send((line + "\n").encode())
-        except OSError as exc:  # the agent is gone: its wakes need no answer
-            logger.debug("control channel: %s", exc)
-
-    def _on_line(self, line: str) -> None:
+    def _on_line(self, channel: _Channel, line: str) -> None:
         if line == "wake":
-            self.in_flight += 1
+            channel.in_flight += 1
             self._activity()
             if self.awake:
-                self._send("ready")
+                channel.send("ready")
             else:
-                self._send("loading")
-                self.waiting += 1
+                channel.send("loading")
+                channel.waiting += 1
                 self.wake_asked.set()
         elif line == "done":
-            self.in_flight = max(0, self.in_flight - 1)
+            channel.in_flight = max(0, channel.in_flight - 1)
             self._activity()
         elif line == "touch":
             self._activity()
@@ -133,7 +190,7 @@ class IdleControl:
                 await changed.wait()
 
     async def wait_wake(self) -> None:
-        """Until the agent asks for the server (a ``wake`` while it sleeps)."""
+        """Until a peer asks for the server (a ``wake`` while it sleeps)."""
         if not self.waiting:
             await self.wake_asked.wait()
 
@@ -143,12 +200,14 @@ class IdleControl:
             self.wakes += 1
         self.awake = True
         self._activity()
-        for _ in range(self.waiting):
-            self._send("ready")
-        self.waiting = 0
+        self._answer("ready")
 
     def failed(self, reason: str) -> None:
         """The server could not be started again: tell whoever waits."""
-        for _ in range(self.waiting):
-            self._send(f"failed: {reason}")
-        self.waiting = 0
+        self._answer(f"failed: {reason}")
+
+    def _answer(self, line: str) -> None:
+        for channel in list(self._channels):
+            for _ in range(channel.waiting):
+                channel.send(line)
+            channel.waiting = 0

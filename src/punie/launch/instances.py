@@ -26,6 +26,9 @@ from punie.launch.plan import LaunchPlan, instance_logs
 from punie.paths import run_dir
 
 SUFFIX = ".json"
+SOCKET_SUFFIX = ".sock"
+#: A Unix socket path longer than this cannot be bound (108 bytes on Linux, 104 on macOS, with the NUL).
+MAX_SOCKET_PATH = 100
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Instance:
     started: float  # time.time() when it was claimed
     ticks: int | None  # the kernel's start time of ``pid`` (Linux), to tell a reused pid
     path: Path
+    control: Path | None = None  # its idle-unload control socket (punie.launch.idle), when it has one
 
     def since(self) -> str:
         """The start time as a person reads it (local time)."""
@@ -68,8 +72,10 @@ def is_live(instance: Instance) -> bool:
 def _read(path: Path) -> Instance | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        control = data.get("control")
         return Instance(name=path.stem, profile=str(data["profile"]), pid=int(data["pid"]),
-                        port=data.get("port"), started=float(data["started"]), ticks=data.get("ticks"), path=path)
+                        port=data.get("port"), started=float(data["started"]), ticks=data.get("ticks"), path=path,
+                        control=Path(control) if isinstance(control, str) else None)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -83,6 +89,15 @@ def running(project_dir: str | Path, profile: str | None = None) -> list[Instanc
         if instance is not None and (profile is None or instance.profile == profile) and is_live(instance):
             found.append(instance)
     return sorted(found, key=lambda i: i.started)
+
+
+def control_socket(project_dir: str | Path, profile: str, port: int | None) -> Path | None:
+    """The control socket of the live `punie up` of ``profile`` serving on ``port`` in the project, if it
+    unloads its server when idle (`punie ask` wakes it through this); None otherwise."""
+    for instance in running(project_dir, profile):
+        if instance.control is not None and (port is None or instance.port == port):
+            return instance.control
+    return None
 
 
 def _refuse(instance: Instance) -> LaunchFailed:
@@ -145,6 +160,11 @@ def claim(plan: LaunchPlan) -> Iterator[LaunchPlan]:
     record = {"profile": name, "pid": pid, "port": plan.port, "started": time.time(), "ticks": start_ticks(pid)}
     for stem in (name, f"{name}@{plan.port if plan.port is not None else pid}", f"{name}@{pid}"):
         path = folder / f"{stem}{SUFFIX}"
+        control = folder / f"{stem}{SOCKET_SUFFIX}"
+        if plan.idle_unload and not plan.external and len(os.fsencode(control)) <= MAX_SOCKET_PATH:
+            record["control"] = str(control)
+        else:
+            record.pop("control", None)
         holder = _take(path, record)
         if holder is not None:
             if plan.port is not None and holder.port == plan.port:
@@ -155,7 +175,10 @@ def claim(plan: LaunchPlan) -> Iterator[LaunchPlan]:
         try:
             if clash:
                 raise _refuse(clash[0])
-            yield plan if stem == name else instance_logs(plan, stem)
+            claimed = plan if stem == name else instance_logs(plan, stem)
+            if "control" in record:
+                claimed = claimed.model_copy(update={"control_socket": record["control"]})
+            yield claimed
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

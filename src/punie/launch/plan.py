@@ -72,6 +72,10 @@ class LaunchPlan(_Frozen):
         None, description="Seconds without a request after which the server is stopped (the agent stays and "
         "wakes it through the control channel); None: never. Not for an external server."
     )
+    control_socket: str | None = Field(
+        None, exclude=True, description="Where the supervisor serves the idle-unload control protocol for "
+        "`punie ask` (set by punie.launch.instances.claim; not part of the plan's JSON)."
+    )
     canary: ExpectedCanary | None = Field(
         None, description="The adapter's canary: the readiness probe proves the server applies the adapter."
     )

@@ -253,6 +253,12 @@ class _Supervisor:
         # restart the server) before the children are stopped.
         if self.plan.idle_unload and not self.plan.external:
             self.control = IdleControl(self.plan.idle_unload)
+            if self.plan.control_socket and self.tg is not None:  # `punie ask` wakes the server through it
+                try:
+                    await self.tg.start(self.control.listen, Path(self.plan.control_socket))
+                except OSError as exc:
+                    logger.warning("no control socket at %s (%s): `punie ask` cannot wake an idle server",
+                                   self.plan.control_socket, exc)
         async with anyio.create_task_group() as tg:
             try:
                 await tg.start(self._serve)
