@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import functools
 import ipaddress
 import os
 import socket
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from punie.mechanisms import NATIVE, mechanism
@@ -28,15 +30,24 @@ def is_loopback(host: str) -> bool | None:
     name = host.strip("[]")
     if name.lower() == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        pass
+    literal = _literal(name)
+    if literal is not None:
+        return literal.is_loopback
     try:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         return None
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+@functools.lru_cache(maxsize=256)
+def _literal(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``name`` as an IP address literal, or None (a host name). Cached: `punie check` of a file with
+    thousands of profiles asks about the same few hosts for each (issue 25); no DNS answer is cached."""
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
 
 
 def is_loopback_url(url: str) -> bool:
@@ -174,9 +185,8 @@ def listening_inodes(port: int) -> set[int]:
 def _overlaps(listener: str, host: str) -> bool:
     if listener in ("0.0.0.0", "::") or host in WILDCARD_HOSTS:
         return True
-    try:
-        a, b = ipaddress.ip_address(listener), ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+    a, b = _literal(listener), _literal(host.strip("[]"))
+    if a is None or b is None:
         return True  # a name: be safe
     return a == b
 
@@ -189,12 +199,19 @@ def port_problem(host: str, port: int) -> str | None:
     on the port in /proc/net/tcp{,6}: a listener on 127.0.0.1, 0.0.0.0 or :: overlapping
     ``host`` is a conflict even where the bind alone would not show it.
     """
-    try:
-        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
-        return f"host {host!r} does not resolve ({exc})"
+    name = host.strip("[]")
+    literal = _literal(name)
+    if literal is not None and "%" not in name:  # no resolver call for an address (thousands on 127.0.0.1)
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        kind, proto = socket.SOCK_STREAM, socket.IPPROTO_TCP
+        address: tuple[Any, ...] = (name, port, 0, 0) if literal.version == 6 else (name, port)
+    else:
+        try:
+            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except (socket.gaierror, UnicodeError) as exc:
+            return f"host {host!r} does not resolve ({exc})"
+        family, kind, proto, _, address = infos[0]
     busy = f"port {port} on {host} is already in use"
-    family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
