@@ -24,6 +24,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Literal
 
@@ -181,6 +182,12 @@ AnswerCallback = Callable[[int, "int | None", CaseResult, float], None]
 """``(case index, sample index or None for the greedy answer, result, seconds the request took)``."""
 
 
+#: Requests of an eval in flight at once. mlx_lm.server (0.32) batches concurrent greedy requests
+#: (seeded ones are served one by one) and vLLM batches all: on the builtin model with OpenBLAS, 12
+#: cases at once took 3.95x less time than one after the other, with the same 12 greedy answers.
+EVAL_CONCURRENCY = 8
+
+
 def ask_suite(
     base_url: str,
     suite: Suite,
@@ -190,11 +197,18 @@ def ask_suite(
     temperature: float | None = None,
     top_p: float | None = None,
     seed: int = SEED,
-    timeout: float = 120.0,
+    timeout: float = 300.0,
     on_answer: AnswerCallback | None = None,
+    concurrency: int = EVAL_CONCURRENCY,
 ) -> tuple[list[CaseResult], list[list[CaseResult]]]:
     """Ask every case of ``suite`` at ``base_url`` (…/v1): the greedy answer, then ``samples`` more
-    at ``temperature`` (and ``top_p``). Returns (greedy results, sampled results per case).
+    at ``temperature`` (and ``top_p``). Returns (greedy results, sampled results per case), in the
+    suite's order.
+
+    Up to ``concurrency`` requests are in flight at once (1: one after the other), so that the server
+    can batch them (`EVAL_CONCURRENCY`). ``on_answer`` is called on this thread as answers arrive; the
+    seconds it is given are the wall time since the previous answer (so that their mean is the time
+    per answer at this concurrency, which is what an ETA needs).
 
     Each sample carries a request ``seed`` (`sample_seed`, honoured by mlx_lm.server and vLLM):
     a rerun draws the same samples, and both sides of an A/B draw sample ``j`` of case ``i`` with
@@ -204,32 +218,46 @@ def ask_suite(
 
     if samples and temperature is None:
         raise UsageError("samples need a temperature")
-    greedy: list[CaseResult] = []
-    sampled: list[list[CaseResult]] = []
+    if concurrency < 1:
+        raise UsageError(f"concurrency must be at least 1, not {concurrency}")
     url = base_url.rstrip("/") + "/chat/completions"
-    with httpx.Client(timeout=timeout, trust_env=not is_loopback_url(url)) as client:
-        for index, case in enumerate(suite.cases):
-            body = request_body(suite, case)
-            body["temperature"] = 0.0
-            started = time.monotonic()
-            result = _ask(client, url, body, suite, case, label)
-            greedy.append(result)
-            if on_answer is not None:
-                on_answer(index, None, result, time.monotonic() - started)
-            answers: list[CaseResult] = []
-            for sample in range(samples):
-                body = request_body(suite, case) | {"temperature": temperature,
-                                                     "seed": sample_seed(seed, index, sample)}
-                if top_p is not None:
-                    body["top_p"] = top_p
-                started = time.monotonic()
-                result = _ask(client, url, body, suite, case, label)
-                answers.append(result)
+    jobs: list[tuple[int, int | None, dict[str, Any]]] = []
+    for index, case in enumerate(suite.cases):
+        jobs.append((index, None, request_body(suite, case) | {"temperature": 0.0}))
+    for index, case in enumerate(suite.cases):  # after every greedy one: those batch, seeded ones do not
+        for sample in range(samples):
+            body = request_body(suite, case) | {"temperature": temperature, "seed": sample_seed(seed, index, sample)}
+            if top_p is not None:
+                body["top_p"] = top_p
+            jobs.append((index, sample, body))
+    greedy: list[CaseResult | None] = [None] * len(suite.cases)
+    sampled: list[list[CaseResult | None]] = [[None] * samples for _ in suite.cases]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with httpx.Client(timeout=timeout, trust_env=not is_loopback_url(url), limits=limits) as client, \
+            ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="punie-eval") as pool:
+        futures = {pool.submit(_ask, client, url, body, suite, suite.cases[index], label): (index, sample)
+                   for index, sample, body in jobs}
+        last = time.monotonic()
+        try:
+            for future in as_completed(futures):
+                index, sample = futures[future]
+                result = future.result()
+                if sample is None:
+                    greedy[index] = result
+                else:
+                    sampled[index][sample] = result
+                now = time.monotonic()
                 if on_answer is not None:
-                    on_answer(index, sample, result, time.monotonic() - started)
-            if samples:
-                sampled.append(answers)
-    return greedy, sampled
+                    on_answer(index, sample, result, now - last)
+                last = now
+        except BaseException:  # Ctrl-C: nothing more is sent, and what is in flight is cut
+            for future in futures:
+                future.cancel()
+            client.close()
+            raise
+    assert all(r is not None for r in greedy) and all(r is not None for rs in sampled for r in rs)
+    return ([r for r in greedy if r is not None],
+            [[r for r in rs if r is not None] for rs in sampled] if samples else [])
 
 
 def sample_seed(seed: int, case: int, sample: int) -> int:
@@ -246,7 +274,7 @@ def run_suite(
     suite: Suite,
     *,
     label: str,
-    timeout: float = 120.0,
+    timeout: float = 300.0,
     on_case: Callable[[int, CaseResult], None] | None = None,
 ) -> tuple[float, list[CaseResult]]:
     """Ask every case of ``suite`` at ``base_url`` (…/v1) greedily; return (mean score, results)."""
