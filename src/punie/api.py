@@ -41,6 +41,7 @@ from punie.errors import (
     TrainingError,
     UsageError,
 )
+from punie.limits import STOP_GRACE
 
 if TYPE_CHECKING:
     from punie.adapters.registry import AdapterInfo
@@ -217,7 +218,7 @@ async def serve(
     profile: ResolvedProfile | str | None = None,
     *,
     check: bool = True,
-    grace: float = 5.0,
+    grace: float = STOP_GRACE,
     log_dir: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Server]:
     """Start (or attach to) ``profile``'s model server for the duration of an ``async with`` block.

@@ -36,7 +36,7 @@ from punie.cli._common import (
     state_of,
 )
 from punie.cli.terminal import is_terminal, tool_line
-from punie.errors import AgentError, UsageError
+from punie.errors import AgentError, ExitCode, UsageError
 
 LOCAL_PREFIX = "local:"
 
@@ -222,7 +222,7 @@ def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: 
         if screen is not None:
             screen.end_line()
         say("turn cancelled")
-        ctx.exit(130)
+        ctx.exit(ExitCode.INTERRUPTED)
     if fmt == "json":
         echo_json(result.to_json())
         return

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from punie.cli._common import complete_profiles, echo_json, say, state_of
+from punie.config.atomic import write_atomic
 from punie.errors import ConfigError, UsageError
 
 #: The name the agent is listed under in the IDE.
@@ -122,9 +123,7 @@ def write_settings(path: Path, entry: dict[str, Any]) -> Path | None:
         backup = path.with_name(path.name + ".punie-backup")
         backup.write_text(text, encoding="utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.punie-tmp")
-    tmp.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
     return backup
 
 

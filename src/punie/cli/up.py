@@ -21,6 +21,7 @@ from punie.cli._common import (
     set_option,
     state_of,
 )
+from punie.limits import STOP_GRACE
 
 
 @click.command("up")
@@ -34,7 +35,7 @@ from punie.cli._common import (
     "the server's and the agent's output go to .punie/logs/ only, quoted if they fail).",
 )
 @click.option(
-    "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
+    "--grace", type=click.FloatRange(min=0), default=STOP_GRACE, show_default=True,
     help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
 )
 @click.option(
@@ -65,6 +66,7 @@ def up_command(
            the profile is already running, the server or the agent died
       2    the command line or punie.toml is wrong (unknown profile, invalid
            TOML or value, --set of an unknown key)
+      3    an internal error (a bug in Punie; the message says where its traceback is)
       130  a second Ctrl-C forced the stop
     """
     from punie.config import load_profile

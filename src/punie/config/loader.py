@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from punie import envvars
 from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
 from punie.config.locate import KeyPath, dotted, key_lines, line_of, toml_syntax_error
@@ -99,7 +100,7 @@ def find_config(
     """
     environ = os.environ if env is None else env
     base = Path(cwd).absolute() if cwd is not None else Path.cwd()
-    explicit, label = (os.fspath(config), "--config") if config else (environ.get("PUNIE_CONFIG"), "PUNIE_CONFIG")
+    explicit, label = (os.fspath(config), "--config") if config else (environ.get(envvars.CONFIG), envvars.CONFIG)
     try:
         if explicit:
             path = Path(explicit).expanduser()

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from punie import envvars
 from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
 from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, NON_PROFILE_ENV
@@ -54,8 +55,8 @@ def select_profile(source: ConfigSource, name: str | None, env: Mapping[str, str
             hint='add a profile table, e.g.\n    [profiles.demo]\n    model = "builtin:smollm2-135m-instruct"',
         )
     where = source.display
-    if name is None and env.get("PUNIE_PROFILE"):
-        name, where = env["PUNIE_PROFILE"], "PUNIE_PROFILE"
+    if name is None and env.get(envvars.PROFILE):
+        name, where = env[envvars.PROFILE], envvars.PROFILE
     if name is None and source.file.default_profile is not None:
         name = source.file.default_profile
     if name is None and len(names) == 1:

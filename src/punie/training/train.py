@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from punie import envvars
 from punie.adapters.files import ADAPTERS_DIR, SPECIAL_SPECS, WEIGHTS_FILE
 from punie.adapters.metadata import AdapterMeta, now_iso, write_meta
 from punie.config.atomic import replace_dir
@@ -188,15 +189,15 @@ def train_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     from punie.launch.blas import mlx_child_env
 
     env = mlx_child_env(environ)
-    env.setdefault("MLX_DISABLE_COMPILE", "1")
-    env["HF_HUB_OFFLINE"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault(envvars.MLX_DISABLE_COMPILE, "1")
+    env[envvars.HF_HUB_OFFLINE] = "1"
+    env[envvars.PYTHONUNBUFFERED] = "1"
     env["NO_COLOR"] = "1"
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if "HF_HUB_CACHE" not in env:
+    env.setdefault(envvars.TOKENIZERS_PARALLELISM, "false")
+    if envvars.HF_HUB_CACHE not in env:
         from punie.paths import hf_hub_cache
 
-        env["HF_HUB_CACHE"] = str(hf_hub_cache(env))
+        env[envvars.HF_HUB_CACHE] = str(hf_hub_cache(env))
     return env
 
 
@@ -315,7 +316,7 @@ def run_lora(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | Non
     events; return (exit code, last lines of output). A Ctrl-C stops mlx_lm before it propagates."""
     from punie.launch.runner import run_to_end
 
-    Path(plan.env["HF_HUB_CACHE"]).mkdir(parents=True, exist_ok=True)
+    Path(plan.env[envvars.HF_HUB_CACHE]).mkdir(parents=True, exist_ok=True)
     logger.info("running %s", " ".join(plan.argv))
 
     def on_line(raw: str) -> None:

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from punie import envvars
 from punie.config.atomic import locked, write_atomic
 from punie.config.edit.document import DOC_DISPLAY, split_key
 from punie.config.loader import MAX_CONFIG_BYTES, parse_config
@@ -22,7 +23,7 @@ logger = logging.getLogger("punie.config.edit")
 
 
 # A profile may lack a model while it is built; `punie check` reports that, not the editor.
-STAND_IN = {"PUNIE_MODEL": "(checked by punie check)"}
+STAND_IN = {envvars.PREFIX + "MODEL": "(checked by punie check)"}
 
 
 def validate_text(text: str, *, path: str | os.PathLike[str] = "punie.toml") -> None:
