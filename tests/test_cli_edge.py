@@ -13,8 +13,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from punie.api.ide import agent_entry, merge_entry, strip_jsonc, write_settings
 from punie.cli import COMMANDS, main
-from punie.cli.ide import agent_entry, merge_entry, strip_jsonc, write_settings
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "punie"
 

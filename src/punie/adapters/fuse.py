@@ -36,14 +36,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from punie.adapters.canary import Canary, TopToken
 from punie.adapters.files import CONFIG_FILE, WEIGHTS_FILE
 from punie.config.atomic import replace_dir, write_atomic
 from punie.config.models import FuseOptions
-from punie.errors import AdapterError, ConfigError, CorruptFileError
-from punie.jsonio import load_json_file
+from punie.errors import AdapterError, ConfigError
+from punie.jsonio import load_model_file
 from punie.limits import CHUNK_BYTES
 from punie.paths import fused_models_dir
 from punie.weights.headers import INDEX_FILE  # the weight index mlx_lm's save writes; sharded_load reads it
@@ -195,16 +195,7 @@ def file_digests(directory: Path) -> dict[str, FileDigest]:
 
 def read_manifest(entry: Path) -> FusedManifest | None:
     """An entry's manifest; None when there is no entry. CorruptFileError when unreadable."""
-    path = entry / MANIFEST_FILE
-    try:
-        doc = load_json_file(path)
-    except FileNotFoundError:
-        return None
-    try:
-        return FusedManifest.model_validate(doc)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CorruptFileError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", where=str(path)) from None
+    return load_model_file(entry / MANIFEST_FILE, FusedManifest)
 
 
 def integrity_problem(entry: Path, manifest: FusedManifest) -> str | None:

@@ -119,9 +119,9 @@ def complete_profiles(ctx: click.Context, param: click.Parameter, incomplete: st
     from click.shell_completion import CompletionItem
 
     try:
-        from punie.config import read_config
+        from punie.api.profiles import profile_names
 
-        names = read_config(_root_config(ctx)).profile_names
+        names = profile_names(_root_config(ctx))
     except Exception:  # completing must never print a traceback into the shell
         return []
     return [CompletionItem(name) for name in names if name.startswith(incomplete)]
@@ -132,13 +132,10 @@ def complete_adapters(ctx: click.Context, param: click.Parameter, incomplete: st
     from click.shell_completion import CompletionItem
 
     try:
-        from pathlib import Path
+        from punie.api.adapters import adapters_root
+        from punie.api.profiles import project_dir
 
-        from punie.adapters.registry import adapters_root
-        from punie.config import find_config
-
-        found = find_config(_root_config(ctx))
-        root = adapters_root(found.parent if found else Path.cwd())
+        root = adapters_root(project_dir(_root_config(ctx)))
         names = sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())
     except Exception:  # completing must never print a traceback into the shell
         names = []
@@ -227,7 +224,7 @@ def table(heads: list[str], rows: list[list[str]]) -> list[str]:
 
 def toml_value(value: Any) -> str:
     """A value written the way it would be in punie.toml (``"text"``, ``8080``, ``["a"]``)."""
-    from punie.config.locate import dotted
+    from punie.api.profiles import dotted
 
     if value is None:
         return "(not set)"

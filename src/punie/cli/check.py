@@ -62,11 +62,10 @@ def _one_line_values(report: Any) -> Any:
 
 
 def _run(state: State, profiles: tuple[str, ...], overrides: tuple[str, ...], strict: bool):
-    from punie.api import check
-    from punie.config import load_profiles
+    from punie.api import check, load_profiles
     from punie.errors import ConfigError
 
-    resolved = load_profiles(profiles, config=state.config, overrides=state.with_overrides(overrides))
+    resolved = load_profiles(state.config, profiles, overrides=state.with_overrides(overrides))
     if not resolved:
         where = state.config or "punie.toml"
         raise ConfigError("defines no profiles: nothing to check", where=where,

@@ -323,13 +323,18 @@ def load_profile(
     default_profile, else its only profile. See `load_profiles` for the rest."""
     environ = os.environ if env is None else env
     try:
-        source = read_config(config, env=environ, cwd=cwd, fallback=fallback)
-        chosen = select_profile(source, name, environ)
-        cli_layer, cli_origin = overrides_to_dict(overrides)
-        env_layer = _read_env_layer(environ)
-        return resolve_profile(source, chosen, env_layer=env_layer, cli_layer=cli_layer, cli_origin=cli_origin)
+        return resolve_one(read_config(config, env=environ, cwd=cwd, fallback=fallback), name,
+                           overrides=overrides, env=environ)
     except RecursionError:
         raise ConfigError("configuration values are nested too deeply") from None
+
+
+def resolve_one(source: ConfigSource, name: str | None, *, overrides: Sequence[str] = (),
+                env: Mapping[str, str]) -> ResolvedProfile:
+    """The profile ``name`` (else the one `select_profile` picks) of a file already read, resolved."""
+    chosen = select_profile(source, name, env)
+    cli_layer, cli_origin = overrides_to_dict(overrides)
+    return resolve_profile(source, chosen, env_layer=_read_env_layer(env), cli_layer=cli_layer, cli_origin=cli_origin)
 
 
 @dataclass(frozen=True)

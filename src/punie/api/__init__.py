@@ -16,7 +16,10 @@
     anyio.run(main)
 
 Every name here is listed in ``__all__`` and documented; everything else in the
-package is private and may change. Errors are `PunieError` subclasses (the CLI
+package is private and may change. The submodules ``punie.api.profiles``,
+``punie.api.adapters``, ``punie.api.launch``, ``punie.api.agent``, ``punie.api.models``,
+``punie.api.training`` and ``punie.api.ide`` hold the rest of what the ``punie`` command
+does, one function per command (the CLI calls nothing else of Punie's core). Errors are `PunieError` subclasses (the CLI
 turns the same errors into its messages and exit codes).
 """
 
@@ -181,12 +184,13 @@ def load_profile(
 ) -> ResolvedProfile:
     """Resolve one profile: ``name``, else ``$PUNIE_PROFILE``, else the file's ``default_profile``,
     else its only profile. See `load_profiles` for ``source``, ``overrides`` and ``env``."""
-    from punie.config.resolve import select_profile
+    from punie.config.resolve import resolve_one
 
     environ = os.environ if env is None else env
-    parsed = _read(source, environ, cwd)
-    chosen = select_profile(parsed, name, environ)
-    return load_profiles(source, [chosen], overrides=overrides, env=environ, cwd=cwd)[0]
+    try:
+        return resolve_one(_read(source, environ, cwd), name, overrides=overrides, env=environ)
+    except RecursionError:
+        raise ConfigError("configuration values are nested too deeply") from None
 
 
 def _resolved(profile: ResolvedProfile | str | None) -> ResolvedProfile:
