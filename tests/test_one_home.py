@@ -200,6 +200,14 @@ RULES = [
         "agent/reaper.py": "runs as a standalone script (python reaper.py ...): it imports no punie module",
         "launch/guard.py": "its watchdog is a python -c script that imports nothing",
     }),
+    Rule('the profiles file\'s name "punie.toml"', "paths.py", lambda n: _const(n) == "punie.toml", {
+        "cli/fastcomplete.py": "TAB completion: stdlib only, runs before anything else is imported",
+        "training/generate.py": "file names a generated training example lists (data, not the rule)",
+    }),
+    Rule("an adapter's file names (adapter_config.json, punie-adapter.json...)", "adapters/files.py",
+         lambda n: _const(n) in ("adapter_config.json", "adapters.safetensors", "punie-adapter.json"), {
+             "cli/fastcomplete.py": "TAB completion: stdlib only, runs before anything else is imported",
+         }),
     Rule("a temp-file-then-rename", "config/atomic.py", _rename, {
         "agent/fs.py": "renames relative to the workspace's directory descriptors (the agent's confinement rule)",
         "launch/process.py": "log rotation: shifts finished logs (app.log.1 -> .2), no temporary file",
@@ -249,6 +257,9 @@ PLANTED = {
     'the error wording "punie: error:"': ['click.echo("punie: error: " + text)', 'f"punie: error: {exc}"'],
     "a non-zero exit code (ExitCode)": ["ctx.exit(130)", "sys.exit(3)", "UpOutcome(exit_code=1)",
                                         "code = 128 + signal.SIGINT"],
+    'the profiles file\'s name "punie.toml"': ['path = root / "punie.toml"'],
+    "an adapter's file names (adapter_config.json, punie-adapter.json...)": [
+        '(d / "adapter_config.json").is_file()', 'META = "punie-adapter.json"'],
     "a temp-file-then-rename": ["os.replace(tmp, path)", "os.rename(a, b)", "tmp.rename(final)"],
 }
 HARMLESS = [
@@ -277,7 +288,7 @@ def test_the_homes_define_the_facts_the_rules_name() -> None:
     from punie.net import LOOPBACK
 
     assert limits.STOP_GRACE == 5.0 and limits.MAX_READ_BYTES == limits.CHUNK_BYTES == 1 << 20
-    assert LOOPBACK == "127.0.0.1" and paths.STATE_DIR_NAME == ".punie"
+    assert LOOPBACK == "127.0.0.1" and paths.STATE_DIR_NAME == ".punie" and paths.CONFIG_NAME == "punie.toml"
     assert set(typing.get_args(Severity)) == {"error", "warning"}
     import os
 

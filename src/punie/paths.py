@@ -10,6 +10,7 @@ from pathlib import Path
 from punie import envvars
 
 STATE_DIR_NAME = ".punie"  # the project's state folder
+CONFIG_NAME = "punie.toml"  # the profiles file, found in a directory or a parent
 
 
 def cache_dir() -> Path:

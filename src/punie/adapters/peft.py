@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from punie.adapters.files import CONFIG_FILE as MLX_CONFIG
-from punie.adapters.files import PEFT_WEIGHTS_FILES
+from punie.adapters.files import METADATA_FILE, PEFT_WEIGHTS_FILES
 from punie.adapters.files import WEIGHTS_FILE as MLX_WEIGHTS
 from punie.adapters.tensors import load_tensor, numpy_module, tensor_index
 from punie.config.atomic import publish_dir
@@ -44,7 +44,7 @@ from punie.weights.safetensors import write_safetensors
 
 PEFT_CONFIG = MLX_CONFIG  # both formats name their config adapter_config.json
 PEFT_WEIGHTS = PEFT_WEIGHTS_FILES[0]
-METADATA = "punie-adapter.json"
+METADATA = METADATA_FILE
 PEFT_PREFIX = "base_model.model."
 # Module names whose LoRA is not a Linear LoRA in PEFT (embedding LoRA has other tensors).
 _NOT_LINEAR = ("embed_tokens", "wte", "word_embeddings", "lm_head")

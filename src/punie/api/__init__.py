@@ -45,6 +45,7 @@ from punie.errors import (
     UsageError,
 )
 from punie.limits import STOP_GRACE
+from punie.paths import CONFIG_NAME
 
 if TYPE_CHECKING:
     from punie.adapters.registry import AdapterInfo
@@ -145,7 +146,7 @@ def _read(source: _ProfilesSource, env: Mapping[str, str] | None, cwd: str | os.
     if isinstance(source, Mapping):
         base = Path(cwd) if cwd is not None else Path.cwd()
         # Relative adapter and model paths resolve against ``cwd``, as they would next to a file.
-        return parse_config(_source_text(source), display="<dict>", path=base / "punie.toml")
+        return parse_config(_source_text(source), display="<dict>", path=base / CONFIG_NAME)
     if source == _BUILTIN:
         return parse_config(EMBEDDED_DEFAULT_TOML, display=EMBEDDED_NAME)
     return read_config(source, env=environ, cwd=cwd)

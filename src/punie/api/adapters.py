@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from punie.config.models import ResolvedProfile
     from punie.launch.fuse import FusedModel
 
-__all__ = ["AdapterListing", "Composed", "Fused", "Stamped", "adapter_listing", "adapters_root", "compose",
-           "export_peft", "fuse", "import_peft", "parse_part", "resolve_adapter", "stamp"]
+__all__ = ["AdapterListing", "Composed", "Fused", "Stamped", "adapter_listing", "adapter_names", "adapters_root",
+           "compose", "export_peft", "fuse", "import_peft", "parse_part", "resolve_adapter", "stamp"]
 
 _Config = str | os.PathLike[str] | None
 
@@ -35,6 +35,15 @@ def _project_of(config: _Config) -> Path:
     from punie.api.profiles import project_dir
 
     return project_dir(config)
+
+
+def adapter_names(config: _Config = None) -> list[str]:
+    """The names an adapter may be given by in the project: every adapter under adapters/, then the
+    special ones (``latest``, ``best``). What shell completion offers."""
+    from punie.adapters.files import SPECIAL_SPECS
+    from punie.adapters.locate import adapter_dirs
+
+    return [*(d.name for d in adapter_dirs(_project_of(config))), *SPECIAL_SPECS]
 
 
 def _adapter_dir(spec: str, project: Path) -> Path:

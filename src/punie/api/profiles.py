@@ -23,7 +23,6 @@ from punie.config.edit import rename_profile as rename_profile
 from punie.config.edit import replace_profile as replace_profile
 from punie.config.edit import set_value as set_value
 from punie.config.edit import unset_value as unset_value
-from punie.config.loader import CONFIG_NAME as CONFIG_NAME
 from punie.config.loader import find_config as find_config
 from punie.config.locate import dotted as dotted
 from punie.config.models import AdapterRef as AdapterRef
@@ -36,6 +35,7 @@ from punie.config.schema import SCHEMA_RELPATH as SCHEMA_RELPATH
 from punie.config.schema import check_schema as check_schema
 from punie.config.schema import schema_text as schema_text
 from punie.config.schema import write_schema as write_schema
+from punie.paths import CONFIG_NAME as CONFIG_NAME
 
 __all__ = [
     "CONFIG_NAME", "EMBEDDED_NAME", "LEAF_KEYS", "SCHEMA_RELPATH", "AdapterRef", "AgentOptions", "Profile",

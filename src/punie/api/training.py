@@ -37,8 +37,8 @@ def train(profile: ResolvedProfile, data: str | os.PathLike[str], *, options: Tr
     from punie.training.dataset import resolve_data_dir
     from punie.training.train import train_adapter
 
-    return train_adapter(profile, resolve_data_dir(data), options=options, output=output, on_progress=on_progress,
-                         dry_run=dry_run)
+    return train_adapter(profile, resolve_data_dir(Path(data)), options=options,
+                         output=Path(output) if output is not None else None, on_progress=on_progress, dry_run=dry_run)
 
 
 def data_stats(directory: str | os.PathLike[str], model: str | os.PathLike[str] | None = None) -> DataStats:
@@ -46,7 +46,7 @@ def data_stats(directory: str | os.PathLike[str], model: str | os.PathLike[str] 
     from punie.training.data_stats import tokenizer_counter
     from punie.training.dataset import resolve_data_dir
 
-    return _dataset_stats(resolve_data_dir(directory), tokenizer_counter(model) if model else None)
+    return _dataset_stats(resolve_data_dir(Path(directory)), tokenizer_counter(Path(model)) if model else None)
 
 
 def sessions_dataset(project: str | os.PathLike[str], out: str | os.PathLike[str], *,

@@ -131,15 +131,13 @@ def complete_adapters(ctx: click.Context, param: click.Parameter, incomplete: st
     """Shell completion: adapter names under the project's adapters/, and latest / best."""
     from click.shell_completion import CompletionItem
 
-    try:
-        from punie.api.adapters import adapters_root
-        from punie.api.profiles import project_dir
+    from punie.api.adapters import adapter_names
 
-        root = adapters_root(project_dir(_root_config(ctx)))
-        names = sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())
+    try:
+        names = adapter_names(_root_config(ctx))
     except Exception:  # completing must never print a traceback into the shell
         names = []
-    return [CompletionItem(name) for name in [*names, "latest", "best"] if name.startswith(incomplete)]
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
 def _only_leaf(exc: BaseException) -> BaseException:

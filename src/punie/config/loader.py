@@ -24,10 +24,10 @@ from punie.config.locate import KeyPath, dotted, key_lines, line_of, toml_syntax
 from punie.config.models import PunieFile
 from punie.errors import ConfigError, CorruptFileError, did_you_mean
 from punie.jsonio import read_file_bytes
+from punie.paths import CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "punie.toml"
 #: A larger profiles file is refused (5,000 profiles take about 1 MB).
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})

@@ -23,6 +23,7 @@ from pydantic import (
 
 from punie.limits import MAX_READ_BYTES
 from punie.net import LOOPBACK
+from punie.paths import CONFIG_NAME
 
 ToolName = Literal["read_file", "write_file", "list_files", "search", "run_command", "update_plan"]
 ALL_TOOLS: tuple[ToolName, ...] = ("read_file", "write_file", "list_files", "search", "run_command")
@@ -333,7 +334,7 @@ class PunieFile(_Strict):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        json_schema_extra={"title": "punie.toml", "$id": "https://punie.dev/schemas/punie.schema.json"},
+        json_schema_extra={"title": CONFIG_NAME, "$id": "https://punie.dev/schemas/punie.schema.json"},
     )
 
     default_profile: str | None = Field(None, description="Profile used when none is named.")

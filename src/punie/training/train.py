@@ -33,7 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from punie import envvars
-from punie.adapters.files import ADAPTERS_DIR, SPECIAL_SPECS, WEIGHTS_FILE
+from punie.adapters.files import ADAPTERS_DIR, CONFIG_FILE, SPECIAL_SPECS, WEIGHTS_FILE
 from punie.adapters.metadata import AdapterMeta, now_iso, write_meta
 from punie.config.atomic import replace_dir
 from punie.config.models import ResolvedProfile
@@ -514,7 +514,7 @@ def train_adapter(
             iters=plan.iters, created=now_iso(), score=None, eval=None,
             training=selection.model_dump(mode="json"),
         )
-        _settle_config(staging / "adapter_config.json", target=target, base_model=base_model,
+        _settle_config(staging / CONFIG_FILE, target=target, base_model=base_model,
                        dataset=Path(dataset.path), project_dir=Path(resolved.project_dir))
         write_meta(staging, meta)
         meta = _with_canary(staging, model_dir, meta)

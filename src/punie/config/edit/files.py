@@ -26,7 +26,7 @@ logger = logging.getLogger("punie.config.edit")
 STAND_IN = {envvars.PREFIX + "MODEL": "(checked by punie check)"}
 
 
-def validate_text(text: str, *, path: str | os.PathLike[str] = "punie.toml") -> None:
+def validate_text(text: str, *, path: str | os.PathLike[str] = DOC_DISPLAY) -> None:
     """Raise ConfigError (naming file, line and key) unless ``text`` is a valid
     profiles file whose every profile resolves: the loader's own checks
     (schema, ``extends`` targets and cycles, ``default_profile``, the merged
