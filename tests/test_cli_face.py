@@ -137,10 +137,9 @@ def test_an_unexpected_exception_in_any_command_is_exit_3_and_one_line(
     (tmp_path / "punie.toml").write_text(GOOD)
     (tmp_path / "d").mkdir()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the crash file lands here
     import tempfile
 
-    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the crash file lands here
     monkeypatch.setattr(target, _boom)
     result = CliRunner().invoke(main, ["--config", str(tmp_path / "punie.toml"), *args])
     assert result.exit_code == ExitCode.INTERNAL, (result.output, result.exception)
@@ -185,8 +184,10 @@ def test_ctrl_c_in_a_command_is_exit_130(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def test_verbose_shows_the_traceback_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import logging
+    import tempfile
 
     monkeypatch.setattr("punie.api.models.builtin_models", _boom)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the crash file lands here
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.DEBUG)  # what -vv sets (basicConfig does nothing where pytest has a handler)

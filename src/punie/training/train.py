@@ -244,14 +244,11 @@ def build_train_plan(
         "--save-every", str(save_every),
         "-c", str(config_file),
     ]
-    if options.learning_rate is not None:
-        argv += ["--learning-rate", repr(options.learning_rate)]
-    if options.max_seq_length is not None:
-        argv += ["--max-seq-length", str(options.max_seq_length)]
-    if options.val_batches is not None:
-        argv += ["--val-batches", str(options.val_batches)]
-    if options.seed is not None:
-        argv += ["--seed", str(options.seed)]
+    optional = (("--learning-rate", options.learning_rate), ("--max-seq-length", options.max_seq_length),
+                ("--val-batches", options.val_batches), ("--seed", options.seed))
+    for flag, value in optional:  # mlx_lm's own default where a knob is not set
+        if value is not None:
+            argv += [flag, repr(value)]  # repr: a float keeps every digit; an int is its digits
     if options.mask_prompt:
         argv += ["--mask-prompt"]
     lora = {"rank": options.rank, "scale": options.scale, "dropout": options.dropout}
