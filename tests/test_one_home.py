@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import re
 import typing
@@ -217,6 +218,12 @@ RULES = [
 ]
 
 
+@functools.cache
+def _nodes(text: str, path: str) -> list[ast.AST]:
+    """Every node of a module, parsed once for all the rules."""
+    return list(ast.walk(ast.parse(text, filename=path)))
+
+
 def violations(rule: Rule, sources: Mapping[str, str]) -> list[str]:
     """``path:line`` of every node of ``sources`` (path under src/punie -> text) matching ``rule``
     outside its home and its allowed places."""
@@ -224,7 +231,7 @@ def violations(rule: Rule, sources: Mapping[str, str]) -> list[str]:
     for path, text in sources.items():
         if path == rule.home or path in rule.allowed:
             continue
-        for node in ast.walk(ast.parse(text, filename=path)):
+        for node in _nodes(text, path):
             if rule.match(node):
                 found.append(f"{path}:{getattr(node, 'lineno', '?')}")
     return found
@@ -312,3 +319,28 @@ def test_one_grace_reaches_every_stop() -> None:
              supervisor.supervise, supervisor.run_up]
     defaults = {inspect.signature(f).parameters["grace"].default for f in stops}
     assert defaults == {limits.STOP_GRACE}
+
+
+def test_procfs_sees_a_zombie_child_and_leaves_it_out_of_the_live_tree() -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from punie import procfs
+
+    if procfs.stat_fields(os.getpid()) is None:
+        pytest.skip("no /proc here")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 60
+        while procfs.process_state(child.pid) != "Z":  # exited, not yet reaped (we have not waited)
+            assert time.monotonic() < deadline, procfs.process_state(child.pid)
+            time.sleep(0.05)
+        assert procfs.parent_pid(child.pid) == os.getpid()
+        assert child.pid in procfs.children_map()[os.getpid()]
+        assert child.pid not in procfs.children_map(live_only=True).get(os.getpid(), [])
+        assert child.pid in procfs.subtree(os.getpid(), procfs.children_map())
+    finally:
+        child.wait()
+    assert procfs.process_state(child.pid) is None or procfs.parent_pid(child.pid) != os.getpid()
