@@ -199,24 +199,24 @@ def test_verbose_shows_the_traceback_too(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert "Traceback" in result.output and "punie: error: internal error: RuntimeError" in result.output
 
 
-SITE = '''
-import sys, runpy
+SITECUSTOMIZE = '''
 import punie.api.models
 
 def boom():
     raise ValueError("planted in a real process")
 
 punie.api.models.builtin_models = boom
-sys.argv = ["punie", "models", "list"]
-runpy.run_module("punie", run_name="__main__")
 '''
 
 
 def test_a_real_punie_process_crashing_exits_3_with_one_line(tmp_path: Path) -> None:
-    script = tmp_path / "crash.py"
-    script.write_text(SITE)
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    """The installed ``punie`` executable, with a bug planted by a sitecustomize on PYTHONPATH."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    script = Path(sys.executable).with_name("punie")
+    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "punie"]
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(tmp_path / "site")}
+    proc = subprocess.run([*argv, "models", "list"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 3, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("punie: error: internal error: ValueError: planted in a real"), \
