@@ -132,7 +132,7 @@ def test_help_texts_have_no_raw_markup_and_completion_does_not_point_to_itself()
 def test_up_help_says_the_exit_codes_that_up_returns(tmp_path: Path) -> None:
     help_text = CliRunner().invoke(main, ["up", "--help"]).output
     codes = dict(re.findall(r"^\s+(\d+)\s+(.*)$", help_text, re.M))
-    assert set(codes) == {"0", "1", "2", "130"}, help_text
+    assert set(codes) == {"0", "1", "2", "3", "130"}, help_text
     runner = CliRunner()
 
     def code(profile: str, text: str) -> int:

@@ -13,8 +13,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from punie.api.ide import agent_entry, merge_entry, strip_jsonc, write_settings
 from punie.cli import COMMANDS, main
-from punie.cli.ide import agent_entry, merge_entry, strip_jsonc, write_settings
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "punie"
 
@@ -50,10 +50,13 @@ def _all_commands() -> list[tuple[str, click.Command]]:
 
 
 def test_punie_error_is_written_in_one_place_only() -> None:
-    places = [p.name for p in (SRC / "cli").glob("*.py") if "punie: error" in p.read_text(encoding="utf-8")
-              or ": error: " in p.read_text(encoding="utf-8")]
-    assert places == ["_common.py"]  # print_error; every command calls it
-    assert 'f"{PREFIX}: error: {text}"' in (SRC / "cli" / "_common.py").read_text(encoding="utf-8")
+    from punie.errors import error_line
+
+    places = sorted(p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")
+                    if "punie: error" in p.read_text(encoding="utf-8") or ": error: " in p.read_text(encoding="utf-8"))
+    assert places == ["errors.py"]  # error_line; the CLI's print_error is its one printer
+    assert error_line("boom") == "punie: error: boom"
+    assert "print_error(" in (SRC / "cli" / "_common.py").read_text(encoding="utf-8")
 
 
 def test_every_command_spells_json_output_as_format_json() -> None:

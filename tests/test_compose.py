@@ -21,7 +21,8 @@ from punie.adapters.compose import (
     plan_composition,
 )
 from punie.adapters.tensors import load_tensor, tensor_index
-from punie.cli.adapters_compose import attach, parse_part
+from punie.api.adapters import parse_part
+from punie.cli.adapters_compose import attach
 from punie.config.models import AdapterRef
 from punie.errors import AdapterError, CorruptFileError
 from punie.weights.safetensors import write_safetensors

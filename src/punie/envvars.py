@@ -1,8 +1,11 @@
-"""THE list of PUNIE_ environment variables that are not profile keys (one home).
+"""THE names of the environment variables Punie reads or sets (one home).
 
-Every other ``PUNIE_<KEY>`` variable is read as a profile override (pydantic-settings);
+First the PUNIE_ variables that are not profile keys; every other ``PUNIE_<KEY>`` variable is read
+as a profile override (pydantic-settings);
 config warns about a PUNIE_ variable that is neither. A module that reads a new
-non-profile PUNIE_ variable adds its name here (tests/test_envvars.py checks the source).
+non-profile PUNIE_ variable adds its name here (tests/test_one_home.py checks the source).
+Then other tools' variables Punie reads or sets for its children; tests/test_one_home.py fails
+when one of these names is written as a literal outside this module.
 """
 
 from __future__ import annotations
@@ -22,3 +25,14 @@ NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, CONTROL_FD, MEC
 PREFIX = "PUNIE_"
 #: The same names without the prefix (how config's env layer compares them).
 NON_PROFILE_KEYS = frozenset(name[len(PREFIX):] for name in NON_PROFILE)
+
+# Other tools' variables.
+HF_HUB_CACHE = "HF_HUB_CACHE"  # the Hugging Face hub cache (punie.paths.hf_hub_cache)
+HUGGINGFACE_HUB_CACHE = "HUGGINGFACE_HUB_CACHE"  # its legacy name, still honoured
+HF_HOME = "HF_HOME"  # the Hugging Face home ($HF_HOME/hub)
+HF_HUB_OFFLINE = "HF_HUB_OFFLINE"  # set to 1 for children: Punie never downloads from the hub
+XDG_CACHE_HOME = "XDG_CACHE_HOME"  # the base of ~/.cache
+MLX_DISABLE_COMPILE = "MLX_DISABLE_COMPILE"  # mlx children: no graph compilation (steadier on small CPUs)
+TOKENIZERS_PARALLELISM = "TOKENIZERS_PARALLELISM"  # quiets the tokenizers fork warning in children
+PYTHONUNBUFFERED = "PYTHONUNBUFFERED"  # children's output reaches the log line by line
+VLLM_NO_USAGE_STATS = "VLLM_NO_USAGE_STATS"  # vLLM sends no usage statistics

@@ -1,15 +1,37 @@
 """The one error hierarchy of Punie.
 
 Core code raises these; only the CLI edge turns them into messages and exit
-codes (0 ok, 1 problems found, 2 usage or configuration error).
+codes (`ExitCode`: 0 ok, 1 problems found, 2 usage or configuration error, 3 internal
+error, 130 interrupted), worded by `error_line`.
 """
 
 from __future__ import annotations
 
 import difflib
+import signal
 from collections.abc import Iterable, Mapping, Sequence
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
+
+
+class ExitCode(IntEnum):
+    """THE exit codes of Punie's commands (defined here only; the CLI and the supervisor use these)."""
+
+    OK = 0
+    PROBLEMS = 1  # something was found wrong (a check, a gate) or failed (a launch)
+    USAGE = 2  # the command line or the configuration is wrong
+    INTERNAL = 3  # a bug in Punie: an unexpected exception (never to be mistaken for a verdict)
+    INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C, as a shell reports a process killed by SIGINT
+
+
+#: What every error line Punie shows starts with (`error_line`).
+ERROR_PREFIX = "punie: error: "
+
+
+def error_line(error: PunieError | str) -> str:
+    """THE wording of an error for a person: ``punie: error: MESSAGE`` (with its place and hint).
+    Printers escape control characters; the CLI's `print_error` is the one that writes it."""
+    return ERROR_PREFIX + (error.render() if isinstance(error, PunieError) else error)
 
 
 class PunieError(Exception):
@@ -20,7 +42,7 @@ class PunieError(Exception):
     the message when set.
     """
 
-    exit_code = 1
+    exit_code: int = ExitCode.PROBLEMS
 
     def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
         self.message = message
@@ -42,7 +64,7 @@ class ConfigError(PunieError):
     error (the message lists them all; the first names the place).
     """
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
     def __init__(
         self,
@@ -59,7 +81,7 @@ class ConfigError(PunieError):
 class UsageError(PunieError):
     """The command line asks for something that cannot be done as asked."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ModelError(PunieError):
@@ -146,6 +168,22 @@ class PermissionDenied(PunieError):
 
 class TrainingError(PunieError):
     """Training or evaluation could not run (bad dataset, mlx_lm failure...)."""
+
+
+class InternalError(PunieError):
+    """An unexpected exception, as the CLI reports it: a bug in Punie, exit code 3. ``crash_file`` is
+    where its traceback was written (None when it could not be)."""
+
+    exit_code = ExitCode.INTERNAL
+
+    def __init__(self, exc: BaseException, crash_file: str | None = None):
+        self.original = exc
+        self.crash_file = crash_file
+        detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+        where = f"the traceback is in {crash_file}" if crash_file else "run with -vv to see the traceback"
+        # One line: a script that reads stderr sees one message, never a traceback.
+        super().__init__(f"internal error: {type(exc).__name__}{': ' + detail if detail else ''} "
+                         f"(a bug in Punie; {where})")
 
 
 class GateFailed(PunieError):

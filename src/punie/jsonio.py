@@ -22,9 +22,14 @@ import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from punie.errors import CorruptFileError, PunieError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+_M = TypeVar("_M", bound="BaseModel")
 
 #: Larger JSON files are refused (real config/index files are far below this).
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -215,3 +220,26 @@ def check_type(doc: Any, expect: type | None, *, where: str) -> Any:
 def _kind(value: object) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
             type(None): "null", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def validation_text(exc: Any, *, under: str | None = None) -> str:
+    """The first problem of a pydantic ``ValidationError`` as ``key.path: message`` (just the message
+    when it is about the whole document); ``under`` is the key the validated value sits under."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in [*([under] if under else []), *first["loc"]])
+    return f"{loc}: {first['msg']}" if loc else str(first["msg"])
+
+
+def load_model_file(path: str | os.PathLike[str], model: type[_M], *, max_bytes: int = MAX_JSON_BYTES) -> _M | None:
+    """A JSON file validated as ``model``; None when there is no file. CorruptFileError naming the file
+    when it is not valid JSON or not a valid ``model`` (the first problem, located)."""
+    from pydantic import ValidationError
+
+    try:
+        doc = load_json_file(path, max_bytes=max_bytes)
+    except FileNotFoundError:
+        return None
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise CorruptFileError(validation_text(exc), where=str(path)) from None

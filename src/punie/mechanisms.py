@@ -30,6 +30,7 @@ import os
 import sys
 
 from punie import envvars
+from punie.procfs import ENV_END, ENV_START, stat_fields
 
 NATIVE = "native"
 PORTABLE = "portable"
@@ -105,10 +106,9 @@ def hide_environ() -> bool:
 
 def _clear_environ_block() -> bool:
     try:
-        with open("/proc/self/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (stat fields 50 and 51)
-    except (OSError, ValueError, IndexError):
+        fields = stat_fields("self") or []
+        start, end = int(fields[ENV_START]), int(fields[ENV_END])
+    except (ValueError, IndexError):
         return False
     if not 0 < start < end or end - start > 1 << 24:
         return False

@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from punie.limits import SMALL_FILE_BYTES
 from punie.mechanisms import NATIVE, mechanism
+from punie.procfs import children_map, subtree
 
 #: The request ``model`` under which mlx_lm serves the model WITH its ``--adapter-path``
 #: (any other name, even the model's own path, silently reloads the bare base model).
 SERVED_MODEL_NAME = "default_model"
+LOOPBACK = "127.0.0.1"  # where servers bind unless the profile says otherwise
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp{,6}
 
@@ -90,7 +93,7 @@ def remote_warning(host: str) -> str | None:
 
 def connect_host(host: str) -> str:
     """The address a client uses to reach a server bound to ``host`` (wildcards mean loopback), URL-ready."""
-    host = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    host = LOOPBACK if host in WILDCARD_HOSTS else host
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
@@ -110,7 +113,7 @@ def local_base_url(host: str, port: int) -> str:
     return f"http://{connect_host(host)}:{port}/v1"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = LOOPBACK) -> int:
     """A TCP port nothing listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host.strip("[]"), 0))
@@ -256,26 +259,7 @@ def socket_inodes(pid: int) -> set[int]:
 
 def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it (by parent pid, from /proc; Linux)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return [pid]
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, ()))
-    return tree
+    return subtree(pid, children_map())
 
 
 def listener_pids(port: int, host: str = "") -> list[int]:
@@ -301,19 +285,11 @@ def process_cmdline(pid: int) -> list[str]:
     """The argv of process ``pid`` ([] when unreadable)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            raw = fh.read(1 << 20)
+            raw = fh.read(SMALL_FILE_BYTES)
     except OSError:
         return []
     return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
 
-
-def parent_pid(pid: int) -> int | None:
-    """The parent of ``pid`` (None when unknown)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def owns_listener(pid: int, port: int, host: str = "") -> bool | None:

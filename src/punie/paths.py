@@ -9,12 +9,15 @@ from pathlib import Path
 
 from punie import envvars
 
+STATE_DIR_NAME = ".punie"  # the project's state folder
+CONFIG_NAME = "punie.toml"  # the profiles file, found in a directory or a parent
+
 
 def cache_dir() -> Path:
     """Punie's cache: $PUNIE_CACHE_DIR, else $XDG_CACHE_HOME/punie, else ~/.cache/punie."""
     if env := os.environ.get(envvars.CACHE_DIR):
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get(envvars.XDG_CACHE_HOME) or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "punie"
 
 
@@ -25,7 +28,7 @@ def fused_models_dir() -> Path:
 
 def state_dir(project_dir: str | Path) -> Path:
     """The project's own state folder (`.punie/`: logs, composed adapters)."""
-    return Path(project_dir) / ".punie"
+    return Path(project_dir) / STATE_DIR_NAME
 
 
 def run_dir(project_dir: str | Path) -> Path:
@@ -56,12 +59,12 @@ def hf_hub_cache(env: Mapping[str, str] | None = None) -> Path:
     $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub.
     """
     env = os.environ if env is None else env
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+    for name in (envvars.HF_HUB_CACHE, envvars.HUGGINGFACE_HUB_CACHE):
         if env.get(name):
             return Path(env[name]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if env.get(envvars.HF_HOME):
+        return Path(env[envvars.HF_HOME]).expanduser() / "hub"
+    base = env.get(envvars.XDG_CACHE_HOME) or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "huggingface" / "hub"
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from punie.errors import AdapterError, PunieError
+from punie.jsonio import validation_text
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,7 @@ def canary_of(meta: Mapping[str, Any] | BaseModel | None, *, where: str | None =
     try:
         return Canary.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise AdapterError(f"canary.{loc}: {first['msg']}", where=where) from exc
+        raise AdapterError(validation_text(exc, under=CANARY_KEY), where=where) from exc
 
 
 def base_fingerprint(model_dir: str | Path) -> str | None:

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -40,9 +39,10 @@ from typing import TYPE_CHECKING, Any
 from punie.adapters.files import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
 from punie.adapters.identity import RecordedBase, recorded_base, same_base
 from punie.adapters.tensors import load_tensor, numpy_module, tensor_index
-from punie.config.atomic import replace_dir
+from punie.config.atomic import publish_dir, replace_dir
 from punie.errors import AdapterError
 from punie.jsonio import load_json_file, open_regular
+from punie.limits import CHUNK_BYTES
 from punie.paths import state_dir
 from punie.weights.safetensors import TensorInfo, write_safetensors
 
@@ -427,13 +427,9 @@ def _write_atomically(plan: Plan, out: Path, *, replace: bool) -> Path:
         if replace and out.exists():
             replace_dir(tmp, out)
         else:
-            try:
-                os.rename(tmp, out)
-            except OSError:
-                # Another process finished the same composition first: keep theirs.
-                if not (out / WEIGHTS_FILE).is_file():
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
+            # Another process may have finished the same composition first: theirs is kept.
+            publish_dir(tmp, out, complete=lambda t: (t / WEIGHTS_FILE).is_file())
+            shutil.rmtree(tmp, ignore_errors=True)  # still there only when theirs was kept
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -466,7 +462,7 @@ def composition_hash(parts: Iterable[tuple[Path, float]]) -> str:
             try:
                 with open_regular(file) as (fh, size):
                     digest.update(f"{name}:{size}:".encode())
-                    while chunk := fh.read(1 << 20):
+                    while chunk := fh.read(CHUNK_BYTES):
                         digest.update(chunk)
             except FileNotFoundError:
                 # read_part explains what is missing.

@@ -36,14 +36,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from punie.adapters.canary import Canary, TopToken
 from punie.adapters.files import CONFIG_FILE, WEIGHTS_FILE
-from punie.config.atomic import replace_dir
+from punie.config.atomic import replace_dir, write_atomic
 from punie.config.models import FuseOptions
-from punie.errors import AdapterError, ConfigError, CorruptFileError
-from punie.jsonio import load_json_file
+from punie.errors import AdapterError, ConfigError
+from punie.jsonio import load_model_file
+from punie.limits import CHUNK_BYTES
 from punie.paths import fused_models_dir
 from punie.weights.headers import INDEX_FILE  # the weight index mlx_lm's save writes; sharded_load reads it
 
@@ -150,7 +151,7 @@ def adapter_content_hash(adapter_dir: str | Path) -> str:
         try:
             with open(path, "rb") as fh:
                 digest.update(f"{name}:{os.fstat(fh.fileno()).st_size}:".encode())
-                while chunk := fh.read(1 << 20):
+                while chunk := fh.read(CHUNK_BYTES):
                     digest.update(chunk)
         except FileNotFoundError:
             raise AdapterError(f"no {name}: not an mlx_lm adapter directory", where=str(adapter_dir)) from None
@@ -186,7 +187,7 @@ def file_digests(directory: Path) -> dict[str, FileDigest]:
             continue
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
+            while chunk := fh.read(CHUNK_BYTES):
                 digest.update(chunk)
         out[name] = FileDigest(size=path.stat().st_size, sha256=digest.hexdigest())
     return out
@@ -194,16 +195,7 @@ def file_digests(directory: Path) -> dict[str, FileDigest]:
 
 def read_manifest(entry: Path) -> FusedManifest | None:
     """An entry's manifest; None when there is no entry. CorruptFileError when unreadable."""
-    path = entry / MANIFEST_FILE
-    try:
-        doc = load_json_file(path)
-    except FileNotFoundError:
-        return None
-    try:
-        return FusedManifest.model_validate(doc)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CorruptFileError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", where=str(path)) from None
+    return load_model_file(entry / MANIFEST_FILE, FusedManifest)
 
 
 def integrity_problem(entry: Path, manifest: FusedManifest) -> str | None:
@@ -235,18 +227,8 @@ def integrity_problem(entry: Path, manifest: FusedManifest) -> str | None:
 
 def write_manifest(directory: Path, manifest: FusedManifest) -> None:
     """Write ``punie-fused.json`` atomically."""
-    data = json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-        from punie.paths import current_umask
-
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, directory / MANIFEST_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(directory / MANIFEST_FILE, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n",
+                 new_mode=0o666)
 
 
 @contextlib.contextmanager

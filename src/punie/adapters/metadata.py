@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from punie.adapters.canary import Canary
 from punie.adapters.files import CONFIG_FILE, METADATA_FILE
-from punie.errors import AdapterError, CorruptFileError
-from punie.jsonio import load_json_file
+from punie.config.atomic import write_atomic
+from punie.errors import AdapterError
+from punie.jsonio import load_json_file, load_model_file
 from punie.weights.fingerprint import BaseIdentity
 
 #: punie-adapter.json files larger than this are refused as corrupt.
@@ -75,35 +74,15 @@ def read_meta(adapter_dir: str | Path) -> AdapterMeta | None:
     Raises CorruptFileError when the file exists but is not valid metadata
     (bad JSON, too large or deep, wrong types), AdapterError when unreadable.
     """
-    path = metadata_path(adapter_dir)
-    try:
-        doc = load_json_file(path, max_bytes=MAX_METADATA_BYTES)
-    except FileNotFoundError:
-        return None
-    try:
-        return AdapterMeta.model_validate(doc)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise CorruptFileError(f"{loc + ': ' if loc else ''}{first['msg']}", where=str(path)) from None
+    return load_model_file(metadata_path(adapter_dir), AdapterMeta, max_bytes=MAX_METADATA_BYTES)
 
 
 def write_meta(adapter_dir: str | Path, meta: AdapterMeta) -> Path:
     """Write ``punie-adapter.json`` atomically (a reader never sees half a file)."""
     target = metadata_path(adapter_dir)
-    data = json.dumps(meta.model_dump(mode="json", exclude_none=False), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{METADATA_FILE}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-        # mkstemp creates 0600 files; metadata is as readable as the adapter's other files.
-        from punie.paths import current_umask
-
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # As readable as the adapter's other files.
+    write_atomic(target, json.dumps(meta.model_dump(mode="json", exclude_none=False), indent=2) + "\n",
+                 new_mode=0o666)
     return target
 
 

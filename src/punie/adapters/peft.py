@@ -33,16 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from punie.adapters.files import CONFIG_FILE as MLX_CONFIG
-from punie.adapters.files import PEFT_WEIGHTS_FILES
+from punie.adapters.files import METADATA_FILE, PEFT_WEIGHTS_FILES
 from punie.adapters.files import WEIGHTS_FILE as MLX_WEIGHTS
 from punie.adapters.tensors import load_tensor, numpy_module, tensor_index
+from punie.config.atomic import publish_dir
 from punie.errors import AdapterError, CorruptFileError
 from punie.jsonio import load_json_file, open_regular
+from punie.limits import CHUNK_BYTES
 from punie.weights.safetensors import write_safetensors
 
 PEFT_CONFIG = MLX_CONFIG  # both formats name their config adapter_config.json
 PEFT_WEIGHTS = PEFT_WEIGHTS_FILES[0]
-METADATA = "punie-adapter.json"
+METADATA = METADATA_FILE
 PEFT_PREFIX = "base_model.model."
 # Module names whose LoRA is not a Linear LoRA in PEFT (embedding LoRA has other tensors).
 _NOT_LINEAR = ("embed_tokens", "wte", "word_embeddings", "lm_head")
@@ -384,7 +386,7 @@ def content_hash(adapter_dir: str | Path) -> str:
         digest.update(name.encode() + b"\0")
         if path.is_file():
             with open_regular(path) as (fh, _):
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                for chunk in iter(lambda: fh.read(CHUNK_BYTES), b""):
                     digest.update(chunk)
         digest.update(b"\0")
     return digest.hexdigest()[:16]
@@ -408,11 +410,8 @@ def ensure_exported(adapter_dir: str | Path, cache_root: str | Path) -> Path:
     try:
         export_peft(adapter_dir, tmp, overwrite=True)
         os.chmod(tmp, 0o755)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process exported the same content first
-            if not (target / PEFT_WEIGHTS).is_file():
-                raise
+        # Another process may have exported the same content first: theirs is kept.
+        publish_dir(tmp, target, complete=lambda t: (t / PEFT_WEIGHTS).is_file())
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -104,7 +104,7 @@ from punie.agent.runner import PunieAgent, build_agent, run_turn
 from punie.agent.sessions import SessionRecord, SessionStore, replay_updates, sessions_dir, title_of
 from punie.agent.tools import ToolCallRecord, ToolHooks
 from punie.config.models import AgentOptions
-from punie.errors import AgentError
+from punie.errors import AgentError, error_line
 
 logger = logging.getLogger(__name__)
 
@@ -492,7 +492,7 @@ class PunieAcpAgent:
         exc = task.exception()
         if isinstance(exc, AgentError):
             logger.error("%s", exc.render())
-            await self._send(session_id, update_agent_message_text(f"punie: error: {exc.render()}"))
+            await self._send(session_id, update_agent_message_text(error_line(exc)))
             from pydantic_ai.exceptions import UsageLimitExceeded
 
             stop = "max_turn_requests" if isinstance(exc.__cause__, UsageLimitExceeded) else "end_turn"

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from punie.errors import OutsideWorkspace, ToolFailure
+from punie.limits import CHUNK_BYTES
 from punie.paths import current_umask
 
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -383,7 +384,7 @@ def read_fd(fd: int, limit: int) -> bytes:
     chunks: list[bytes] = []
     left = limit
     while left > 0:
-        chunk = os.read(fd, min(left, 1 << 20))
+        chunk = os.read(fd, min(left, CHUNK_BYTES))
         if not chunk:
             break
         chunks.append(chunk)

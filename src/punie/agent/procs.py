@@ -38,13 +38,15 @@ import sys
 from collections.abc import Mapping
 
 from punie import envvars
+from punie.limits import COMMAND_GRACE
 from punie.mechanisms import NATIVE, PORTABLE, hide_environ, mechanism
+from punie.procfs import parent_pid
 
 logger = logging.getLogger(__name__)
 
 REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
 #: Seconds between SIGTERM and SIGKILL when a command is stopped (and for leftovers after it exits).
-GRACE = 0.5
+GRACE = COMMAND_GRACE
 #: Environment variables passed on to commands (plus every LC_*).
 ENV_ALLOW = ("PATH", "HOME", "LANG", "LANGUAGE", "TERM", "USER", "LOGNAME", "SHELL", "TMPDIR", "TZ",
              "COLUMNS", "LINES", "NO_COLOR")
@@ -111,13 +113,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    return int(data[data.rfind(b")") + 2:].split()[1])
+_ppid = parent_pid  # the one /proc/PID/stat reader (punie.procfs)
 
 
 def _ancestor_in(pid: int, pids: set[int]) -> bool:

@@ -10,17 +10,16 @@ state. The ACP server lists these for ``session/list`` and replays one as
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from punie.config.atomic import write_atomic
 from punie.errors import CorruptFileError
 from punie.jsonio import load_json_file
 from punie.paths import sessions_dir
@@ -96,15 +95,7 @@ class SessionStore:
         record.updated_at = now()
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.path(record.session_id)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{record.session_id}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(record.to_json(), fh, ensure_ascii=False)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(target, json.dumps(record.to_json(), ensure_ascii=False), new_mode=0o600)
 
     def load(self, session_id: str) -> SessionRecord | None:
         """The stored session, or None when there is none (or it cannot be read)."""

@@ -28,6 +28,7 @@ from punie.agent.permissions import PermissionPolicy, PermissionRequest
 from punie.agent.procs import CappedOutput, command_env, run_reaped
 from punie.agent.workspace import Workspace
 from punie.errors import PermissionDenied, ToolFailure
+from punie.paths import STATE_DIR_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ MAX_COMMAND_OUTPUT = 20_000
 DEFAULT_COMMAND_TIMEOUT = 60.0
 MAX_COMMAND_TIMEOUT = 600.0
 SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", "node_modules", ".mypy_cache",
-                       ".pytest_cache", ".ruff_cache", ".punie", ".tox"})
+                       ".pytest_cache", ".ruff_cache", STATE_DIR_NAME, ".tox"})
 
 Status = Literal["ok", "error", "denied", "invalid"]
 

@@ -38,17 +38,19 @@ from typing import TYPE_CHECKING
 
 from punie.agent import fs
 from punie.errors import OutsideWorkspace, ToolFailure
+from punie.limits import MAX_READ_BYTES
+from punie.paths import CONFIG_NAME, STATE_DIR_NAME
 
 if TYPE_CHECKING:
     from punie.config.models import AgentOptions
 
 __all__ = ["DEFAULT_MAX_READ_BYTES", "OutsideWorkspace", "ToolFailure", "Workspace", "resolve_workspace"]
 
-DEFAULT_MAX_READ_BYTES = 1 << 20
+DEFAULT_MAX_READ_BYTES = MAX_READ_BYTES
 #: Directory names that are protected wherever they are, and file names likewise (compared case-insensitively,
 #: as macOS and Windows file systems do).
-PROTECTED_DIRS = frozenset({".git", ".punie"})
-PROTECTED_NAMES = frozenset({".git", "punie.toml"})
+PROTECTED_DIRS = frozenset({".git", STATE_DIR_NAME})
+PROTECTED_NAMES = frozenset({".git", CONFIG_NAME})
 
 
 class Workspace:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Severity = Literal["error", "warning"]
+from punie.findings import Severity
 
 #: Problems of one kind in one file: how many a report keeps before "... and N more like this".
 GROUP_LIMIT = 50

@@ -11,8 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from punie import envvars
 from punie.config.models import ServerOptions
-from punie.net import is_loopback, listener_pids, parent_pid, port_problem, process_cmdline, remote_host_problem
+from punie.limits import SMALL_FILE_BYTES
+from punie.net import is_loopback, listener_pids, port_problem, process_cmdline, remote_host_problem
+from punie.procfs import parent_pid
 
 __all__ = ["is_loopback", "port_problem", "server_findings"]
 
@@ -105,11 +108,11 @@ _VALUED = frozenset({"--format", "--grace", "--group", "--set", "-s", "--config"
 def _environ_profile(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/environ", "rb") as fh:
-            raw = fh.read(1 << 20)
+            raw = fh.read(SMALL_FILE_BYTES)
     except OSError:
         return None
     for item in raw.split(b"\0"):
-        if item.startswith(b"PUNIE_PROFILE="):
+        if item.startswith(f"{envvars.PROFILE}=".encode()):
             return item.split(b"=", 1)[1].decode("utf-8", "replace")
     return None
 

@@ -20,10 +20,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from punie import envvars
 from punie.config.atomic import write_cache_json
 from punie.config.models import ResolvedProfile
 from punie.errors import CorruptFileError
 from punie.jsonio import load_json_file
+from punie.limits import SMALL_FILE_BYTES
 from punie.paths import cache_dir
 from punie.weights.headers import ModelShapes
 
@@ -35,7 +37,7 @@ _CACHE_FILE = "vllm-python.json"
 def _probe(python: str) -> dict[str, Any]:
     try:
         proc = subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True, check=False,
-                              text=True, timeout=IMPORT_TIMEOUT, env={**os.environ, "VLLM_NO_USAGE_STATS": "1"})
+                              text=True, timeout=IMPORT_TIMEOUT, env={**os.environ, envvars.VLLM_NO_USAGE_STATS: "1"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"ok": False, "error": str(exc)}
     if proc.returncode != 0:
@@ -55,7 +57,7 @@ def vllm_python_status(python: str) -> dict[str, Any]:
         return {"ok": False, "error": "does not exist", "missing": True}
     cache = cache_dir() / _CACHE_FILE
     try:
-        known = load_json_file(cache, max_bytes=1 << 20)
+        known = load_json_file(cache, max_bytes=SMALL_FILE_BYTES)
     except (OSError, CorruptFileError):
         known = {}
     if not isinstance(known, dict):

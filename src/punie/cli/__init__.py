@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from punie import envvars
 from punie.cli.fastcomplete import COMPLETE_VAR, complete_and_exit  # stdlib only
 
 if COMPLETE_VAR in os.environ:  # TAB: profile and adapter names without importing the CLI
@@ -68,7 +69,7 @@ class LazyGroup(PunieGroup):
 @click.option(
     "--config",
     "config",
-    envvar="PUNIE_CONFIG",
+    envvar=envvars.CONFIG,
     type=click.Path(dir_okay=False),
     help="Profiles file (default: punie.toml in this directory or a parent). Env: PUNIE_CONFIG.",
 )

@@ -1,7 +1,7 @@
 """Shared pieces of the CLI edge: state, the one error printer, options, output formats.
 
 Every command gets the top-level options through `state_of`, renders errors
-through `print_error` (the only place "punie: error:" is written), takes
+through `print_error` (the one printer of `punie.errors.error_line`), takes
 ``--format text|json`` from `format_option` and its own ``--set`` from `set_option`.
 """
 
@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import click
 
-from punie.errors import PunieError
+from punie.errors import ExitCode, InternalError, PunieError
+from punie.errors import error_line as _error_line
 from punie.textsafe import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,9 +63,8 @@ def say(message: str) -> None:
 
 
 def error_line(error: PunieError | str) -> str:
-    """The one wording of an error for the user: ``punie: error: MESSAGE`` (control characters escaped)."""
-    text = error.render() if isinstance(error, PunieError) else error
-    return printable(f"{PREFIX}: error: {text}")
+    """The one wording of an error for the user (`punie.errors.error_line`), control characters escaped."""
+    return printable(_error_line(error))
 
 
 def print_error(error: PunieError | str) -> None:
@@ -119,9 +119,9 @@ def complete_profiles(ctx: click.Context, param: click.Parameter, incomplete: st
     from click.shell_completion import CompletionItem
 
     try:
-        from punie.config import read_config
+        from punie.api.profiles import profile_names
 
-        names = read_config(_root_config(ctx)).profile_names
+        names = profile_names(_root_config(ctx))
     except Exception:  # completing must never print a traceback into the shell
         return []
     return [CompletionItem(name) for name in names if name.startswith(incomplete)]
@@ -131,29 +131,59 @@ def complete_adapters(ctx: click.Context, param: click.Parameter, incomplete: st
     """Shell completion: adapter names under the project's adapters/, and latest / best."""
     from click.shell_completion import CompletionItem
 
+    from punie.api.adapters import adapter_names
+
     try:
-        from pathlib import Path
-
-        from punie.adapters.registry import adapters_root
-        from punie.config import find_config
-
-        found = find_config(_root_config(ctx))
-        root = adapters_root(found.parent if found else Path.cwd())
-        names = sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())
+        names = adapter_names(_root_config(ctx))
     except Exception:  # completing must never print a traceback into the shell
         names = []
-    return [CompletionItem(name) for name in [*names, "latest", "best"] if name.startswith(incomplete)]
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
+def _only_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one member each (task groups wrap)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def internal_error(exc: BaseException) -> InternalError:
+    """An unexpected exception as the one message of exit code 3. Its traceback goes to a private
+    file in the temporary directory (named in the message) and, with -vv, to stderr too."""
+    import logging
+    import os
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        click.echo(text, err=True, nl=False)
+    try:
+        fd, name = tempfile.mkstemp(prefix="punie-crash-", suffix=".txt")  # 0600: it may show paths
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError:
+        name = None
+    return InternalError(exc, name)
 
 
 class PunieGroup(click.Group):
-    """A click group that renders PunieError as a message and its exit code."""
+    """A click group with THE crash rule of every command: a PunieError becomes its message and exit
+    code; Ctrl-C exits 130; any other exception is a bug: one message, exit code 3 (`internal_error`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except PunieError as exc:
-            print_error(exc)
-            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own: exit codes and usage errors (2) it renders itself
+        except KeyboardInterrupt:
+            say("interrupted")
+            ctx.exit(ExitCode.INTERRUPTED)
+        except Exception as exc:  # the one place an unexpected exception is caught
+            leaf = _only_leaf(exc)
+            error = leaf if isinstance(leaf, PunieError) else internal_error(leaf)
+            print_error(error)
+            ctx.exit(error.exit_code)
 
 
 def render_progress(stage: str, done: int | None, total: int | None) -> None:
@@ -192,7 +222,7 @@ def table(heads: list[str], rows: list[list[str]]) -> list[str]:
 
 def toml_value(value: Any) -> str:
     """A value written the way it would be in punie.toml (``"text"``, ``8080``, ``["a"]``)."""
-    from punie.config.locate import dotted
+    from punie.api.profiles import dotted
 
     if value is None:
         return "(not set)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -32,23 +31,16 @@ def _size(n: int) -> str:
 @click.pass_context
 def list_command(ctx: click.Context, fmt: str = "text") -> None:
     """Every adapter under adapters/: base model, rank, layers, size, date, score, canary, fits."""
-    from punie.adapters.registry import adapters_root, list_adapters
-    from punie.checks import adapter_fits
-    from punie.config import load_profiles
+    from punie.api.adapters import adapter_listing
 
     state = state_of(ctx)
-    profiles = load_profiles(config=state.config, overrides=state.overrides)
-    project = Path(profiles[0].project_dir) if profiles else Path.cwd()
-    infos = list_adapters(project)
-    fits: dict[str, dict[str, Any]] = {
-        info.name: {p.name: dict(zip(("fits", "reason"), adapter_fits(info, p), strict=True)) for p in profiles}
-        for info in infos
-    }
+    listing = adapter_listing(state.config, overrides=state.overrides)
+    infos, fits = listing.adapters, listing.fits
     if fmt == "json":
         echo_json([info.model_dump(mode="json") | {"fits": fits[info.name]} for info in infos])
         return
     if not infos:
-        click.echo(f"no adapters under {adapters_root(project)} (train one with `punie train PROFILE --data DIR`)")
+        click.echo(f"no adapters under {listing.root} (train one with `punie train PROFILE --data DIR`)")
         return
     rows = []
     for info in infos:
@@ -93,32 +85,16 @@ def stamp_command(ctx: click.Context, name: str, profile: str, force: bool, cana
     same shapes, as for adapters trained by `punie train`, and `punie up` proves
     at readiness that the server applies the adapter (its first-token logprobs).
     """
-    from punie.adapters.registry import resolve_adapter, stamp_adapter
-    from punie.checks import check_adapter
-    from punie.config import load_profiles
-    from punie.errors import CheckFailed, UsageError
-    from punie.weights.resolve import resolve_model
+    from punie.api.adapters import stamp
 
     state = state_of(ctx)
-    resolved = load_profiles((profile,), config=state.config, overrides=state.overrides)[0]
-    if not resolved.profile.model:
-        raise UsageError(f"profile {profile!r} names no base model")
-    project = Path(resolved.project_dir)
-    adapter_dir = resolve_adapter(name, project)
-    model_dir = resolve_model(resolved.profile.model, project)
-    errors = [p for p in check_adapter(adapter_dir, resolved) if p.severity == "error"]
-    if errors and not force:
-        lines = "\n".join(f"  {p.render()}" for p in errors[:10])
-        raise CheckFailed(f"adapter {name!r} does not fit profile {profile!r}'s base model:\n{lines}\n"
-                          "  (use --force to stamp anyway)")
-    meta = stamp_adapter(adapter_dir, model_dir, base_spec=resolved.profile.model)
+    stamped = stamp(name, profile, state.config, overrides=state.overrides, force=force, canary=canary)
+    meta, adapter_dir = stamped.meta, stamped.adapter_dir
     assert meta.base is not None
     click.echo(f"stamped {adapter_dir}: base {meta.base_model} (weights {meta.base.weights[:12]}, "
                f"shapes {meta.base.shapes[:12]})")
-    if canary:
-        from punie.launch.stamp import stamp_canary
-
-        recorded = stamp_canary(adapter_dir, model_dir)
+    if stamped.canary is not None:
+        recorded = stamped.canary
         top = ", ".join  # the three likeliest first tokens of each side
         click.echo("  canary, base alone:   " + top(f"{t.text!r} {t.logprob:.2f}" for t in recorded.base[:3]))
         click.echo("  canary, with adapter: " + top(f"{t.text!r} {t.logprob:.2f}" for t in recorded.adapter[:3]))

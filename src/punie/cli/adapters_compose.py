@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from punie.cli._common import complete_adapters, echo_json, format_option, state_of
-from punie.errors import UsageError
-
-
-def parse_part(text: str) -> tuple[str, float]:
-    """``SPEC`` or ``SPEC:WEIGHT`` (the weight is what follows the last colon, if it is a number)."""
-    spec, sep, tail = text.rpartition(":")
-    if sep and spec:
-        try:
-            return spec, float(tail)
-        except ValueError:
-            pass
-    return text, 1.0
-
-
-def _resolve(spec: str, project_dir: Path) -> Path:
-    direct = Path(spec).expanduser()
-    if direct.is_dir():
-        return direct
-    from punie.adapters.compose import resolve_refs
-    from punie.config.models import AdapterRef
-
-    return resolve_refs([AdapterRef(path=spec)], project_dir)[0][0]
 
 
 @click.command("compose")
@@ -46,34 +22,17 @@ def compose_command(ctx: click.Context, adapters: tuple[str, ...], out: str, for
     Each ADAPTER is a directory or a name under adapters/, optionally followed
     by :WEIGHT (default 1), e.g. `general-v1 tool-calling-v1:0.5`.
     """
-    from punie.adapters.compose import compose
+    from punie.api.adapters import compose
 
     state = state_of(ctx)
-    project_dir = Path(state.config).resolve().parent if state.config else Path.cwd()
-    parts = []
-    for text in adapters:
-        spec, weight = parse_part(text)
-        if not spec:
-            raise UsageError(f"empty adapter in '{text}'")
-        parts.append((_resolve(spec, project_dir), weight))
-    result = compose(parts, Path(out), force=force)
-    if base is not None:
-        from punie.config import load_profile
-        from punie.launch.prepare import resolve_model_path
-        from punie.launch.stamp import stamp_canary
-
-        resolved = load_profile(base, config=state.config, overrides=state.overrides)
-        stamp_canary(result, resolve_model_path(resolved, provision=True))
-    from punie.jsonio import load_json_file
-
-    config = load_json_file(result / "adapter_config.json")
-    meta = load_json_file(result / "punie-adapter.json")
+    composed = compose(adapters, out, state.config, overrides=state.overrides, force=force, base=base)
+    result, config, meta = composed.path, composed.adapter_config, composed.punie_adapter
     if fmt == "json":
         echo_json({"path": str(result), "adapter_config": config, "punie_adapter": meta})
         return
     params = config["lora_parameters"]
     click.echo(
-        f"composed {len(parts)} adapters into {result}: rank {params['rank']}, "
+        f"composed {len(adapters)} adapters into {result}: rank {params['rank']}, "
         f"num_layers {config['num_layers']}, keys {', '.join(params['keys'])}"
     )
     for note in meta.get("composition_notes", []):

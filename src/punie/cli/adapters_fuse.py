@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from punie.cli._common import complete_adapters, echo_json, format_option, state_of
@@ -30,40 +28,12 @@ def fuse_command(ctx: click.Context, adapter: str | None, profile: str, dtype: s
     tolerance is refused with both distances. Without NAME the profile's own adapter (or the
     composition of its adapters) is fused. `fuse.enabled = true` in the profile serves it.
     """
-    from punie.adapters.fuse import FuseSpec
-    from punie.adapters.locate import resolve_adapter
-    from punie.adapters.metadata import read_canary
-    from punie.adapters.registry import effective_adapter
-    from punie.config import load_profile
-    from punie.errors import UsageError
-    from punie.launch.fuse import ensure_fused
-    from punie.launch.prepare import resolve_model_path
+    from punie.api.adapters import fuse
 
     state = state_of(ctx)
-    resolved = load_profile(profile, config=state.config, overrides=state.overrides)
-    project = Path(resolved.project_dir)
-    if adapter is not None:
-        direct = Path(adapter).expanduser()
-        adapter_dir = direct if direct.is_dir() else resolve_adapter(adapter, project)
-    else:
-        found = effective_adapter(resolved)
-        if found is None:
-            raise UsageError(f"profile {profile!r} has no adapter: name the adapter to fuse")
-        adapter_dir = found
-    options = resolved.profile.fuse
-    if dtype or bits or group_size:
-        options = options.model_copy(update={"dtype": dtype or options.dtype,
-                                             "bits": (bits if bits == "base" else int(bits)) if bits else options.bits,
-                                             "group_size": int(group_size) if group_size else options.group_size})
-    spec = FuseSpec.of(options, where="--group-size")
-    model_dir = resolve_model_path(resolved, provision=True)
-    canary = read_canary(adapter_dir)
-    if canary is None:
-        from punie.launch.stamp import stamp_canary
-
-        click.echo(f"{adapter_dir} has no canary: computing it on {model_dir} (once)", err=True)
-        canary = stamp_canary(adapter_dir, model_dir)
-    fused = ensure_fused(model_dir, adapter_dir, spec, canary=canary)
+    made = fuse(profile, adapter, state.config, overrides=state.overrides, dtype=dtype, bits=bits,
+                group_size=group_size, on_note=lambda note: click.echo(note, err=True))
+    fused, adapter_dir, model_dir, spec = made.fused, made.adapter_dir, made.model_dir, made.spec
     if fmt == "json":
         echo_json(fused.to_json())
         return

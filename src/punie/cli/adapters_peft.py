@@ -5,16 +5,9 @@ Attached to the `adapters` group by its owner (punie.cli.adapters).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from punie.cli._common import echo_json, format_option, state_of
-
-
-def _project_dir(ctx: click.Context) -> Path:
-    state = state_of(ctx)
-    return Path(state.config).resolve().parent if state.config else Path.cwd()
 
 
 @click.command("export")
@@ -29,11 +22,9 @@ def export_command(ctx: click.Context, adapter: str, fmt: str, out: str, force: 
 
     --format here is the adapter format written (the PEFT config is in DIR/adapter_config.json).
     """
-    from punie.adapters.peft import export_peft
-    from punie.adapters.registry import resolve_adapter
+    from punie.api.adapters import export_peft
 
-    source = resolve_adapter(adapter, _project_dir(ctx))
-    plan = export_peft(source, Path(out), overwrite=force)
+    source, plan = export_peft(adapter, out, state_of(ctx).config, force=force)
     click.echo(f"exported {source} to {out} (PEFT): r {plan.rank}, lora_alpha {plan.lora_alpha:g}, "
                f"{len(plan.modules)} modules, target_modules {', '.join(plan.target_modules)}")
 
@@ -50,11 +41,10 @@ def export_command(ctx: click.Context, adapter: str, fmt: str, out: str, force: 
 def import_command(ctx: click.Context, peft_dir: str, name: str | None, out: str | None, num_layers: int | None,
                    force: bool, fmt: str) -> None:
     """Write an mlx_lm adapter from the PEFT LoRA adapter in PEFT_DIR (so Hugging Face adapters run on MLX)."""
-    from punie.adapters.peft import import_peft
-    from punie.adapters.registry import adapters_root
+    from punie.api.adapters import import_peft
 
-    target = Path(out) if out else adapters_root(_project_dir(ctx)) / (name or Path(peft_dir).resolve().name)
-    config = import_peft(Path(peft_dir), target, num_layers=num_layers, overwrite=force)
+    target, config = import_peft(peft_dir, state_of(ctx).config, name=name, out=out, num_layers=num_layers,
+                                 force=force)
     if fmt == "json":
         echo_json({"path": str(target), "adapter_config": config})
         return

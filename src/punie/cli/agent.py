@@ -36,7 +36,7 @@ from punie.cli._common import (
     state_of,
 )
 from punie.cli.terminal import is_terminal, tool_line
-from punie.errors import AgentError, UsageError
+from punie.errors import AgentError, ExitCode, UsageError
 
 LOCAL_PREFIX = "local:"
 
@@ -48,16 +48,14 @@ def render_tool_calls(calls: Sequence[Any]) -> None:
 
 
 def _load_target(state: State, profile: str | None, overrides: Sequence[str], base_url: str | None) -> Any:
-    from punie.agent.target import agent_target
-    from punie.config import load_profile
+    from punie.api.agent import load_target
 
-    resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
-    return agent_target(resolved, base_url=base_url)
+    return load_target(profile, state.config, overrides=state.with_overrides(overrides), base_url=base_url)
 
 
 async def _repl(agent: Any) -> None:
     """The plain line loop, for a stdin or stdout that is not a terminal (punie.cli.terminal otherwise)."""
-    from punie.agent.runner import run_turn
+    from punie.api.agent import run_turn
 
     say(f"agent on {agent.base_url}, workspace {agent.workspace.root} (Ctrl-D to quit)")
     history: list[Any] = []
@@ -92,23 +90,20 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
     session may switch to on this server. ``warm_cache``: warm the server's prompt cache
     with the agent's prefix at start (`punie.agent.warm`).
     """
-    from punie.agent import warm
-    from punie.agent.acp_server import serve_stdio
-    from punie.agent.runner import build_agent, run_turn
+    from punie.api.agent import build_agent, context_window, serve_stdio
+    from punie.api.agent import warm_cache as start_warming
 
-    named = {"model_name": model_name} if model_name else {}
     if warm_cache:  # the server's prompt cache gets our system prompt and tools now, not at the first question
-        warm.start(base_url, lambda client: build_agent(options, base_url, base_dir=base_dir, http_client=client,
-                                                        **named), run_turn)
+        start_warming(options, base_url, base_dir=base_dir, model_name=model_name)
     interactive = mode == "repl" or (mode == "auto" and sys.stdin.isatty())
     if not interactive:
         try:
             serve_stdio(options, base_url, profile=profile, profiles=profiles, model_name=model_name,
-                        models=models, config=config, context_window=_context_window(profile, config))
+                        models=models, config=config, context_window=context_window(profile, config))
         except KeyboardInterrupt:  # Ctrl-C on the supervisor's terminal: a clean stop
             pass
         return
-    from punie.agent.permissions import terminal_asker
+    from punie.api.agent import terminal_asker
 
     def build(asker: Any) -> Any:
         return build_agent(options, base_url, permission_asker=asker, base_dir=base_dir,
@@ -147,44 +142,16 @@ def agent_command(base_url: str, options_text: str | None, mode: str, model_name
     """Run the coding agent: Agent Client Protocol over stdio (used by `punie up` and IDEs)."""
     import json
 
-    from punie.agent.target import parse_options
+    from punie.api.agent import parse_options, switchable_profiles
 
     try:
         models = json.loads(models_text) if models_text else None
     except ValueError as exc:
         raise UsageError(f"--models is not valid JSON: {exc}") from None
     options = parse_options(options_text)
-    profiles = _sharing_profiles(profile, config) if profile else None
+    profiles = switchable_profiles(profile, config) if profile else None
     run_agent_process(options, base_url, mode=mode, profile=profile, profiles=profiles, model_name=model_name,
                       models=models, config=config, warm_cache=warm_cache)
-
-
-def _context_window(profile: str | None, config: str | None) -> int | None:
-    """The profile's model context window (ACP usage updates), None when it cannot be told."""
-    from punie.agent.acp_commands import context_window_of, load_resolved
-    from punie.errors import PunieError
-
-    try:
-        return context_window_of(load_resolved(profile, config))
-    except (PunieError, OSError):
-        return None
-
-
-def _sharing_profiles(profile: str, config: str | None) -> dict[str, Any]:
-    """Agent options of the profiles that share ``profile``'s server (only ``profile`` when unreadable)."""
-    import logging
-
-    from punie.agent.target import sharing_profiles
-    from punie.config import load_profiles
-    from punie.errors import PunieError
-
-    try:
-        every = load_profiles(config=config)
-    except PunieError as exc:
-        logging.getLogger(__name__).warning("profiles not offered to switch to: %s", exc)
-        return {}
-    current = next((p for p in every if p.name == profile), None)
-    return sharing_profiles(current, every) if current is not None else {}
 
 
 @click.command("ask")
@@ -202,8 +169,7 @@ def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: 
     With stderr on a terminal a spinner shows while the model works and each
     tool call is shown as it ends. Ctrl-C stops the turn (exit code 130).
     """
-    from punie.agent.permissions import terminal_asker
-    from punie.agent.runner import build_agent, run_turn_sync
+    from punie.api.agent import build_agent, run_turn_sync, terminal_asker
     from punie.cli.terminal import Screen, spinning_turn, warnings_to_log
 
     target = _load_target(state_of(ctx), profile, overrides, base_url)
@@ -226,7 +192,7 @@ def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: 
         if screen is not None:
             screen.end_line()
         say("turn cancelled")
-        ctx.exit(130)
+        ctx.exit(ExitCode.INTERRUPTED)
     if fmt == "json":
         echo_json(result.to_json())
         return
@@ -253,14 +219,12 @@ def serve_command(ctx: click.Context, model: str, adapter: str | None, port: int
                   host: str | None, profile: str | None, overrides: tuple[str, ...], mode: str,
                   dry_run: bool) -> None:
     """Serve the agent: on a running server (local:URL), or start mlx_lm.server with a model first."""
-    from punie.config.models import ResolvedProfile
+    from punie.api import ResolvedProfile, load_profile
 
     state = state_of(ctx)
     resolved: ResolvedProfile | None = None
     if profile or overrides:
-        from punie.config import load_profile
-
-        resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
+        resolved = load_profile(profile, state.config, overrides=state.with_overrides(overrides))
     if model.startswith(LOCAL_PREFIX):
         url = model[len(LOCAL_PREFIX):]
         if not url.startswith(("http://", "https://")):
@@ -268,21 +232,17 @@ def serve_command(ctx: click.Context, model: str, adapter: str | None, port: int
         if adapter or port or host:
             raise UsageError("--adapter, --port and --host start a server; with --model local:URL "
                              "the server is already running (serve the adapter there)")
-        from punie.agent.runner import openai_base_url
-        from punie.config.models import AgentOptions
+        from punie.api.agent import AgentOptions, openai_base_url
 
         run_agent_process(resolved.profile.agent if resolved else AgentOptions(), openai_base_url(url), mode=mode,
                           base_dir=resolved.project_dir if resolved else None)
         return
 
-    from punie.agent.target import serve_profile
-
-    target = serve_profile(model, adapter=adapter, port=port, host=host, base=resolved)
-    from punie.launch import run_up
+    from punie.api.launch import serve_model
 
     # As `punie up`: the interactive agent shares this terminal, so the server's output goes to its log.
-    outcome = run_up(target, check=True, dry_run=dry_run, progress=render_progress, subreaper=True,
-                     follow_server=not sys.stdin.isatty())
+    outcome = serve_model(model, adapter=adapter, port=port, host=host, base=resolved, dry_run=dry_run,
+                          progress=render_progress, follow_server=not sys.stdin.isatty())
     if dry_run:
         if outcome.plan is not None:
             click.echo(outcome.plan.render_text())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import traceback
 from typing import Any
 
 import click
@@ -18,9 +16,7 @@ from punie.cli._common import (
     set_option,
     state_of,
 )
-
-#: Exit code of a crash inside Punie: never to be mistaken for a verdict (0 ok, 1 problems, 2 usage).
-INTERNAL_ERROR = 3
+from punie.errors import ExitCode
 
 
 @click.command("check")
@@ -39,24 +35,12 @@ def check_command(ctx: click.Context, profiles: tuple[str, ...], fmt: str, stric
     1 when problems are found, 2 for a usage or configuration error (also a
     profiles file with no profiles), 3 for an internal error.
     """
-    from punie.errors import PunieError
-
-    try:
-        report = _run(state_of(ctx), profiles, overrides, strict)
-    except PunieError:
-        raise
-    except Exception as exc:  # a crash must never pass for a verdict
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
-            traceback.print_exc()
-        detail = str(exc).splitlines()[0][:300] if str(exc) else ""
-        click.echo(f"punie: internal error: {type(exc).__name__}{': ' + detail if detail else ''} "
-                   "(run with -vv for the traceback)", err=True)
-        ctx.exit(INTERNAL_ERROR)
+    report = _run(state_of(ctx), profiles, overrides, strict)  # a crash: exit 3 (PunieGroup), never a verdict
     if fmt == "json":
         echo_json(report.to_json())
     else:
         echo(_one_line_values(report).render_text())
-    ctx.exit(0 if report.ok else 1)
+    ctx.exit(ExitCode.OK if report.ok else ExitCode.PROBLEMS)
 
 
 def _one_line_values(report: Any) -> Any:
@@ -78,13 +62,13 @@ def _one_line_values(report: Any) -> Any:
 
 
 def _run(state: State, profiles: tuple[str, ...], overrides: tuple[str, ...], strict: bool):
-    from punie.api import check
-    from punie.config import load_profiles
+    from punie.api import check, load_profiles
+    from punie.api.profiles import CONFIG_NAME
     from punie.errors import ConfigError
 
-    resolved = load_profiles(profiles, config=state.config, overrides=state.with_overrides(overrides))
+    resolved = load_profiles(state.config, profiles, overrides=state.with_overrides(overrides))
     if not resolved:
-        where = state.config or "punie.toml"
+        where = state.config or CONFIG_NAME
         raise ConfigError("defines no profiles: nothing to check", where=where,
                           hint="add a [profiles.NAME] table with at least `model = ...`")
     return check(resolved, strict=strict)

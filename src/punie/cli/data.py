@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -63,14 +62,10 @@ def register(group: click.Group) -> None:
         refused, failed, malformed or cancelled call are left out and counted.
         Secret-looking strings are replaced. The split is by session.
         """
-        from punie.agent.tools import openai_tool_definitions
-        from punie.paths import sessions_dir
-        from punie.training.sessions_data import dataset_from_sessions, parse_since
+        from punie.api.training import sessions_dataset
 
-        tools = openai_tool_definitions(_profile_tools(ctx, profile))
-        report = dataset_from_sessions(sessions_dir(Path(project)), out, tools,
-                                       since=parse_since(since) if since else None, profile=profile,
-                                       valid_fraction=valid_fraction)
+        report = sessions_dataset(project, out, tools=_profile_tools(ctx, profile), since=since, profile=profile,
+                                  valid_fraction=valid_fraction)
         if fmt == "json":
             echo_json(report.model_dump(mode="json"))
             return
@@ -88,7 +83,7 @@ def register(group: click.Group) -> None:
                   "whose prompts are held out (default: the shipped tool-calling suite).")
     def generate(out: str, train: int, valid: int, seed: int, suite: str | None) -> None:
         """Generate tool-calling training data from templates (never the eval prompts)."""
-        from punie.training.generate import generate_dataset
+        from punie.api.training import generate_dataset
 
         counts = generate_dataset(out, train=train, valid=valid, seed=seed, suite=suite)
         click.echo(f"wrote {counts['train']} train and {counts['valid']} valid rows to {out}")
@@ -100,10 +95,9 @@ def register(group: click.Group) -> None:
     @format_option("json: the numbers as JSON.")
     def stats(directory: str, model: str | None, fmt: str) -> None:
         """Rows, tool calls per tool, token lengths and duplicates of a data directory."""
-        from punie.training.data_stats import dataset_stats, tokenizer_counter
-        from punie.training.dataset import resolve_data_dir
+        from punie.api.training import data_stats
 
-        result = dataset_stats(resolve_data_dir(directory), tokenizer_counter(model) if model else None)
+        result = data_stats(directory, model)
         if fmt == "json":
             echo_json(result.model_dump(mode="json"))
             return
@@ -115,12 +109,12 @@ def _profile_tools(ctx: click.Context, profile: str | None) -> list[str] | None:
     """The tools the named profile's agent offers (None: every tool, when there is no such profile)."""
     if profile is None:
         return None
-    from punie.config import load_profile
+    from punie.api import load_profile
     from punie.errors import PunieError
 
     state = state_of(ctx)
     try:
-        return list(load_profile(profile, config=state.config, overrides=state.with_overrides(())).profile.agent.tools)
+        return list(load_profile(profile, state.config, overrides=state.with_overrides(())).profile.agent.tools)
     except PunieError as exc:
         say(f"note: profile '{profile}' not loaded ({exc.render()}): every tool is offered in the examples")
         return None

@@ -10,10 +10,10 @@ from punie.cli._common import complete_profiles, echo_json, format_option, say, 
 
 
 def _load(ctx: click.Context, name: str | None, overrides: tuple[str, ...]) -> Any:
-    from punie.config import load_profile
+    from punie.api import load_profile
 
     state = state_of(ctx)
-    return load_profile(name, config=state.config, overrides=state.with_overrides(overrides))
+    return load_profile(name, state.config, overrides=state.with_overrides(overrides))
 
 
 def _fmt(score: float | None) -> str:
@@ -38,7 +38,7 @@ def _table(heads: tuple[str, ...], rows: list[tuple[str, ...]], *, numbers: set[
 
 
 def _comparison_rows(comparison: Any) -> list[tuple[str, ...]]:
-    from punie.training.report import OVERALL
+    from punie.api.training import OVERALL
 
     rows = []
     for name, c in [(OVERALL, comparison.overall), *comparison.categories.items()]:
@@ -121,8 +121,8 @@ def eval_command(ctx: click.Context, profile: str | None, vs: str | None, suite:
     chart (with matplotlib: pip install 'punie[report]'). Progress goes to stderr.
     """
     from punie.api import evaluate
+    from punie.api.training import eval_results_dir
     from punie.errors import GateFailed
-    from punie.paths import state_dir
 
     as_json = fmt == "json"
     resolved = _load(ctx, profile, overrides)
@@ -133,7 +133,7 @@ def eval_command(ctx: click.Context, profile: str | None, vs: str | None, suite:
             say(event.describe())
 
     result = evaluate(resolved, baseline=other or True, suite=suite, record=record and not no_store,
-                      on_event=progress, results_dir=state_dir(resolved.project_dir) / "eval",
+                      on_event=progress, results_dir=eval_results_dir(resolved),
                       samples=samples, gate=gate, seed=seed)
     report = result.report
     if as_json:

@@ -18,7 +18,7 @@ def register(group: click.Group) -> None:
     @click.argument("name")
     def pull(name: str) -> None:
         """Provision builtin model NAME into Punie's cache (idempotent)."""
-        from punie.weights.builtin import ensure_builtin
+        from punie.api.models import ensure_builtin
 
         click.echo(str(ensure_builtin(name, progress=render_progress)))
 
@@ -26,13 +26,10 @@ def register(group: click.Group) -> None:
     @format_option()
     def list_(fmt: str) -> None:
         """List builtin models and whether they are provisioned."""
-        from punie.weights.builtin import BUILTINS, builtin_dir, is_provisioned
+        from punie.api.models import builtin_models
 
-        rows = [
-            {"name": f"builtin:{b.name}", "provisioned": is_provisioned(b.name),
-             "path": str(builtin_dir(b.name)), "description": b.description}
-            for b in BUILTINS.values()
-        ]
+        rows = [{"name": b.name, "provisioned": b.provisioned, "path": str(b.path), "description": b.description}
+                for b in builtin_models()]
         if fmt == "json":
             echo_json(rows)
             return
@@ -46,6 +43,6 @@ def register(group: click.Group) -> None:
     @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output model dir.")
     def import_gguf_cmd(file: str, out: str) -> None:
         """Convert a llama GGUF (Q4_0/Q4_1/Q8_0/F16/F32) into an mlx_lm model directory."""
-        from punie.weights.gguf_import import import_gguf
+        from punie.api.models import import_gguf
 
         click.echo(str(import_gguf(file, out)))

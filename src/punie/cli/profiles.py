@@ -11,11 +11,8 @@ from typing import Any
 
 import click
 
+from punie.api.profiles import EMBEDDED_NAME, LEAF_KEYS, SCHEMA_RELPATH, Profile, ResolvedProfile
 from punie.cli._common import complete_profiles, echo_json, format_option, set_option, state_of, table, toml_value
-from punie.config import EMBEDDED_NAME, list_profiles, load_profile
-from punie.config.models import Profile, ResolvedProfile
-from punie.config.resolve import LEAF_KEYS
-from punie.config.schema import SCHEMA_RELPATH, check_schema, schema_text, write_schema
 
 _FORMAT = format_option()
 _SET = set_option()
@@ -54,8 +51,10 @@ def profiles_group(ctx: click.Context, fmt: str, overrides: tuple[str, ...]) -> 
     """
     if ctx.invoked_subcommand is not None:
         return
+    from punie.api.profiles import list_profiles
+
     state = state_of(ctx)
-    listing = list_profiles(config=state.config, overrides=state.with_overrides(overrides))
+    listing = list_profiles(state.config, overrides=state.with_overrides(overrides))
     if fmt == "json":
         echo_json(
             {
@@ -120,8 +119,10 @@ def show(ctx: click.Context, name: str | None, every: bool, fmt: str, overrides:
     cli (--set) or default. Without NAME, the default profile is shown. The keys only
     another backend reads are left out unless --all is given.
     """
+    from punie.api import load_profile
+
     state = state_of(ctx)
-    resolved = load_profile(name, config=state.config, overrides=state.with_overrides(overrides))
+    resolved = load_profile(name, state.config, overrides=state.with_overrides(overrides))
     if fmt == "json":
         echo_json(
             {
@@ -153,6 +154,8 @@ def schema_command(output: str | None, check: bool) -> None:
     Editors read it through the `#:schema ./schemas/punie.schema.json` line at
     the top of punie.toml (Taplo / Even Better TOML).
     """
+    from punie.api.profiles import check_schema, schema_text, write_schema
+
     if check:
         target = Path(output) if output else SCHEMA_RELPATH
         check_schema(target)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import click
 
-from punie.cli._common import print_error, state_of
-from punie.config.edit import (
+from punie.api.profiles import (
+    CONFIG_NAME,
     apply_edit,
     create_profile,
     dependants,
+    find_config,
     parse_value,
     profile_snippet,
     remove_profile,
@@ -25,7 +26,7 @@ from punie.config.edit import (
     set_value,
     unset_value,
 )
-from punie.config.loader import CONFIG_NAME, find_config
+from punie.cli._common import print_error, state_of
 from punie.errors import ConfigError, UsageError
 
 

@@ -245,7 +245,7 @@ class TerminalLoop:
         """Ask y/N/a(lways) on the terminal; Ctrl-C or Ctrl-D there cancels the turn."""
         from prompt_toolkit import PromptSession
 
-        from punie.agent.permissions import Answer
+        from punie.api.agent import Answer
 
         question = f"punie: allow {request.tool}: {request.summary}? [y/N/a(lways)] "
         with self.screen.pause():
@@ -287,7 +287,7 @@ class TerminalLoop:
 
     async def run(self, agent: Any) -> None:
         """Prompt and run turns until Ctrl-D (or Ctrl-C on an empty line)."""
-        from punie.paths import history_file
+        from punie.api.agent import history_file
 
         session = self._session(history_file(agent.workspace.root))
         self.screen.line(f"punie: agent on {agent.base_url}, workspace {agent.workspace.root} "
@@ -307,8 +307,7 @@ class TerminalLoop:
 
     async def turn(self, agent: Any, prompt: str, history: list[Any]) -> list[Any] | None:
         """Run one turn on the screen; the conversation's messages after it (None: cancelled or failed)."""
-        from punie.agent.runner import run_turn
-        from punie.agent.tools import ToolHooks
+        from punie.api.agent import ToolHooks, run_turn
         from punie.cli._common import error_line
         from punie.errors import AgentError
 
@@ -405,8 +404,7 @@ async def spinning_turn(agent: Any, prompt: str, screen: Screen, *, show_tools: 
 
     The answer is not streamed: it goes to stdout once the turn is over (stdout may be a file).
     """
-    from punie.agent.runner import run_turn
-    from punie.agent.tools import ToolHooks
+    from punie.api.agent import ToolHooks, run_turn
 
     async def on_tool(record: Any) -> None:
         screen.line(tool_line(record))
@@ -419,7 +417,7 @@ async def spinning_turn(agent: Any, prompt: str, screen: Screen, *, show_tools: 
 def warnings_to_log(project_dir: str | Path) -> None:
     """Python warnings (a library's DeprecationWarning, say) go to :func:`punie.paths.terminal_log`, not
     the screen a person reads: the calm terminal. Best effort: without a writable log they stay as they were."""
-    from punie.paths import terminal_log
+    from punie.api.agent import terminal_log
 
     path = terminal_log(project_dir)
     try:

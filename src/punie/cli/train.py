@@ -14,10 +14,10 @@ _SET = set_option("adapter=latest")
 
 
 def _load(ctx: click.Context, name: str | None, overrides: tuple[str, ...]) -> Any:
-    from punie.config import load_profile
+    from punie.api import load_profile
 
     state = state_of(ctx)
-    return load_profile(name, config=state.config, overrides=state.with_overrides(overrides))
+    return load_profile(name, state.config, overrides=state.with_overrides(overrides))
 
 
 class _TrainBar:
@@ -101,18 +101,15 @@ def train_command(ctx: click.Context, profile: str | None, data: str, output: st
     The adapter is written atomically and gets a punie-adapter.json with the
     base model, its config fingerprint, the dataset hash, iterations and date.
     """
-    from punie.training.dataset import resolve_data_dir
-    from punie.training.train import TrainOptions, TrainPlan, train_adapter
+    from punie.api.training import TrainOptions, TrainPlan, train
 
     as_json = fmt == "json"
     resolved = _load(ctx, profile, overrides)
     options = TrainOptions(**knobs)
     bar = _TrainBar(options.iters)
     try:
-        result = train_adapter(
-            resolved, resolve_data_dir(data), options=options, output=output,
-            on_progress=None if (as_json or dry_run) else bar, dry_run=dry_run,
-        )
+        result = train(resolved, data, options=options, output=output,
+                       on_progress=None if (as_json or dry_run) else bar, dry_run=dry_run)
     finally:
         bar.close()
     if isinstance(result, TrainPlan):

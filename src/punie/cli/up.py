@@ -21,6 +21,7 @@ from punie.cli._common import (
     set_option,
     state_of,
 )
+from punie.limits import STOP_GRACE
 
 
 @click.command("up")
@@ -34,7 +35,7 @@ from punie.cli._common import (
     "the server's and the agent's output go to .punie/logs/ only, quoted if they fail).",
 )
 @click.option(
-    "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
+    "--grace", type=click.FloatRange(min=0), default=STOP_GRACE, show_default=True,
     help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
 )
 @click.option(
@@ -65,34 +66,22 @@ def up_command(
            the profile is already running, the server or the agent died
       2    the command line or punie.toml is wrong (unknown profile, invalid
            TOML or value, --set of an unknown key)
+      3    an internal error (a bug in Punie; the message says where its traceback is)
       130  a second Ctrl-C forced the stop
     """
-    from punie.config import load_profile
-    from punie.launch import LaunchFailed, run_up
+    from punie.api.launch import up
+    from punie.errors import LaunchFailed
 
     state = state_of(ctx)
     if follow_server is None:  # the interactive agent shares the terminal: keep it readable
         follow_server = not sys.stdin.isatty()
-    name = group or profile or ""
+    names: list[str | None] = [group or profile or ""]
     try:
-        if group is not None:
-            from punie.config import load_profiles
-            from punie.errors import UsageError
-            from punie.launch.supervisor import run_up_group
-            from punie.launch.vllm import group_members
-
-            if profile is not None:
-                raise UsageError("give either PROFILE or --group, not both")
-            name, names = group_members(group, config=state.config)
-            members = load_profiles(names, config=state.config, overrides=state.with_overrides(overrides))
-            outcome = run_up_group(members, group=name, check=not no_check, dry_run=dry_run, grace=grace,
-                                   progress=render_progress, follow_server=follow_server, subreaper=True)
-        else:
-            resolved = load_profile(profile, config=state.config, overrides=state.with_overrides(overrides))
-            name = resolved.name
-            outcome = run_up(resolved, check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
-                             follow_server=follow_server, subreaper=True)
+        outcome = up(profile, state.config, group=group, overrides=state.with_overrides(overrides),
+                     check=not no_check, dry_run=dry_run, grace=grace, progress=render_progress,
+                     follow_server=follow_server, on_name=names.append)
     except LaunchFailed as exc:
+        name = names[-1]
         if fmt == "json" and not dry_run:  # the status of a session that never got ready (e.g. no adapter)
             click.echo(json.dumps({"profile": name, "reason": exc.reason, "exit_code": exc.exit_code,
                                    "message": exc.message, "canaries": exc.canaries}), err=True)
@@ -106,7 +95,7 @@ def up_command(
         return
     print_outcome(outcome.message, outcome.exit_code)
     if fmt == "json":  # the session's status; on stderr, as stdout belongs to the agent
-        status = {"profile": name, "reason": outcome.reason, "exit_code": outcome.exit_code,
+        status = {"profile": names[-1], "reason": outcome.reason, "exit_code": outcome.exit_code,
                   "ready_seconds": outcome.ready_seconds, "restarts": outcome.restarts, "canary": outcome.canary,
                   "canaries": list(outcome.canaries), "blas": outcome.blas}
         click.echo(json.dumps(status), err=True)

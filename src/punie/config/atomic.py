@@ -44,7 +44,7 @@ import shutil
 import signal
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from punie.errors import ConfigError
@@ -67,10 +67,12 @@ def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def write_atomic(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> None:
+def write_atomic(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8",
+                 new_mode: int = _DEFAULT_MODE) -> None:
     """Replace ``path`` with ``text`` atomically, keeping its permission bits.
 
-    A file that does not exist yet gets mode 0644 (less the umask). A symlink is
+    THE temp-file-then-rename of Punie (tests/test_one_home.py keeps it the only one).
+    A file that does not exist yet gets ``new_mode`` (0644; less the umask). A symlink is
     followed: the file it points to is replaced, the link stays. Raises OSError
     (for example ENOSPC) with the original file left byte for byte as it was.
     Does not lock: callers that read, change and write use ``locked``.
@@ -84,7 +86,7 @@ def write_atomic(path: str | os.PathLike[str], text: str, *, encoding: str = "ut
     except FileNotFoundError:
         from punie.paths import current_umask
 
-        mode = _DEFAULT_MODE & ~current_umask()
+        mode = new_mode & ~current_umask()
 
     data = text.encode(encoding)
     tmp_name = _temp_name(target)
@@ -257,6 +259,20 @@ def remove_stale_temps(target: Path) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+def publish_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str], *,
+                complete: Callable[[Path], bool]) -> Path:
+    """Rename the finished directory ``staging`` to ``target`` (a sibling), unless another process
+    published the same content first (``complete(target)`` is then true and theirs is kept; the
+    caller removes ``staging``). Raises OSError when the rename fails for another reason."""
+    staging, target = Path(staging), Path(target)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if not complete(target):
+            raise
+    return target
 
 
 def replace_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str], *, mode: int | None = None) -> Path:

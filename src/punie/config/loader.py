@@ -17,16 +17,17 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from punie import envvars
 from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
 from punie.config.locate import KeyPath, dotted, key_lines, line_of, toml_syntax_error
 from punie.config.models import PunieFile
 from punie.errors import ConfigError, CorruptFileError, did_you_mean
 from punie.jsonio import read_file_bytes
+from punie.paths import CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "punie.toml"
 #: A larger profiles file is refused (5,000 profiles take about 1 MB).
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
@@ -99,7 +100,7 @@ def find_config(
     """
     environ = os.environ if env is None else env
     base = Path(cwd).absolute() if cwd is not None else Path.cwd()
-    explicit, label = (os.fspath(config), "--config") if config else (environ.get("PUNIE_CONFIG"), "PUNIE_CONFIG")
+    explicit, label = (os.fspath(config), "--config") if config else (environ.get(envvars.CONFIG), envvars.CONFIG)
     try:
         if explicit:
             path = Path(explicit).expanduser()

@@ -21,6 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from punie.limits import MAX_READ_BYTES
+from punie.net import LOOPBACK
+from punie.paths import CONFIG_NAME
+
 ToolName = Literal["read_file", "write_file", "list_files", "search", "run_command", "update_plan"]
 ALL_TOOLS: tuple[ToolName, ...] = ("read_file", "write_file", "list_files", "search", "run_command")
 Decision = Literal["ask", "allow", "deny"]
@@ -122,7 +126,7 @@ class ServerOptions(_Strict):
         description="URL of an already running OpenAI-compatible server (http://host:port). "
         "When set nothing is started; readiness is still checked.",
     )
-    host: str = Field("127.0.0.1", description="Address mlx_lm.server binds to.")
+    host: str = Field(LOOPBACK, description="Address mlx_lm.server binds to.")
     port: int = Field(8080, ge=1, le=65535, description="Port mlx_lm.server listens on.")
     allow_remote: bool = Field(
         False, description="Allow a host that is not a loopback address (the server has no auth)."
@@ -212,7 +216,7 @@ class AgentOptions(_Strict):
         description="Environment variables for commands run by run_command, added to a small allow-list "
         "(PATH, HOME, LANG, LC_*, TERM, USER, ...); nothing else of Punie's environment is passed.",
     )
-    max_read_bytes: int = Field(1 << 20, ge=1, description="Most bytes read_file reads from one file.")
+    max_read_bytes: int = Field(MAX_READ_BYTES, ge=1, description="Most bytes read_file reads from one file.")
     cross_mounts: bool = Field(
         False, description="Let the file tools cross into another mount below the workspace (a bind-mounted "
         "outside folder, a mounted file system); by default such a directory is refused and not listed into.",
@@ -330,7 +334,7 @@ class PunieFile(_Strict):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        json_schema_extra={"title": "punie.toml", "$id": "https://punie.dev/schemas/punie.schema.json"},
+        json_schema_extra={"title": CONFIG_NAME, "$id": "https://punie.dev/schemas/punie.schema.json"},
     )
 
     default_profile: str | None = Field(None, description="Profile used when none is named.")

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from punie import envvars
 from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
 from punie.config.envnames import ENV_DELIMITER, ENV_PREFIX, FILE_ONLY_FIELDS, NON_PROFILE_ENV
@@ -54,8 +55,8 @@ def select_profile(source: ConfigSource, name: str | None, env: Mapping[str, str
             hint='add a profile table, e.g.\n    [profiles.demo]\n    model = "builtin:smollm2-135m-instruct"',
         )
     where = source.display
-    if name is None and env.get("PUNIE_PROFILE"):
-        name, where = env["PUNIE_PROFILE"], "PUNIE_PROFILE"
+    if name is None and env.get(envvars.PROFILE):
+        name, where = env[envvars.PROFILE], envvars.PROFILE
     if name is None and source.file.default_profile is not None:
         name = source.file.default_profile
     if name is None and len(names) == 1:
@@ -322,13 +323,18 @@ def load_profile(
     default_profile, else its only profile. See `load_profiles` for the rest."""
     environ = os.environ if env is None else env
     try:
-        source = read_config(config, env=environ, cwd=cwd, fallback=fallback)
-        chosen = select_profile(source, name, environ)
-        cli_layer, cli_origin = overrides_to_dict(overrides)
-        env_layer = _read_env_layer(environ)
-        return resolve_profile(source, chosen, env_layer=env_layer, cli_layer=cli_layer, cli_origin=cli_origin)
+        return resolve_one(read_config(config, env=environ, cwd=cwd, fallback=fallback), name,
+                           overrides=overrides, env=environ)
     except RecursionError:
         raise ConfigError("configuration values are nested too deeply") from None
+
+
+def resolve_one(source: ConfigSource, name: str | None, *, overrides: Sequence[str] = (),
+                env: Mapping[str, str]) -> ResolvedProfile:
+    """The profile ``name`` (else the one `select_profile` picks) of a file already read, resolved."""
+    chosen = select_profile(source, name, env)
+    cli_layer, cli_origin = overrides_to_dict(overrides)
+    return resolve_profile(source, chosen, env_layer=_read_env_layer(env), cli_layer=cli_layer, cli_origin=cli_origin)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from punie import envvars
+from punie.config.atomic import replace_dir
 from punie.config.models import ResolvedProfile
 from punie.errors import ModelError, PunieError
 from punie.jsonio import load_json_file
@@ -105,7 +105,7 @@ def ensure_dense(model_dir: Path, dtype: str, *, python: str = sys.executable) -
             work = Path(tmp) / "dense"
             argv = [python, "-m", "punie.weights.dense_mlx", str(model_dir), str(work), dtype]
             env = mlx_child_env()
-            env.setdefault("MLX_DISABLE_COMPILE", "1")
+            env.setdefault(envvars.MLX_DISABLE_COMPILE, "1")
             try:
                 code, tail = run_to_end("dense", argv, env=env)
             except OSError as exc:
@@ -120,11 +120,7 @@ def ensure_dense(model_dir: Path, dtype: str, *, python: str = sys.executable) -
                 json.dump(marker, fh, indent=2)
                 fh.flush()
                 os.fsync(fh.fileno())
-            if target.exists():  # a stale copy: moved aside, then removed
-                stale = Path(tmp) / "stale"
-                target.rename(stale)
-            work.rename(target)
-            shutil.rmtree(Path(tmp) / "stale", ignore_errors=True)
+            replace_dir(work, target)  # a stale copy is moved aside, then removed
     return target
 
 

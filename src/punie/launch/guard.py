@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from punie import envvars
+from punie.limits import STOP_GRACE
 from punie.mechanisms import NATIVE, mechanism
 
 # Keep this short and stdlib-only: it runs before every child, without site-packages.
@@ -68,7 +69,6 @@ except OSError as exc:
     sys.stderr.write(f"punie: cannot start {cmd[0]}: {exc.strerror}\\n")
     sys.exit(127)
 """
-DEFAULT_GRACE = 5.0
 
 _lifeline: tuple[int, int] | None = None
 
@@ -101,7 +101,7 @@ def guarded_argv(
     python: str | None = None,
     mode: str = "auto",
     lifeline: int = -1,
-    grace: float = DEFAULT_GRACE,
+    grace: float = STOP_GRACE,
 ) -> list[str]:
     """``argv`` wrapped in the guard, so the command dies when ``parent_pid`` (default: us) dies.
 

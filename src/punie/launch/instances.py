@@ -24,6 +24,7 @@ from pathlib import Path
 from punie.errors import LaunchFailed, LaunchReason
 from punie.launch.plan import LaunchPlan, instance_logs
 from punie.paths import run_dir
+from punie.procfs import start_ticks
 
 SUFFIX = ".json"
 SOCKET_SUFFIX = ".sock"
@@ -47,15 +48,6 @@ class Instance:
     def since(self) -> str:
         """The start time as a person reads it (local time)."""
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-
-
-def start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time since boot, in clock ticks); None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def is_live(instance: Instance) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from punie.launch.plan import LaunchPlan
 
@@ -15,23 +15,28 @@ def strip_log_prefix(line: str) -> str:
     return _LOG_PREFIX.sub("", line, count=1).strip()
 
 
+_DIED = "generation thread died"
+
+#: reason -> the headline of that failure, from (where, detail, plan); one table, as uvicorn maps names.
+_HEADLINES: dict[str, Callable[[str, str, LaunchPlan], str]] = {
+    "adapter-failed": lambda where, detail, plan: (
+        f"{where}: the adapter {plan.adapter} did not load ({detail or _DIED})"),
+    "adapter-not-applied": lambda where, detail, plan: (
+        f"{where}: {detail}; refused: nothing is started on a server without its adapter"),
+    "generation-failed": lambda where, detail, plan: f"{where}: the model did not load ({detail or _DIED})",
+    "port-busy": lambda where, detail, plan: f"{where}: port {plan.port} is already in use ({detail})",
+    "foreign-server": lambda where, detail, plan: f"{where}: {detail}; not starting the agent against it",
+    "server-unresponsive": lambda where, detail, plan: f"{where} stopped answering: {detail}",
+    "ready-timeout": lambda where, detail, plan: (
+        f"{where} did not answer a 1-token completion within {plan.ready_timeout:g}s"),
+}
+
+
 def headline(reason: str, detail: str, plan: LaunchPlan) -> str:
     """One line naming the server and the cause (``reason`` is a LaunchFailed/UpOutcome code)."""
     where = plan.server_url if plan.external else f"{plan.engine} on {plan.server_url}"
-    if reason == "adapter-failed":
-        return f"{where}: the adapter {plan.adapter} did not load ({detail or 'generation thread died'})"
-    if reason == "adapter-not-applied":
-        return f"{where}: {detail}; refused: nothing is started on a server without its adapter"
-    if reason == "generation-failed":
-        return f"{where}: the model did not load ({detail or 'generation thread died'})"
-    if reason == "port-busy":
-        return f"{where}: port {plan.port} is already in use ({detail})"
-    if reason == "foreign-server":
-        return f"{where}: {detail}; not starting the agent against it"
-    if reason == "server-unresponsive":
-        return f"{where} stopped answering: {detail}"
-    if reason == "ready-timeout":
-        return f"{where} did not answer a 1-token completion within {plan.ready_timeout:g}s"
+    if (make := _HEADLINES.get(reason)) is not None:
+        return make(where, detail, plan)
     return f"{where}: {detail}" if detail else f"{where} failed ({reason})"
 
 

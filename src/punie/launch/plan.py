@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from punie import envvars
 from punie.config.models import ResolvedProfile
 from punie.errors import ConfigError
 from punie.launch.blas import BlasChoice, hint_text, preload_env
 from punie.launch.canary import ExpectedCanary
-from punie.net import connect_host, is_loopback, remote_host_problem, server_root
+from punie.net import LOOPBACK, connect_host, is_loopback, remote_host_problem, server_root
 from punie.paths import hf_hub_cache, state_dir
 
 
@@ -53,7 +54,7 @@ class LaunchPlan(_Frozen):
     adapter: str | None = None
     server_argv: tuple[str, ...] | None = None
     server_env: dict[str, str] = Field(default_factory=dict)
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     port: int | None = None
     server_url: str = Field(description="Root URL of the server (http://host:port).")
     base_url: str = Field(description="OpenAI base URL the agent and the probe use (.../v1).")
@@ -268,9 +269,9 @@ def build_plan(
         hub_cache = default_hf_hub_cache(env)
         # mlx_lm misbehaves without an existing hub cache dir (empty /v1/models
         # answers), and a local model must never trigger a hub lookup.
-        server_env = {"HF_HUB_CACHE": hub_cache, "PYTHONUNBUFFERED": "1"}
+        server_env = {envvars.HF_HUB_CACHE: hub_cache, envvars.PYTHONUNBUFFERED: "1"}
         if Path(model).is_absolute():
-            server_env["HF_HUB_OFFLINE"] = "1"
+            server_env[envvars.HF_HUB_OFFLINE] = "1"
         if blas is not None:
             server_env |= preload_env(blas, env)
         server_log = str(logs / f"{resolved.name}-server.log")

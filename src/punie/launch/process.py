@@ -31,7 +31,9 @@ import anyio
 from anyio.abc import ByteReceiveStream, Process
 
 from punie.launch.guard import guard_mode, guarded_argv, lifeline_fd
+from punie.limits import COMMAND_GRACE, STOP_GRACE
 from punie.mechanisms import hide_environ
+from punie.procfs import PGRP, STATE, all_stats, parent_pid, process_state
 
 logger = logging.getLogger(__name__)
 
@@ -152,15 +154,6 @@ class RotatingLog:
                 os.close(fd)
 
 
-def process_state(pid: int) -> str | None:
-    """The state letter of ``pid`` from /proc (R, S, T for stopped, Z...), or None when unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 GROUP_GONE_TIMEOUT = 10.0  # seconds a stop waits for the group's last process after SIGKILL
 
 
@@ -173,17 +166,7 @@ def group_alive(pgid: int) -> bool:
         return False
     if not os.path.isdir("/proc"):
         return True
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return any(fields[PGRP] == str(pgid) and fields[STATE] not in ("Z", "X") for _, fields in all_stats())
 
 
 class StreamSink:
@@ -256,7 +239,7 @@ def become_subreaper() -> bool:
         return False
 
 
-def reap_adopted(known: set[int] | frozenset[int] = frozenset(), *, grace: float = 0.5) -> list[int]:
+def reap_adopted(known: set[int] | frozenset[int] = frozenset(), *, grace: float = COMMAND_GRACE) -> list[int]:
     """SIGTERM, then SIGKILL, the processes adopted by this (subreaper) process, and reap them.
 
     Only direct children that are not in ``known`` (the `Child` processes, reaped by their
@@ -267,14 +250,7 @@ def reap_adopted(known: set[int] | frozenset[int] = frozenset(), *, grace: float
     me = os.getpid()
     adopted = []
     for pid in descendants(me):
-        if pid == me or pid in known:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == me:
+        if pid != me and pid not in known and parent_pid(pid) == me:
             adopted.append(pid)
     # Everything below an adopted process too: it may have its own session and group.
     victims = [p for pid in adopted for p in descendants(pid)]
@@ -325,7 +301,7 @@ class Child:
         patterns: Mapping[str, str] | None = None,
         on_match: Callable[[str, str], None] | None = None,
         guard: bool = True,
-        guard_grace: float = 5.0,
+        guard_grace: float = STOP_GRACE,
         log_max_bytes: int = LOG_MAX_BYTES,
         log_backups: int = LOG_BACKUPS,
         on_line: Callable[[str], None] | None = None,

@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 import anyio
 
 from punie.launch.process import Child
+from punie.limits import STOP_GRACE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GRACE = 5.0
 
 
 def _discard(line: str) -> None:
@@ -48,7 +48,7 @@ def run_to_end(
     cwd: str | None = None,
     on_line: Callable[[str], None] | None = None,
     tail_lines: int = 40,
-    grace: float = DEFAULT_GRACE,
+    grace: float = STOP_GRACE,
 ) -> tuple[int, list[str]]:
     """Run ``argv`` as a guarded child until it exits; return (exit code, its last output lines).
 

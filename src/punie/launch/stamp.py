@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from punie import envvars
 from punie.adapters.canary import CANARY_KEY, PROBE_MESSAGES, TOP_K, Canary, base_fingerprint
 from punie.errors import AdapterError
 from punie.launch.blas import mlx_child_env
@@ -26,10 +27,10 @@ logger = logging.getLogger(__name__)
 
 def _child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     env = mlx_child_env(environ)  # the fast BLAS, like every mlx child
-    env.setdefault("MLX_DISABLE_COMPILE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["HF_HUB_OFFLINE"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault(envvars.MLX_DISABLE_COMPILE, "1")
+    env.setdefault(envvars.TOKENIZERS_PARALLELISM, "false")
+    env[envvars.HF_HUB_OFFLINE] = "1"
+    env[envvars.PYTHONUNBUFFERED] = "1"
     return env
 
 

@@ -37,7 +37,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
 from punie import envvars
-from punie.errors import LaunchFailed, LaunchReason
+from punie.errors import ExitCode, LaunchFailed, LaunchReason
 from punie.launch.canary import CanaryResult, ExpectedCanary
 from punie.launch.idle import IdleControl
 from punie.launch.messages import headline as _headline
@@ -60,6 +60,7 @@ from punie.launch.readiness import (
     served_ids_problem,
     wait_ready,
 )
+from punie.limits import STOP_GRACE
 from punie.net import remote_warning
 from punie.weights import Progress
 
@@ -216,7 +217,7 @@ class _Supervisor:
         except Exception as exc:  # an ExceptionGroup too: every session ends with a reason and an exit code
             logger.error("the supervisor failed", exc_info=True)
             if self.outcome is None and self.error is None:  # an outcome already reached stands
-                self.outcome = UpOutcome(reason=LaunchReason.SUPERVISOR_FAILED, exit_code=3,
+                self.outcome = UpOutcome(reason=LaunchReason.SUPERVISOR_FAILED, exit_code=ExitCode.INTERNAL,
                                          message=f"the supervisor failed: {_describe(exc)} (children stopped)")
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
@@ -226,7 +227,7 @@ class _Supervisor:
         assert self.outcome is not None
         outcome = self.outcome
         if self.forced and outcome.reason == LaunchReason.SIGNAL:
-            outcome = replace(outcome, forced=True, exit_code=128 + signal.SIGINT)
+            outcome = replace(outcome, forced=True, exit_code=ExitCode.INTERRUPTED)
         return replace(
             outcome,
             plan=self.plan,
@@ -273,7 +274,7 @@ class _Supervisor:
                 self._finish(UpOutcome(reason=LaunchReason.AGENT_EXITED, exit_code=0, message="the agent exited"))
             else:
                 quoted = _quote(agent.tail, "agent", self.plan.agent_log)
-                self._finish(UpOutcome(reason=LaunchReason.AGENT_EXITED, exit_code=1,
+                self._finish(UpOutcome(reason=LaunchReason.AGENT_EXITED, exit_code=ExitCode.PROBLEMS,
                                        message=f"the agent exited with code {rc}{quoted}"))
 
     # -- server ------------------------------------------------------------------------------
@@ -501,7 +502,7 @@ class _Supervisor:
         if self.ready_seconds is None:
             raise LaunchFailed(reason, message, log_tail=tail, hint=_hint(reason, self.plan),
                                canaries=[c.to_json() for c in self.canaries])
-        self._finish(UpOutcome(reason=reason, exit_code=1, message=message))
+        self._finish(UpOutcome(reason=reason, exit_code=ExitCode.PROBLEMS, message=message))
         return False
 
     # -- agent and children ------------------------------------------------------------------
@@ -591,7 +592,7 @@ class _Supervisor:
 async def supervise(
     plan: LaunchPlan,
     *,
-    grace: float = 5.0,
+    grace: float = STOP_GRACE,
     sink: Sink | None = None,
     handle_signals: bool = True,
     probe_interval: float = 0.05,
@@ -642,7 +643,7 @@ def run_up(
     *,
     check: bool = True,
     dry_run: bool = False,
-    grace: float = 5.0,
+    grace: float = STOP_GRACE,
     sink: Sink | None = None,
     agent_argv: Sequence[str] | None = None,
     log_dir: Path | None = None,

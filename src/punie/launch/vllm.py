@@ -22,6 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from punie import envvars
 from punie.config.models import ResolvedProfile
 from punie.config.served import VLLM_BASE_MODEL_ID, has_adapter, request_model_id, vllm_python
 from punie.errors import ConfigError
@@ -111,10 +112,10 @@ def build_vllm_plan(
         root = f"http://{connect_host(server.host)}:{server.port}"
         argv = vllm_argv(lead, model=model, python=vllm_python(lead), lora_dirs=lora_dirs)
         hub_cache = default_hf_hub_cache(env)
-        server_env = {"HF_HUB_CACHE": hub_cache, "PYTHONUNBUFFERED": "1", "VLLM_NO_USAGE_STATS": "1",
+        server_env = {envvars.HF_HUB_CACHE: hub_cache, envvars.PYTHONUNBUFFERED: "1", envvars.VLLM_NO_USAGE_STATS: "1",
                       "DO_NOT_TRACK": "1"}
         if Path(model).is_absolute():
-            server_env["HF_HUB_OFFLINE"] = "1"
+            server_env[envvars.HF_HUB_OFFLINE] = "1"
         server_env |= server.vllm.env
         server_log = str(logs / f"{label}-server.log")
         ensure = (str(logs), hub_cache)

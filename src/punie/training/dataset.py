@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from punie.errors import CorruptFileError, TrainingError, did_you_mean
 from punie.jsonio import open_regular, parse_json, read_file_bytes
+from punie.limits import CHUNK_BYTES
 
 SPLITS = ("train", "valid", "test")
 REQUIRED_SPLITS = ("train", "valid")
@@ -214,7 +215,7 @@ def dataset_hash(data_dir: str | Path) -> str:
             digest.update(f"{split}:".encode())
             inner = hashlib.sha256()
             with open_regular(path) as (fh, _):
-                while chunk := fh.read(1 << 20):
+                while chunk := fh.read(CHUNK_BYTES):
                     inner.update(chunk)
             digest.update(inner.digest())
     return digest.hexdigest()[:16]

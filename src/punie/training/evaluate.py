@@ -30,10 +30,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from punie import envvars
 from punie.adapters.registry import effective_adapter, now_iso, read_meta, update_meta
 from punie.config.models import ResolvedProfile
 from punie.errors import LaunchError, LaunchFailed, TrainingError, UsageError
-from punie.net import free_port, is_loopback_url, openai_base_url
+from punie.net import LOOPBACK, free_port, is_loopback_url, openai_base_url
 from punie.training.ab import (
     PASS_SCORE,
     CaseOutcome,
@@ -111,7 +112,7 @@ def without_adapter(resolved: ResolvedProfile) -> ResolvedProfile:
 
 
 def _on_port(resolved: ResolvedProfile, port: int) -> ResolvedProfile:
-    server = resolved.profile.server.model_copy(update={"port": port, "host": "127.0.0.1"})
+    server = resolved.profile.server.model_copy(update={"port": port, "host": LOOPBACK})
     return resolved.model_copy(update={"profile": resolved.profile.model_copy(update={"server": server})})
 
 
@@ -142,7 +143,7 @@ def serve(resolved: ResolvedProfile, *, log_dir: Path) -> Iterator[tuple[str, st
         yield openai_base_url(resolved.profile.server.url), None
         return
     # No JIT compile for eval's servers unless asked (as before: a first-run cost, no gain here).
-    env = {"MLX_DISABLE_COMPILE": os.environ.get("MLX_DISABLE_COMPILE", "1")}
+    env = {envvars.MLX_DISABLE_COMPILE: os.environ.get(envvars.MLX_DISABLE_COMPILE, "1")}
     on_port = _on_port(resolved, free_port())
     # The supervisor of `punie up` without the agent, on an event loop in a helper thread:
     # the same guard, readiness (the answer from our own child), liveness and stop.

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from punie.config.atomic import write_atomic
 from punie.errors import CorruptFileError, TrainingError
 from punie.training.secrets import REDACTED, scrub_text, scrub_value
 
@@ -366,9 +367,7 @@ def write_dataset(out_dir: str | os.PathLike[str], train: list[dict[str, Any]], 
     root.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train), ("valid", valid)):
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        tmp = root / f".{name}.jsonl.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, root / f"{name}.jsonl")
+        write_atomic(root / f"{name}.jsonl", text)
     (root / "sessions-report.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return root
 

@@ -37,7 +37,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from punie.errors import CorruptFileError, TrainingError, UsageError, did_you_mean
-from punie.jsonio import read_text_file
+from punie.jsonio import read_text_file, validation_text
 from punie.net import SERVED_MODEL_NAME
 
 SUITE_PACKAGE = "punie.data"
@@ -181,9 +181,7 @@ def load_suite(spec: str | Path | None = None) -> Suite:
     try:
         return Suite.model_validate_json(text)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise TrainingError(f"{loc + ': ' if loc else ''}{first['msg']}", where=where) from exc
+        raise TrainingError(validation_text(exc), where=where) from exc
 
 
 def request_body(suite: Suite, case: EvalCase, first: ToolCall | None = None) -> dict[str, Any]:

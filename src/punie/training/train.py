@@ -32,7 +32,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from punie.adapters.files import ADAPTERS_DIR, SPECIAL_SPECS, WEIGHTS_FILE
+from punie import envvars
+from punie.adapters.files import ADAPTERS_DIR, CONFIG_FILE, SPECIAL_SPECS, WEIGHTS_FILE
 from punie.adapters.metadata import AdapterMeta, now_iso, write_meta
 from punie.config.atomic import replace_dir
 from punie.config.models import ResolvedProfile
@@ -188,15 +189,15 @@ def train_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     from punie.launch.blas import mlx_child_env
 
     env = mlx_child_env(environ)
-    env.setdefault("MLX_DISABLE_COMPILE", "1")
-    env["HF_HUB_OFFLINE"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault(envvars.MLX_DISABLE_COMPILE, "1")
+    env[envvars.HF_HUB_OFFLINE] = "1"
+    env[envvars.PYTHONUNBUFFERED] = "1"
     env["NO_COLOR"] = "1"
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if "HF_HUB_CACHE" not in env:
+    env.setdefault(envvars.TOKENIZERS_PARALLELISM, "false")
+    if envvars.HF_HUB_CACHE not in env:
         from punie.paths import hf_hub_cache
 
-        env["HF_HUB_CACHE"] = str(hf_hub_cache(env))
+        env[envvars.HF_HUB_CACHE] = str(hf_hub_cache(env))
     return env
 
 
@@ -243,14 +244,11 @@ def build_train_plan(
         "--save-every", str(save_every),
         "-c", str(config_file),
     ]
-    if options.learning_rate is not None:
-        argv += ["--learning-rate", repr(options.learning_rate)]
-    if options.max_seq_length is not None:
-        argv += ["--max-seq-length", str(options.max_seq_length)]
-    if options.val_batches is not None:
-        argv += ["--val-batches", str(options.val_batches)]
-    if options.seed is not None:
-        argv += ["--seed", str(options.seed)]
+    optional = (("--learning-rate", options.learning_rate), ("--max-seq-length", options.max_seq_length),
+                ("--val-batches", options.val_batches), ("--seed", options.seed))
+    for flag, value in optional:  # mlx_lm's own default where a knob is not set
+        if value is not None:
+            argv += [flag, repr(value)]  # repr: a float keeps every digit; an int is its digits
     if options.mask_prompt:
         argv += ["--mask-prompt"]
     lora = {"rank": options.rank, "scale": options.scale, "dropout": options.dropout}
@@ -315,7 +313,7 @@ def run_lora(plan: TrainPlan, on_progress: Callable[[ProgressEvent], None] | Non
     events; return (exit code, last lines of output). A Ctrl-C stops mlx_lm before it propagates."""
     from punie.launch.runner import run_to_end
 
-    Path(plan.env["HF_HUB_CACHE"]).mkdir(parents=True, exist_ok=True)
+    Path(plan.env[envvars.HF_HUB_CACHE]).mkdir(parents=True, exist_ok=True)
     logger.info("running %s", " ".join(plan.argv))
 
     def on_line(raw: str) -> None:
@@ -513,7 +511,7 @@ def train_adapter(
             iters=plan.iters, created=now_iso(), score=None, eval=None,
             training=selection.model_dump(mode="json"),
         )
-        _settle_config(staging / "adapter_config.json", target=target, base_model=base_model,
+        _settle_config(staging / CONFIG_FILE, target=target, base_model=base_model,
                        dataset=Path(dataset.path), project_dir=Path(resolved.project_dir))
         write_meta(staging, meta)
         meta = _with_canary(staging, model_dir, meta)

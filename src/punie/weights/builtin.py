@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from punie.config.atomic import replace_dir
 from punie.errors import ModelError, did_you_mean
 from punie.paths import cache_dir
 from punie.weights import Progress
@@ -221,8 +221,6 @@ def ensure_builtin(name: str, progress: Progress | None = None) -> Path:
             gguf.unlink()
             _finish(spec, converted)
             report("convert", 1, 1)
-            if final.exists():
-                shutil.rmtree(final)
-            converted.rename(final)
+            replace_dir(converted, final)
     logger.info("provisioned builtin model %s in %s", name, final)
     return final

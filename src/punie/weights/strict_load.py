@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from punie import envvars
 from punie.config.atomic import write_cache_json
 from punie.errors import CorruptFileError
 from punie.findings import Finding
@@ -153,7 +154,7 @@ def ask_engine(model_type: str, config: dict[str, Any], tensors: dict[str, tuple
     try:
         proc = subprocess.run([sys.executable, "-c", ORACLE], input=request, capture_output=True, text=True,
                               timeout=ORACLE_TIMEOUT, check=False,
-                              env={**os.environ, "MLX_DISABLE_COMPILE": "1"})
+                              env={**os.environ, envvars.MLX_DISABLE_COMPILE: "1"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         logger.warning("could not ask mlx_lm for the parameters of %s: %s", model_type, exc)
         return None

@@ -16,6 +16,7 @@ from punie.config.edit.tables import is_container
 from punie.config.locate import dotted, toml_syntax_error
 from punie.config.models import Profile
 from punie.errors import ConfigError, UsageError, did_you_mean
+from punie.paths import CONFIG_NAME
 
 # --------------------------------------------------------------------------- line endings
 
@@ -84,7 +85,7 @@ def is_table_field(parts: Sequence[str]) -> bool:
 
 
 #: What parse_doc's syntax errors name until the caller puts the real file in front.
-DOC_DISPLAY = "punie.toml"
+DOC_DISPLAY = CONFIG_NAME
 
 
 def parse_doc(text: str, *, display: str = DOC_DISPLAY) -> tomlkit.TOMLDocument:

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from punie import envvars
 from punie.config.atomic import locked, write_atomic
 from punie.config.edit.document import DOC_DISPLAY, split_key
 from punie.config.loader import MAX_CONFIG_BYTES, parse_config
@@ -22,10 +23,10 @@ logger = logging.getLogger("punie.config.edit")
 
 
 # A profile may lack a model while it is built; `punie check` reports that, not the editor.
-STAND_IN = {"PUNIE_MODEL": "(checked by punie check)"}
+STAND_IN = {envvars.PREFIX + "MODEL": "(checked by punie check)"}
 
 
-def validate_text(text: str, *, path: str | os.PathLike[str] = "punie.toml") -> None:
+def validate_text(text: str, *, path: str | os.PathLike[str] = DOC_DISPLAY) -> None:
     """Raise ConfigError (naming file, line and key) unless ``text`` is a valid
     profiles file whose every profile resolves: the loader's own checks
     (schema, ``extends`` targets and cycles, ``default_profile``, the merged

@@ -10,6 +10,7 @@ import tomlkit
 
 from punie.config import overrides
 from punie.config.edit.document import (
+    DOC_DISPLAY,
     keeps_line_endings,
     no_profile,
     parse_doc,
@@ -88,7 +89,7 @@ def free_port(text: str, name: str) -> int | None:
     """A port for profile ``name`` that no other profile of ``text`` resolves to: the
     first one above its current port (wrapping to 1024). None when ``name`` starts no
     server (``server.url``) or its port is already its own."""
-    source = parse_config(text, display="punie.toml")
+    source = parse_config(text, display=DOC_DISPLAY)
     resolved = {r.name: r.profile.server for r in resolve_many(source, (), env=STAND_IN)}
     mine = resolved[name]
     if mine.url is not None:

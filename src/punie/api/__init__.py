@@ -16,7 +16,10 @@
     anyio.run(main)
 
 Every name here is listed in ``__all__`` and documented; everything else in the
-package is private and may change. Errors are `PunieError` subclasses (the CLI
+package is private and may change. The submodules ``punie.api.profiles``,
+``punie.api.adapters``, ``punie.api.launch``, ``punie.api.agent``, ``punie.api.models``,
+``punie.api.training`` and ``punie.api.ide`` hold the rest of what the ``punie`` command
+does, one function per command (the CLI calls nothing else of Punie's core). Errors are `PunieError` subclasses (the CLI
 turns the same errors into its messages and exit codes).
 """
 
@@ -41,6 +44,8 @@ from punie.errors import (
     TrainingError,
     UsageError,
 )
+from punie.limits import STOP_GRACE
+from punie.paths import CONFIG_NAME
 
 if TYPE_CHECKING:
     from punie.adapters.registry import AdapterInfo
@@ -141,7 +146,7 @@ def _read(source: _ProfilesSource, env: Mapping[str, str] | None, cwd: str | os.
     if isinstance(source, Mapping):
         base = Path(cwd) if cwd is not None else Path.cwd()
         # Relative adapter and model paths resolve against ``cwd``, as they would next to a file.
-        return parse_config(_source_text(source), display="<dict>", path=base / "punie.toml")
+        return parse_config(_source_text(source), display="<dict>", path=base / CONFIG_NAME)
     if source == _BUILTIN:
         return parse_config(EMBEDDED_DEFAULT_TOML, display=EMBEDDED_NAME)
     return read_config(source, env=environ, cwd=cwd)
@@ -180,12 +185,13 @@ def load_profile(
 ) -> ResolvedProfile:
     """Resolve one profile: ``name``, else ``$PUNIE_PROFILE``, else the file's ``default_profile``,
     else its only profile. See `load_profiles` for ``source``, ``overrides`` and ``env``."""
-    from punie.config.resolve import select_profile
+    from punie.config.resolve import resolve_one
 
     environ = os.environ if env is None else env
-    parsed = _read(source, environ, cwd)
-    chosen = select_profile(parsed, name, environ)
-    return load_profiles(source, [chosen], overrides=overrides, env=environ, cwd=cwd)[0]
+    try:
+        return resolve_one(_read(source, environ, cwd), name, overrides=overrides, env=environ)
+    except RecursionError:
+        raise ConfigError("configuration values are nested too deeply") from None
 
 
 def _resolved(profile: ResolvedProfile | str | None) -> ResolvedProfile:
@@ -217,7 +223,7 @@ async def serve(
     profile: ResolvedProfile | str | None = None,
     *,
     check: bool = True,
-    grace: float = 5.0,
+    grace: float = STOP_GRACE,
     log_dir: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Server]:
     """Start (or attach to) ``profile``'s model server for the duration of an ``async with`` block.

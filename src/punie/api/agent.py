@@ -1,0 +1,83 @@
+"""The coding agent as the ``punie agent``, ``punie ask`` and ``punie serve`` commands (and the terminal
+mode) see it: where it talks to, building it, running turns, ACP over stdio.
+
+The agent's own modules may change shape; these names are the ones the command line relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from punie.agent.acp_server import serve_stdio as serve_stdio
+from punie.agent.permissions import Answer as Answer
+from punie.agent.permissions import terminal_asker as terminal_asker
+from punie.agent.runner import build_agent as build_agent
+from punie.agent.runner import run_turn as run_turn
+from punie.agent.runner import run_turn_sync as run_turn_sync
+from punie.agent.target import parse_options as parse_options
+from punie.agent.tools import ToolHooks as ToolHooks
+from punie.config.models import AgentOptions as AgentOptions
+from punie.net import openai_base_url as openai_base_url
+from punie.paths import history_file as history_file
+from punie.paths import terminal_log as terminal_log
+
+if TYPE_CHECKING:
+    from punie.agent.target import AgentTarget
+
+__all__ = ["AgentOptions", "Answer", "ToolHooks", "build_agent", "context_window", "history_file",
+           "load_target", "openai_base_url", "parse_options", "run_turn", "run_turn_sync", "serve_stdio",
+           "switchable_profiles", "terminal_asker", "terminal_log", "warm_cache"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_target(profile: str | None, config: str | os.PathLike[str] | None = None, *,
+                overrides: Sequence[str] = (), base_url: str | None = None) -> AgentTarget:
+    """What the agent of ``profile`` talks to (its server's URL, model id, options, workspace);
+    ``base_url`` instead of the profile's server."""
+    from punie.agent.target import agent_target
+    from punie.api import load_profile
+
+    return agent_target(load_profile(profile, config, overrides=overrides), base_url=base_url)
+
+
+def context_window(profile: str | None, config: str | None) -> int | None:
+    """The profile's model context window (ACP usage updates), None when it cannot be told."""
+    from punie.agent.acp_commands import context_window_of, load_resolved
+    from punie.errors import PunieError
+
+    try:
+        return context_window_of(load_resolved(profile, config))
+    except (PunieError, OSError):
+        return None
+
+
+def switchable_profiles(profile: str, config: str | None) -> dict[str, AgentOptions]:
+    """Agent options of the profiles that share ``profile``'s server, which an ACP session may switch to
+    (empty when the profiles cannot be read: the session keeps its own)."""
+    from punie.agent.target import sharing_profiles
+    from punie.api import load_profiles
+    from punie.errors import PunieError
+
+    try:
+        every = load_profiles(config)
+    except PunieError as exc:
+        logger.warning("profiles not offered to switch to: %s", exc)
+        return {}
+    current = next((p for p in every if p.name == profile), None)
+    return sharing_profiles(current, every) if current is not None else {}
+
+
+def warm_cache(options: AgentOptions, base_url: str, *, base_dir: str | Path | None = None,
+               model_name: str | None = None) -> Any:
+    """Have the server process the agent's system prompt and tools once, in the background, so its
+    prompt cache holds them for the first question (`punie.agent.warm`); the thread or None."""
+    from punie.agent import warm
+
+    named: dict[str, Any] = {"model_name": model_name} if model_name else {}
+    return warm.start(base_url, lambda client: build_agent(options, base_url, base_dir=base_dir, http_client=client,
+                                                           **named), run_turn)
