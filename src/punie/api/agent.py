@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentOptions", "Answer", "ToolHooks", "build_agent", "context_window", "history_file",
            "load_target", "openai_base_url", "parse_options", "run_turn", "run_turn_sync", "serve_stdio",
-           "switchable_profiles", "terminal_asker", "terminal_log", "warm_cache"]
+           "switchable_profiles", "terminal_asker", "terminal_log", "wake_through", "warm_cache"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,17 @@ def load_target(profile: str | None, config: str | os.PathLike[str] | None = Non
     from punie.api import load_profile
 
     return agent_target(load_profile(profile, config, overrides=overrides), base_url=base_url)
+
+
+def wake_through(target: AgentTarget) -> bool:
+    """When ``target``'s profile runs under a `punie up` that unloads its idle server, route this
+    process's model requests through that session's control socket, so that they wake the server
+    first (`punie ask`). True when connected."""
+    if not target.control:
+        return False
+    from punie.agent.wake import use_control
+
+    return use_control(target.control) is not None
 
 
 def context_window(profile: str | None, config: str | None) -> int | None:

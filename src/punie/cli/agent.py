@@ -169,14 +169,11 @@ def ask_command(ctx: click.Context, prompt: str, profile: str | None, base_url: 
     With stderr on a terminal a spinner shows while the model works and each
     tool call is shown as it ends. Ctrl-C stops the turn (exit code 130).
     """
-    from punie.api.agent import build_agent, run_turn_sync, terminal_asker
+    from punie.api.agent import build_agent, run_turn_sync, terminal_asker, wake_through
     from punie.cli.terminal import Screen, spinning_turn, warnings_to_log
 
     target = _load_target(state_of(ctx), profile, overrides, base_url)
-    if target.control:  # the profile's `punie up` unloads its idle server: the request wakes it
-        from punie.agent.wake import use_control
-
-        use_control(target.control)
+    wake_through(target)  # the profile's `punie up` unloads its idle server: the request wakes it
     screen = Screen(sys.stderr) if sys.stderr.isatty() else None
     if screen is not None:
         warnings_to_log(target.base_dir or ".")
