@@ -38,6 +38,7 @@ import sys
 from collections.abc import Mapping
 
 from punie import envvars
+from punie.agent.limits import CappedOutput, timed_out_text
 from punie.mechanisms import NATIVE, PORTABLE, hide_environ, mechanism
 
 logger = logging.getLogger(__name__)
@@ -151,32 +152,6 @@ def command_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] 
     return env
 
 
-class CappedOutput:
-    """Keeps the head and the tail of a stream, so a chatty command cannot fill memory."""
-
-    def __init__(self, limit: int):
-        self.half = max(limit // 2, 1)
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def feed(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.half - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail += data
-            del self.tail[: max(len(self.tail) - self.half, 0)]
-
-    def text(self) -> str:
-        omitted = self.total - len(self.head) - len(self.tail)
-        head = self.head.decode("utf-8", errors="replace")
-        tail = self.tail.decode("utf-8", errors="replace")
-        return head + tail if omitted <= 0 else f"{head}\n[... {omitted} bytes omitted ...]\n{tail}"
-
-
 async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: float,
                      output_limit: int, grace: float = GRACE) -> tuple[int | None, str]:
     """Run ``argv`` under the reaper; (exit code, or None when the timeout stopped it; capped output).
@@ -218,8 +193,7 @@ async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeo
             await _stop(proc, grace)
             await _settle(proc, reader)
             partial = output.text()
-            return None, (f"timed out after {timeout:g} s (process killed)"
-                          + (f"; output so far:\n{partial}" if partial else ""))
+            return None, timed_out_text(timeout, partial)
         except asyncio.CancelledError:
             # Finish stopping even if cancelled again: a half-stopped tree is what this module exists to prevent.
             stopping = asyncio.ensure_future(_stop(proc, grace))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from punie.agent.backends import CommandBackend, FileBackend
+from punie.agent.local import DiskFiles, LocalCommands
 from punie.agent.permissions import PermissionAsker, PermissionPolicy, deny_asker
 from punie.agent.textclean import TagFilter, has_tool_call_text, parse_tool_call_text, scrub
 from punie.agent.tools import TOOL_FUNCTIONS, ToolCallRecord, ToolHooks, TurnDeps, make_tools
@@ -304,8 +306,8 @@ async def run_turn(
     hooks: ToolHooks | None = None,
     workspace: Workspace | None = None,
     policy: PermissionPolicy | None = None,
-    files: Any = None,
-    commands: Any = None,
+    files: FileBackend | None = None,
+    commands: CommandBackend | None = None,
     on_text: Callable[[str], Awaitable[None]] | None = None,
     on_thought: Callable[[str], Awaitable[None]] | None = None,
     on_answered: Callable[[], Awaitable[None]] | None = None,
@@ -334,8 +336,8 @@ async def run_turn(
     from punie.agent.wake import status_callback
 
     hooks = hooks or ToolHooks()
-    deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy,
-                    hooks=hooks, files=files, commands=commands)
+    deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy, hooks=hooks,
+                    files=files or DiskFiles(), commands=commands or LocalCommands())
     streamed = on_text or on_thought or hooks.on_invalid or on_answered
     handler = _event_handler(on_text, on_thought, hooks.on_invalid, on_answered) if streamed else None
     from punie.agent.warm import settled
