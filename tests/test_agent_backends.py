@@ -74,6 +74,7 @@ class Ide:
         self.calls: list[str] = []
         self._terminals: dict[str, asyncio.subprocess.Process] = {}
         self._output: dict[str, bytes] = {}
+        self._pumps: dict[str, asyncio.Future[None]] = {}
         self._ids = itertools.count(1)
 
     async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
@@ -108,7 +109,7 @@ class Ide:
             while chunk := await proc.stdout.read(65536):
                 self._output[terminal_id] += chunk  # output_byte_limit ignored: the agent must cap
 
-        asyncio.ensure_future(pump())
+        self._pumps[terminal_id] = asyncio.ensure_future(pump())
         return CreateTerminalResponse(terminal_id=terminal_id)
 
     async def wait_for_terminal_exit(self, session_id: str, terminal_id: str,
@@ -120,7 +121,7 @@ class Ide:
     async def terminal_output(self, session_id: str, terminal_id: str, **kwargs: Any) -> TerminalOutputResponse:
         proc = self._terminals[terminal_id]
         if proc.returncode is not None:
-            await asyncio.sleep(0.2)  # the last of the pipe
+            await asyncio.wait_for(self._pumps[terminal_id], 30)  # the last of the pipe
         status = None if proc.returncode is None else TerminalExitStatus(exit_code=proc.returncode)
         return TerminalOutputResponse(output=self._output[terminal_id].decode(), truncated=False, exit_status=status)
 

@@ -20,6 +20,8 @@ from punie.errors import ToolFailure
 
 #: Characters of one file shown to the model (after the byte cap, ``agent.max_read_bytes``).
 MAX_READ_CHARS = 100_000
+#: Characters of another tool's result (the client's MCP servers) shown to the model.
+MAX_RESULT_CHARS = 100_000
 MAX_LIST_ENTRIES = 500
 MAX_SEARCH_MATCHES = 200
 MAX_SEARCH_FILE_BYTES = 2_000_000
@@ -47,6 +49,13 @@ def shown_text(data: bytes, size: int, max_bytes: int) -> str:
     if size > len(kept):
         text += f"\n[... truncated: read {len(kept)} bytes of a {size}-byte file (agent.max_read_bytes)]"
     return text
+
+
+def shown_result(text: str) -> str:
+    """What the model is shown of an MCP tool's result: at most :data:`MAX_RESULT_CHARS` characters."""
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    return text[:MAX_RESULT_CHARS] + f"\n[... truncated: {len(text)} characters]"
 
 
 def wrote_text(data_len: int, rel: str) -> str:

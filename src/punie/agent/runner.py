@@ -12,7 +12,6 @@ needs more than ``agent.max_turns`` model requests.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
@@ -20,6 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from punie.agent.backends import CommandBackend, FileBackend
 from punie.agent.local import DiskFiles, LocalCommands
@@ -474,4 +475,4 @@ def _requests(result: Any) -> int:
 
 def run_turn_sync(agent: PunieAgent, prompt: str, **kwargs: Any) -> TurnResult:
     """:func:`run_turn` for callers without an event loop (the terminal CLI)."""
-    return asyncio.run(run_turn(agent, prompt, **kwargs))
+    return anyio.run(lambda: run_turn(agent, prompt, **kwargs))
