@@ -61,6 +61,7 @@ TABLE: list[tuple[str, str, dict[str, Any], str]] = [
      "error: timed out after 1 s (process killed)"),
     ("timeout above the clamp", "run_command", {"command": "echo ok", "timeout": 1e9}, "exit code 0\nok"),
     ("exit code", "run_command", {"command": "echo out; exit 3"}, "exit code 3\nout"),
+    ("killed by a signal", "run_command", {"command": "kill -9 $$"}, "exit code 137\n"),
     ("output over the cap", "run_command", {"command": "seq 1 20000"}, "bytes omitted ...]\n"),
 ]
 
@@ -180,7 +181,7 @@ def test_the_disk_and_the_client_backends_give_the_same_results(tmp_path: Path) 
     ide = Ide(serves=True)
     client = _run_table(tmp_path / "client", ide)
     assert ide.calls.count("read") == 2 and ide.calls.count("write") == 1  # the rest was refused before
-    assert ide.calls.count("terminal") == 4  # only checked commands reach the client's terminal
+    assert ide.calls.count("terminal") == 5  # only checked commands reach the client's terminal
     for (name, _tool, _args, expected), on_disk, on_client in zip(TABLE, disk, client, strict=True):
         assert expected in on_disk, (name, on_disk)
         assert on_client == on_disk, name

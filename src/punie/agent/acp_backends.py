@@ -127,8 +127,8 @@ class ClientCommands:
             if waited.cancelled_caught:
                 return None, limits.timed_out_text(command.timeout, text)
             code = getattr(exit_status, "exit_code", None)
-            if code is None and getattr(exit_status, "signal", None):
-                return 128, f"killed by signal {exit_status.signal}\n{text}"  # type: ignore[union-attr]
+            if code is None and (name := getattr(exit_status, "signal", None)):
+                code = limits.signalled_exit_code(name)  # as the local reaper reports it
             return (code if code is not None else 0), text
         except anyio.get_cancelled_exc_class():
             await finish(self._quietly(self.conn.kill_terminal(**ids)))

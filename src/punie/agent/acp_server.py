@@ -6,8 +6,8 @@ agent-client-protocol package, as the protocol intends:
 * file tools go through the client's ``fs/read_text_file`` /
   ``fs/write_text_file`` and run_command through ``terminal/*`` when the
   client advertised them in ``initialize`` (else the disk and local
-  processes); the workspace path rules are applied first either way
-  (:mod:`punie.agent.backends`);
+  processes), chosen once per session (:func:`punie.agent.acp_session.client_backends`);
+  the workspace path rules are applied first either way (:mod:`punie.agent.acp_backends`);
 * every tool call goes ``tool_call`` (pending) -> ``session/request_permission``
   when the profile says ``ask`` -> ``tool_call_update`` in_progress ->
   completed / failed, and a call still open when the turn ends (cancelled
@@ -63,8 +63,6 @@ from acp.schema import (
     PromptResponse,
     ResumeSessionResponse,
     SessionCapabilities,
-    SessionConfigOptionSelect,
-    SessionConfigSelectOption,
     SessionInfo,
     SessionListCapabilities,
     SessionResumeCapabilities,
@@ -83,6 +81,7 @@ from punie.agent.acp_commands import (
     served_context_window,
 )
 from punie.agent.acp_describe import ClientFeatures, context_tokens, describe_tool, prompt_text
+from punie.agent.acp_profiles import ServedProfiles
 from punie.agent.acp_session import (
     Send,
     Session,
@@ -108,7 +107,6 @@ StatusSender = Callable[[str], Awaitable[None]]
 
 #: Prompts that may wait behind a session's running turn; one more is refused.
 MAX_WAITING = 8
-PROFILE_OPTION = "profile"
 
 __all__ = ["MAX_WAITING", "PunieAcpAgent", "context_tokens", "describe_tool", "serve_stdio", "serve_stdio_async"]
 
@@ -134,15 +132,9 @@ class PunieAcpAgent:
         # wake a model server that was unloaded while idle ("loading the model...").
         self.before_turn = before_turn
         self.base_url = base_url
-        self.profile = profile
-        # The profiles a session may switch to (they share the running server); the current one first.
-        self.profiles: dict[str, AgentOptions] = dict(profiles or {})
-        if profile is not None:
-            self.profiles[profile] = options
-        # models: profile -> model id on a shared (vLLM group) server; a session picks one with
-        # _meta {"punie/profile": NAME} in session/new, else it gets model_name.
-        self.model_name = model_name
-        self.models = dict(models or {})
+        # A session picks its profile with _meta {"punie/profile": NAME} in session/new (a vLLM
+        # group's), switches with the profile config option or /profile, else gets ``profile``.
+        self.served = ServedProfiles(options, profile, profiles or {}, model_name, models or {})
         self._conn: Any = None
         self._client = ClientFeatures()
         self._sessions: dict[str, Session] = {}
@@ -173,27 +165,18 @@ class PunieAcpAgent:
     # -- sessions ------------------------------------------------------------
 
     def _build(self, session_id: str, cwd: str, profile: str | None) -> PunieAgent:
-        options = self.profiles.get(profile, self.options) if profile else self.options
         try:
-            return build_agent(options, self.base_url, base_dir=cwd, permission_asker=self._asker(session_id),
-                               **self._model_of(profile))
+            return build_agent(self.served.options_of(profile), self.base_url, base_dir=cwd,
+                               permission_asker=self._asker(session_id), **self.served.model_of(profile))
         except AgentError as exc:
             raise RequestError.invalid_params({"message": exc.render()}) from None
 
     def _config_options(self, session: Session) -> list[Any] | None:
-        if not self.profiles:
-            return None
-        current = session.record.profile or self.profile or next(iter(self.profiles))
-        return [SessionConfigOptionSelect(
-            type="select", id=PROFILE_OPTION, name="Profile", category="mode", current_value=current,
-            description="Punie profiles that run on this model server (same model and adapter)",
-            options=[SessionConfigSelectOption(value=name, name=name, description=opts.instructions and
-                                               opts.instructions[:80]) for name, opts in self.profiles.items()],
-        )]
+        return self.served.config_options(session.record.profile)
 
     async def new_session(self, cwd: str, mcp_servers: Any = None, **kwargs: Any) -> NewSessionResponse:
         session_id = uuid.uuid4().hex
-        profile = self._meta_profile(kwargs) or self.profile
+        profile = self.served.meta_profile(kwargs) or self.served.current
         agent = self._build(session_id, cwd, profile)
         record = SessionRecord(session_id=session_id, cwd=cwd, profile=profile)
         session = await self._open(self._session_of(record, agent), mcp_servers)
@@ -242,8 +225,7 @@ class PunieAcpAgent:
                            ) -> LoadSessionResponse:
         self._not_busy(session_id)
         record = await self._stored(cwd, session_id)
-        profile = record.profile if record.profile in self.profiles else self.profile
-        record.profile = profile
+        profile = record.profile = self.served.stored(record.profile)
         record.cwd = cwd
         agent = self._build(session_id, cwd, profile)
         for update in replay_updates(record.messages, describe_tool):
@@ -262,7 +244,7 @@ class PunieAcpAgent:
             record, agent = live.record, live.agent
         else:
             record = await self._stored(cwd, session_id)
-            record.profile = record.profile if record.profile in self.profiles else self.profile
+            record.profile = self.served.stored(record.profile)
             record.cwd = cwd
             agent = self._build(session_id, cwd, record.profile)
         session = await self._open(self._session_of(record, agent), mcp_servers)
@@ -288,35 +270,16 @@ class PunieAcpAgent:
     async def set_config_option(self, config_id: str, session_id: str, value: str | bool, **kwargs: Any
                                 ) -> SetSessionConfigOptionResponse:
         session = self._session(session_id)
-        if config_id != PROFILE_OPTION or not isinstance(value, str) or value not in self.profiles:
-            known = ", ".join(self.profiles) or "none"
-            raise RequestError.invalid_params(
-                {"message": f"unknown config option {config_id}={value!r} (profiles on this server: {known})"})
+        profile = self.served.check_option(config_id, value)
         if session.turn_lock.locked():
             raise RequestError.invalid_params({"message": "cannot switch profile during a turn"})
-        self._switch_profile(session, value)
+        self._switch_profile(session, profile)
         return SetSessionConfigOptionResponse(config_options=self._config_options(session) or [])
 
     def _switch_profile(self, session: Session, profile: str) -> None:
         session.agent = self._build(session.record.session_id, session.record.cwd, profile)
         session.record.profile = profile
         logger.info("ACP session %s: profile %s", session.record.session_id, profile)
-
-    def _model_of(self, profile: str | None) -> dict[str, str]:
-        """The request model id of ``profile``'s sessions (a vLLM group's LoRA id), if any."""
-        if profile is not None and profile in self.models:
-            return {"model_name": self.models[profile]}
-        return {"model_name": self.model_name} if self.model_name else {}
-
-    def _meta_profile(self, kwargs: dict[str, Any]) -> str | None:
-        """``_meta {"punie/profile": NAME}`` of session/new: a profile served by this (group) server."""
-        meta = kwargs.get("field_meta") or kwargs.get("_meta") or {}
-        profile = meta.get("punie/profile") if isinstance(meta, dict) else None
-        if profile is not None and profile not in self.models:
-            known = ", ".join(sorted(self.models)) or "none"
-            raise RequestError.invalid_params(
-                {"message": f"_meta punie/profile {profile!r} is not served here (profiles: {known})"})
-        return profile
 
     def _not_busy(self, session_id: str) -> None:
         """Refuse to replace a live session whose turn is running (its turn would be lost, uncancellable)."""
@@ -425,7 +388,7 @@ class PunieAcpAgent:
         return PromptResponse(stop_reason="end_turn")
 
     async def _slash_reply(self, session: Session, name: str, arg: str) -> str:
-        profile = session.record.profile or self.profile
+        profile = session.record.profile or self.served.current
         if name == "help":
             return help_text()
         if name == "clear":
@@ -434,12 +397,9 @@ class PunieAcpAgent:
             return "Conversation cleared: the model starts from nothing on the next prompt."
         if name == "profile":
             if not arg:
-                listed = "\n".join(f"{'* ' if p == profile else '  '}{p}" for p in self.profiles) or "  (none)"
-                return f"Profiles on this server (* active):\n{listed}"
-            if arg not in self.profiles:
-                known = ", ".join(self.profiles) or "none"
-                return f"No profile {arg!r} on this server (profiles: {known}); another adapter or model needs " \
-                       f"`punie up {arg}`."
+                return self.served.listing(profile)
+            if arg not in self.served.profiles:
+                return self.served.not_served(arg)
             self._switch_profile(session, arg)
             if options := self._config_options(session):
                 await self._send(session.record.session_id,

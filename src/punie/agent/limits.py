@@ -14,6 +14,7 @@ This module is at the bottom of the agent package: it imports nothing of it.
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass
 
 from punie.errors import ToolFailure
@@ -93,6 +94,17 @@ class CommandLine:
         if "\x00" in command:
             raise ToolFailure("command must not contain a NUL character")
         return cls(command, command_timeout(timeout))
+
+
+def signalled_exit_code(name: str | int | None) -> int:
+    """The exit code of a command killed by a signal (its name, as ACP's ``terminal/*`` gives it, or
+    its number), as a shell and the local reaper report it: 128 + the signal's number."""
+    if isinstance(name, int):
+        return 128 + name
+    try:
+        return 128 + int(signal.Signals[str(name).upper()])
+    except KeyError:
+        return 128
 
 
 def timed_out_text(timeout: float, output: str) -> str:
