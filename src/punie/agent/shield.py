@@ -20,7 +20,8 @@ T = TypeVar("T")
 
 async def finish(aw: Awaitable[T]) -> T:
     """Await ``aw`` to its end even when this task is cancelled meanwhile (by an anyio scope, or
-    natively, any number of times); then the cancellation goes on (raised here)."""
+    natively, any number of times); then the cancellation goes on: a native one is raised here, an
+    anyio scope's at the caller's next checkpoint (as after any shielded scope)."""
     task = asyncio.ensure_future(aw)
     cancelled = False
     with anyio.CancelScope(shield=True):  # no anyio cancellation is delivered in here
