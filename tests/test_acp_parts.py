@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from punie.agent.acp_commands import COMMANDS, context_window_of_model, parse_command
-from punie.agent.acp_server import context_tokens
+from punie.agent.acp_describe import context_tokens
 from punie.agent.mcp_servers import is_mcp_tool, split_name, tool_prefix
 from punie.agent.permissions import PermissionPolicy, PermissionRequest, permission_key
 from punie.agent.plan import acp_plan

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from punie.agent import fs
-from punie.agent.tools import list_files_impl, read_file_impl, search_impl, write_file_impl
+from punie.agent.local import list_files_impl, read_file_impl, search_impl, write_file_impl
 from punie.agent.workspace import Workspace
 from punie.config.models import AgentOptions
 from punie.errors import OutsideWorkspace, PunieError, ToolFailure

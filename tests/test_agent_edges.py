@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from punie.agent import fs
-from punie.agent.tools import list_files_impl, read_file_impl, search_impl, write_file_impl
+from punie.agent.local import list_files_impl, read_file_impl, search_impl, write_file_impl
 from punie.agent.workspace import Workspace, workspace_for
 from punie.config.models import AgentOptions
 from punie.errors import OutsideWorkspace, ToolFailure
@@ -165,10 +165,10 @@ class _Client:
 
 
 def _client_fs() -> tuple[object, _Client]:
-    from punie.agent.backends import ClientFs
+    from punie.agent.acp_backends import ClientFiles
 
     client = _Client()
-    return ClientFs(client, "s1", read=True, write=True), client
+    return ClientFiles(client, "s1", read=True, write=True), client
 
 
 def test_writes_delegated_to_the_ide_get_the_disk_paths_checks(tmp_path: Path, resolver: str) -> None:
@@ -212,7 +212,7 @@ def test_writes_delegated_to_the_ide_get_the_disk_paths_checks(tmp_path: Path, r
 def test_the_diff_preview_reads_the_old_text_through_the_descriptor(tmp_path: Path, resolver: str) -> None:
     import anyio
 
-    from punie.agent.backends import Disk
+    from punie.agent.local import DiskFiles
 
     root, outside = tmp_path / "ws", tmp_path / "outside"
     root.mkdir()
@@ -224,9 +224,9 @@ def test_the_diff_preview_reads_the_old_text_through_the_descriptor(tmp_path: Pa
     ws = Workspace(root)
     async def pipe() -> str | None:
         with anyio.fail_after(10):  # a FIFO opened by name would block for ever
-            return await Disk().old_text(ws, "pipe")
+            return await DiskFiles().old_text(ws, "pipe")
 
     assert anyio.run(pipe) is None
-    assert anyio.run(Disk().old_text, ws, "leak.txt") is None
-    assert anyio.run(Disk().old_text, ws, "missing.txt") is None
-    assert anyio.run(Disk().old_text, ws, "plain.txt") == "old text\n"
+    assert anyio.run(DiskFiles().old_text, ws, "leak.txt") is None
+    assert anyio.run(DiskFiles().old_text, ws, "missing.txt") is None
+    assert anyio.run(DiskFiles().old_text, ws, "plain.txt") == "old text\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from punie.agent.tools import run_command_impl
+from punie.agent.local import run_command_impl
 from punie.agent.workspace import Workspace
 from tests.support.launch_helpers import cmdline_of, environ_has, live_pids
 
@@ -134,7 +134,7 @@ def test_everything_dies_when_the_tool_call_is_cancelled(ws: Workspace, marker: 
 
 AGENT = """
 import asyncio, sys
-from punie.agent.tools import run_command_impl
+from punie.agent.local import run_command_impl
 from punie.agent.workspace import Workspace
 ws = Workspace(sys.argv[1], env={"PUNIE_TEST_MARK": sys.argv[2]})
 asyncio.run(run_command_impl(ws, sys.argv[3], timeout=600))
@@ -180,7 +180,7 @@ def test_command_environment_is_an_allow_list_plus_agent_env(tmp_path: Path,
 ADOPTING_AGENT = """
 import asyncio, sys
 from punie.agent import procs
-from punie.agent.tools import run_command_impl
+from punie.agent.local import run_command_impl
 from punie.agent.workspace import Workspace
 assert procs.adopt_orphans()
 ws = Workspace(sys.argv[1], env={"PUNIE_TEST_MARK": sys.argv[2]})
@@ -211,7 +211,7 @@ def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent
 
 SECRET_AGENT = """
 import asyncio, os, sys
-from punie.agent.tools import run_command_impl
+from punie.agent.local import run_command_impl
 from punie.agent.workspace import Workspace
 ws = Workspace(sys.argv[1], env={"AGENT_PID": str(os.getpid()), "HOLDER_PID": sys.argv[2]})
 code, out = asyncio.run(run_command_impl(ws, "bash probe.sh", timeout=60))

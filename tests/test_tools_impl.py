@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from punie.agent import tools
+from punie.agent import limits
+from punie.agent.local import (
+    list_files_impl,
+    read_file_impl,
+    run_command_impl,
+    search_impl,
+    write_file_impl,
+)
 from punie.agent.permissions import (
     Answer,
     PermissionDenied,
@@ -17,14 +24,7 @@ from punie.agent.permissions import (
     PermissionRequest,
     terminal_asker,
 )
-from punie.agent.tools import (
-    ToolCallRecord,
-    list_files_impl,
-    read_file_impl,
-    run_command_impl,
-    search_impl,
-    write_file_impl,
-)
+from punie.agent.tools import ToolCallRecord
 from punie.agent.workspace import ToolFailure, Workspace
 from punie.config.models import Permissions
 
@@ -48,7 +48,7 @@ def test_read_file_returns_text_and_reports_missing_and_directories(ws: Workspac
 
 
 def test_read_file_caps_large_files(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tools, "MAX_READ_CHARS", 10)
+    monkeypatch.setattr(limits, "MAX_READ_CHARS", 10)
     (ws.root / "big.txt").write_text("x" * 100)
     text = read_file_impl(ws, "big.txt")
     assert text.startswith("x" * 10) and "truncated" in text and "100-byte" in text
@@ -72,7 +72,7 @@ def test_list_files_lists_recursively_and_skips_vcs_dirs(ws: Workspace) -> None:
 
 
 def test_list_files_stops_at_the_cap(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tools, "MAX_LIST_ENTRIES", 2)
+    monkeypatch.setattr(limits, "MAX_LIST_ENTRIES", 2)
     assert "stopped after 2 entries" in list_files_impl(ws)
 
 
@@ -116,7 +116,7 @@ def test_run_command_timeout_kills_the_process_group(ws: Workspace) -> None:
 
 
 def test_run_command_caps_output(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tools, "MAX_COMMAND_OUTPUT", 100)
+    monkeypatch.setattr(limits, "MAX_COMMAND_OUTPUT", 100)
     code, out = asyncio.run(run_command_impl(ws, "seq 1 10000"))
     assert code == 0 and "bytes omitted" in out and len(out) < 200
     assert out.startswith("1\n2\n") and out.rstrip().endswith("10000")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from punie.agent.tools import list_files_impl, read_file_impl, search_impl, write_file_impl
+from punie.agent.local import list_files_impl, read_file_impl, search_impl, write_file_impl
 from punie.agent.workspace import OutsideWorkspace, ToolFailure, Workspace, resolve_workspace
 
 

@@ -186,12 +186,12 @@ def test_request_model_ids_for_ask_and_acp_sessions(project: Path) -> None:
     assert agent_target(profiles["local"]).model_name == "default_model"
     acp = PunieAcpAgent(profiles["one"].profile.agent, "http://127.0.0.1:1/v1", model_name="one",
                         models={"one": "one", "two": "two"})
-    assert acp._model_of(acp._meta_profile({})) == {"model_name": "one"}
-    assert acp._model_of(acp._meta_profile({"field_meta": {"punie/profile": "two"}})) == {"model_name": "two"}
+    assert acp.served.model_of(acp.served.meta_profile({})) == {"model_name": "one"}
+    assert acp.served.model_of(acp.served.meta_profile({"field_meta": {"punie/profile": "two"}})) == {"model_name": "two"}
     from acp import RequestError
 
     with pytest.raises(RequestError) as info:
-        acp._meta_profile({"field_meta": {"punie/profile": "three"}})
+        acp.served.meta_profile({"field_meta": {"punie/profile": "three"}})
     assert "not served here" in info.value.data["message"]
 
 

@@ -6,8 +6,8 @@ agent-client-protocol package, as the protocol intends:
 * file tools go through the client's ``fs/read_text_file`` /
   ``fs/write_text_file`` and run_command through ``terminal/*`` when the
   client advertised them in ``initialize`` (else the disk and local
-  processes); the workspace path rules are applied first either way
-  (:mod:`punie.agent.backends`);
+  processes), chosen once per session (:func:`punie.agent.acp_session.client_backends`);
+  the workspace path rules are applied first either way (:mod:`punie.agent.acp_backends`);
 * every tool call goes ``tool_call`` (pending) -> ``session/request_permission``
   when the profile says ``ask`` -> ``tool_call_update`` in_progress ->
   completed / failed, and a call still open when the turn ends (cancelled
@@ -38,27 +38,17 @@ at stderr, so a stray print (ours or a library's) cannot corrupt the stream.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.abc
+import anyio.to_thread
 from acp import PROTOCOL_VERSION, RequestError, run_agent
-from acp.helpers import (
-    start_tool_call,
-    text_block,
-    tool_content,
-    tool_diff_content,
-    tool_terminal_ref,
-    update_agent_message_text,
-    update_agent_thought_text,
-    update_available_commands,
-    update_tool_call,
-)
+from acp.helpers import update_agent_message_text, update_agent_thought_text, update_available_commands
 from acp.schema import (
     AgentCapabilities,
     AuthenticateResponse,
@@ -69,19 +59,14 @@ from acp.schema import (
     LoadSessionResponse,
     McpCapabilities,
     NewSessionResponse,
-    PermissionOption,
     PromptCapabilities,
     PromptResponse,
     ResumeSessionResponse,
     SessionCapabilities,
-    SessionConfigOptionSelect,
-    SessionConfigSelectOption,
     SessionInfo,
     SessionListCapabilities,
     SessionResumeCapabilities,
     SetSessionConfigOptionResponse,
-    ToolCallLocation,
-    ToolCallUpdate,
     UsageUpdate,
 )
 
@@ -95,14 +80,23 @@ from punie.agent.acp_commands import (
     run_eval,
     served_context_window,
 )
+from punie.agent.acp_describe import ClientFeatures, context_tokens, describe_tool, prompt_text
+from punie.agent.acp_profiles import ServedProfiles
+from punie.agent.acp_session import (
+    Send,
+    Session,
+    ask_permission,
+    call_ended,
+    call_started,
+    client_backends,
+    close_open_calls,
+)
 from punie.agent.acp_stdio import stdio_transport
-from punie.agent.backends import ClientFs, ClientTerminal, Disk
-from punie.agent.mcp_servers import McpConnections, connect, is_mcp_tool, split_name
-from punie.agent.permissions import Answer, PermissionRequest
-from punie.agent.plan import PLAN_TOOL, acp_plan
-from punie.agent.runner import PunieAgent, build_agent, run_turn
+from punie.agent.mcp_servers import connect
+from punie.agent.permissions import Answer, PermissionAsker, PermissionRequest
+from punie.agent.runner import PunieAgent, TurnResult, build_agent, run_turn
 from punie.agent.sessions import SessionRecord, SessionStore, replay_updates, sessions_dir, title_of
-from punie.agent.tools import ToolCallRecord, ToolHooks
+from punie.agent.tools import ToolHooks
 from punie.config.models import AgentOptions
 from punie.errors import AgentError, error_line
 
@@ -111,109 +105,10 @@ logger = logging.getLogger(__name__)
 #: Sends the client one status line of a session (see PunieAcpAgent.status).
 StatusSender = Callable[[str], Awaitable[None]]
 
-MAX_UPDATE_TEXT = 8_000
 #: Prompts that may wait behind a session's running turn; one more is refused.
 MAX_WAITING = 8
-PROFILE_OPTION = "profile"
 
-_KINDS = {"read_file": "read", "write_file": "edit", "list_files": "search", "search": "search",
-          "run_command": "execute", "update_plan": "think"}
-
-PERMISSION_OPTIONS = [
-    PermissionOption(option_id="allow", name="Allow", kind="allow_once"),
-    PermissionOption(option_id="allow_always", name="Allow for this session", kind="allow_always"),
-    PermissionOption(option_id="reject", name="Reject", kind="reject_once"),
-]
-
-
-def tool_title(name: str, args: dict[str, Any]) -> str:
-    """A short human title for a tool call."""
-    if name == "read_file":
-        return f"Read {args.get('path')}"
-    if name == "write_file":
-        return f"Write {args.get('path')}"
-    if name == "list_files":
-        return f"List {args.get('path', '.')}"
-    if name == "search":
-        return f"Search {args.get('pattern')!r}"
-    if name == "run_command":
-        return f"Run `{args.get('command')}`"
-    if name == PLAN_TOOL:
-        return "Update the plan"
-    if is_mcp_tool(name):
-        server, tool = split_name(name)
-        return f"{server}: {tool}"
-    return name
-
-
-def describe_tool(name: str, args: dict[str, Any]) -> tuple[str, str]:
-    """(title, ACP kind) of a tool call."""
-    return tool_title(name, args), _KINDS.get(name, "other")
-
-
-@dataclass(frozen=True)
-class ClientFeatures:
-    """What the client said it can do in ``initialize``."""
-
-    read_text_file: bool = False
-    write_text_file: bool = False
-    terminal: bool = False
-
-    @classmethod
-    def of(cls, caps: Any) -> ClientFeatures:
-        fs = getattr(caps, "fs", None)
-        return cls(read_text_file=bool(getattr(fs, "read_text_file", False)),
-                   write_text_file=bool(getattr(fs, "write_text_file", False)),
-                   terminal=bool(getattr(caps, "terminal", False)))
-
-
-@dataclass
-class _Session:
-    record: SessionRecord
-    agent: PunieAgent
-    task: asyncio.Task[Any] | None = None
-    #: One turn at a time (asyncio's lock wakes its waiters in FIFO order).
-    turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    #: Prompts waiting for the lock, and session/cancel notifications seen so far.
-    waiting: int = 0
-    cancels: int = 0
-    #: Tool calls announced and not yet finished (id -> tool name).
-    open_calls: dict[str, str] = field(default_factory=dict)
-    terminals: dict[str, str] = field(default_factory=dict)
-    #: The client's MCP servers connected for this session (punie.agent.mcp_servers).
-    mcp: McpConnections | None = None
-
-    @property
-    def history(self) -> list[Any]:
-        return self.record.messages
-
-
-def context_tokens(messages: list[Any]) -> int | None:
-    """Tokens in the model's context after the last answer: its request's input plus its output."""
-    from pydantic_ai.messages import ModelResponse
-
-    for message in reversed(messages):
-        usage = getattr(message, "usage", None) if isinstance(message, ModelResponse) else None
-        if usage is not None and (usage.input_tokens or usage.output_tokens):
-            return int(usage.input_tokens or 0) + int(usage.output_tokens or 0)
-    return None
-
-
-def _prompt_text(blocks: list[Any]) -> str:
-    """The prompt's text: text blocks, embedded text resources (with their URI), resource links."""
-    parts: list[str] = []
-    for block in blocks:
-        kind = getattr(block, "type", None)
-        if kind == "text":
-            parts.append(block.text)
-        elif kind == "resource":
-            resource = block.resource
-            text = getattr(resource, "text", None)
-            if text is not None:
-                parts.append(f"<file uri=\"{resource.uri}\">\n{text}\n</file>")
-        elif kind == "resource_link":
-            parts.append(f"[{block.name}]({block.uri})")
-    return "\n\n".join(parts)
+__all__ = ["MAX_WAITING", "PunieAcpAgent", "context_tokens", "describe_tool", "serve_stdio", "serve_stdio_async"]
 
 
 class PunieAcpAgent:
@@ -223,8 +118,11 @@ class PunieAcpAgent:
                  profiles: dict[str, AgentOptions] | None = None, model_name: str | None = None,
                  models: dict[str, str] | None = None,
                  before_turn: Callable[[StatusSender], Awaitable[None]] | None = None,
-                 config: str | None = None, context_window: int | None = None):
+                 config: str | None = None, context_window: int | None = None,
+                 tasks: anyio.abc.TaskGroup | None = None):
         self.options = options
+        # Where work that outlives a request runs (announcing a session's commands after its answer).
+        self._tasks = tasks
         # punie.toml the profiles come from (slash commands read the profile's adapter, run its eval).
         self.config = config
         # Tokens the model's context holds (usage_update's size); None: asked of the server once.
@@ -234,19 +132,12 @@ class PunieAcpAgent:
         # wake a model server that was unloaded while idle ("loading the model...").
         self.before_turn = before_turn
         self.base_url = base_url
-        self.profile = profile
-        # The profiles a session may switch to (they share the running server); the current one first.
-        self.profiles: dict[str, AgentOptions] = dict(profiles or {})
-        if profile is not None:
-            self.profiles[profile] = options
-        # models: profile -> model id on a shared (vLLM group) server; a session picks one with
-        # _meta {"punie/profile": NAME} in session/new, else it gets model_name.
-        self.model_name = model_name
-        self.models = dict(models or {})
+        # A session picks its profile with _meta {"punie/profile": NAME} in session/new (a vLLM
+        # group's), switches with the profile config option or /profile, else gets ``profile``.
+        self.served = ServedProfiles(options, profile, profiles or {}, model_name, models or {})
         self._conn: Any = None
         self._client = ClientFeatures()
-        self._sessions: dict[str, _Session] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        self._sessions: dict[str, Session] = {}
 
     def on_connect(self, conn: Any) -> None:
         self._conn = conn
@@ -274,34 +165,25 @@ class PunieAcpAgent:
     # -- sessions ------------------------------------------------------------
 
     def _build(self, session_id: str, cwd: str, profile: str | None) -> PunieAgent:
-        options = self.profiles.get(profile, self.options) if profile else self.options
         try:
-            return build_agent(options, self.base_url, base_dir=cwd, permission_asker=self._asker(session_id),
-                               **self._model_of(profile))
+            return build_agent(self.served.options_of(profile), self.base_url, base_dir=cwd,
+                               permission_asker=self._asker(session_id), **self.served.model_of(profile))
         except AgentError as exc:
             raise RequestError.invalid_params({"message": exc.render()}) from None
 
-    def _config_options(self, session: _Session) -> list[Any] | None:
-        if not self.profiles:
-            return None
-        current = session.record.profile or self.profile or next(iter(self.profiles))
-        return [SessionConfigOptionSelect(
-            type="select", id=PROFILE_OPTION, name="Profile", category="mode", current_value=current,
-            description="Punie profiles that run on this model server (same model and adapter)",
-            options=[SessionConfigSelectOption(value=name, name=name, description=opts.instructions and
-                                               opts.instructions[:80]) for name, opts in self.profiles.items()],
-        )]
+    def _config_options(self, session: Session) -> list[Any] | None:
+        return self.served.config_options(session.record.profile)
 
     async def new_session(self, cwd: str, mcp_servers: Any = None, **kwargs: Any) -> NewSessionResponse:
         session_id = uuid.uuid4().hex
-        profile = self._meta_profile(kwargs) or self.profile
+        profile = self.served.meta_profile(kwargs) or self.served.current
         agent = self._build(session_id, cwd, profile)
         record = SessionRecord(session_id=session_id, cwd=cwd, profile=profile)
-        session = await self._open(_Session(record=record, agent=agent), mcp_servers)
+        session = await self._open(self._session_of(record, agent), mcp_servers)
         logger.info("ACP session %s in %s", session_id, agent.workspace.root)
         return NewSessionResponse(session_id=session_id, config_options=self._config_options(session))
 
-    async def _open(self, session: _Session, mcp_servers: Any) -> _Session:
+    async def _open(self, session: Session, mcp_servers: Any) -> Session:
         """Make ``session`` the live one of its id: the client's MCP servers connected (a session it
         replaces closes its own), the slash commands advertised once the client has the answer."""
         session_id = session.record.session_id
@@ -312,15 +194,26 @@ class PunieAcpAgent:
             await old.mcp.close()
 
         async def announce() -> None:
-            await asyncio.sleep(0)  # after the session/new (load, resume) answer is on its way
+            await anyio.sleep(0)  # after the session/new (load, resume) answer is on its way
             await self._send(session_id, update_available_commands(available_commands()))
             for failure in session.mcp.failures if session.mcp else []:
                 await self.status(session_id, failure)
 
-        task = asyncio.create_task(announce())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if self._tasks is not None:
+            self._tasks.start_soon(announce)
         return session
+
+    def _session_of(self, record: SessionRecord, agent: PunieAgent) -> Session:
+        """A live session of ``record``, its tools' backends chosen from what the client advertised."""
+        session_id = record.session_id
+        terminals: dict[str, str] = {}
+        files, commands = client_backends(self._conn, self._client, session_id, self._sender(session_id), terminals)
+        return Session(record=record, agent=agent, files=files, commands=commands, terminals=terminals)
+
+    def _sender(self, session_id: str) -> Send:
+        async def send(update: Any) -> None:
+            await self._send(session_id, update)
+        return send
 
     async def close(self) -> None:
         """Disconnect every session's MCP servers (the client has gone)."""
@@ -332,13 +225,12 @@ class PunieAcpAgent:
                            ) -> LoadSessionResponse:
         self._not_busy(session_id)
         record = await self._stored(cwd, session_id)
-        profile = record.profile if record.profile in self.profiles else self.profile
-        record.profile = profile
+        profile = record.profile = self.served.stored(record.profile)
         record.cwd = cwd
         agent = self._build(session_id, cwd, profile)
         for update in replay_updates(record.messages, describe_tool):
             await self._send(session_id, update)
-        session = await self._open(_Session(record=record, agent=agent), mcp_servers)
+        session = await self._open(self._session_of(record, agent), mcp_servers)
         logger.info("ACP session %s loaded (%d messages)", session_id, len(record.messages))
         return LoadSessionResponse(config_options=self._config_options(session))
 
@@ -352,10 +244,10 @@ class PunieAcpAgent:
             record, agent = live.record, live.agent
         else:
             record = await self._stored(cwd, session_id)
-            record.profile = record.profile if record.profile in self.profiles else self.profile
+            record.profile = self.served.stored(record.profile)
             record.cwd = cwd
             agent = self._build(session_id, cwd, record.profile)
-        session = await self._open(_Session(record=record, agent=agent), mcp_servers)
+        session = await self._open(self._session_of(record, agent), mcp_servers)
         logger.info("ACP session %s resumed (%d messages)", session_id, len(record.messages))
         return ResumeSessionResponse(config_options=self._config_options(session))
 
@@ -378,35 +270,16 @@ class PunieAcpAgent:
     async def set_config_option(self, config_id: str, session_id: str, value: str | bool, **kwargs: Any
                                 ) -> SetSessionConfigOptionResponse:
         session = self._session(session_id)
-        if config_id != PROFILE_OPTION or not isinstance(value, str) or value not in self.profiles:
-            known = ", ".join(self.profiles) or "none"
-            raise RequestError.invalid_params(
-                {"message": f"unknown config option {config_id}={value!r} (profiles on this server: {known})"})
+        profile = self.served.check_option(config_id, value)
         if session.turn_lock.locked():
             raise RequestError.invalid_params({"message": "cannot switch profile during a turn"})
-        self._switch_profile(session, value)
+        self._switch_profile(session, profile)
         return SetSessionConfigOptionResponse(config_options=self._config_options(session) or [])
 
-    def _switch_profile(self, session: _Session, profile: str) -> None:
+    def _switch_profile(self, session: Session, profile: str) -> None:
         session.agent = self._build(session.record.session_id, session.record.cwd, profile)
         session.record.profile = profile
         logger.info("ACP session %s: profile %s", session.record.session_id, profile)
-
-    def _model_of(self, profile: str | None) -> dict[str, str]:
-        """The request model id of ``profile``'s sessions (a vLLM group's LoRA id), if any."""
-        if profile is not None and profile in self.models:
-            return {"model_name": self.models[profile]}
-        return {"model_name": self.model_name} if self.model_name else {}
-
-    def _meta_profile(self, kwargs: dict[str, Any]) -> str | None:
-        """``_meta {"punie/profile": NAME}`` of session/new: a profile served by this (group) server."""
-        meta = kwargs.get("field_meta") or kwargs.get("_meta") or {}
-        profile = meta.get("punie/profile") if isinstance(meta, dict) else None
-        if profile is not None and profile not in self.models:
-            known = ", ".join(sorted(self.models)) or "none"
-            raise RequestError.invalid_params(
-                {"message": f"_meta punie/profile {profile!r} is not served here (profiles: {known})"})
-        return profile
 
     def _not_busy(self, session_id: str) -> None:
         """Refuse to replace a live session whose turn is running (its turn would be lost, uncancellable)."""
@@ -414,26 +287,13 @@ class PunieAcpAgent:
         if live is not None and live.turn_lock.locked():
             raise RequestError.invalid_request({"message": f"session {session_id} has a turn running"})
 
-    def _session(self, session_id: str) -> _Session:
+    def _session(self, session_id: str) -> Session:
         try:
             return self._sessions[session_id]
         except KeyError:
             raise RequestError.invalid_params({"message": f"unknown session {session_id!r}"}) from None
 
     # -- turns ---------------------------------------------------------------
-
-    def _backends(self, session_id: str, session: _Session) -> tuple[Any, Any]:
-        files = commands = None
-        if self._client.read_text_file or self._client.write_text_file:
-            files = ClientFs(self._conn, session_id, read=self._client.read_text_file,
-                             write=self._client.write_text_file)
-        if self._client.terminal:
-            async def on_terminal(call_id: str, terminal_id: str) -> None:
-                session.terminals[call_id] = terminal_id
-                await self._send(session_id, update_tool_call(call_id, content=[tool_terminal_ref(terminal_id)]))
-
-            commands = ClientTerminal(self._conn, session_id, on_terminal=on_terminal)
-        return files, commands
 
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> PromptResponse:
         """One turn per session at a time: a prompt sent while a turn runs waits for it (FIFO, at
@@ -456,78 +316,79 @@ class PunieAcpAgent:
         finally:
             session.turn_lock.release()
 
-    async def _turn(self, session_id: str, session: _Session, prompt: list[Any]) -> PromptResponse:
-        text = _prompt_text(prompt)
+    async def _turn(self, session_id: str, session: Session, prompt: list[Any]) -> PromptResponse:
+        text = prompt_text(prompt)
         command = parse_command(text)
         if command is not None:
             return await self._slash(session_id, session, *command)
-        hooks = ToolHooks(on_start=lambda cid, name, args: self._tool_started(session_id, session, cid, name, args),
-                          on_end=lambda record: self._tool_ended(session_id, session, record))
-        files, commands = self._backends(session_id, session)
+        send = self._sender(session_id)
+        hooks = ToolHooks(on_start=lambda cid, name, args: call_started(send, session, cid, name, args),
+                          on_end=lambda record: call_ended(send, session, record))
         streamed: list[str] = []
 
         async def on_text(piece: str) -> None:
             streamed.append(piece)
-            await self._send(session_id, update_agent_message_text(piece))
+            await send(update_agent_message_text(piece))
 
         async def on_thought(piece: str) -> None:
-            await self._send(session_id, update_agent_thought_text(piece))
+            await send(update_agent_thought_text(piece))
 
-        async def turn() -> Any:
+        async def turn() -> TurnResult:
             if self.before_turn is not None:  # e.g. wake an unloaded model server, telling the client
                 await self.before_turn(lambda message: self.status(session_id, message))
-            return await run_turn(session.agent, text, history=session.history, hooks=hooks, files=files,
-                                  commands=commands, on_text=on_text, on_thought=on_thought,
+            return await run_turn(session.agent, text, history=session.history, hooks=hooks, files=session.files,
+                                  commands=session.commands, on_text=on_text, on_thought=on_thought,
                                   toolsets=session.mcp.toolsets if session.mcp else None)
 
-        task = asyncio.create_task(turn())
-        session.task = task
         try:
-            await asyncio.wait({task})
-        finally:
-            session.task = None
-            await self._close_open_calls(session_id, session)
-        if task.cancelled():
-            return PromptResponse(stop_reason="cancelled")
-        exc = task.exception()
-        if isinstance(exc, AgentError):
+            result = await self._cancellable(session, turn)
+        except AgentError as exc:
             logger.error("%s", exc.render())
-            await self._send(session_id, update_agent_message_text(error_line(exc)))
+            await send(update_agent_message_text(error_line(exc)))
             from pydantic_ai.exceptions import UsageLimitExceeded
 
             stop = "max_turn_requests" if isinstance(exc.__cause__, UsageLimitExceeded) else "end_turn"
             return PromptResponse(stop_reason=stop)
-        if exc is not None:
+        except Exception as exc:
             logger.error("turn failed", exc_info=exc)
-            raise RequestError.internal_error({"message": f"{type(exc).__name__}: {exc}"})
-        result = task.result()
+            raise RequestError.internal_error({"message": f"{type(exc).__name__}: {exc}"}) from None
+        finally:
+            await close_open_calls(send, session)
+        if result is None:
+            return PromptResponse(stop_reason="cancelled")
         session.record.messages = result.messages
         session.record.title = session.record.title or title_of(text)
         self._save(session)
         if result.answer and not streamed:
-            await self._send(session_id, update_agent_message_text(result.answer))
+            await send(update_agent_message_text(result.answer))
         await self._usage(session_id, result.messages)
         return PromptResponse(stop_reason="end_turn")
 
-    async def _slash(self, session_id: str, session: _Session, name: str, arg: str) -> PromptResponse:
+    @staticmethod
+    async def _cancellable(session: Session, work: Callable[[], Awaitable[Any]]) -> Any:
+        """``work()`` in a cancel scope that ``session/cancel`` cancels; None when it was."""
+        with anyio.CancelScope() as scope:
+            session.scope = scope
+            try:
+                return await work()
+            finally:
+                session.scope = None
+        return None
+
+    async def _slash(self, session_id: str, session: Session, name: str, arg: str) -> PromptResponse:
         """Serve a slash command (punie.agent.acp_commands); never part of the conversation history."""
-        task = asyncio.create_task(self._slash_reply(session, name, arg))
-        session.task = task  # cancellable like a turn (an /eval can run for minutes)
-        try:
-            await asyncio.wait({task})
-        finally:
-            session.task = None
-        if task.cancelled():
-            return PromptResponse(stop_reason="cancelled")
-        exc = task.exception()
-        reply = f"punie: /{name} failed: {exc}" if exc is not None else task.result()
-        if exc is not None:
+        try:  # cancellable like a turn (an /eval can run for minutes)
+            reply = await self._cancellable(session, lambda: self._slash_reply(session, name, arg))
+        except Exception as exc:
             logger.error("/%s failed", name, exc_info=exc)
+            reply = f"punie: /{name} failed: {exc}"
+        if reply is None:
+            return PromptResponse(stop_reason="cancelled")
         await self._send(session_id, update_agent_message_text(reply))
         return PromptResponse(stop_reason="end_turn")
 
-    async def _slash_reply(self, session: _Session, name: str, arg: str) -> str:
-        profile = session.record.profile or self.profile
+    async def _slash_reply(self, session: Session, name: str, arg: str) -> str:
+        profile = session.record.profile or self.served.current
         if name == "help":
             return help_text()
         if name == "clear":
@@ -536,20 +397,17 @@ class PunieAcpAgent:
             return "Conversation cleared: the model starts from nothing on the next prompt."
         if name == "profile":
             if not arg:
-                listed = "\n".join(f"{'* ' if p == profile else '  '}{p}" for p in self.profiles) or "  (none)"
-                return f"Profiles on this server (* active):\n{listed}"
-            if arg not in self.profiles:
-                known = ", ".join(self.profiles) or "none"
-                return f"No profile {arg!r} on this server (profiles: {known}); another adapter or model needs " \
-                       f"`punie up {arg}`."
+                return self.served.listing(profile)
+            if arg not in self.served.profiles:
+                return self.served.not_served(arg)
             self._switch_profile(session, arg)
             if options := self._config_options(session):
                 await self._send(session.record.session_id,
                                  ConfigOptionUpdate(session_update="config_option_update", config_options=options))
             return f"Switched to profile {arg}."
-        resolved = await asyncio.to_thread(load_resolved, profile, self.config)
+        resolved = await anyio.to_thread.run_sync(load_resolved, profile, self.config)
         if name == "adapter":
-            return await asyncio.to_thread(adapter_report, resolved)
+            return await anyio.to_thread.run_sync(adapter_report, resolved)
         return await run_eval(profile, self.config, arg or None, session.record.cwd)  # /eval
 
     async def _usage(self, session_id: str, messages: list[Any]) -> None:
@@ -570,7 +428,7 @@ class PunieAcpAgent:
         chunk: IDEs show it in the turn without it becoming part of the answer or the history."""
         await self._send(session_id, update_agent_thought_text(message.rstrip("\n") + "\n"))
 
-    def _save(self, session: _Session) -> None:
+    def _save(self, session: Session) -> None:
         try:
             SessionStore(sessions_dir(session.record.cwd)).save(session.record)
         except OSError as exc:  # history is a convenience: a read-only project must not fail the turn
@@ -581,94 +439,19 @@ class PunieAcpAgent:
         if session is None:
             return
         session.cancels += 1  # the prompts waiting behind the running turn see it and never start
-        if session.task and not session.task.done():
+        if session.scope is not None:
             logger.info("ACP session %s: turn cancelled", session_id)
-            session.task.cancel()
+            session.scope.cancel()
 
     async def _send(self, session_id: str, update: Any) -> None:
         if self._conn is not None:
             await self._conn.session_update(session_id=session_id, update=update)
 
-    async def _close_open_calls(self, session_id: str, session: _Session) -> None:
-        """A final ``failed`` update for every call the turn left open (cancelled, or the turn failed)."""
-        for call_id in list(session.open_calls):
-            session.open_calls.pop(call_id, None)
-            session.terminals.pop(call_id, None)
-            with contextlib.suppress(Exception):
-                await self._send(session_id, update_tool_call(
-                    call_id, status="failed", content=[tool_content(text_block("cancelled"))]))
-
-    # -- tool calls ----------------------------------------------------------
-
-    def _locations(self, session: _Session, args: dict[str, Any]) -> list[ToolCallLocation] | None:
-        path = args.get("path")
-        if not isinstance(path, str):
-            return None
-        try:
-            return [ToolCallLocation(path=str(session.agent.workspace.resolve(path)))]
-        except Exception:
-            return None
-
-    async def _tool_started(self, session_id: str, session: _Session, call_id: str, name: str,
-                            args: dict[str, Any]) -> None:
-        session.open_calls[call_id] = name
-        title, kind = describe_tool(name, args)
-        await self._send(session_id, start_tool_call(
-            call_id, title, kind=kind, status="pending", raw_input=args, locations=self._locations(session, args),
-        ))
-        policy = session.agent.policy
-        if policy.decision(name) == "allow" or name in policy.always_allowed:
-            await self._send(session_id, update_tool_call(call_id, status="in_progress"))
-        # "ask": in_progress follows the client's allow (see _asker); "deny": straight to failed.
-
-    async def _tool_ended(self, session_id: str, session: _Session, record: ToolCallRecord) -> None:
-        if session.open_calls.pop(record.id, None) is None:
-            return
-        text = record.result if len(record.result) <= MAX_UPDATE_TEXT else record.result[:MAX_UPDATE_TEXT] + "\n[...]"
-        content: list[Any] = [tool_content(text_block(text))]
-        if terminal_id := session.terminals.pop(record.id, None):
-            content.insert(0, tool_terminal_ref(terminal_id))
-        await self._send(session_id, update_tool_call(
-            record.id, status="completed" if record.status == "ok" else "failed",
-            content=content, raw_output=record.result,
-        ))
-        if record.name == PLAN_TOOL and record.status == "ok" and (plan := acp_plan(record.args)) is not None:
-            await self._send(session_id, plan)
-
-    async def _diff(self, session: _Session, args: dict[str, Any]) -> list[Any] | None:
-        try:
-            real = session.agent.workspace.resolve(args["path"])
-            if self._client.read_text_file:
-                files = ClientFs(self._conn, session.record.session_id, read=True, write=False)
-                old = await files.old_text(session.agent.workspace, args["path"])
-            else:  # through the workspace's descriptors, never by name (no symlink, FIFO or mount crossing)
-                old = await Disk().old_text(session.agent.workspace, args["path"])
-            return [tool_diff_content(str(real), args.get("content", ""), old)]
-        except Exception:
-            return None
-
-    def _asker(self, session_id: str) -> Any:
+    def _asker(self, session_id: str) -> PermissionAsker:
         async def ask(request: PermissionRequest) -> Answer:
-            if self._conn is None:
-                return Answer(False, reason="no client connected")
-            session = self._sessions.get(session_id)
-            content = None
-            if request.tool == "write_file" and session is not None:
-                content = await self._diff(session, request.args)
-            title, kind = describe_tool(request.tool, request.args)
-            # The call was announced (pending); the request names it and shows what it would do.
-            tool_call = ToolCallUpdate(tool_call_id=request.tool_call_id, title=title, kind=kind,
-                                       raw_input=request.args, content=content)
-            response = await self._conn.request_permission(
-                session_id=session_id, tool_call=tool_call, options=PERMISSION_OPTIONS
-            )
-            outcome = response.outcome
-            if getattr(outcome, "outcome", None) != "selected":
-                return Answer(False, reason="the request was cancelled")
-            if outcome.option_id not in ("allow", "allow_always"):
-                return Answer(False, reason="the user rejected it")
-            await self._send(session_id, update_tool_call(request.tool_call_id, status="in_progress"))
-            return Answer(True, always=outcome.option_id == "allow_always")
+            # The session as it is when the question comes (a load or resume may have replaced it).
+            return await ask_permission(self._conn, session_id, self._sender(session_id),
+                                        self._sessions.get(session_id), request)
 
         return ask
 
@@ -685,14 +468,17 @@ async def serve_stdio_async(options: AgentOptions, base_url: str, **kwargs: Any)
     adopt_orphans()  # run_command's processes never outlive their reaper (see punie.agent.procs)
     transport = await stdio_transport()
     logger.info("punie agent: ACP on stdio, model server %s", base_url)
-    agent = PunieAcpAgent(options, base_url, **kwargs)
-    try:
-        # session/resume is stable in the protocol's schema; the Python SDK still files it as unstable.
-        await run_agent(agent, transport, use_unstable_protocol=True)
-    finally:
-        await agent.close()
+    async with anyio.create_task_group() as tasks:
+        agent = PunieAcpAgent(options, base_url, tasks=tasks, **kwargs)
+        try:
+            # session/resume is stable in the protocol's schema; the Python SDK still files it as unstable.
+            await run_agent(agent, transport, use_unstable_protocol=True)
+        finally:
+            tasks.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await agent.close()
 
 
 def serve_stdio(options: AgentOptions, base_url: str, **kwargs: Any) -> None:
     """Blocking :func:`serve_stdio_async`."""
-    asyncio.run(serve_stdio_async(options, base_url, **kwargs))
+    anyio.run(lambda: serve_stdio_async(options, base_url, **kwargs))

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from punie.agent.limits import shown_result
 from punie.agent.permissions import MCP_TOOL_PREFIX, PermissionRequest
 from punie.agent.tools import Status, TurnDeps, invoke_tool
 
@@ -30,7 +31,6 @@ MCP_PREFIX = MCP_TOOL_PREFIX
 #: Seconds to start a server and finish MCP's initialize handshake.
 CONNECT_TIMEOUT = 30.0
 #: Longest tool result text handed to the model.
-MAX_RESULT_CHARS = 100_000
 
 
 def tool_prefix(server: str) -> str:
@@ -58,9 +58,7 @@ def _result_text(value: Any) -> str:
             text = json.dumps(value, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             text = str(value)
-    if len(text) > MAX_RESULT_CHARS:
-        text = text[:MAX_RESULT_CHARS] + f"\n[... truncated: {len(text)} characters]"
-    return text
+    return shown_result(text)
 
 
 def _guarded_toolset_class() -> type:

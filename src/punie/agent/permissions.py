@@ -13,12 +13,13 @@ answers the model with the reason, and the model carries on.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
+
+import anyio.to_thread
 
 from punie.config.models import Permissions
 from punie.errors import PermissionDenied
@@ -93,7 +94,7 @@ def terminal_asker(
             err.flush()
             return inp.readline()
 
-        reply = (await asyncio.to_thread(prompt)).strip().lower()
+        reply = (await anyio.to_thread.run_sync(prompt, abandon_on_cancel=True)).strip().lower()
         if reply in ("a", "always"):
             return Answer(True, always=True)
         if reply in ("y", "yes"):

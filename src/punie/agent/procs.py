@@ -28,16 +28,22 @@ non-dumpable, and a command started as root loses ``CAP_SYS_PTRACE``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import secrets
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import Process
 
 from punie import envvars
+from punie.agent.limits import CappedOutput, timed_out_text
+from punie.agent.shield import finish
 from punie.limits import COMMAND_GRACE
 from punie.mechanisms import NATIVE, PORTABLE, hide_environ, mechanism
 from punie.procfs import parent_pid
@@ -56,6 +62,7 @@ _reapers: set[int] = set()  # pids of the reapers this process started and has n
 _adopting = False
 _spawning = 0  # reapers being started: their pids are not known yet, so no sweep meanwhile
 _hidden = False  # hide_environ done
+_sweep_pending = False  # a sweep was asked for while a reaper was being started
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -77,9 +84,9 @@ def sweep_orphans() -> int:
     """Kill and reap every child of ours that is not a live reaper (adopted orphans); how many were found."""
     if not _adopting:
         return 0
-    if _spawning:
-        with contextlib.suppress(RuntimeError):  # a reaper is being started: look again shortly
-            asyncio.get_running_loop().call_later(0.2, sweep_orphans)
+    global _sweep_pending
+    if _spawning:  # a reaper is being started (its pid not known yet): look once it is (_spawn)
+        _sweep_pending = True
         return 0
     from punie.agent.reaper import descendants
 
@@ -147,38 +154,13 @@ def command_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] 
     return env
 
 
-class CappedOutput:
-    """Keeps the head and the tail of a stream, so a chatty command cannot fill memory."""
-
-    def __init__(self, limit: int):
-        self.half = max(limit // 2, 1)
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def feed(self, data: bytes) -> None:
-        self.total += len(data)
-        room = self.half - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail += data
-            del self.tail[: max(len(self.tail) - self.half, 0)]
-
-    def text(self) -> str:
-        omitted = self.total - len(self.head) - len(self.tail)
-        head = self.head.decode("utf-8", errors="replace")
-        tail = self.tail.decode("utf-8", errors="replace")
-        return head + tail if omitted <= 0 else f"{head}\n[... {omitted} bytes omitted ...]\n{tail}"
-
-
 async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: float,
                      output_limit: int, grace: float = GRACE) -> tuple[int | None, str]:
     """Run ``argv`` under the reaper; (exit code, or None when the timeout stopped it; capped output).
 
-    stdin is /dev/null, stdout and stderr are merged. On cancellation the
-    command's whole tree is stopped before the CancelledError goes on.
+    stdin is /dev/null, stdout and stderr are merged. On cancellation (an anyio scope's or a native
+    one) the command's whole tree is stopped before the cancellation goes on
+    (:func:`punie.agent.shield.finish`).
     """
     global _hidden
     if not _hidden:  # before the first command: our environment (API keys) is not readable by commands
@@ -186,44 +168,53 @@ async def run_reaped(argv: list[str], *, cwd: str, env: Mapping[str, str], timeo
         hide_environ()
     lifeline = lifeline_fd()
     mode, mark, psutil_dir, env = _tracking(env)
-    spawn = asyncio.ensure_future(_spawn(
-        sys.executable, "-I", "-S", REAPER, str(lifeline), str(grace), mode, mark, psutil_dir, "--", *argv,
-        cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True, pass_fds=(lifeline,),
-    ))
+    started: list[Process] = []
+
+    async def spawn() -> None:
+        started.append(await _spawn(
+            [sys.executable, "-I", "-S", REAPER, str(lifeline), str(grace), mode, mark, psutil_dir, "--", *argv],
+            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, pass_fds=(lifeline,),
+        ))
+
     try:
-        proc = await asyncio.shield(spawn)
-    except asyncio.CancelledError:
+        await finish(spawn())
+    except anyio.get_cancelled_exc_class():
         # Cancelled while starting: the process may exist already and must be stopped, not lost.
-        with contextlib.suppress(Exception):
-            started = await spawn
-            await asyncio.shield(_stop(started, grace))
+        for proc in started:
+            await finish(_stop(proc, grace))
         raise
+    proc = started[0]
     output = CappedOutput(output_limit)
+    drained = anyio.Event()
 
     async def pump() -> None:
         assert proc.stdout is not None
-        while chunk := await proc.stdout.read(65536):
-            output.feed(chunk)
-
-    reader = asyncio.ensure_future(pump())
-    try:
         try:
-            await asyncio.wait_for(_exited(proc), timeout)
-        except TimeoutError:
-            await _stop(proc, grace)
-            await _settle(proc, reader)
-            partial = output.text()
-            return None, (f"timed out after {timeout:g} s (process killed)"
-                          + (f"; output so far:\n{partial}" if partial else ""))
-        except asyncio.CancelledError:
-            # Finish stopping even if cancelled again: a half-stopped tree is what this module exists to prevent.
-            stopping = asyncio.ensure_future(_stop(proc, grace))
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(stopping)
-            reader.cancel()
-            raise
-        await _settle(proc, reader)
+            async for chunk in proc.stdout:
+                output.feed(chunk)
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+        finally:
+            drained.set()
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(pump)
+            try:
+                with anyio.move_on_after(timeout) as waited:
+                    await _exited(proc)
+                if waited.cancelled_caught:
+                    await _stop(proc, grace)
+                await _settle(proc, drained)
+            except anyio.get_cancelled_exc_class():
+                # Finish stopping even if cancelled again: a half-stopped tree is what this module exists to prevent.
+                await finish(_stop(proc, grace))
+                raise
+            finally:
+                tasks.cancel_scope.cancel()  # the reader, if strays still hold the pipe
+        if waited.cancelled_caught:
+            return None, timed_out_text(timeout, output.text())
         return proc.returncode, output.text()
     finally:
         if proc.returncode is not None:
@@ -245,7 +236,7 @@ def _tracking(env: Mapping[str, str]) -> tuple[str, str, str, dict[str, str]]:
     return PORTABLE, f"{envvars.RUN_TOKEN}={mark}", psutil_dir, {**env, envvars.RUN_TOKEN: mark}
 
 
-async def _exited(proc: asyncio.subprocess.Process) -> None:
+async def _exited(proc: Process) -> None:
     """Return when the reaper process has exited.
 
     Not ``proc.wait()``: asyncio's waits for the pipes to close too, and a command that
@@ -264,58 +255,51 @@ async def _exited(proc: asyncio.subprocess.Process) -> None:
             fd = -1
     if fd < 0:
         while proc.returncode is None:
-            await asyncio.sleep(0.1)
+            await anyio.sleep(0.1)
         return
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
     try:
-        await done
+        await anyio.wait_readable(fd)
     finally:
-        loop.remove_reader(fd)
         os.close(fd)
 
 
-async def _settle(proc: asyncio.subprocess.Process, reader: asyncio.Future[None]) -> None:
+async def _settle(proc: Process, drained: anyio.Event) -> None:
     """After the reaper exited: kill what a killed reaper left (adopt_orphans), then collect the
     exit status and the rest of the output, without waiting for ever on pipes held by strays."""
     if sweep_orphans():
         logger.warning("killed the processes left by command reaper %s (it was killed)", proc.pid)
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(proc.wait(), 2.0)
-    while proc.returncode is None:  # exited (pidfd) but not yet reported by asyncio's child watcher
-        await asyncio.sleep(0.01)
-    await _finish(reader)
+    with anyio.move_on_after(2.0):
+        await proc.wait()
+    while proc.returncode is None:  # exited (pidfd) but not yet reported by the child watcher
+        await anyio.sleep(0.01)
+    # The reaper's exit means every writer is gone, so the reader drains quickly.
+    with anyio.move_on_after(2.0):
+        await drained.wait()
 
 
-async def _spawn(*argv: str, **options: object) -> asyncio.subprocess.Process:
-    global _spawning
+async def _spawn(argv: list[str], **options: Any) -> Process:
+    global _spawning, _sweep_pending
     _spawning += 1
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, **options)  # type: ignore[arg-type]
+        proc = await anyio.open_process(argv, **options)
         _reapers.add(proc.pid)
         return proc
     finally:
         _spawning -= 1
+        if not _spawning and _sweep_pending:  # asked while this pid was unknown: now it is
+            _sweep_pending = False
+            sweep_orphans()
 
 
-async def _finish(reader: asyncio.Future[None]) -> None:
-    """Let the output reader drain; the reaper's exit means every writer is gone, so this is quick."""
-    try:
-        await asyncio.wait_for(reader, 2.0)
-    except (TimeoutError, asyncio.CancelledError):
-        reader.cancel()
-
-
-async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _stop(proc: Process, grace: float) -> None:
     """Ask the reaper to kill the tree; SIGKILL its session if it does not manage in time."""
     if proc.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(_exited(proc), grace + 5.0)
-    except TimeoutError:
+    with anyio.move_on_after(grace + 5.0) as waited:
+        await _exited(proc)
+    if waited.cancelled_caught:
         logger.warning("command reaper %s did not stop in time: killing its session", proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -12,7 +12,6 @@ needs more than ``agent.max_turns`` model requests.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import logging
@@ -21,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+
+from punie.agent.backends import CommandBackend, FileBackend
+from punie.agent.local import DiskFiles, LocalCommands
 from punie.agent.permissions import PermissionAsker, PermissionPolicy, deny_asker
 from punie.agent.textclean import TagFilter, has_tool_call_text, parse_tool_call_text, scrub
 from punie.agent.tools import TOOL_FUNCTIONS, ToolCallRecord, ToolHooks, TurnDeps, make_tools
@@ -304,8 +307,8 @@ async def run_turn(
     hooks: ToolHooks | None = None,
     workspace: Workspace | None = None,
     policy: PermissionPolicy | None = None,
-    files: Any = None,
-    commands: Any = None,
+    files: FileBackend | None = None,
+    commands: CommandBackend | None = None,
     on_text: Callable[[str], Awaitable[None]] | None = None,
     on_thought: Callable[[str], Awaitable[None]] | None = None,
     on_answered: Callable[[], Awaitable[None]] | None = None,
@@ -334,8 +337,8 @@ async def run_turn(
     from punie.agent.wake import status_callback
 
     hooks = hooks or ToolHooks()
-    deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy,
-                    hooks=hooks, files=files, commands=commands)
+    deps = TurnDeps(workspace=workspace or agent.workspace, policy=policy or agent.policy, hooks=hooks,
+                    files=files or DiskFiles(), commands=commands or LocalCommands())
     streamed = on_text or on_thought or hooks.on_invalid or on_answered
     handler = _event_handler(on_text, on_thought, hooks.on_invalid, on_answered) if streamed else None
     from punie.agent.warm import settled
@@ -472,4 +475,4 @@ def _requests(result: Any) -> int:
 
 def run_turn_sync(agent: PunieAgent, prompt: str, **kwargs: Any) -> TurnResult:
     """:func:`run_turn` for callers without an event loop (the terminal CLI)."""
-    return asyncio.run(run_turn(agent, prompt, **kwargs))
+    return anyio.run(lambda: run_turn(agent, prompt, **kwargs))

@@ -14,10 +14,11 @@ A server that is really gone is still reported, after the retries
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from typing import Any
+
+import anyio
 
 # The OpenAI client (and pydantic-ai) are built on httpx2, httpx's successor: its transport and errors.
 import httpx2 as httpx
@@ -70,7 +71,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 logger.info("model server %s: %s (%s); try %d in %.2f s", request.url.host,
                             type(exc).__name__, exc, attempt + 2, wait)
                 self.retried += 1
-                await asyncio.sleep(wait)
+                await anyio.sleep(wait)
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def aclose(self) -> None:

@@ -10,7 +10,6 @@ the IDE or the terminal shows it instead of a request timing out); when its resp
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import importlib
 import logging
@@ -19,6 +18,8 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+import anyio.to_thread
 
 from punie import envvars
 
@@ -130,7 +131,7 @@ def use_control(path: str | os.PathLike[str]) -> Waker | None:
 async def ensure_awake(waker: Waker) -> None:
     """Before a model request: make sure the server runs (telling the turn's status callback when it
     must be loaded first). Raises WakeFailed when it cannot be started."""
-    answer = await asyncio.to_thread(waker.begin)
+    answer = await anyio.to_thread.run_sync(waker.begin, abandon_on_cancel=True)
     if answer == "loading":
         notify = status_callback.get()
         if notify is not None:
@@ -138,7 +139,7 @@ async def ensure_awake(waker: Waker) -> None:
                 await notify(LOADING)
             except Exception:  # a display callback must not fail the request
                 logger.exception("status callback failed")
-        answer = await asyncio.to_thread(waker.finish)
+        answer = await anyio.to_thread.run_sync(waker.finish, abandon_on_cancel=True)
     if answer != "ready":
         _say_done(waker)  # nothing will be in flight
         raise WakeFailed(f"the model server could not be started again: {answer.removeprefix('failed: ')}")

@@ -18,12 +18,14 @@ processing the same prefix a second time concurrently.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
 import time
 from typing import Any
+
+import anyio
+import anyio.to_thread
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def captured_request(build: Any, turn: Any) -> dict[str, Any]:
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
             await turn(build(client), WARM_PROMPT)
 
-    asyncio.run(run())
+    anyio.run(run)
     return bodies[0]
 
 
@@ -119,4 +121,4 @@ def start(base_url: str, build: Any, turn: Any) -> threading.Thread | None:
 async def settled(timeout: float = SETTLE_TIMEOUT) -> None:
     """Return once no warm-up is running (or after ``timeout``)."""
     if not _done.is_set() and threading.current_thread() is not _thread:  # the warm turn itself: no wait
-        await asyncio.to_thread(_done.wait, timeout)
+        await anyio.to_thread.run_sync(_done.wait, timeout, abandon_on_cancel=True)

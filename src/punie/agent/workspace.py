@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from punie.agent import fs
+from punie.agent.limits import shown_text
 from punie.errors import OutsideWorkspace, ToolFailure
 from punie.limits import MAX_READ_BYTES
 from punie.paths import CONFIG_NAME, STATE_DIR_NAME
@@ -141,12 +142,10 @@ class Workspace:
             os.close(fd)
 
     def read_text(self, path: str, limit: int | None = None) -> str:
-        """A regular file decoded as UTF-8 (undecodable bytes replaced), at most ``limit`` bytes of it."""
+        """A regular file as a read shows it (:func:`punie.agent.limits.shown_text`): decoded as UTF-8
+        (undecodable bytes replaced), at most ``limit`` (default ``max_read_bytes``) bytes of it."""
         data, size = self.read_bytes(path, limit)
-        text = data.decode("utf-8", errors="replace")
-        if size > len(data):
-            text += f"\n[... truncated: read {len(data)} bytes of a {size}-byte file]"
-        return text
+        return shown_text(data, size, self.max_read_bytes if limit is None else limit)
 
     def write_bytes(self, path: str, data: bytes, *, allow_protected: bool = False) -> str:
         """Replace (or create, with its parents) a regular file; returns its path relative to the root.
