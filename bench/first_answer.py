@@ -5,7 +5,8 @@ Sides (each on its own free port, one after the other, on the builtin SmolLM2):
 
 - ``by hand``: ``python -m mlx_lm server --model BUILTIN`` as the README's pattern 2 starts it
   (the 4-bit model, mlx's bundled BLAS);
-- ``up old``: ``punie up demo`` with the old path forced: PUNIE_BLAS=off PUNIE_DENSE=off PUNIE_WARM=off;
+- ``up old``: ``punie up demo`` with the old path forced: PUNIE_BLAS=off PUNIE_DENSE=off PUNIE_WARM=off
+  (and PUNIE_EVAL_CONCURRENCY=1 for the eval: one case at a time, as before);
 - ``up demo`` / ``up tool-calling``: ``punie up`` as shipped (OpenBLAS preloaded, dense float32 copy,
   warm start).
 
@@ -15,8 +16,8 @@ server, launch to the first 1-token completion), then time from ready to the fir
 ready), then prompt and decode tokens/s measured on the server with one fresh ~150-token prompt
 (max_tokens 1, then 48 on the now cached prompt: decode = extra tokens / extra time).
 Then ``punie eval tool-calling --vs demo`` wall time and ``punie train`` wall time on the shipped
-dataset (``--iters``), old path (PUNIE_BLAS=off PUNIE_DENSE=off) against new. Ratios are printed
-(old / new: above 1 is faster now).
+dataset (``--iters``), old path (PUNIE_BLAS=off PUNIE_DENSE=off, eval one case at a time) against
+new. Ratios are printed (old / new: above 1 is faster now).
 
 Run: .venv/bin/python bench/first_answer.py [--eval-cases N] [--iters N] [--skip-eval] [--skip-train]
 """
@@ -40,7 +41,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 QUESTION = "What is the capital of France?"
-OLD = {"PUNIE_BLAS": "off", "PUNIE_DENSE": "off", "PUNIE_WARM": "off"}
+OLD = {"PUNIE_BLAS": "off", "PUNIE_DENSE": "off", "PUNIE_WARM": "off", "PUNIE_EVAL_CONCURRENCY": "1"}
 SPEEDS_ONLY = False  # --speeds-only: no first answer (prompt and decode tok/s only)
 
 

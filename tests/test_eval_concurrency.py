@@ -115,3 +115,23 @@ def test_batched_greedy_answers_are_the_sequential_ones_on_a_real_mlx_server(tmp
     assert all(r.error is None for r in one + many)
     assert [r.text for r in many] == [r.text for r in one]
     assert [r.score for r in many] == [r.score for r in one]
+
+
+def test_the_concurrency_comes_from_the_environment_when_set() -> None:
+    from punie.errors import UsageError
+    from punie.training.evaluate import eval_concurrency
+
+    assert eval_concurrency({}) == EVAL_CONCURRENCY
+    assert eval_concurrency({"PUNIE_EVAL_CONCURRENCY": "1"}) == 1
+    assert eval_concurrency({"PUNIE_EVAL_CONCURRENCY": " 16 "}) == 16
+    for bad in ("0", "-2", "many", "1.5"):
+        with pytest.raises(UsageError, match="PUNIE_EVAL_CONCURRENCY"):
+            eval_concurrency({"PUNIE_EVAL_CONCURRENCY": bad})
+
+
+def test_punie_eval_concurrency_one_in_the_environment_asks_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUNIE_EVAL_CONCURRENCY", "1")
+    source = _InFlight(hold=2, patience=0.05)
+    with serve([source] * 4) as fake:
+        greedy, _ = ask_suite(fake.url, _suite(4), label="t")
+    assert source.most == 1 and [r.score for r in greedy] == [1.0] * 4

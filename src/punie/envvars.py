@@ -20,8 +20,10 @@ RUN_TOKEN = "PUNIE_RUN_TOKEN"  # marks a run_command command's processes (agent/
 DENSE = "PUNIE_DENSE"  # off: never serve a dense copy of a quantized model (launch/dense.py)
 WARM = "PUNIE_WARM"  # off: the agent does not warm the server's prompt cache at start (agent/warm.py)
 BLAS = "PUNIE_BLAS"  # the BLAS of mlx children: auto, off, a library or a directory (launch/blas.py)
+EVAL_CONCURRENCY = "PUNIE_EVAL_CONCURRENCY"  # eval requests in flight at once; 1: one by one (training/evaluate.py)
 
-NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, CONTROL_FD, MECHANISMS, RUN_TOKEN, BLAS, DENSE, WARM})
+NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, CONTROL_FD, MECHANISMS, RUN_TOKEN, BLAS, DENSE, WARM,
+                         EVAL_CONCURRENCY})
 PREFIX = "PUNIE_"
 #: The same names without the prefix (how config's env layer compares them).
 NON_PROFILE_KEYS = frozenset(name[len(PREFIX):] for name in NON_PROFILE)

@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Literal
@@ -189,6 +189,20 @@ AnswerCallback = Callable[[int, "int | None", CaseResult, float], None]
 EVAL_CONCURRENCY = 8
 
 
+def eval_concurrency(environ: Mapping[str, str] | None = None) -> int:
+    """`EVAL_CONCURRENCY`, or ``PUNIE_EVAL_CONCURRENCY`` when set (1: one request at a time)."""
+    value = (os.environ if environ is None else environ).get(envvars.EVAL_CONCURRENCY, "").strip()
+    if not value:
+        return EVAL_CONCURRENCY
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UsageError(f"{envvars.EVAL_CONCURRENCY}={value!r}: give a whole number of requests, 1 or more")
+    return number
+
+
 def ask_suite(
     base_url: str,
     suite: Suite,
@@ -200,15 +214,15 @@ def ask_suite(
     seed: int = SEED,
     timeout: float = 300.0,
     on_answer: AnswerCallback | None = None,
-    concurrency: int = EVAL_CONCURRENCY,
+    concurrency: int | None = None,
 ) -> tuple[list[CaseResult], list[list[CaseResult]]]:
     """Ask every case of ``suite`` at ``base_url`` (…/v1): the greedy answer, then ``samples`` more
     at ``temperature`` (and ``top_p``). Returns (greedy results, sampled results per case), in the
     suite's order.
 
-    Up to ``concurrency`` requests are in flight at once (1: one after the other), so that the server
-    can batch them (`EVAL_CONCURRENCY`). ``on_answer`` is called on this thread as answers arrive; the
-    seconds it is given are the wall time since the previous answer (so that their mean is the time
+    Up to ``concurrency`` requests are in flight at once (1: one after the other; default:
+    `eval_concurrency`), so that the server can batch them. ``on_answer`` is called on this thread as
+    answers arrive; the seconds it is given are the wall time since the previous answer (so that their mean is the time
     per answer at this concurrency, which is what an ETA needs).
 
     Each sample carries a request ``seed`` (`sample_seed`, honoured by mlx_lm.server and vLLM):
@@ -219,6 +233,8 @@ def ask_suite(
 
     if samples and temperature is None:
         raise UsageError("samples need a temperature")
+    if concurrency is None:
+        concurrency = eval_concurrency()
     if concurrency < 1:
         raise UsageError(f"concurrency must be at least 1, not {concurrency}")
     url = base_url.rstrip("/") + "/chat/completions"
