@@ -110,10 +110,16 @@ class VllmOptions(_Strict):
         return value
 
 
+#: The engines ``server.backend`` may name; each is one module of `punie.launch.backends`, whose
+#: table must cover exactly these (the only place outside that package a backend is named).
+BACKEND_NAMES = ("mlx", "vllm")
+BackendName = Literal[BACKEND_NAMES]  # type: ignore[valid-type]
+
+
 class ServerOptions(_Strict):
     """How the model server is reached or started (mlx_lm.server)."""
 
-    backend: Literal["mlx", "vllm"] = Field(
+    backend: BackendName = Field(  # type: ignore[valid-type]
         "mlx", description="Engine that serves the model: mlx (mlx_lm.server) or vllm (vLLM's OpenAI server)."
     )
     vllm: VllmOptions = Field(default_factory=VllmOptions, description="vLLM options (backend = vllm).")
