@@ -24,9 +24,10 @@ Nothing outside this package compares a backend's name: the rest of Punie asks
 The server process. Every server argv is started by `punie.launch.process.Child` in a new session
 (its own process group) and stopped as a group: SIGTERM to the group, ``grace`` seconds
 (``server.shutdown.grace``), then SIGKILL to the group. A launcher whose ranks are its children
-(mlx.launch on localhost) is therefore stopped whole. Ranks on other hosts are not in that group:
-a backend that starts any lists, in `Backend.stop_commands`, the commands that stop them; the supervisor
-runs them after the local group is stopped, whichever way the session ended (through the same runner).
+(mlx.launch on localhost) is therefore stopped whole. Ranks on other hosts are not in that group: a
+backend that starts any must tie them to a process of the group, so that they die with it however the
+session ends (mlx-distributed runs them under ``ssh -tt``: sshd hangs their terminal up when the local
+ssh client dies). The grace is the plan's ``shutdown_grace`` (``punie up --grace`` overrides it).
 """
 
 from __future__ import annotations
@@ -238,10 +239,6 @@ class Backend(ABC):
         """What the supervisor records and says once the started server (``pid``) is ready:
         (a report for ``UpOutcome``, status lines)."""
         return None, []
-
-    def stop_commands(self, plan: LaunchPlan) -> tuple[HostCommand, ...]:
-        """Commands that stop what the server's process group does not hold (ranks on other hosts)."""
-        return ()
 
     def hint(self, reason: str, plan: LaunchPlan) -> str | None:
         """This engine's hint for a failure ``reason`` (None: the common hint of `punie.launch.messages`)."""
