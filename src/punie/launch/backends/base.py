@@ -10,8 +10,9 @@ Every backend is one module of this package holding two things, and is listed on
   from the table). The part holds what only this engine needs: mlx's BLAS and dense copy, vLLM's
   LoRA modules and model ids. A part may hold several commands (one per host) and files to
   copy: it says so through `BackendPart.commands` and `BackendPart.copies`, which the dry run
-  shows and the supervisor runs (``plan.server_argv`` stays the one local process the supervisor
-  starts and watches: the server itself, or a launcher such as ``mlx.launch``).
+  shows. The backend performs them itself: the copies in its `Backend.prepare` (not in a dry run),
+  the commands through the launcher ``plan.server_argv`` starts, which stays the one local process
+  the supervisor starts, probes and stops: the server itself, or a launcher such as ``mlx.launch``.
 - its **backend object**, an instance of a `Backend` subclass: the engine's display name, its
   `punie check` rules, what it prepares (provisioning, dense copy, PEFT export, fuse) and how it
   builds its plan, the model ids the readiness probe, the canaries and the agent send, the ids its
