@@ -317,8 +317,14 @@ def test_one_grace_reaches_every_stop() -> None:
 
     stops = [punie.api.serve, guard.guarded_argv, runner.run_to_end, server.running_server,
              supervisor.supervise, supervisor.run_up]
+    from punie.config.models import ServerOptions
+    from punie.launch.plan import LaunchPlan
+
     defaults = {inspect.signature(f).parameters["grace"].default for f in stops}
-    assert defaults == {limits.STOP_GRACE}
+    # None: the plan's shutdown grace (the profile's [server.shutdown] grace), whose default is the one
+    assert defaults <= {limits.STOP_GRACE, None} and defaults
+    assert ServerOptions().shutdown.grace == limits.STOP_GRACE
+    assert LaunchPlan.model_fields["shutdown_grace"].default == limits.STOP_GRACE
 
 
 def test_procfs_sees_a_zombie_child_and_leaves_it_out_of_the_live_tree() -> None:

@@ -44,7 +44,6 @@ from punie.errors import (
     TrainingError,
     UsageError,
 )
-from punie.limits import STOP_GRACE
 from punie.paths import CONFIG_NAME
 
 if TYPE_CHECKING:
@@ -207,7 +206,7 @@ def check(profiles: Sequence[ResolvedProfile | str] | ResolvedProfile | str | No
     what ``punie check --format json`` prints); nothing is raised for them. ``strict``: an adapter
     trained on a different base model is an error even when its shapes fit.
     """
-    from punie.checks import check_profiles
+    from punie.launch.backends import check_profiles  # each profile's backend rules
 
     if profiles is None:
         resolved = load_profiles()
@@ -223,7 +222,7 @@ async def serve(
     profile: ResolvedProfile | str | None = None,
     *,
     check: bool = True,
-    grace: float = STOP_GRACE,
+    grace: float | None = None,
     log_dir: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Server]:
     """Start (or attach to) ``profile``'s model server for the duration of an ``async with`` block.

@@ -67,7 +67,7 @@ def adapter_listing(config: _Config = None, *, overrides: Sequence[str] = ()) ->
     """Every adapter under the project's adapters/ with its fit against every profile of ``config``."""
     from punie.adapters.registry import list_adapters
     from punie.api import load_profiles
-    from punie.checks import adapter_fits
+    from punie.launch.backends import adapter_fits  # each profile's backend rules
 
     profiles = load_profiles(config, overrides=overrides)
     project = Path(profiles[0].project_dir) if profiles else Path.cwd()
@@ -93,8 +93,8 @@ def stamp(name: str, profile: str, config: _Config = None, *, overrides: Sequenc
     Raises CheckFailed when the adapter does not fit the base model (unless ``force``)."""
     from punie.adapters.registry import stamp_adapter
     from punie.api import load_profiles
-    from punie.checks import check_adapter
     from punie.errors import CheckFailed, UsageError
+    from punie.launch.backends import check_adapter  # the profile's backend rules
     from punie.weights.resolve import resolve_model
 
     resolved = load_profiles(config, (profile,), overrides=overrides)[0]

@@ -41,8 +41,8 @@ __all__ = [
     "CONFIG_NAME", "EMBEDDED_NAME", "LEAF_KEYS", "SCHEMA_RELPATH", "AdapterRef", "AgentOptions", "Profile",
     "ProfileListing", "ResolvedProfile", "apply_edit", "check_schema", "create_profile", "dependants", "dotted",
     "find_config", "list_profiles", "parse_value", "profile_names", "profile_snippet", "project_dir",
-    "remove_profile", "rename_profile", "replace_profile", "schema_text", "set_value", "unset_value",
-    "write_schema",
+    "remove_profile", "rename_profile", "replace_profile", "schema_text", "set_value", "shown_keys",
+    "unset_value", "write_schema",
 ]
 
 
@@ -65,3 +65,13 @@ def project_dir(config: str | os.PathLike[str] | None = None) -> Path:
     lookup from here), else the current directory."""
     found = find_config(config)
     return found.parent if found else Path.cwd()
+
+
+def shown_keys(backend: str, *, every: bool = False) -> list[str]:
+    """The keys ``profiles show`` lists for a profile on ``backend``: not those only another backend
+    reads (its ``key_prefixes``, `punie.launch.backends`), unless ``every``."""
+    from punie.launch.backends import BACKENDS, backend_of
+
+    own = backend_of(backend)
+    other = [prefix for b in BACKENDS.values() if b is not own for prefix in b.key_prefixes]
+    return [k for k in LEAF_KEYS if every or not k.startswith(tuple(other))]

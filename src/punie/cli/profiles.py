@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from punie.api.profiles import EMBEDDED_NAME, LEAF_KEYS, SCHEMA_RELPATH, Profile, ResolvedProfile
+from punie.api.profiles import EMBEDDED_NAME, SCHEMA_RELPATH, Profile, ResolvedProfile, shown_keys
 from punie.cli._common import complete_profiles, echo_json, format_option, set_option, state_of, table, toml_value
 
 _FORMAT = format_option()
@@ -94,16 +94,6 @@ def profiles_group(ctx: click.Context, fmt: str, overrides: tuple[str, ...]) -> 
         )
     for line in table(["", "NAME", "MODEL", "ADAPTER", "PORT", "DESCRIPTION"], rows):
         click.echo(line)
-
-
-#: Keys that only one backend reads: ``profiles show`` leaves the other backend's out (unless --all).
-BACKEND_ONLY = {"vllm": "server.vllm."}
-
-
-def shown_keys(backend: str, *, every: bool = False) -> list[str]:
-    """The keys ``profiles show`` lists for a profile on ``backend``."""
-    other = [prefix for name, prefix in BACKEND_ONLY.items() if name != backend]
-    return [k for k in LEAF_KEYS if every or not k.startswith(tuple(other))]
 
 
 @profiles_group.command("show")

@@ -35,8 +35,9 @@ from punie.limits import STOP_GRACE
     "the server's and the agent's output go to .punie/logs/ only, quoted if they fail).",
 )
 @click.option(
-    "--grace", type=click.FloatRange(min=0), default=STOP_GRACE, show_default=True,
-    help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
+    "--grace", type=click.FloatRange(min=0), default=None,
+    help="Seconds a child gets between SIGTERM and SIGKILL when stopping (default: the profile's "
+    f"server.shutdown.grace, {STOP_GRACE:g}).",
 )
 @click.option(
     "--group", "group", metavar="NAME|A,B",

@@ -18,7 +18,6 @@ from anyio.abc import TaskStatus
 
 from punie.config.models import ResolvedProfile
 from punie.launch.process import Sink
-from punie.limits import STOP_GRACE
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ async def running_server(
     resolved: ResolvedProfile,
     *,
     check: bool = True,
-    grace: float = STOP_GRACE,
+    grace: float | None = None,
     log_dir: Path | None = None,
     sink: Sink | None = None,
     server_env: Mapping[str, str] | None = None,
