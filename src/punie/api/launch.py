@@ -30,7 +30,7 @@ def up(profile: str | None = None, config: str | os.PathLike[str] | None = None,
     ``on_name`` hears the session's name as soon as it is known (for a status line on failure)."""
     from punie.api import load_profile, load_profiles
     from punie.errors import UsageError
-    from punie.launch import run_up
+    from punie.launch.supervisor import run_up
 
     if group is not None:
         from punie.launch.supervisor import run_up_group
@@ -58,7 +58,7 @@ def serve_model(model: str, *, adapter: str | None = None, port: int | None = No
     """``punie serve --model M``: a profile made from ``model`` (and ``adapter``, ``port``, ``host``; the
     rest from ``base``), launched as ``punie up`` launches one."""
     from punie.agent.target import serve_profile
-    from punie.launch import run_up
+    from punie.launch.supervisor import run_up
 
     target = serve_profile(model, adapter=adapter, port=port, host=host, base=base)
     return run_up(target, check=True, dry_run=dry_run, progress=progress, subreaper=True,
