@@ -161,6 +161,13 @@ def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> 
         adapter_path = _check_single_adapter(c, profile.adapter, model_path, shapes)
     elif profile.adapters:
         _check_composition(c, model_path, shapes)
+    if server.backend == "mlx-distributed":
+        from punie.checks.distributed import distributed_items
+
+        items, passed = distributed_items(resolved, model_path=model_path, has_adapter=has_adapter, strict=strict)
+        for severity, code, key, message in items:
+            c.add(severity, code, c.key(key), message)
+        c.passed += passed
     if server.backend == "vllm":
         from punie.checks.vllm import vllm_items
 

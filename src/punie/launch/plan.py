@@ -24,6 +24,7 @@ from punie.config.models import ResolvedProfile
 from punie.errors import ConfigError
 from punie.launch.blas import BlasChoice, hint_text, preload_env
 from punie.launch.canary import ExpectedCanary
+from punie.launch.dist_plan import DistributedPart
 from punie.net import connect_host, is_loopback, remote_host_problem, server_root
 from punie.paths import hf_hub_cache, state_dir
 
@@ -81,7 +82,7 @@ class LaunchPlan(_Frozen):
     )
     # vLLM (punie.launch.vllm): the engine, the model id the probe and agent send (None: no
     # model field, as mlx_lm needs), the base's id, LoRA id -> exported PEFT dir, profile -> id.
-    backend: Literal["mlx", "vllm"] = "mlx"
+    backend: Literal["mlx", "vllm", "mlx-distributed"] = "mlx"
     model_id: str | None = None
     base_model_id: str | None = None
     lora_modules: dict[str, str] = Field(default_factory=dict)
@@ -95,11 +96,13 @@ class LaunchPlan(_Frozen):
     blas_hint: str | None = None
     dense_of: str | None = Field(None, description="The quantized model ``model`` is a dense copy of "
                                  "(punie.launch.dense); checks and canaries use that one.")
+    distributed: DistributedPart | None = Field(None, description="mlx-distributed: every rank, copy and file "
+                                                "(punie.launch.distributed).")
 
     @property
     def engine(self) -> str:
         """The server program's name in messages."""
-        return "vLLM" if self.backend == "vllm" else "mlx_lm.server"
+        return {"vllm": "vLLM", "mlx-distributed": "mlx.launch"}.get(self.backend, "mlx_lm.server")
 
     @property
     def external(self) -> bool:
@@ -130,8 +133,10 @@ class LaunchPlan(_Frozen):
             if self.server_env:
                 env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.server_env.items()))
                 lines.append(f"  env:     {env}")
-            if self.backend == "mlx":
+            if self.backend != "vllm":
                 lines.append(f"  blas:    {self.blas + ' (preloaded)' if self.blas else f'bundled ({self.blas_note})'}")
+            if self.distributed is not None:
+                lines += self.distributed.render_lines()
             lines.append(f"  log:     {self.server_log}")
             restart = "no" if self.restart.mode == "no" else (
                 f"on-failure (max {self.restart.max_restarts}, backoff {self.restart.backoff:g}s doubling)"

@@ -113,6 +113,12 @@ def prepare(
         adapter = resolve_adapter_path(resolved)
     blas = find_blas(resolved.profile.server.blas) if model is not None else None
     canary = expected_canary(resolved, model_path=model, adapter_path=adapter, compute=provision)
+    if resolved.profile.server.backend == "mlx-distributed" and model is not None:
+        # mlx.launch over several ranks: the adapter served fused (punie.launch.distributed)
+        from punie.launch.distributed import prepare_distributed
+
+        return prepare_distributed(resolved, model=model, adapter=adapter, canary=canary, provision=provision,
+                                   python=python, log_dir=log_dir)
     served = model
     if resolved.profile.fuse.enabled and model is not None:
         # fuse.enabled: serve the adapter fused into the base (cached, verified by the canary first);

@@ -325,7 +325,10 @@ class _Supervisor:
         """The answer must come from our child: else a foreign server took the port (never restarted).
         Two witnesses: who holds the listening socket, and the model ids the server itself lists."""
         assert server.pid is not None and self.plan.port is not None
-        problem = owner_problem(server.pid, self.plan.host, self.plan.port)
+        dist = self.plan.distributed
+        # A rank 0 on another host listens there: only the model ids it lists can witness it.
+        problem = owner_problem(server.pid, self.plan.host, self.plan.port) if dist is None or dist.rank0_local \
+            else None
         if problem is None:
             problem = await served_ids_problem(self.plan.base_url, _expected_ids(self.plan))
         return (LaunchReason.FOREIGN_SERVER, problem) if problem else None
