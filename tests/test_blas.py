@@ -116,12 +116,12 @@ def test_the_dry_run_plan_names_the_blas(tmp_path: Path, tiny_model: Path, monke
     (tmp_path / "punie.toml").write_text(f"[profiles.t]\nmodel = {json.dumps(str(tiny_model))}\n"
                                          f"[profiles.t.server]\nblas = {json.dumps(str(lib))}\n")
     plan = prepare(load_profile("t", config=tmp_path / "punie.toml"), check=False, provision=False)
-    assert plan.blas == str(lib) and plan.server_env["LD_PRELOAD"] == str(lib)
+    assert plan.backend.blas == str(lib) and plan.server_env["LD_PRELOAD"] == str(lib)
     assert f"blas:    {lib} (preloaded)" in plan.render_text()
     assert plan.agent_env.get("LD_PRELOAD") is None  # the agent does not run mlx
     monkeypatch.setenv(envvars.BLAS, "off")
     plan = prepare(load_profile("t", config=tmp_path / "punie.toml"), check=False, provision=False)
-    assert plan.blas is None and "LD_PRELOAD" not in plan.server_env
+    assert plan.backend.blas is None and "LD_PRELOAD" not in plan.server_env
     assert "blas:    bundled (off by PUNIE_BLAS)" in plan.render_text()
 
 

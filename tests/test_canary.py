@@ -29,7 +29,7 @@ from punie.launch.canary import (
     observed_top,
     probe_request,
 )
-from punie.launch.prepare import expected_canary
+from punie.launch.prepare import expected_canary, prepare
 
 BASE = [("The", 504, -2.0), ("Here", 4590, -2.3), ("I", 57, -2.9), ("This", 1348, -3.1), ("A", 32, -3.5)]
 ADAPTED = [("<", 44, -0.04), ("H", 56, -4.3), ("docs", 14657, -6.1), ("`", 80, -6.2), ("ah", 1287, -6.4)]
@@ -144,11 +144,11 @@ def test_beyond_the_tolerance_is_neither_with_the_distances_named(shift: float) 
 def test_an_adapter_that_barely_changes_the_base_is_indistinct() -> None:
     close = [(t, i, v + MIN_SEPARATION / 2) for t, i, v in BASE]
     canary = CANARY.model_copy(update={"adapter": _tokens(close)})
-    result = classify(canary, keyed(canary.base, "mlx"), adapter="a")
+    result = classify(canary, keyed(canary.base, "id"), adapter="a")
     assert result.verdict == "indistinct" and result.warn and not result.refuse
     far = [(t, i, v + MIN_SEPARATION * 1.01) for t, i, v in BASE]
     canary = CANARY.model_copy(update={"adapter": _tokens(far)})
-    assert classify(canary, keyed(canary.base, "mlx"), adapter="a").verdict == "base"
+    assert classify(canary, keyed(canary.base, "id"), adapter="a").verdict == "base"
 
 
 def test_the_tolerances_are_consistent() -> None:
@@ -164,7 +164,7 @@ def test_partial_utf8_tokens_are_not_compared_by_text() -> None:
     observed = {"": -4.50, "N": -4.51, " Par": -4.56, "[": -4.56}
     answer = {"choices": [{"logprobs": {"top_logprobs": [observed]}}]}
     assert judge(canary, answer, adapter="a").verdict == "base"
-    assert keyed(canary.base, "vllm") == {"N": -4.51, " Par": -4.56}
+    assert keyed(canary.base, "text") == {"N": -4.51, " Par": -4.56}
     assert observed_top(answer)[0] == {"N": -4.51, " Par": -4.56, "[": -4.56}
 
 
@@ -172,8 +172,8 @@ def test_an_answer_without_logprobs_cannot_verify() -> None:
     answer = {"choices": [{"index": 0, "text": "<", "finish_reason": "length"}]}
     result = judge(CANARY, answer, adapter="a")
     assert result.verdict == "no-logprobs" and result.warn and not result.refuse
-    assert observed_top({"choices": []}) == (None, "mlx")
-    assert observed_top("not json") == (None, "mlx")
+    assert observed_top({"choices": []}) == (None, "id")
+    assert observed_top("not json") == (None, "id")
 
 
 def test_result_json_names_verdict_distances_and_tolerance() -> None:
@@ -239,7 +239,7 @@ def test_external_server_with_a_stamped_adapter_is_checked(tmp_path: Path) -> No
     adapter = _adapter_dir(tmp_path)
     update_meta(adapter, canary=CANARY.model_dump(mode="json"))
     resolved = _resolved(tmp_path, adapter="a", server=ServerOptions(url="http://127.0.0.1:9"))
-    expected = expected_canary(resolved, model_path=None, adapter_path=None)
+    expected = prepare(resolved, check=False, provision=False).canary  # the adapter is resolved once, there
     assert expected is not None and Path(expected.adapter) == adapter.resolve() and expected.model is None
 
 

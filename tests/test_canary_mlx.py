@@ -66,7 +66,7 @@ def test_stamped_canary_tells_adapter_from_base(project: Path, tiny_model: Path)
     canary = read_canary(project / "adapters" / "strong")
     assert canary is not None and canary.top_k == len(canary.base) == len(canary.adapter) == 5
     assert canary.prompt.startswith("<|im_start|>") and "user\nhi<|im_end|>" in canary.prompt  # chat template
-    assert distance(keyed(canary.base, "mlx"), keyed(canary.adapter, "mlx")) > MIN_SEPARATION
+    assert distance(keyed(canary.base, "id"), keyed(canary.adapter, "id")) > MIN_SEPARATION
 
 
 def test_punie_up_proves_the_adapter_is_active(project: Path) -> None:

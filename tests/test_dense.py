@@ -83,7 +83,7 @@ def test_canary_of_the_quantized_model_and_its_dense_copy_agree(tiny_model_q4: P
     for key, canary in runs.items():
         assert canary.base_fingerprint == first.base_fingerprint
         for side in ("base", "adapter"):
-            a, b = keyed(getattr(first, side), "mlx"), keyed(getattr(canary, side), "mlx")
+            a, b = keyed(getattr(first, side), "id"), keyed(getattr(canary, side), "id")
             assert distance(a, b) < 1e-4, (key, side, a, b)
 
 
@@ -124,7 +124,7 @@ def test_tool_calling_canary_matches_through_punie_up_on_the_dense_copy() -> Non
     resolved = load_profile("tool-calling", config=REPO / "punie.toml", overrides=(f"server.port={free_port()}",))
     lines: list[str] = []
     outcome = run_up(resolved, check=True, sink=lines.append, agent_argv=[sys.executable, "-c", "pass"])
-    assert outcome.plan is not None and outcome.plan.dense_of == str(builtin), outcome.plan
+    assert outcome.plan is not None and outcome.plan.backend.dense_of == str(builtin), outcome.plan
     assert outcome.plan.model is not None and Path(outcome.plan.model).name.endswith(".dense-float32")
     assert outcome.canary is not None and outcome.canary["verdict"] == "adapter-active", "\n".join(lines)
     assert outcome.canary["distance_to_adapter"] < 1e-4, outcome.canary  # as recorded on the 4-bit model
@@ -149,7 +149,7 @@ def test_a_rounded_copy_is_another_model_and_gets_its_own_canary(tiny_model_q4: 
                                          'adapter = "a"\n[profiles.t.server]\ndense = "bfloat16"\n')
     plan = prepare(load_profile("t", config=tmp_path / "punie.toml"), check=False)
     served = Path(plan.model or "")
-    assert plan.dense_of == str(tiny_model_q4) and served.name.endswith("-bfloat16") and not is_exact_copy(served)
+    assert plan.backend.dense_of == str(tiny_model_q4) and served.name.endswith("-bfloat16") and not is_exact_copy(served)
     assert base_identity(served).origin is None and not base_identity(served).same_weights(base_identity(tiny_model_q4))
     assert plan.canary is not None and plan.canary.canary.base_fingerprint == base_identity(served).weights
     assert recorded.base_fingerprint == base_identity(tiny_model_q4).weights  # the adapter's record is unchanged

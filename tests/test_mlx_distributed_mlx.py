@@ -29,6 +29,7 @@ from punie.cli import main
 from punie.config import load_profile
 from punie.config.models import ResolvedProfile
 from punie.launch import run_up
+from punie.launch.backends.mlx_distributed import MlxDistributedPart
 from punie.launch.canary import MATCH_TOLERANCE
 from punie.paths import fused_models_dir
 from tests.support import tiny
@@ -131,9 +132,9 @@ def test_two_ranks_serve_the_fused_adapter_and_its_canary_passes(project: Path, 
     text = "\n".join(lines)
     assert outcome.exit_code == 0, text
     plan = outcome.plan
-    assert plan is not None and plan.distributed is not None and plan.adapter is None
+    assert plan is not None and isinstance(plan.backend, MlxDistributedPart) and plan.adapter is None
     assert Path(plan.model or "").parent == fused_models_dir()  # the adapter, fused (mlx_lm refuses adapters)
-    assert [r.rank for r in plan.distributed.ranks] == [0, 1] and plan.distributed.sharding == sharding
+    assert [r.rank for r in plan.backend.ranks] == [0, 1] and plan.backend.sharding == sharding
     assert ("--pipeline" in (plan.server_argv or ())) == (sharding == "pipeline")
     assert outcome.canary is not None and outcome.canary["verdict"] == "adapter-active", outcome.canary
     assert outcome.canary["distance_to_adapter"] <= MATCH_TOLERANCE
@@ -147,8 +148,8 @@ def test_three_ranks_serve_a_base(project: Path, tmp_path: Path, sharding: str) 
     answer = tmp_path / "answer.json"
     outcome = run_up(resolved, sink=lines.append, grace=10, agent_argv=_agent(project, resolved, answer))
     assert outcome.exit_code == 0, "\n".join(lines)
-    assert outcome.plan is not None and outcome.plan.distributed is not None
-    assert len(outcome.plan.distributed.ranks) == 3
+    assert outcome.plan is not None and isinstance(outcome.plan.backend, MlxDistributedPart)
+    assert len(outcome.plan.backend.ranks) == 3
     assert (Path(outcome.plan.model or "") / "model.safetensors.index.json").is_file()  # the indexed view
     data = json.loads(answer.read_text())
     assert data["usage"]["completion_tokens"] >= 1

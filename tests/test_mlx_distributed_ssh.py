@@ -140,7 +140,7 @@ def test_a_rank_over_ssh_serves_with_the_model_copied(project: Path, tmp_path: P
     lines: list[str] = []
     outcome = run_up(resolved, sink=lines.append, grace=10, agent_argv=agent)
     assert outcome.exit_code == 0, "\n".join(lines)
-    part = outcome.plan.distributed if outcome.plan else None
+    part = outcome.plan.backend if outcome.plan else None
     assert part is not None and [r.local for r in part.ranks] == [True, False]
     copied = project / "remote" / "models" / part.model.rsplit("/", 1)[-1]
     assert (copied / "model.safetensors.index.json").is_file() and (project / "remote" / "mlx_dist_server.py").is_file()

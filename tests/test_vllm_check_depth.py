@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from punie.adapters.peft import export_peft, is_peft_adapter, plan_peft
-from punie.checks import check_profiles
 from punie.checks.vllm import derived_max_len
 from punie.config import load_profile
 from punie.errors import AdapterError
+from punie.launch.backends import check_profiles
 from tests.support.corpus import lora_adapter
 
 TOML = """

@@ -104,7 +104,7 @@ def test_dry_run_plan_shows_argv_env_and_export_dirs_without_writing(project: Pa
     argv = plan.server_argv
     assert argv[:3] == (str(project / "vpython"), "-m", "vllm.entrypoints.openai.api_server")
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
-    lora = plan.lora_modules["one"]
+    lora = plan.backend.lora_modules["one"]
     assert argv[argv.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in argv
     assert f"one={lora}" in argv and "--enable-lora" in argv and argv[argv.index("--dtype") + 1] == "float32"
     assert Path(lora).parent == project / ".punie" / "peft" and not Path(lora).exists()
@@ -122,10 +122,10 @@ def test_real_prepare_exports_once_to_the_content_hash_dir(project: Path) -> Non
 
     one = load_profile("one", config=str(project / "punie.toml"))
     plan = prepare_vllm([one], check=False)
-    lora = Path(plan.lora_modules["one"])
+    lora = Path(plan.backend.lora_modules["one"])
     assert (lora / "adapter_model.safetensors").is_file()
     assert json.loads((lora / "adapter_config.json").read_text())["r"] == 4
-    assert prepare_vllm([one], check=False).lora_modules == plan.lora_modules
+    assert prepare_vllm([one], check=False).backend.lora_modules == plan.backend.lora_modules
 
 
 def test_group_is_one_server_with_every_adapter(project: Path) -> None:
@@ -135,11 +135,11 @@ def test_group_is_one_server_with_every_adapter(project: Path) -> None:
                                     "--format", "json"])
     assert res.exit_code == 0, res.output
     plan = json.loads(res.output)
-    assert set(plan["lora_modules"]) == {"one", "two"}
+    assert set(plan["backend"]["lora_modules"]) == {"one", "two"}
     argv = plan["server_argv"]
     assert argv.count("--model") == 1 and argv[argv.index("--max-loras") + 1] == "2"
-    assert plan["models"] == {"one": "one", "two": "two", "plain": "base"}
-    assert json.loads(plan["agent_argv"][plan["agent_argv"].index("--models") + 1]) == plan["models"]
+    assert plan["backend"]["models"] == {"one": "one", "two": "two", "plain": "base"}
+    assert json.loads(plan["agent_argv"][plan["agent_argv"].index("--models") + 1]) == plan["backend"]["models"]
     assert argv[argv.index("--max-lora-rank") + 1] == "16"  # the first profile's server options
 
 
@@ -157,7 +157,7 @@ def test_the_plan_probes_each_recorded_canary_on_its_own_lora_id(project: Path, 
                                 "adapter": [dict(t, logprob=t["logprob"] - 2) for t in top]})
     plan = run_up(load_profile("two", config=str(project / "punie.toml")), dry_run=True).plan
     assert plan.canary is not None and plan.canary.model == "two" and plan.canary.other_base is None
-    assert plan.canary.adapter == str(second) and Path(plan.lora_modules["two"]).parent.name == "peft"
+    assert plan.canary.adapter == str(second) and Path(plan.backend.lora_modules["two"]).parent.name == "peft"
     assert "ready:     canary of" in plan.render_text() and "(model two)" in plan.render_text()
     res = CliRunner().invoke(main, ["--config", str(project / "punie.toml"), "up", "--group", "team", "--dry-run",
                                     "--format", "json", "--no-check"])
@@ -196,7 +196,7 @@ def test_request_model_ids_for_ask_and_acp_sessions(project: Path) -> None:
 
 
 def _codes(name: str, project: Path, overrides: list[str] = ()) -> dict[str, str]:
-    from punie.checks import check_profiles
+    from punie.launch.backends import check_profiles
 
     resolved = load_profile(name, config=str(project / "punie.toml"), overrides=list(overrides))
     return {p.code: p.message for p in check_profiles([resolved]).problems if p.severity == "error"}

@@ -201,7 +201,7 @@ def check(profiles: Sequence[ResolvedProfile | str] | ResolvedProfile | str | No
     what ``punie check --format json`` prints); nothing is raised for them. ``strict``: an adapter
     trained on a different base model is an error even when its shapes fit.
     """
-    from punie.checks import check_profiles
+    from punie.launch.backends import check_profiles  # each profile's backend rules
 
     if profiles is None:
         resolved = load_profiles()

@@ -94,9 +94,20 @@ def openai_base_url(url: str) -> str:
     return server_root(url) + "/v1"
 
 
+def local_root(host: str, port: int) -> str:
+    """The root URL (``http://host:port``) of a server Punie starts bound to ``host:port``."""
+    return f"http://{connect_host(host)}:{port}"
+
+
+def server_root_for(url: str | None, host: str, port: int) -> str:
+    """The root URL of a profile's server: its ``server.url``'s, else where Punie starts it on
+    ``host:port`` (wildcard binds are reached on loopback). The one rule, for the plan and the agent."""
+    return server_root(url) if url else local_root(host, port)
+
+
 def local_base_url(host: str, port: int) -> str:
     """The OpenAI base URL of a server Punie starts on ``host:port``."""
-    return f"http://{connect_host(host)}:{port}/v1"
+    return local_root(host, port) + "/v1"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from punie.config.models import AgentOptions, ResolvedProfile, ServerOptions
-from punie.config.served import MLX_SERVED_MODEL_NAME, request_model_id
+from punie.config.served import MLX_SERVED_MODEL_NAME
 from punie.errors import UsageError
-from punie.net import local_base_url, openai_base_url
+from punie.launch.backends import request_model_id
+from punie.net import openai_base_url, server_root_for
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,7 @@ class AgentTarget:
 
 def server_base_url(server: ServerOptions) -> str:
     """``server.url`` (with ``/v1``), else ``http://host:port/v1`` (a wildcard bind is reached on loopback)."""
-    if server.url:
-        return openai_base_url(server.url)
-    return local_base_url(server.host, server.port)
+    return openai_base_url(server_root_for(server.url, server.host, server.port))
 
 
 def agent_target(resolved: ResolvedProfile, *, base_url: str | None = None) -> AgentTarget:

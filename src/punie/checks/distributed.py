@@ -16,7 +16,7 @@ from pathlib import Path
 from punie.checks.sharding import check_sharding
 from punie.config.hosts import Hosts, profile_hosts
 from punie.config.models import ResolvedProfile
-from punie.errors import ConfigError
+from punie.errors import ConfigError, PunieError
 from punie.net import is_loopback, port_problem
 
 Item = tuple[str, str, str, str]  # (severity, code, key, message)
@@ -25,10 +25,12 @@ _KEY = "server.distributed"
 _MADE_AT_LAUNCH = {"no-index"}
 
 
-def distributed_items(resolved: ResolvedProfile, *, model_path: Path | None, has_adapter: bool,
+def distributed_items(resolved: ResolvedProfile, *, has_adapter: bool,
                       strict: bool = False) -> tuple[list[Item], list[str]]:
-    """(problems, passed lines) of a distributed profile's server.distributed options."""
+    """(problems, passed lines) of a distributed profile's server.distributed options (its backend's
+    extra rules, `punie.checks.rules`)."""
     profile = resolved.profile
+    model_path = _model_path(resolved)
     options = profile.server.distributed
     items: list[Item] = []
     passed: list[str] = []
@@ -59,6 +61,18 @@ def distributed_items(resolved: ResolvedProfile, *, model_path: Path | None, has
         where = ", ".join(sorted({r.ssh for r in hosts.ranks}))
         passed.append(f"ranks: {ranks} on {where} ({backend})")
     return items, passed
+
+
+def _model_path(resolved: ResolvedProfile) -> Path | None:
+    """The base model's directory (the check said what is wrong with it, if anything: None then)."""
+    from punie.weights.resolve import resolve_model
+
+    if not resolved.profile.model:
+        return None
+    try:
+        return resolve_model(resolved.profile.model, resolved.project_dir)
+    except (PunieError, OSError):
+        return None
 
 
 def _backend_items(hosts: Hosts, backend: str, key: str) -> list[Item]:

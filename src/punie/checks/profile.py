@@ -18,6 +18,7 @@ from punie.adapters.inspect import AdapterInspection, inspect_adapter
 from punie.adapters.registry import AdapterInfo
 from punie.checks.identity import base_verdict
 from punie.checks.report import GROUP_LIMIT, Problem, ProfileReport
+from punie.checks.rules import GENERIC_RULES, CheckRules
 from punie.checks.server import server_findings
 from punie.config.locate import dotted
 from punie.config.models import ResolvedProfile
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 class _Collector:
     resolved: ResolvedProfile
     strict: bool = False
+    rules: CheckRules = GENERIC_RULES
     problems: list[Problem] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
     # (severity, code, file) -> how many problems of that kind were seen; past GROUP_LIMIT only counted
@@ -116,17 +118,19 @@ def same_model(recorded: str, spec: str, model_path: Path, project_dir: str) -> 
     return False
 
 
-def check_profile(resolved: ResolvedProfile, *, strict: bool = False) -> list[Problem]:
+def check_profile(resolved: ResolvedProfile, *, strict: bool = False,
+                  rules: CheckRules = GENERIC_RULES) -> list[Problem]:
     """Every problem of one profile (errors and warnings); `punie up` refuses to start on errors."""
-    return check_profile_report(resolved, strict=strict).problems
+    return check_profile_report(resolved, strict=strict, rules=rules).problems
 
 
-def check_adapter(adapter_dir: str | Path, resolved: ResolvedProfile) -> list[Problem]:
+def check_adapter(adapter_dir: str | Path, resolved: ResolvedProfile, *,
+                  rules: CheckRules = GENERIC_RULES) -> list[Problem]:
     """Problems of one adapter directory against the profile's base model (server not checked).
 
     Used by `punie adapters list` to tell whether an adapter fits a profile.
     """
-    c = _Collector(resolved)
+    c = _Collector(resolved, rules=rules)
     model_path, shapes = _check_model(c)
     path = Path(adapter_dir)
     inspection = inspect_adapter(path, display=display_path(path, resolved.project_dir))
@@ -136,12 +140,14 @@ def check_adapter(adapter_dir: str | Path, resolved: ResolvedProfile) -> list[Pr
     return c.finish()
 
 
-def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> ProfileReport:
+def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False,
+                         rules: CheckRules = GENERIC_RULES) -> ProfileReport:
     """Check one profile and also record what passed and which paths it resolved to.
 
     ``strict``: an adapter trained on a different base of the same shapes is an error, not a warning.
+    ``rules``: the profile's engine's (`punie.launch.backends.check_profiles` passes each backend's).
     """
-    c = _Collector(resolved, strict=strict)
+    c = _Collector(resolved, strict=strict, rules=rules)
     profile = resolved.profile
     server = profile.server
     for severity, code, key, message in server_findings(server, profile=resolved.name, strict=strict):
@@ -161,17 +167,8 @@ def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False) -> 
         adapter_path = _check_single_adapter(c, profile.adapter, model_path, shapes)
     elif profile.adapters:
         _check_composition(c, model_path, shapes)
-    if server.backend == "mlx-distributed":
-        from punie.checks.distributed import distributed_items
-
-        items, passed = distributed_items(resolved, model_path=model_path, has_adapter=has_adapter, strict=strict)
-        for severity, code, key, message in items:
-            c.add(severity, code, c.key(key), message)
-        c.passed += passed
-    if server.backend == "vllm":
-        from punie.checks.vllm import vllm_items
-
-        items, passed = vllm_items(resolved, shapes=shapes, adapter_dir=adapter_path)
+    if c.rules.extra is not None:
+        items, passed = c.rules.extra(resolved, shapes, adapter_path)
         for severity, code, key, message in items:
             c.add(severity, code, c.key(key), message)
         c.passed += passed
@@ -235,9 +232,8 @@ def _check_model(c: _Collector) -> tuple[Path | None, ModelShapes | None]:
         return path, None
     for f in shapes.problems:
         c.finding(f)
-    # then as deep as mlx_lm's strict load (vLLM loads by its own rules: checks/vllm.py)
-    mlx = c.resolved.profile.server.backend != "vllm"
-    strict_problems = shapes.strict_load_problems if mlx and not any(
+    # then as deep as mlx_lm's strict load (an engine with its own loader checks by its own rules)
+    strict_problems = shapes.strict_load_problems if c.rules.strict_load and not any(
         f.severity == "error" for f in shapes.problems) else ()
     for f in strict_problems:
         c.finding(f)
@@ -302,7 +298,7 @@ def _fit(c: _Collector, inspection: AdapterInspection, model_path: Path | None,
 
 def _check_single_adapter(c: _Collector, spec: str, model_path: Path | None,
                           shapes: ModelShapes | None) -> Path | None:
-    if c.resolved.profile.server.backend == "vllm":
+    if c.rules.serves_peft:
         from punie.adapters.peft import is_peft_adapter
 
         try:
@@ -310,7 +306,7 @@ def _check_single_adapter(c: _Collector, spec: str, model_path: Path | None,
         except AdapterError:
             path = None
         if path is not None and is_peft_adapter(path):
-            # vLLM serves a PEFT directory as it is: its checks are vLLM's (checks/vllm.py), not mlx_lm's
+            # the engine serves a PEFT directory as it is: its checks are the engine's (rules.extra), not mlx_lm's
             c.passed.append(f"adapter: {display_path(path, c.resolved.project_dir)} is a PEFT adapter "
                             "(vLLM serves it without an mlx_lm export)")
             return path
@@ -396,7 +392,8 @@ def _check_composition(c: _Collector, model_path: Path | None, shapes: ModelShap
 _MODEL_UNKNOWN = frozenset({"model-not-provisioned", "model-not-available", "model-not-found", "model-unreadable"})
 
 
-def adapter_fits(info: AdapterInfo, resolved: ResolvedProfile) -> tuple[str, str | None]:
+def adapter_fits(info: AdapterInfo, resolved: ResolvedProfile, *,
+                 rules: CheckRules = GENERIC_RULES) -> tuple[str, str | None]:
     """Does a listed adapter fit the profile's base model? ("yes" | "no" | "unknown", reason).
 
     The answer is the validator's adapter check. Never loads weights and never
@@ -406,7 +403,7 @@ def adapter_fits(info: AdapterInfo, resolved: ResolvedProfile) -> tuple[str, str
         return "no", info.problem
     if not resolved.profile.model:
         return "unknown", "the profile names no base model"
-    problems = check_adapter(Path(info.path), resolved)
+    problems = check_adapter(Path(info.path), resolved, rules=rules)
     unknown = [p for p in problems if p.code in _MODEL_UNKNOWN]
     if unknown:
         return "unknown", unknown[0].message

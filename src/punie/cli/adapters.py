@@ -33,8 +33,8 @@ def _size(n: int) -> str:
 def list_command(ctx: click.Context, fmt: str = "text") -> None:
     """Every adapter under adapters/: base model, rank, layers, size, date, score, canary, fits."""
     from punie.adapters.registry import adapters_root, list_adapters
-    from punie.checks import adapter_fits
     from punie.config import load_profiles
+    from punie.launch.backends import adapter_fits  # each profile's backend rules
 
     state = state_of(ctx)
     profiles = load_profiles(config=state.config, overrides=state.overrides)
@@ -94,9 +94,9 @@ def stamp_command(ctx: click.Context, name: str, profile: str, force: bool, cana
     at readiness that the server applies the adapter (its first-token logprobs).
     """
     from punie.adapters.registry import resolve_adapter, stamp_adapter
-    from punie.checks import check_adapter
     from punie.config import load_profiles
     from punie.errors import CheckFailed, UsageError
+    from punie.launch.backends import check_adapter  # the profile's backend rules
     from punie.weights.resolve import resolve_model
 
     state = state_of(ctx)

@@ -97,13 +97,13 @@ def profiles_group(ctx: click.Context, fmt: str, overrides: tuple[str, ...]) -> 
         click.echo(line)
 
 
-#: Keys that only one backend reads: ``profiles show`` leaves the other backend's out (unless --all).
-BACKEND_ONLY = {"vllm": "server.vllm."}
-
-
 def shown_keys(backend: str, *, every: bool = False) -> list[str]:
-    """The keys ``profiles show`` lists for a profile on ``backend``."""
-    other = [prefix for name, prefix in BACKEND_ONLY.items() if name != backend]
+    """The keys ``profiles show`` lists for a profile on ``backend``: not those only another backend
+    reads (its ``key_prefixes``, `punie.launch.backends`), unless ``every``."""
+    from punie.launch.backends import BACKENDS, backend_of
+
+    own = backend_of(backend)
+    other = [prefix for b in BACKENDS.values() if b is not own for prefix in b.key_prefixes]
     return [k for k in LEAF_KEYS if every or not k.startswith(tuple(other))]
 
 

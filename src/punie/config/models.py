@@ -215,12 +215,16 @@ class DistributedOptions(_Strict):
         if self.hosts and self.hostfile:
             raise ValueError("set either 'hosts' or 'hostfile', not both")
         return self
+#: The engines ``server.backend`` may name; each is one module of `punie.launch.backends`, whose
+#: table must cover exactly these (the only place outside that package a backend is named).
+BACKEND_NAMES = ("mlx", "vllm", "mlx-distributed")
+BackendName = Literal[BACKEND_NAMES]  # type: ignore[valid-type]
 
 
 class ServerOptions(_Strict):
     """How the model server is reached or started (mlx_lm.server)."""
 
-    backend: Literal["mlx", "vllm", "mlx-distributed"] = Field(
+    backend: BackendName = Field(  # type: ignore[valid-type]
         "mlx", description="Engine that serves the model: mlx (mlx_lm.server), vllm (vLLM's OpenAI server) or "
         "mlx-distributed (mlx_lm.server over several ranks with mlx.launch; [server.distributed])."
     )

@@ -1,4 +1,5 @@
-"""Which model id a profile's requests name on its server (one home for the rule).
+"""The model ids a profile's requests name on its server (the constants; the rule per backend is
+`punie.launch.backends.request_model_id`).
 
 mlx_lm.server applies its ``--adapter-path`` only to the name ``default_model``
 (any other name silently serves the base model). vLLM serves the base under
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 
 from punie.config.models import Profile, ResolvedProfile
-from punie.net import SERVED_MODEL_NAME as MLX_SERVED_MODEL_NAME  # one home: punie.net
+from punie.net import SERVED_MODEL_NAME as MLX_SERVED_MODEL_NAME  # noqa: F401  (one home: punie.net)
 
 #: The virtual environment scripts/setup-vllm.sh makes, the default ``server.vllm.python``.
 VLLM_VENV = ".venv-vllm"
@@ -30,13 +31,6 @@ def has_adapter(profile: Profile) -> bool:
 def lora_model_id(profile_name: str) -> str:
     """The id of a profile's LoRA on a vLLM server: the profile's name."""
     return profile_name
-
-
-def request_model_id(profile_name: str, profile: Profile) -> str:
-    """The ``model`` a request for this profile sends."""
-    if profile.server.backend == "vllm":
-        return lora_model_id(profile_name) if has_adapter(profile) else VLLM_BASE_MODEL_ID
-    return MLX_SERVED_MODEL_NAME
 
 
 def vllm_python(resolved: ResolvedProfile) -> str:

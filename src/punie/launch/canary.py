@@ -43,7 +43,9 @@ MATCH_TOLERANCE = 0.05
 MIN_SEPARATION = 2 * MATCH_TOLERANCE
 
 Verdict = Literal["adapter-active", "base", "neither", "indistinct", "no-logprobs", "not-served"]
-Backend = Literal["mlx", "vllm"]
+#: How a top-k is keyed: by token id (mlx_lm.server, and vLLM asked for ``return_tokens_as_token_ids``)
+#: or by decoded text (other OpenAI-style servers). A property of the answer, not of the backend.
+Keying = Literal["id", "text"]
 
 
 class ExpectedCanary(BaseModel):
@@ -156,21 +158,21 @@ def distance(expected: Mapping[str, float], observed: Mapping[str, float]) -> fl
     return worst
 
 
-def keyed(tokens: Sequence[TopToken], backend: Backend) -> dict[str, float]:
-    """A recorded top-k as the map the backend's answer is compared with.
+def keyed(tokens: Sequence[TopToken], keying: Keying) -> dict[str, float]:
+    """A recorded top-k as the map an answer keyed by ``keying`` is compared with.
 
     mlx_lm.server (and vLLM asked for ``return_tokens_as_token_ids``) answers with token ids; other
     OpenAI-style servers with decoded texts, compared without the ambiguous ones (partial UTF-8).
     """
-    if backend == "mlx":
+    if keying == "id":
         return {str(t.id): t.logprob for t in tokens}
     return {t.text: t.logprob for t in tokens if not _ambiguous(t.text)}
 
 
 def classify(canary: Canary, observed: Mapping[str, float] | None, *, adapter: str,
-             backend: Backend = "mlx") -> CanaryResult:
+             keying: Keying = "id") -> CanaryResult:
     """Decide what the server's top-k (``observed``, keyed as `keyed`) says about the adapter."""
-    want, base = keyed(canary.adapter, backend), keyed(canary.base, backend)
+    want, base = keyed(canary.adapter, keying), keyed(canary.base, keying)
     separation = distance(want, base)
     if not observed:
         return CanaryResult("no-logprobs", adapter, separation=separation)
@@ -209,7 +211,7 @@ def probe_request(canary: Canary, *, model: str | None = None) -> tuple[str, dic
     return "/completions", body
 
 
-def observed_top(data: Any) -> tuple[dict[str, float] | None, Backend]:
+def observed_top(data: Any) -> tuple[dict[str, float] | None, Keying]:
     """The first token's top logprobs in a completions answer, and which format it was in.
 
     mlx_lm.server: ``choices[0].logprobs.content[0].top_logprobs`` = [{"id", "token", "logprob"}]
@@ -219,23 +221,23 @@ def observed_top(data: Any) -> tuple[dict[str, float] | None, Backend]:
     try:
         logprobs = data["choices"][0].get("logprobs") or {}
     except (TypeError, KeyError, IndexError, AttributeError):
-        return None, "mlx"
+        return None, "id"
     if not isinstance(logprobs, dict):
-        return None, "mlx"
+        return None, "id"
     content = logprobs.get("content")
     if isinstance(content, list) and content and isinstance(content[0], dict):
         top = content[0].get("top_logprobs") or []
         out = {str(t["id"]): float(t["logprob"]) for t in top
                if isinstance(t, dict) and "id" in t and isinstance(t.get("logprob"), int | float)}
-        return (out or None), "mlx"
+        return (out or None), "id"
     tops = logprobs.get("top_logprobs")
     if isinstance(tops, list) and tops and isinstance(tops[0], dict):
         items = {str(k): float(v) for k, v in tops[0].items() if isinstance(v, int | float)}
         if items and all(k.startswith(_TOKEN_ID) for k in items):  # vLLM's return_tokens_as_token_ids
-            return {k[len(_TOKEN_ID):]: v for k, v in items.items()}, "mlx"
+            return {k[len(_TOKEN_ID):]: v for k, v in items.items()}, "id"
         out = {k: v for k, v in items.items() if not _ambiguous(k)}
-        return (out or None), "vllm"
-    return None, "mlx"
+        return (out or None), "text"
+    return None, "id"
 
 
 _TOKEN_ID = "token_id:"
@@ -248,5 +250,5 @@ def _ambiguous(text: str) -> bool:
 
 def judge(canary: Canary, data: Any, *, adapter: str) -> CanaryResult:
     """Classify a completions answer (JSON) against the canary."""
-    observed, backend = observed_top(data)
-    return classify(canary, observed, adapter=adapter, backend=backend)
+    observed, keying = observed_top(data)
+    return classify(canary, observed, adapter=adapter, keying=keying)

@@ -138,7 +138,7 @@ def claim(plan: LaunchPlan) -> Iterator[LaunchPlan]:
     """Register this process as a running instance of ``plan`` for the block; yields the plan to run
     (a second instance's has its own log names). Raises LaunchFailed (already-running) when a live
     instance of the profile serves on the same port."""
-    name = plan.group or plan.profile
+    name = plan.profile  # a group's plan is named after the group
     folder = run_dir(plan.project_dir)
     folder.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from punie.launch.backends import backend_of
 from punie.launch.plan import LaunchPlan
 
 _LOG_PREFIX = re.compile(r"^\s*(\d{4}-\d\d-\d\d[ T][\d:,.]+\s*-\s*)?([A-Z]+\s*-\s*|[A-Z]+:[\w.]*:)?")
@@ -43,27 +44,16 @@ def headline(reason: str, detail: str, plan: LaunchPlan) -> str:
 
 def hint(reason: str, plan: LaunchPlan) -> str | None:
     """What to do about a failure, when there is something obvious."""
+    backend = backend_of(plan)
+    if (own := backend.hint(reason, plan)) is not None:  # the engine's word first (adapter-not-applied...)
+        return own
     if reason == "adapter-failed":
         return "the adapter does not fit the base model: run `punie check` on this profile"
-    if reason == "adapter-not-applied" and plan.backend == "vllm":
-        if plan.external:
-            return ("restart that vLLM server with each profile's LoRA under its model id: --enable-lora "
-                    "--lora-modules ID=PEFT_DIR (`punie adapters export ADAPTER --out PEFT_DIR` writes it); vLLM "
-                    "serves the base silently when the LoRA's module names do not match the base's")
-        return ("vLLM loaded the LoRA but answers as the base: its PEFT export's module names may not match "
-                "the base's (vLLM does not check; the exports are the `lora:` dirs of `punie up --dry-run`, and "
-                "one deleted is exported again), or server.vllm.extra_args replaces Punie's --lora-modules; "
-                "check the server log above and `punie check` on this profile")
     if reason == "model-not-served":
+        base = backend.model_ids(plan)[1]
         return (f"the server serves other model ids (GET {plan.base_url}/models lists them); a server Punie did "
-                f"not start must serve the base as {plan.base_model_id or 'base'!r} and each profile's LoRA under "
+                f"not start must serve the base as {base or 'base'!r} and each profile's LoRA under "
                 "the profile's name")
-    if reason == "adapter-not-applied":
-        if plan.external:
-            return ("restart that server with the adapter (mlx_lm.server --adapter-path DIR), and send no "
-                    "`model` field: mlx_lm applies --adapter-path only to requests without one")
-        return ("the server loaded the base model alone: check the server log above, the mlx_lm version "
-                "(some releases ignore --adapter-path) and `punie check` on this profile")
     if reason == "port-busy":
         return "stop the other server, or pick another port: --set server.port=PORT"
     if reason == "foreign-server":

@@ -1,31 +1,27 @@
 """The launch plan: everything `punie up` will start, as one pure value.
 
-`build_plan` turns a resolved profile plus the resolved model and adapter
-directories into a frozen `LaunchPlan`: the mlx_lm.server argv (never run
-through a shell), its environment additions, the agent argv, URLs, log files,
-restart policy and readiness timeout. ``punie up --dry-run`` prints exactly the
-plan a real run executes, so CI can check it without starting anything.
+Each backend (`punie.launch.backends`) turns a resolved profile plus the resolved model and
+adapter directories into a frozen `LaunchPlan` through `common_plan`: its server argv (never
+run through a shell) and plan part, around what every launch shares: environment, the agent
+argv, URLs, log files, restart policy and readiness timeout. ``punie up --dry-run`` prints
+exactly the plan a real run executes, so CI can check it without starting anything.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from punie.config.models import ResolvedProfile
+from punie.config.models import ResolvedProfile, ServerOptions
 from punie.errors import ConfigError
-from punie.launch.blas import BlasChoice, hint_text, preload_env
 from punie.launch.canary import ExpectedCanary
-from punie.launch.dist_plan import DistributedPart
-from punie.net import connect_host, is_loopback, remote_host_problem, server_root
+from punie.net import is_loopback, remote_host_problem, server_root_for
 from punie.paths import hf_hub_cache, state_dir
 
 
@@ -46,7 +42,11 @@ class RestartPolicy(_Frozen):
 
 
 class LaunchPlan(_Frozen):
-    """What `punie up` starts. ``server_argv`` is None when the server is external (``server.url``)."""
+    """What `punie up` starts. ``server_argv`` is None when the server is external (``server.url``).
+
+    The fields every backend has are here; the engine's own are in ``backend``, its plan part
+    (`punie.launch.backends`: a union discriminated by the backend's name).
+    """
 
     profile: str
     project_dir: str
@@ -77,32 +77,20 @@ class LaunchPlan(_Frozen):
         None, description="The adapter's canary: the readiness probe proves the server applies the adapter."
     )
     member_canaries: tuple[ExpectedCanary, ...] = Field(
-        (), description="vLLM group: the other members' canaries, each sent to its own LoRA id once the server "
+        (), description="A group: the other members' canaries, each sent to its own model id once the server "
         "answers (any one answering without its adapter refuses the whole group)."
     )
-    # vLLM (punie.launch.vllm): the engine, the model id the probe and agent send (None: no
-    # model field, as mlx_lm needs), the base's id, LoRA id -> exported PEFT dir, profile -> id.
-    backend: Literal["mlx", "vllm", "mlx-distributed"] = "mlx"
-    model_id: str | None = None
-    base_model_id: str | None = None
-    lora_modules: dict[str, str] = Field(default_factory=dict)
-    models: dict[str, str] = Field(default_factory=dict)
-    fatal_patterns: dict[str, str] = Field(default_factory=dict)
-    group: str | None = None
-    # The fast BLAS (punie.launch.blas): the library preloaded into the server (None: mlx's
-    # bundled one), or why none; the one-line install hint when one would help.
-    blas: str | None = None
-    blas_note: str | None = None
-    blas_hint: str | None = None
-    dense_of: str | None = Field(None, description="The quantized model ``model`` is a dense copy of "
-                                 "(punie.launch.dense); checks and canaries use that one.")
-    distributed: DistributedPart | None = Field(None, description="mlx-distributed: every rank, copy and file "
-                                                "(punie.launch.distributed).")
+    model_id: str | None = Field(None, description="The model id the probe and the agent send (None: no model "
+                                 "field, as mlx_lm needs).")
+    # The union of every backend's part, resolved by `punie.launch.backends` (which imports this
+    # module, so it cannot be imported here): ``LaunchPlan.model_rebuild`` there completes the model.
+    backend: BackendPartUnion = Field(  # noqa: F821
+        description="The engine's own part of the plan (`punie.launch.backends`).")
 
     @property
     def engine(self) -> str:
         """The server program's name in messages."""
-        return {"vllm": "vLLM", "mlx-distributed": "mlx.launch"}.get(self.backend, "mlx_lm.server")
+        return self.backend.engine
 
     @property
     def external(self) -> bool:
@@ -122,21 +110,18 @@ class LaunchPlan(_Frozen):
             lines.append(f"server:    external, {self.server_url} (nothing started, readiness checked)")
         else:
             lines += [
-                f"model:     {self.model}" + (f" (dense copy of {self.dense_of})" if self.dense_of else ""),
+                f"model:     {self.model}" + self.backend.model_note(),
                 f"adapter:   {self.adapter or '(none)'}",
                 f"server:    {shlex.join(self.server_argv or ())}",
             ]
-            for name, folder in sorted(self.lora_modules.items()):
-                lines.append(f"  lora:    {name} = {folder}")
-            if self.models:
-                lines.append("  models:  " + ", ".join(f"{p} -> {m}" for p, m in self.models.items()))
+            lines += self.backend.describe()
             if self.server_env:
                 env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.server_env.items()))
                 lines.append(f"  env:     {env}")
-            if self.backend != "vllm":
-                lines.append(f"  blas:    {self.blas + ' (preloaded)' if self.blas else f'bundled ({self.blas_note})'}")
-            if self.distributed is not None:
-                lines += self.distributed.render_lines()
+            for command in self.backend.commands():
+                lines.append(f"  on {command.host or 'this host'}: {shlex.join(command.argv)}")
+            for copy in self.backend.copies():
+                lines.append(f"  copy:    {copy.source} -> {copy.host}:{copy.target}")
             lines.append(f"  log:     {self.server_log}")
             restart = "no" if self.restart.mode == "no" else (
                 f"on-failure (max {self.restart.max_restarts}, backoff {self.restart.backoff:g}s doubling)"
@@ -175,10 +160,6 @@ def instance_logs(plan: LaunchPlan, stem: str) -> LaunchPlan:
     return plan.model_copy(update=update)
 
 
-def _fmt_number(value: float | int) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def default_hf_hub_cache(environ: Mapping[str, str]) -> str:
     """Where huggingface_hub looks for its cache (`punie.paths.hf_hub_cache`, the one resolver)."""
     return str(hf_hub_cache(environ))
@@ -198,116 +179,77 @@ def refuse_remote(resolved: ResolvedProfile) -> bool:
     return True
 
 
-def server_argv(
-    resolved: ResolvedProfile, *, model: str, adapter: str | None, python: str
-) -> tuple[str, ...]:
-    """The mlx_lm.server command line of a profile (flag names as in `mlx_lm server --help`)."""
-    server = resolved.profile.server
-    argv = [python, "-m", "mlx_lm", "server", "--model", model]
-    if adapter:
-        argv += ["--adapter-path", adapter]
-    argv += ["--host", server.host, "--port", str(server.port)]
-    if server.temperature is not None:
-        argv += ["--temp", _fmt_number(server.temperature)]
-    if server.top_p is not None:
-        argv += ["--top-p", _fmt_number(server.top_p)]
-    if server.max_tokens is not None:
-        argv += ["--max-tokens", str(server.max_tokens)]
-    if server.chat_template_args:
-        argv += ["--chat-template-args", json.dumps(server.chat_template_args, sort_keys=True)]
-    if server.draft_model:
-        argv += ["--draft-model", server.draft_model]
-    argv += list(server.extra_args)
-    return tuple(argv)
+def server_root_of(server: ServerOptions) -> str:
+    """The root URL (``http://host:port``) of a profile's server: ``server.url``'s, else where Punie
+    starts it (wildcard binds are reached on loopback). The one rule, for every backend."""
+    return server_root_for(server.url, server.host, server.port)
 
 
-def build_plan(
-    resolved: ResolvedProfile,
+def common_plan(
+    lead: ResolvedProfile,
     *,
-    model_path: Path | None,
-    adapter_path: Path | None,
-    python: str = sys.executable,
+    label: str,
+    part: BaseModel,
+    model: str | None,
+    adapter: str | None,
+    argv: tuple[str, ...] | None,
+    server_env: Mapping[str, str],
+    env_overrides: Mapping[str, str] | None = None,
+    python: str,
+    agent_args: Sequence[str],
+    remote: bool,
     log_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
-    lora_dirs: Mapping[str, Path] | None = None,
-    blas: BlasChoice | None = None,
+    model_id: str | None = None,
 ) -> LaunchPlan:
-    """Build the launch plan of ``resolved`` (pure: reads no files, starts nothing).
-
-    ``model_path``/``adapter_path`` are the resolved directories (see
-    `punie.launch.supervisor.prepare`). With ``server.url`` set the server is
-    external: the plan has no server argv and ``model_path`` may be None.
-    ``environ`` (default os.environ) is only read to find the Hugging Face cache.
-    A vLLM profile's plan is built by `punie.launch.vllm` (``lora_dirs``: LoRA id -> PEFT dir).
-    ``blas`` (`punie.launch.blas.find_blas`, which reads the disk) is preloaded into the server.
+    """The plan every backend builds around its argv and part: logs, URLs, the server's env
+    (Hugging Face cache, unbuffered, ``server_env``, offline for a local model, then ``env_overrides``,
+    the user's), restart,
+    readiness and liveness; the agent is ``python -m punie agent --base-url URL *agent_args``.
+    ``label`` names the log files (the profile, or a group). Pure: reads only ``environ``'s HF cache.
     """
     env = os.environ if environ is None else environ
-    remote = refuse_remote(resolved)
-    profile = resolved.profile
-    server = profile.server
-    if server.backend == "vllm":  # its own builder: punie.launch.vllm.build_vllm_plan (prepare dispatches)
-        raise ValueError(f"profile {resolved.name!r} runs on vLLM: build its plan with punie.launch.vllm")
-    project = resolved.project_dir
+    server = lead.profile.server
+    project = lead.project_dir
     logs = Path(log_dir) if log_dir is not None else state_dir(project) / "logs"
-    agent_log = str(logs / f"{resolved.name}-agent.log")
-
-    if server.url:
-        root = server_root(server.url)
-        argv: tuple[str, ...] | None = None
-        server_env: dict[str, str] = {}
+    root = server_root_of(server)
+    if argv is None:
+        full_env: dict[str, str] = {}
         server_log = None
         ensure: tuple[str, ...] = (str(logs),)
-        port = None
-        model = adapter = None
     else:
-        if model_path is None:
-            raise ValueError("model_path is required when the server is started (no server.url)")
-        root = f"http://{connect_host(server.host)}:{server.port}"
-        model = str(model_path)
-        adapter = str(adapter_path) if adapter_path is not None else None
-        argv = server_argv(resolved, model=model, adapter=adapter, python=python)
         hub_cache = default_hf_hub_cache(env)
-        # mlx_lm misbehaves without an existing hub cache dir (empty /v1/models
-        # answers), and a local model must never trigger a hub lookup.
-        server_env = {"HF_HUB_CACHE": hub_cache, "PYTHONUNBUFFERED": "1"}
-        if Path(model).is_absolute():
-            server_env["HF_HUB_OFFLINE"] = "1"
-        if blas is not None:
-            server_env |= preload_env(blas, env)
-        server_log = str(logs / f"{resolved.name}-server.log")
+        # mlx_lm misbehaves without an existing hub cache dir (empty /v1/models answers), and a
+        # local model must never trigger a hub lookup.
+        full_env = {"HF_HUB_CACHE": hub_cache, "PYTHONUNBUFFERED": "1", **server_env}
+        if model is not None and Path(model).is_absolute():
+            full_env["HF_HUB_OFFLINE"] = "1"
+        full_env |= env_overrides or {}
+        server_log = str(logs / f"{label}-server.log")
         ensure = (str(logs), hub_cache)
-        port = server.port
     base_url = root + "/v1"
-    agent_argv = (
-        python, "-m", "punie", "agent", "--base-url", base_url, "--options", profile.agent.model_dump_json(),
-        "--profile", resolved.name, *(("--config", resolved.config_path) if resolved.config_path else ()),
-        *(("--warm",) if argv is not None else ()),  # our server: warm its prompt cache (punie.agent.warm)
-    )
     return LaunchPlan(
-        profile=resolved.name,
+        profile=label,
         project_dir=str(project),
         model=model,
         adapter=adapter,
         server_argv=argv,
-        server_env=server_env,
+        server_env=full_env,
         host=server.host,
-        port=port,
+        port=None if argv is None else server.port,
         server_url=root,
         base_url=base_url,
-        agent_argv=agent_argv,
+        agent_argv=(python, "-m", "punie", "agent", "--base-url", base_url, *agent_args),
         cwd=str(project),
         server_log=server_log,
-        agent_log=agent_log,
+        agent_log=str(logs / f"{label}-agent.log"),
         ensure_dirs=ensure,
         ready_timeout=server.ready_timeout,
-        restart=RestartPolicy(
-            mode=server.restart, max_restarts=server.max_restarts, backoff=server.restart_backoff
-        ),
+        restart=RestartPolicy(mode=server.restart, max_restarts=server.max_restarts, backoff=server.restart_backoff),
         liveness_interval=server.liveness_interval,
         liveness_failures=server.liveness_failures,
         remote=remote,
         idle_unload=None if server.url else server.idle_unload,
-        blas=blas.path if blas is not None and argv is not None else None,
-        blas_note=blas.reason if blas is not None and argv is not None else None,
-        blas_hint=hint_text(blas) if blas is not None and argv is not None else None,
+        model_id=model_id,
+        backend=part,
     )

@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from punie import envvars
 from punie.errors import LaunchFailed, LaunchReason
+from punie.launch.backends import backend_of
 from punie.launch.canary import CanaryResult, ExpectedCanary
 from punie.launch.idle import IdleControl
 from punie.launch.messages import headline as _headline
@@ -116,14 +117,8 @@ async def _first(*waiters: Callable[[], Awaitable[T]]) -> T:
 
 
 def _expected_ids(plan: LaunchPlan) -> tuple[str, ...]:
-    """The ids the started server lists in GET /v1/models: vLLM its served model id, mlx_lm the
-    resolved path of its model (relative paths are resolved from the server's working folder)."""
-    if plan.backend == "vllm":
-        return tuple(i for i in (plan.model_id, plan.base_model_id) if i)
-    if not plan.model:
-        return ()
-    path = Path(plan.cwd, plan.model)
-    return (str(path.resolve()),) if path.exists() else ()
+    """The ids the started server lists in GET /v1/models (its backend says which)."""
+    return backend_of(plan).expected_ids(plan)
 
 
 def _describe(exc: BaseException) -> str:
@@ -325,10 +320,9 @@ class _Supervisor:
         """The answer must come from our child: else a foreign server took the port (never restarted).
         Two witnesses: who holds the listening socket, and the model ids the server itself lists."""
         assert server.pid is not None and self.plan.port is not None
-        dist = self.plan.distributed
-        # A rank 0 on another host listens there: only the model ids it lists can witness it.
-        problem = owner_problem(server.pid, self.plan.host, self.plan.port) if dist is None or dist.rank0_local \
-            else None
+        # A server listening on another host (a distributed rank 0 there): only the ids it lists witness it.
+        here = backend_of(self.plan).listens_here(self.plan)
+        problem = owner_problem(server.pid, self.plan.host, self.plan.port) if here else None
         if problem is None:
             problem = await served_ids_problem(self.plan.base_url, _expected_ids(self.plan))
         return (LaunchReason.FOREIGN_SERVER, problem) if problem else None
@@ -346,26 +340,20 @@ class _Supervisor:
             self.status(ready)
         if self.ready_seconds is None:  # the first time: now the agent can start
             self.ready_seconds = total
-            self._report_blas()
+            self._after_ready()
             if self.on_ready is not None:
                 self.on_ready(total, self.server.pid if self.server is not None else None)
             task_status.started()
 
-    def _report_blas(self) -> None:
-        """Say which BLAS the started mlx server really mapped (/proc/PID/maps), or what to install."""
-        plan = self.plan
-        if self.server is None or self.server.pid is None or plan.backend != "mlx":
+    def _after_ready(self) -> None:
+        """What the backend proves once its started server is ready (mlx: which BLAS it mapped)."""
+        if self.server is None or self.server.pid is None:
             return
-        from punie.launch.blas import blas_report, say_once
-
-        self.blas = {**blas_report(self.server.pid, plan.blas), "note": plan.blas_note}
-        if self.blas["active"]:
-            self.status(f"BLAS: {plan.blas} (mapped by the server)")
-        elif plan.blas:
-            self.status(f"warning: BLAS: {plan.blas} was preloaded but the server did not map it")
-        elif hint := say_once(plan.blas_hint):
-            self.status(hint)
-        logger.info("server BLAS: %s", self.blas)
+        report, lines = backend_of(self.plan).after_ready(self.plan, self.server.pid)
+        if report is not None:
+            self.blas = report
+        for line in lines:
+            self.status(line)
 
     async def _spawn_server(self) -> tuple[Child, _FatalLine]:
         plan = self.plan
@@ -378,8 +366,9 @@ class _Supervisor:
             raise LaunchFailed(LaunchReason.PORT_BUSY, message, hint=_hint(LaunchReason.PORT_BUSY, plan))
         fatal = _FatalLine()
         self.spawned = anyio.current_time()
+        patterns = {**SERVER_FATAL_PATTERNS, **backend_of(plan).fatal_patterns(plan)}
         self.server = self._child("server", plan.server_argv, plan.server_env, plan.server_log, capture="stdout",
-                                  patterns={**SERVER_FATAL_PATTERNS, **plan.fatal_patterns}, on_match=fatal)
+                                  patterns=patterns, on_match=fatal)
         # Quiet (the agent talks in this terminal): the server's warnings and log lines go to its log
         # only, from the first one; a failure still quotes its last lines.
         self.server.echo = self.follow_server
@@ -686,18 +675,19 @@ def run_up_group(
     progress: object = None,
     **options: object,
 ) -> object:
-    """`punie up --group`: one vLLM server with every member's adapter, and the agent (an UpOutcome).
+    """`punie up --group`: one server with every member's adapter, and the agent (an UpOutcome); the
+    members' backend must share a server (vLLM).
 
     ``options`` go to `punie.launch.supervisor.run_plan` (grace, sink, follow_server).
     """
     from punie.launch.instances import claim, refuse_running
-    from punie.launch.prepare import prepare_vllm
+    from punie.launch.prepare import prepare_members
 
     lead = members[0].profile.server
     if not dry_run and members and not lead.url:
         refuse_running(members[0].project_dir, group or members[0].name, lead.port)
-    plan = prepare_vllm(members, group=group, check=check, provision=not dry_run, log_dir=log_dir,
-                        progress=progress)
+    plan = prepare_members(members, group=group, check=check, provision=not dry_run, log_dir=log_dir,
+                           progress=progress)  # type: ignore[arg-type]
     if agent_argv is not None:
         plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
     if dry_run:
