@@ -30,6 +30,7 @@ from punie.launch.distributed import RANK_SCRIPT, index_json, indexed_model
 from tests.support import tiny
 from tests.support.ports import free_port
 
+pytestmark = pytest.mark.mlx  # the tiny model is built with mlx; mlx.launch's hostfile reader is the oracle
 common = pytest.importorskip("mlx._distributed_utils.common")
 
 
