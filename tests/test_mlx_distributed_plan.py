@@ -338,3 +338,12 @@ def test_the_shipped_example_checks_and_plans_three_local_ranks() -> None:
     plan = prepare(resolved, check=False, provision=False)
     assert isinstance(plan.backend, MlxDistributedPart) and len(plan.backend.ranks) == 3 and plan.adapter is None
     assert plan.canary is not None  # the shipped adapter's canary, probed on the fused model
+
+
+@pytest.mark.parametrize(("ranks", "cpus", "environ", "threads"), [
+    (2, 4, {}, "2"), (3, 2, {}, "1"), (1, 4, {}, None), (2, 4, {"OPENBLAS_NUM_THREADS": "3"}, None)])
+def test_local_ranks_share_the_cores_between_their_blas_threads(tmp_path: Path, model: Path, ranks: int, cpus: int,
+                                                                environ: dict, threads: str | None) -> None:
+    config = _project(tmp_path, model, f"ranks = {ranks}\n")
+    _, plan = _plan(config, blas=BlasChoice("/usr/lib/libblas-fast.so.3", "search"), environ=environ, cpus=cpus)
+    assert plan.server_env.get("OPENBLAS_NUM_THREADS") == threads

@@ -125,11 +125,13 @@ def build_distributed_plan(
     blas: BlasChoice | None = None,
     ssh: str | None = None,
     model_files: Sequence[Path] | None = None,
+    cpus: int | None = None,
 ) -> LaunchPlan:
     """The plan of ``mlx.launch`` serving ``model_path`` (an indexed, adapter-free model) on ``hosts``.
 
     Pure but for listing ``model_path`` when ``model_files`` (what is copied) is not given
-    (``ssh``: the real ssh's path, default "ssh"); starts nothing.
+    (``ssh``: the real ssh's path, default "ssh"); starts nothing. ``cpus``: this machine's cores,
+    shared by its ranks' OpenBLAS threads.
     ``ring_port``: the first port of the ring (or jaccl's coordinator port); None: mlx.launch's default.
     """
     env = os.environ if environ is None else environ
@@ -197,6 +199,10 @@ def build_distributed_plan(
     agent_args = ("--options", profile.agent.model_dump_json(), "--profile", resolved.name,
                   *(("--config", resolved.config_path) if resolved.config_path else ()), "--warm")
     overrides = preload_env(blas, env) if blas is not None else {}  # local ranks inherit mlx.launch's env
+    local = sum(1 for r in hosts.ranks if r.local)
+    if overrides and local > 1 and cpus and "OPENBLAS_NUM_THREADS" not in env:
+        # Each rank's OpenBLAS would start a thread per core: ranks sharing this machine share its cores.
+        overrides["OPENBLAS_NUM_THREADS"] = str(max(1, cpus // local))
     plan = common_plan(resolved, label=resolved.name, part=part, model=model, adapter=None, argv=tuple(launch),
                        server_env=server_env, env_overrides=overrides, python=python, agent_args=agent_args,
                        remote=remote, log_dir=log_dir, environ=environ)
@@ -249,7 +255,7 @@ class MlxDistributedBackend(Backend):
         plan = build_distributed_plan(resolved, model_path=served, hosts=hosts, ring_port=ring_port,
                                       python=inputs.python, remote=inputs.remote, log_dir=inputs.log_dir,
                                       blas=find_blas(resolved.profile.server.blas), ssh=shutil.which("ssh") or "ssh",
-                                      model_files=planned_files(served, model))
+                                      model_files=planned_files(served, model), cpus=os.cpu_count())
         if canary is not None:
             plan = plan.model_copy(update={"canary": canary})
         part = plan.backend
