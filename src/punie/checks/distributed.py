@@ -57,6 +57,13 @@ def distributed_items(resolved: ResolvedProfile, *, has_adapter: bool,
         if not findings:
             made = "the adapter fused" if has_adapter else "the base"
             passed.append(f"sharding: {made} splits over {ranks} rank(s) by {options.sharding}")
+        if has_adapter:
+            passed.append("index: the fused model gets model.safetensors.index.json (mlx_lm refuses adapters "
+                          "in distributed mode: the adapter is served fused)")
+        elif (model_path / "model.safetensors.index.json").is_file():
+            passed.append("index: model.safetensors.index.json present")
+        else:
+            passed.append("index: none in the model; an indexed view of it is made at launch (sharded_load needs one)")
     if not any(severity == "error" for severity, *_ in items):
         where = ", ".join(sorted({r.ssh for r in hosts.ranks}))
         passed.append(f"ranks: {ranks} on {where} ({backend})")
