@@ -22,9 +22,13 @@ MOVED = {
 }
 
 
+#: Keys the new plan has and the old did not, with the value every old plan implied.
+ADDED = {"shutdown_grace": 5.0}  # server.shutdown.grace: the stop grace, now a profile setting
+
+
 def moved(old: dict[str, Any]) -> dict[str, Any]:
-    """An old plan (JSON) with its backend fields nested as the new plan has them."""
-    new = dict(old)
+    """An old plan (JSON) with its backend fields nested as the new plan has them (and the added keys)."""
+    new = {**dict(old), **ADDED}
     name = new.pop("backend")
     part: dict[str, Any] = {"name": name}
     for key, (owner, field) in MOVED.items():
@@ -70,6 +74,7 @@ if __name__ == "__main__":
     found = compare(Path(sys.argv[1]), Path(sys.argv[2]))
     print("moved keys: backend -> backend.name, " + ", ".join(f"{k} -> backend.{f} ({o})" for k, (o, f) in
                                                               MOVED.items()))
+    print("added keys: " + ", ".join(f"{k} (= {v!r} in every old plan)" for k, v in ADDED.items()))
     for line in found:
         print("DIFFERENT:", line)
     sys.exit(1 if found else 0)

@@ -117,7 +117,7 @@ def test_ready_timeout_stops_a_hanging_server(tmp_path: Path) -> None:
         _run(plan)
     assert 0.6 <= time.monotonic() - start < 10
     assert info.value.reason == "ready-timeout"
-    assert "0.6s" in info.value.message and "ready_timeout" in (info.value.hint or "")
+    assert "0.6s" in info.value.message and "server.readiness.timeout" in (info.value.hint or "")
     assert not any(alive(p) for p in pids(tmp_path / "server.pid"))
 
 

@@ -217,7 +217,7 @@ async def serve(
     profile: ResolvedProfile | str | None = None,
     *,
     check: bool = True,
-    grace: float = 5.0,
+    grace: float | None = None,
     log_dir: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Server]:
     """Start (or attach to) ``profile``'s model server for the duration of an ``async with`` block.

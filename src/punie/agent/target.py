@@ -103,7 +103,7 @@ def serve_profile(
 
 #: Server options that only say where/how the process is supervised: profiles differing only in
 #: these generate with the same server, so one running server serves them all.
-_SUPERVISION_KEYS = {"host", "port", "allow_remote", "ready_timeout", "restart", "max_restarts", "restart_backoff"}
+_SUPERVISION_KEYS = {"host", "port", "allow_remote", "readiness", "restart", "shutdown"}
 
 
 def server_identity(resolved: ResolvedProfile) -> dict[str, object]:

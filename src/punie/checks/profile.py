@@ -255,15 +255,16 @@ def _served_adapter(resolved: ResolvedProfile, spec: str) -> Path:
     return Path(path)
 
 
-def _inspect(c: _Collector, spec: str, key: str, *, single: bool = False) -> AdapterInspection | None:
+def _inspect(c: _Collector, spec: str, key: str) -> AdapterInspection | None:
     try:
-        if single:
-            path = _served_adapter(c.resolved, spec)
-        else:
-            path = resolve_adapter_spec(spec, c.resolved.project_dir)
+        path = resolve_adapter_spec(spec, c.resolved.project_dir)
     except AdapterError as exc:
         c.add("error", "adapter-not-found", c.key(key), exc.message + (f"; {exc.hint}" if exc.hint else ""))
         return None
+    return _inspect_path(c, path)
+
+
+def _inspect_path(c: _Collector, path: Path) -> AdapterInspection:
     inspection = inspect_adapter(path, display=display_path(path, c.resolved.project_dir))
     for f in inspection.findings:
         c.finding(f)
@@ -298,21 +299,20 @@ def _fit(c: _Collector, inspection: AdapterInspection, model_path: Path | None,
 
 def _check_single_adapter(c: _Collector, spec: str, model_path: Path | None,
                           shapes: ModelShapes | None) -> Path | None:
+    try:  # resolved once: the check's path is the launch's (punie.launch.backends.base.LaunchInputs)
+        path = _served_adapter(c.resolved, spec)
+    except AdapterError as exc:
+        c.add("error", "adapter-not-found", c.key("adapter"), exc.message + (f"; {exc.hint}" if exc.hint else ""))
+        return None
     if c.rules.serves_peft:
         from punie.adapters.peft import is_peft_adapter
 
-        try:
-            path = _served_adapter(c.resolved, spec)
-        except AdapterError:
-            path = None
-        if path is not None and is_peft_adapter(path):
+        if is_peft_adapter(path):
             # the engine serves a PEFT directory as it is: its checks are the engine's (rules.extra), not mlx_lm's
             c.passed.append(f"adapter: {display_path(path, c.resolved.project_dir)} is a PEFT adapter "
                             "(vLLM serves it without an mlx_lm export)")
             return path
-    inspection = _inspect(c, spec, "adapter", single=True)
-    if inspection is None:
-        return None
+    inspection = _inspect_path(c, path)
     if _fit(c, inspection, model_path, shapes):
         _canary(c, inspection.path, model_path)
     return inspection.path

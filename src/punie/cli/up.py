@@ -34,8 +34,9 @@ from punie.cli._common import (
     "the server's and the agent's output go to .punie/logs/ only, quoted if they fail).",
 )
 @click.option(
-    "--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
-    help="Seconds a child gets between SIGTERM and SIGKILL when stopping.",
+    "--grace", type=click.FloatRange(min=0), default=None,
+    help="Seconds a child gets between SIGTERM and SIGKILL when stopping (default: the profile's "
+    "server.shutdown.grace, 5).",
 )
 @click.option(
     "--group", "group", metavar="NAME|A,B",

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from punie.config.models import Profile, PunieFile
+from punie.config.models import Profile, PunieFile, flat_server_key
 from punie.errors import ConfigError, did_you_mean
 
 _NONE = type(None)
@@ -152,7 +152,9 @@ def unknown_key(path: Sequence[str], model: type[BaseModel] = Profile) -> tuple[
 def require_known(parts: Sequence[str], *, where: str | None = None) -> None:
     """Refuse a key that is not a field of a profile, with a did-you-mean hint.
 
-    ``where`` (``profiles.demo``) is put in front of the message."""
+    ``where`` (``profiles.demo``) is put in front of the message. The flat server keys of earlier
+    files (``server.ready_timeout``...) are still known (`punie.config.models.FLAT_SERVER_KEYS`)."""
+    parts = flat_server_key(tuple(parts)) or parts
     try:
         unknown = unknown_key(parts)
     except ValueError as exc:

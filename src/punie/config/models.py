@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from punie.limits import STOP_GRACE
+
 ToolName = Literal["read_file", "write_file", "list_files", "search", "run_command", "update_plan"]
 ALL_TOOLS: tuple[ToolName, ...] = ("read_file", "write_file", "list_files", "search", "run_command")
 Decision = Literal["ask", "allow", "deny"]
@@ -215,6 +217,77 @@ class DistributedOptions(_Strict):
         if self.hosts and self.hostfile:
             raise ValueError("set either 'hosts' or 'hostfile', not both")
         return self
+
+
+class RestartSettings(_Strict):
+    """What happens when the server dies after it was started (process-compose's ``restart_policy``)."""
+
+    policy: Literal["no", "on-failure"] = Field("no", description="Restart the server when it dies unexpectedly.")
+    max_restarts: int = Field(3, ge=0, description="Restarts allowed with policy = on-failure.")
+    backoff: float = Field(1.0, ge=0, description="Seconds before the first restart; doubles after each.")
+
+
+class ShutdownSettings(_Strict):
+    """How the server is stopped (process-compose's ``shutdown``): SIGTERM to its process group, then
+    SIGKILL after ``grace`` seconds."""
+
+    grace: float = Field(STOP_GRACE, ge=0, description="Seconds between SIGTERM and SIGKILL when the server "
+                         "(its whole process group) is stopped.")
+
+
+class ReadinessSettings(_Strict):
+    """The readiness probe (process-compose's ``readiness_probe``): a real 1-token completion (the
+    adapter's canary when it has one)."""
+
+    timeout: float = Field(180.0, gt=0, description="Seconds to wait until the model answers a 1-token completion.")
+
+
+class LivenessSettings(_Strict):
+    """The liveness probe (process-compose's ``liveness_probe``): GET /health once the server is ready."""
+
+    interval: float = Field(5.0, ge=0, description="Seconds between liveness probes; 0 turns them off.")
+    failures: int = Field(3, ge=1, description="Consecutive failed probes after which the server counts as frozen.")
+
+
+#: The flat server keys of earlier files, still read: key -> (its table, the key in it).
+FLAT_SERVER_KEYS: dict[str, tuple[str, str]] = {
+    "max_restarts": ("restart", "max_restarts"),
+    "restart_backoff": ("restart", "backoff"),
+    "ready_timeout": ("readiness", "timeout"),
+    "liveness_interval": ("liveness", "interval"),
+    "liveness_failures": ("liveness", "failures"),
+}
+
+
+def flat_server_key(parts: tuple[str, ...] | list[str]) -> tuple[str, ...] | None:
+    """The table form of a flat key path (``server.ready_timeout`` -> ``server.readiness.timeout``), else None."""
+    if len(parts) == 2 and parts[0] == "server" and parts[1] in FLAT_SERVER_KEYS:
+        return ("server", *FLAT_SERVER_KEYS[parts[1]])
+    return None
+
+
+def nest_flat_server_keys(server: dict[str, Any]) -> dict[str, Any]:
+    """``server`` (one table: a profile's, [defaults]', --set's, the environment's) with the flat keys
+    moved into their tables; ValueError naming both when one setting is given in both forms."""
+    flat = [k for k in FLAT_SERVER_KEYS if k in server]
+    if not flat and not isinstance(server.get("restart"), str):
+        return server
+    out = dict(server)
+    if isinstance(out.get("restart"), str):  # the flat ``restart = "on-failure"``
+        out["restart"] = {"policy": out["restart"]}
+    for key in flat:
+        table, name = FLAT_SERVER_KEYS[key]
+        value = out.pop(key)
+        current = out.get(table, {})
+        if not isinstance(current, dict):
+            raise ValueError(f"server.{table} must be a table when server.{key} is given")
+        if name in current:
+            raise ValueError(f"server.{key} and server.{table}.{name} are one setting given twice: keep "
+                             f"server.{table}.{name} (the [server.{table}] table) and remove server.{key}")
+        out[table] = {**current, name: value}
+    return out
+
+
 #: The engines ``server.backend`` may name; each is one module of `punie.launch.backends`, whose
 #: table must cover exactly these (the only place outside that package a backend is named).
 BACKEND_NAMES = ("mlx", "vllm", "mlx-distributed")
@@ -222,7 +295,7 @@ BackendName = Literal[BACKEND_NAMES]  # type: ignore[valid-type]
 
 
 class ServerOptions(_Strict):
-    """How the model server is reached or started (mlx_lm.server)."""
+    """How the model server is reached or started, restarted, probed and stopped."""
 
     backend: BackendName = Field(  # type: ignore[valid-type]
         "mlx", description="Engine that serves the model: mlx (mlx_lm.server), vllm (vLLM's OpenAI server) or "
@@ -263,28 +336,30 @@ class ServerOptions(_Strict):
     extra_args: list[str] = Field(
         default_factory=list, description="Extra command-line arguments for mlx_lm.server."
     )
-    ready_timeout: float = Field(
-        180.0, gt=0, description="Seconds to wait until the model answers a 1-token completion."
+    restart: RestartSettings = Field(
+        default_factory=lambda: RestartSettings(),
+        description="Restart the server when it dies unexpectedly ([server.restart]; the flat server.restart = "
+        "\"on-failure\", max_restarts, restart_backoff are still read).",
     )
-    restart: Literal["no", "on-failure"] = Field(
-        "no", description="Restart the server when it dies unexpectedly."
-    )
-    max_restarts: int = Field(3, ge=0, description="Restarts allowed with restart = on-failure.")
-    restart_backoff: float = Field(
-        1.0, ge=0, description="Seconds before the first restart; doubles after each."
-    )
-    liveness_interval: float = Field(
-        5.0, ge=0, description="Seconds between liveness probes (GET /health) once the server is ready; "
-        "0 turns them off."
-    )
-    liveness_failures: int = Field(
-        3, ge=1, description="Consecutive failed liveness probes after which the server counts as frozen."
-    )
+    shutdown: ShutdownSettings = Field(default_factory=lambda: ShutdownSettings(),
+                                       description="How the server is stopped ([server.shutdown]).")
+    readiness: ReadinessSettings = Field(
+        default_factory=lambda: ReadinessSettings(),
+        description="The readiness probe ([server.readiness]; the flat server.ready_timeout is still read).")
+    liveness: LivenessSettings = Field(
+        default_factory=lambda: LivenessSettings(),
+        description="The liveness probe ([server.liveness]; the flat liveness_interval, liveness_failures are "
+        "still read).")
     idle_unload: Duration | None = Field(
         None, description="Stop the model server after this long without a request (\"15m\", \"90s\", "
         "\"1h\"), freeing its memory; the agent stays, and the next prompt starts the server again (readiness "
         "and canary checked). Not set: never."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, data: Any) -> Any:
+        return nest_flat_server_keys(data) if isinstance(data, dict) else data
 
     @field_validator("url")
     @classmethod

@@ -32,7 +32,7 @@ from punie.config.loader import (
     validation_problems,
 )
 from punie.config.locate import KeyPath, dotted, key_lines, line_of
-from punie.config.models import Profile, ResolvedProfile
+from punie.config.models import Profile, ResolvedProfile, flat_server_key, nest_flat_server_keys
 from punie.config.overrides import deep_merge, leaves, overrides_to_dict
 from punie.errors import ConfigError, CorruptFileError, did_you_mean
 from punie.jsonio import read_text_file
@@ -97,9 +97,21 @@ def _record(sources: dict[str, str], table: Mapping[str, Any], label: str) -> No
             sources[leaf] = label
 
 
+def _nested(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One layer with its flat server keys (``server.ready_timeout``...) moved into their tables, so a
+    flat key in one layer and the table form in another merge as one setting (the higher layer wins)."""
+    server = table.get("server")
+    if not isinstance(server, dict):
+        return dict(table)
+    try:
+        return {**table, "server": nest_flat_server_keys(server)}
+    except ValueError as exc:
+        raise ConfigError(str(exc), where=where) from None
+
+
 def _layer(merged: dict[str, Any], sources: dict[str, str], table: Mapping[str, Any], label: str) -> dict[str, Any]:
     """Apply one layer on top of ``merged``, recording where each leaf came from."""
-    table = {k: v for k, v in table.items() if k not in FILE_ONLY_FIELDS}
+    table = {k: v for k, v in _nested(table, label).items() if k not in FILE_ONLY_FIELDS}
     for key, other in _EXCLUSIVE.items():
         if key in table and other in merged:
             merged = {k: v for k, v in merged.items() if k != other}
@@ -216,6 +228,9 @@ def resolve_profile(
     chain costs one merge per profile, not one per ancestor.
     """
     raw_profiles: dict[str, Any] = source.data.get("profiles", {})
+    env_layer = _nested(env_layer, "environment")
+    cli_layer = _nested(cli_layer, "--set")
+    cli_origin = {(flat_server_key(path) or path): text for path, text in cli_origin.items()}
     inherited, sources = _inherited(source, name, {} if memo is None else memo)
     sources = dict(sources)
     merged = _layer(inherited, sources, raw_profiles[name], "file")

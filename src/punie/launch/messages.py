@@ -59,7 +59,7 @@ def hint(reason: str, plan: LaunchPlan) -> str | None:
     if reason == "foreign-server":
         return "another server took the port: stop it, or pick another port: --set server.port=PORT"
     if reason == "ready-timeout":
-        return "a large model may need more time: --set server.ready_timeout=SECONDS"
+        return "a large model may need more time: --set server.readiness.timeout=SECONDS"
     return None
 
 

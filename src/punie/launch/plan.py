@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from punie.config.models import ResolvedProfile, ServerOptions
 from punie.errors import ConfigError
 from punie.launch.canary import ExpectedCanary
+from punie.limits import STOP_GRACE
 from punie.net import is_loopback, remote_host_problem, server_root_for
 from punie.paths import hf_hub_cache, state_dir
 
@@ -68,6 +69,8 @@ class LaunchPlan(_Frozen):
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     liveness_interval: float = 5.0
     liveness_failures: int = 3
+    shutdown_grace: float = Field(STOP_GRACE, description="Seconds between SIGTERM and SIGKILL when the server's "
+                                  "process group is stopped (server.shutdown.grace).")
     remote: bool = Field(False, description="The server is (or binds) a non-loopback address (allow_remote).")
     idle_unload: float | None = Field(
         None, description="Seconds without a request after which the server is stopped (the agent stays and "
@@ -244,10 +247,12 @@ def common_plan(
         server_log=server_log,
         agent_log=str(logs / f"{label}-agent.log"),
         ensure_dirs=ensure,
-        ready_timeout=server.ready_timeout,
-        restart=RestartPolicy(mode=server.restart, max_restarts=server.max_restarts, backoff=server.restart_backoff),
-        liveness_interval=server.liveness_interval,
-        liveness_failures=server.liveness_failures,
+        ready_timeout=server.readiness.timeout,
+        restart=RestartPolicy(mode=server.restart.policy, max_restarts=server.restart.max_restarts,
+                              backoff=server.restart.backoff),
+        liveness_interval=server.liveness.interval,
+        liveness_failures=server.liveness.failures,
+        shutdown_grace=server.shutdown.grace,
         remote=remote,
         idle_unload=None if server.url else server.idle_unload,
         model_id=model_id,

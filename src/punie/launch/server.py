@@ -43,7 +43,7 @@ async def running_server(
     resolved: ResolvedProfile,
     *,
     check: bool = True,
-    grace: float = 5.0,
+    grace: float | None = None,
     log_dir: Path | None = None,
     sink: Sink | None = None,
     server_env: Mapping[str, str] | None = None,

@@ -577,7 +577,7 @@ class _Supervisor:
 async def supervise(
     plan: LaunchPlan,
     *,
-    grace: float = 5.0,
+    grace: float | None = None,
     sink: Sink | None = None,
     handle_signals: bool = True,
     probe_interval: float = 0.05,
@@ -590,6 +590,7 @@ async def supervise(
     """Run ``plan`` until the agent exits, a child fails or a signal arrives (async core).
 
     Raises `LaunchFailed` (a LaunchError) when the server never became ready.
+    ``grace``: seconds between SIGTERM and SIGKILL at stop (None: the plan's, ``server.shutdown.grace``).
     ``guard=False`` starts children without the orphan guard (only for measuring it).
     ``follow_server=False`` stops showing the server's output once it is ready (it still
     goes to its log file, and its last lines are quoted if it fails): for an agent that
@@ -605,7 +606,7 @@ async def supervise(
         become_subreaper()
     supervisor = _Supervisor(
         plan,
-        grace=grace,
+        grace=plan.shutdown_grace if grace is None else grace,
         sink=sink or stderr_sink,
         handle_signals=handle_signals,
         probe_interval=probe_interval,
@@ -628,7 +629,7 @@ def run_up(
     *,
     check: bool = True,
     dry_run: bool = False,
-    grace: float = 5.0,
+    grace: float | None = None,
     sink: Sink | None = None,
     agent_argv: Sequence[str] | None = None,
     log_dir: Path | None = None,

@@ -38,6 +38,18 @@ from punie.errors import ConfigError, UsageError
 # --------------------------------------------------------------------------- set / unset
 
 
+def _flat_table_value(prof: Any, parts: list[str] | tuple[str, ...], value: Any) -> tuple[str, ...] | None:
+    """Where a plain value for a table key goes, when that table had a flat form (``server.restart``):
+    the flat value itself when the profile writes it so, else its table's key (``server.restart.policy``)."""
+    if tuple(parts) != ("server", "restart") or isinstance(value, dict):
+        return None
+    server = prof.get("server") if hasattr(prof, "get") else None
+    current = server.get("restart") if hasattr(server, "get") else None
+    if current is not None and not is_container(current):
+        return tuple(parts)  # written flat: replaced in place
+    return ("server", "restart", "policy")
+
+
 @keeps_line_endings
 def set_value(text: str, profile: str, key: str, value: Any) -> str:
     """Return ``text`` with ``profiles.PROFILE.KEY`` set to ``value``.
@@ -49,10 +61,12 @@ def set_value(text: str, profile: str, key: str, value: Any) -> str:
     parts = split_key(key)
     where = where_of(profile)
     check_key(parts, where=where)
-    if is_table_field(parts):
-        raise ConfigError(f"'{key}' is a table: set one of its keys (e.g. {key}.NAME)", where=where)
     doc = parse_doc(text)
     prof = get_profile(doc, profile)
+    if is_table_field(parts) and (flat := _flat_table_value(prof, parts, value)) is not None:
+        parts = flat  # ``server.restart = "on-failure"``, the flat form of [server.restart] policy
+    elif is_table_field(parts):
+        raise ConfigError(f"'{key}' is a table: set one of its keys (e.g. {key}.NAME)", where=where)
     steps = walk(prof, parts, where)
     if len(steps) == len(parts):  # the key exists: replace its value
         last = steps[-1]

@@ -10,8 +10,9 @@ Every backend is one module of this package holding two things, and is listed on
   from the table). The part holds what only this engine needs: mlx's BLAS and dense copy, vLLM's
   LoRA modules and model ids. A part may hold several commands (one per host) and files to
   copy: it says so through `BackendPart.commands` and `BackendPart.copies`, which the dry run
-  shows and the supervisor runs (``plan.server_argv`` stays the one local process the supervisor
-  starts and watches: the server itself, or a launcher such as ``mlx.launch``).
+  shows. The backend performs them itself: the copies in its `Backend.prepare` (not in a dry run),
+  the commands through the launcher ``plan.server_argv`` starts, which stays the one local process
+  the supervisor starts, probes and stops: the server itself, or a launcher such as ``mlx.launch``.
 - its **backend object**, an instance of a `Backend` subclass: the engine's display name, its
   `punie check` rules, what it prepares (provisioning, dense copy, PEFT export, fuse) and how it
   builds its plan, the model ids the readiness probe, the canaries and the agent send, the ids its
@@ -24,9 +25,10 @@ Nothing outside this package compares a backend's name: the rest of Punie asks
 The server process. Every server argv is started by `punie.launch.process.Child` in a new session
 (its own process group) and stopped as a group: SIGTERM to the group, ``grace`` seconds
 (``server.shutdown.grace``), then SIGKILL to the group. A launcher whose ranks are its children
-(mlx.launch on localhost) is therefore stopped whole. Ranks on other hosts are not in that group:
-a backend that starts any lists, in `Backend.stop_commands`, the commands that stop them; the supervisor
-runs them after the local group is stopped, whichever way the session ended (through the same runner).
+(mlx.launch on localhost) is therefore stopped whole. Ranks on other hosts are not in that group: a
+backend that starts any must tie them to a process of the group, so that they die with it however the
+session ends (mlx-distributed runs them under ``ssh -tt``: sshd hangs their terminal up when the local
+ssh client dies). The grace is the plan's ``shutdown_grace`` (``punie up --grace`` overrides it).
 """
 
 from __future__ import annotations
@@ -243,10 +245,6 @@ class Backend(ABC):
         """What the supervisor records and says once the started server (``pid``) is ready:
         (a report for ``UpOutcome``, status lines)."""
         return None, []
-
-    def stop_commands(self, plan: LaunchPlan) -> tuple[HostCommand, ...]:
-        """Commands that stop what the server's process group does not hold (ranks on other hosts)."""
-        return ()
 
     def hint(self, reason: str, plan: LaunchPlan) -> str | None:
         """This engine's hint for a failure ``reason`` (None: the common hint of `punie.launch.messages`)."""

@@ -11,7 +11,7 @@ accept ``-m``); rank 0 serves HTTP. What runs where, as mlx.launch builds it:
 - any other host: ``ssh -tt -o LogLevel=QUIET HOST 'the same script'``: the remote rank runs under a
   pseudo-terminal, so when the local ssh client dies (with mlx.launch's group, however `punie up`
   ends) sshd hangs the terminal up and the rank dies of SIGHUP (tests/test_mlx_distributed_ssh.py).
-  No stop command is needed: `Backend.stop_commands` stays empty.
+  No stop command is needed.
 
 A rank that exits makes mlx.launch stop the others and print ``Node with rank N exited with code C``:
 that line ends the group (`fatal_patterns`), named in the failure; ``server.restart`` restarts it.
