@@ -14,7 +14,7 @@ accept ``-m``); rank 0 serves HTTP. What runs where, as mlx.launch builds it:
   No stop command is needed.
 
 A rank that exits makes mlx.launch stop the others and print ``Node with rank N exited with code C``:
-that line ends the group (`fatal_patterns`), named in the failure; ``server.restart`` restarts it.
+that line ends the group (`fatal_patterns`), named in the failure; ``[server.restart]`` restarts it.
 
 mlx_lm refuses adapters in distributed mode: the adapter is served fused (`punie.launch.fuse`, its
 canary verified before, and probed again at readiness on the fused model); a base without
@@ -283,6 +283,6 @@ class MlxDistributedBackend(Backend):
 
     def hint(self, reason: str, plan: LaunchPlan) -> str | None:
         if reason == "server-died":
-            return ("a rank of the group exited (its lines are in the server log above); server.restart = "
-                    "\"on-failure\" starts the whole group again")
+            return ("a rank of the group exited (its lines are in the server log above); [server.restart] "
+                    "policy = \"on-failure\" starts the whole group again")
         return None
