@@ -114,6 +114,113 @@ class VllmOptions(_Strict):
         return value
 
 
+#: mlx.launch's distributed backends (`mlx.launch --backend`; nccl is CUDA-only and left out).
+MLX_DIST_BACKENDS = ("ring", "jaccl", "jaccl-ring", "mpi")
+#: The ssh name mlx.launch runs locally, without ssh (mlx._distributed_utils.launch: ``host == "127.0.0.1"``).
+MLX_LOCAL_HOST = "127.0.0.1"
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _safe_word(value: str, what: str) -> str:
+    """A host name or address handed to ssh/rsync/scp as one argument: no option, no space, no control."""
+    if not value or value.startswith("-") or _UNSAFE.search(value) or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a valid {what} (no spaces, no control characters, no leading '-')")
+    return value
+
+
+class DistributedHost(_Strict):
+    """One rank's host, as in mlx.launch's hostfile: the ssh name and the addresses the ring uses."""
+
+    ssh: str = Field(description=f"Name ssh reaches the host by ({MLX_LOCAL_HOST}: this machine, without ssh).")
+    ips: list[str] = Field(default_factory=list, description="Addresses the other ranks reach this one at "
+                           "(the ring backend needs one; default: ssh, when it is an IP address).")
+
+    @field_validator("ssh")
+    @classmethod
+    def _ssh(cls, value: str) -> str:
+        return _safe_word(value, "ssh host")
+
+    @field_validator("ips")
+    @classmethod
+    def _ips(cls, value: list[str]) -> list[str]:
+        return [_safe_word(v, "address") for v in value]
+
+
+class DistributedOptions(_Strict):
+    """``[profiles.NAME.server.distributed]``: one model served by several mlx ranks (``mlx.launch``).
+
+    Ranks run ``mlx_lm.server`` with mlx.distributed; rank 0 (the first host) serves HTTP. mlx_lm
+    refuses adapters in distributed mode: a profile's adapter is served fused (verified by its canary).
+    """
+
+    ranks: int = Field(2, ge=1, le=64, description="Ranks on this machine, when neither hosts nor hostfile is set.")
+    hosts: list[str | DistributedHost] = Field(
+        default_factory=list, description="One entry per rank, rank 0 first: an IP address, or {ssh, ips}. "
+        f"\"{MLX_LOCAL_HOST}\" runs on this machine without ssh; any other entry is reached by ssh.")
+    hostfile: str | None = Field(
+        None, description="An mlx.launch hostfile (JSON: {\"hosts\": [{\"ssh\": ..., \"ips\": [...]}], "
+        "\"backend\": ..., \"envs\": [...]}, or the list of hosts), relative to the project; instead of hosts.")
+    backend: Literal["ring", "jaccl", "jaccl-ring", "mpi"] = Field(
+        "ring", description="mlx.distributed backend: ring (TCP; Thunderbolt/Ethernet), jaccl / jaccl-ring (RDMA "
+        "over Thunderbolt 5), mpi (mpirun).")
+    sharding: Literal["tensor", "pipeline"] = Field(
+        "tensor", description="How the model is split: tensor (every layer over all ranks) or pipeline "
+        "(consecutive layers per rank, mlx_lm.server --pipeline).")
+    ring_port: int | None = Field(
+        None, ge=1, le=65535, description="First port of the ring (each rank listens on the next one); "
+        "default: a free run of ports found at launch.")
+    python: str | None = Field(
+        None, description="The Python with mlx and mlx-lm on every host (mlx.launch --python; the same path "
+        "everywhere). Default: the Python running Punie.")
+    remote_dir: str | None = Field(
+        None, description="Absolute directory on the remote hosts where the model and the rank script are "
+        "copied (required with a remote host).")
+    ssh_options: list[str] = Field(
+        default_factory=list, description="Extra ssh arguments for every ssh, rsync and scp Punie or "
+        "mlx.launch runs (e.g. [\"-p\", \"2222\", \"-i\", \"/path/key\"]).")
+    copy_with: Literal["rsync", "scp"] = Field(
+        "rsync", description="How the model is copied to remote hosts (rsync copies only what changed).")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for every rank (mlx.launch --env).")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str | DistributedHost]) -> list[str | DistributedHost]:
+        for host in value:
+            if isinstance(host, str):
+                _safe_word(host, "host")
+        return value
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _remote_dir(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or _UNSAFE.search(value)):
+            raise ValueError("must be an absolute path (starting with /) without control characters")
+        return value
+
+    @field_validator("ssh_options")
+    @classmethod
+    def _ssh_options(cls, value: list[str]) -> list[str]:
+        for arg in value:
+            if _UNSAFE.search(arg):
+                raise ValueError(f"{arg!r} contains a control character")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not name or not all(c.isalnum() or c == "_" for c in name):
+                raise ValueError(f"invalid environment variable name {name!r} (letters, digits and _ only)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_host_form(self) -> DistributedOptions:
+        if self.hosts and self.hostfile:
+            raise ValueError("set either 'hosts' or 'hostfile', not both")
+        return self
+
+
 class RestartSettings(_Strict):
     """What happens when the server dies after it was started (process-compose's ``restart_policy``)."""
 
@@ -185,7 +292,7 @@ def nest_flat_server_keys(server: dict[str, Any]) -> dict[str, Any]:
 
 #: The engines ``server.backend`` may name; each is one module of `punie.launch.backends`, whose
 #: table must cover exactly these (the only place outside that package a backend is named).
-BACKEND_NAMES = ("mlx", "vllm")
+BACKEND_NAMES = ("mlx", "vllm", "mlx-distributed")
 BackendName = Literal[BACKEND_NAMES]  # type: ignore[valid-type]
 
 
@@ -193,9 +300,13 @@ class ServerOptions(_Strict):
     """How the model server is reached or started, restarted, probed and stopped."""
 
     backend: BackendName = Field(  # type: ignore[valid-type]
-        "mlx", description="Engine that serves the model: mlx (mlx_lm.server) or vllm (vLLM's OpenAI server)."
+        "mlx", description="Engine that serves the model: mlx (mlx_lm.server), vllm (vLLM's OpenAI server) or "
+        "mlx-distributed (mlx_lm.server over several ranks with mlx.launch; [server.distributed])."
     )
     vllm: VllmOptions = Field(default_factory=VllmOptions, description="vLLM options (backend = vllm).")
+    distributed: DistributedOptions = Field(
+        default_factory=DistributedOptions, description="mlx.distributed options (backend = mlx-distributed)."
+    )
     url: str | None = Field(
         None,
         description="URL of an already running OpenAI-compatible server (http://host:port). "

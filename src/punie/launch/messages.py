@@ -11,8 +11,14 @@ from punie.launch.plan import LaunchPlan
 _LOG_PREFIX = re.compile(r"^\s*(\d{4}-\d\d-\d\d[ T][\d:,.]+\s*-\s*)?([A-Z]+\s*-\s*|[A-Z]+:[\w.]*:)?")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_TAG = re.compile(r"^\[(WARN|ERROR|INFO)\]\s*")
+
+
 def strip_log_prefix(line: str) -> str:
-    """``2026-01-01 10:00:00,123 - ERROR - text`` or ``ERROR:root:text`` -> ``text``."""
+    """``2026-01-01 10:00:00,123 - ERROR - text``, ``ERROR:root:text`` or mlx.launch's colored
+    ``[WARN] text`` -> ``text``."""
+    line = _TAG.sub("", _ANSI.sub("", line).strip())
     return _LOG_PREFIX.sub("", line, count=1).strip()
 
 

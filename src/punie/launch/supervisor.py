@@ -326,7 +326,9 @@ class _Supervisor:
         """The answer must come from our child: else a foreign server took the port (never restarted).
         Two witnesses: who holds the listening socket, and the model ids the server itself lists."""
         assert server.pid is not None and self.plan.port is not None
-        problem = owner_problem(server.pid, self.plan.host, self.plan.port)
+        # A server listening on another host (a distributed rank 0 there): only the ids it lists witness it.
+        here = backend_of(self.plan).listens_here(self.plan)
+        problem = owner_problem(server.pid, self.plan.host, self.plan.port) if here else None
         if problem is None:
             problem = await served_ids_problem(self.plan.base_url, _expected_ids(self.plan))
         return (LaunchReason.FOREIGN_SERVER, problem) if problem else None

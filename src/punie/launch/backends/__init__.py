@@ -24,12 +24,14 @@ from punie.config.models import BACKEND_NAMES, ResolvedProfile
 from punie.errors import ConfigError
 from punie.launch.backends.base import Backend, BackendPart, FileCopy, HostCommand, LaunchInputs
 from punie.launch.backends.mlx import MlxBackend
+from punie.launch.backends.mlx_distributed import MlxDistributedBackend
 from punie.launch.backends.vllm import VllmBackend
 from punie.launch.plan import LaunchPlan
 
 BACKENDS: dict[str, Backend] = {
     "mlx": MlxBackend(),
     "vllm": VllmBackend(),
+    "mlx-distributed": MlxDistributedBackend(),
 }
 
 if set(BACKENDS) != set(BACKEND_NAMES):  # pragma: no cover - a backend added in one place only

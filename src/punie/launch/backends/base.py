@@ -230,6 +230,11 @@ class Backend(ABC):
         """The ids the started server lists in GET /v1/models (the readiness probe's ownership check)."""
         return ()
 
+    def listens_here(self, plan: LaunchPlan) -> bool:
+        """Whether the started server listens on this machine (its listening socket then belongs to the
+        server's process tree, the readiness probe's ownership check); False: on another host."""
+        return True
+
     # -- the supervisor --------------------------------------------------------------------------
 
     def fatal_patterns(self, plan: LaunchPlan) -> Mapping[str, str]:
