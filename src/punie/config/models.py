@@ -117,7 +117,7 @@ class VllmOptions(_Strict):
 #: mlx.launch's distributed backends (`mlx.launch --backend`; nccl is CUDA-only and left out).
 MLX_DIST_BACKENDS = ("ring", "jaccl", "jaccl-ring", "mpi")
 #: The ssh name mlx.launch runs locally, without ssh (mlx._distributed_utils.launch: ``host == "127.0.0.1"``).
-MLX_LOCAL_HOST = "127.0.0.1"
+MLX_LOCAL_HOST = LOOPBACK  # mlx.launch compares with this very literal
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -34,6 +34,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from punie import envvars
 from punie.checks.rules import CheckRules
 from punie.config.hosts import Hosts, hostfile_json, profile_hosts
 from punie.config.models import MLX_LOCAL_HOST, ResolvedProfile
@@ -178,7 +179,7 @@ def build_distributed_plan(
         launch += ["--hostfile", hostfile]
     if ring_port is not None:
         launch += ["--starting-port", str(ring_port)]
-    for name, value in {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **options.env}.items():
+    for name, value in {envvars.PYTHONUNBUFFERED: "1", envvars.HF_HUB_OFFLINE: "1", **options.env}.items():
         launch += ["--env", f"{name}={value}"]  # every rank, remote ones included
     launch += ["--python", rank_python]
     script_args = server_script_args(resolved, model=model, sharding=options.sharding)
