@@ -120,7 +120,7 @@ def _up_group(project: Path, names: list[str], *, group: str, tmp_path: Path, as
         sys.executable, str(PROBE), f"http://127.0.0.1:{port}/v1", str(out), json.dumps(ids), *wanted,
     ], grace=20, sink=lines.append)
     assert outcome.exit_code == 0, (outcome.message, lines[-30:])
-    assert outcome.plan.backend == "vllm"
+    assert outcome.plan.backend.name == "vllm"
     result = json.loads(out.read_text())
     result["ids"] = ids
     assert result["server_pids"], "the vLLM server process was not found while it ran"
