@@ -29,7 +29,7 @@ import click
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.tmux import Tmux, wait_gone
+from tests.support.tmux import Tmux, private_tmux, wait_gone
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -352,13 +352,8 @@ def test_shell_completion_lines_work_as_written(project: Path, tmp_path: Path) -
 
 @pytest.fixture
 def term(tmp_path: Path) -> Iterator[Tmux]:
-
-    tmux = Tmux(tmp_path)
-    try:
+    with private_tmux(tmp_path) as tmux:
         yield tmux
-    finally:
-        tmux.kill()
-        wait_gone(tmux.token, timeout=5)
 
 
 @pytest.mark.slow

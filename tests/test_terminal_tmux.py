@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support.fake_openai import Reply, serve, text_reply, tool_call_reply
-from tests.support.tmux import Tmux, wait_gone
+from tests.support.tmux import Tmux, private_tmux, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,12 +35,8 @@ BANNER_WORDS = ("observability", "logfire", "PYDANTIC_AI_NO_BANNER", "openteleme
 
 @pytest.fixture
 def term(tmp_path: Path) -> Iterator[Tmux]:
-    tmux = Tmux(tmp_path)
-    try:
+    with private_tmux(tmp_path) as tmux:
         yield tmux
-    finally:
-        tmux.kill()
-        wait_gone(tmux.token, timeout=5)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

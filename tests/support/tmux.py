@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -156,3 +156,14 @@ def wait_gone(token: str, timeout: float = 10.0) -> list[int]:
     while (left := processes_with(token)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+@contextlib.contextmanager
+def private_tmux(workdir: Path) -> Iterator[Tmux]:
+    """A `Tmux` for the block; its server killed and every process it started gone (waited for) after."""
+    tmux = Tmux(workdir)
+    try:
+        yield tmux
+    finally:
+        tmux.kill()
+        wait_gone(tmux.token, timeout=5)

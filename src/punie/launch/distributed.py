@@ -27,6 +27,7 @@ from punie.config.models import MLX_LOCAL_HOST, ResolvedProfile
 from punie.errors import ConfigError
 from punie.launch.canary import ExpectedCanary
 from punie.launch.dist_plan import CopyStep, WrittenFile
+from punie.launch.mlx_flags import sampling_flags
 from punie.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -96,15 +97,7 @@ def server_script_args(resolved: ResolvedProfile, *, model: str, sharding: str) 
     args = ["--model", model, "--host", server.host, "--port", str(server.port)]
     if sharding == "pipeline":
         args.append("--pipeline")
-    if server.temperature is not None:
-        args += ["--temp", repr(server.temperature)]
-    if server.top_p is not None:
-        args += ["--top-p", repr(server.top_p)]
-    if server.max_tokens is not None:
-        args += ["--max-tokens", str(server.max_tokens)]
-    if server.chat_template_args:
-        args += ["--chat-template-args", json.dumps(server.chat_template_args, sort_keys=True)]
-    return args + list(server.extra_args)
+    return args + sampling_flags(server) + list(server.extra_args)
 
 
 def planned_files(served: Path, base: Path) -> list[Path]:

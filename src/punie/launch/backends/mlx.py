@@ -9,7 +9,6 @@ canary, and serves either the adapter fused into the base (``fuse.enabled``,
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from pydantic import Field
 from punie.config.models import ResolvedProfile
 from punie.launch.backends.base import Backend, BackendPart, LaunchInputs
 from punie.launch.blas import BlasChoice, hint_text, preload_env
+from punie.launch.mlx_flags import sampling_flags
 from punie.launch.plan import LaunchPlan, common_plan
 from punie.launch.resolve import expected_canary, served_canary
 
@@ -47,25 +47,13 @@ class MlxPart(BackendPart):
         return [f"  blas:    {self.blas + ' (preloaded)' if self.blas else f'bundled ({self.blas_note})'}"]
 
 
-def _fmt_number(value: float | int) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def server_argv(resolved: ResolvedProfile, *, model: str, adapter: str | None, python: str) -> tuple[str, ...]:
     """The mlx_lm.server command line of a profile (flag names as in `mlx_lm server --help`)."""
     server = resolved.profile.server
     argv = [python, "-m", "mlx_lm", "server", "--model", model]
     if adapter:
         argv += ["--adapter-path", adapter]
-    argv += ["--host", server.host, "--port", str(server.port)]
-    if server.temperature is not None:
-        argv += ["--temp", _fmt_number(server.temperature)]
-    if server.top_p is not None:
-        argv += ["--top-p", _fmt_number(server.top_p)]
-    if server.max_tokens is not None:
-        argv += ["--max-tokens", str(server.max_tokens)]
-    if server.chat_template_args:
-        argv += ["--chat-template-args", json.dumps(server.chat_template_args, sort_keys=True)]
+    argv += ["--host", server.host, "--port", str(server.port), *sampling_flags(server)]
     if server.draft_model:
         argv += ["--draft-model", server.draft_model]
     argv += list(server.extra_args)
