@@ -38,22 +38,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.mlx]
 pytest.importorskip("mlx_lm")
 
 
-def _scaled_copy(src: Path, dst: Path, factor: float) -> Path:
-    shutil.copytree(src, dst)
-    config = json.loads((dst / "adapter_config.json").read_text())
-    config["lora_parameters"]["scale"] *= factor
-    (dst / "adapter_config.json").write_text(json.dumps(config))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_adapter: Path,
             tiny_dataset: Path) -> Path:
     root = tmp_path_factory.mktemp("fuse-project")
-    _scaled_copy(tiny_adapter, root / "adapters" / "strong", 50)
+    tiny.scaled_adapter_copy(tiny_adapter, root / "adapters" / "strong", 50)
     q2 = tiny.build_tiny_model(root / "models" / "q2", quantize_bits=2)
     trained = tiny.train_tiny_adapter(q2, root / "trained" / "q2-adapter", tiny_dataset)
-    _scaled_copy(trained, root / "adapters" / "q2-strong", 10)
+    tiny.scaled_adapter_copy(trained, root / "adapters" / "q2-strong", 10)
     (root / "punie.toml").write_text(f"""
 [defaults.server]
 ready_timeout = 60

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -49,24 +48,16 @@ with urllib.request.urlopen(req, timeout=60) as resp:
 """
 
 
-def _scaled_copy(src: Path, dst: Path, factor: float) -> Path:
-    shutil.copytree(src, dst)
-    config = json.loads((dst / "adapter_config.json").read_text())
-    config["lora_parameters"]["scale"] *= factor
-    (dst / "adapter_config.json").write_text(json.dumps(config))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_adapter: Path,
             tiny_dataset: Path) -> Path:
     root = tmp_path_factory.mktemp("dist-project")
-    _scaled_copy(tiny_adapter, root / "adapters" / "strong", 50)
+    tiny.scaled_adapter_copy(tiny_adapter, root / "adapters" / "strong", 50)
     three = tiny.build_tiny_model(root / "models" / "three", layers=3, heads=6, kv_heads=3, hidden=96,
                                   intermediate=192)
     q2 = tiny.build_tiny_model(root / "models" / "q2", quantize_bits=2)
     trained = tiny.train_tiny_adapter(q2, root / "trained" / "q2-adapter", tiny_dataset)
-    _scaled_copy(trained, root / "adapters" / "q2-strong", 10)
+    tiny.scaled_adapter_copy(trained, root / "adapters" / "q2-strong", 10)
     (root / "agent.py").write_text(AGENT)
     (root / "punie.toml").write_text(f"""
 [defaults.server]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,13 @@ max_model_len = {max_model_len}
 extra_args = ["--enforce-eager"]
 env = {{ VLLM_CPU_KVCACHE_SPACE = "1" }}
 """
+
+
+def scaled_adapter_copy(src: Path, dst: Path, factor: float) -> Path:
+    """A copy of the adapter ``src`` at ``dst`` whose LoRA scale is ``factor`` times larger (a stronger,
+    easily told apart adapter on a tiny model)."""
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "adapter_config.json").read_text())
+    config["lora_parameters"]["scale"] *= factor
+    (dst / "adapter_config.json").write_text(json.dumps(config))
+    return dst
