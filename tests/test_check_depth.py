@@ -158,8 +158,8 @@ def test_composition_compares_bases_by_weights_not_by_path_spelling(tmp_path: Pa
 @pytest.mark.slow
 def test_mlx_lms_parameter_rules_are_not_applied_to_vllm_profiles(mutated: tuple[dict[str, Path], dict[str, dict]],
                                                                    tmp_path: Path) -> None:
-    from punie.checks import check_profiles
     from punie.config import load_profile
+    from punie.launch.backends import check_profiles  # each profile's backend rules
 
     models, _ = mutated
     python = tmp_path / "vpython"
