@@ -150,8 +150,8 @@ def _tiny_project(root: Path, model: Path) -> Path:
 
 def _up(config: Path, out: Path, port: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     agent = json.dumps([sys.executable, "-c", SIBLING_MAPS, str(port), str(out)])
-    # `punie up` itself (cli/up.py calls punie.launch.run_up), with this agent instead of the real one
-    code = ("import json, sys; import punie.launch as L; run = L.run_up; agent = json.loads(sys.argv[1]); "
+    # `punie up` itself (cli/up.py -> punie.api.launch.up -> punie.launch.supervisor.run_up), with this agent
+    code = ("import json, sys; import punie.launch.supervisor as L; run = L.run_up; agent = json.loads(sys.argv[1]); "
             "L.run_up = lambda *a, **k: run(*a, **{**k, 'agent_argv': agent}); "
             "from punie.cli import main; sys.argv = ['punie', *sys.argv[2:]]; main()")
     return subprocess.run(
