@@ -1,4 +1,12 @@
-"""Shared fixtures: an isolated environment and tiny real models/adapters built offline."""
+"""Shared fixtures: an isolated environment and tiny real models/adapters built offline; the ``mlx``
+marker put on every test that uses mlx (tests/support/markers.py says how that is decided).
+
+Where tests go: ``tests/<package>/test_<thing>.py``, the folder named after the ``src/punie`` package
+the test is about (config, adapters, checks, launch, agent, training, weights, cli, api; ``core`` for
+the top-level modules and whole-project checks such as the README's). Shared helpers live in
+tests/support (ports, tiny models, process helpers): import them rather than writing them again.
+See tests/README.md.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.support import tiny
+from tests.support.markers import uses_mlx
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: `-m "not mlx"` sees the marks put here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``mlx`` every test that uses mlx (tests/support/markers.py), so no test has to remember to."""
+    for item in items:
+        if item.get_closest_marker("mlx") is None and uses_mlx(item):
+            item.add_marker(pytest.mark.mlx)
 
 
 @pytest.fixture(autouse=True)
