@@ -36,6 +36,8 @@ from tests.support.fake_openai import serve, text_reply, tool_call_reply, tool_m
 from tests.support.launch_helpers import alive
 from tests.support.ports import free_port
 
+pytestmark = pytest.mark.slow  # every test here takes several seconds (real processes)
+
 __all__ = ["project", "ts_client"]  # fixtures used here
 
 REPO = Path(__file__).resolve().parents[2]

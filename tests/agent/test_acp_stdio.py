@@ -141,6 +141,7 @@ def test_acp_options_and_conversation_across_prompts(workspace: Path) -> None:
     assert [m.get("content") for m in second["messages"]][-3:] == ["hello", "Bonjour", "again"]
 
 
+@pytest.mark.slow
 def test_acp_unreachable_server_is_reported_in_the_session(workspace: Path) -> None:
     port = free_port()
     client = RecordingClient()

@@ -20,6 +20,8 @@ import pytest
 from punie.config.models import AgentOptions, Permissions
 from tests.support.fake_openai import Reply, serve, text_reply, tool_call_reply, tool_messages
 
+pytestmark = pytest.mark.slow  # every test here takes several seconds (real processes)
+
 CLIENT_DIR = Path(__file__).parents[1] / "acp_client"
 FS = {"fs": {"readTextFile": True, "writeTextFile": True}}
 

@@ -275,6 +275,7 @@ def test_serve_refuses_a_mismatched_adapter_before_anything_starts(tmp_path: Pat
     assert port_free(resolved.profile.server.port)
 
 
+@pytest.mark.slow
 def test_every_module_imports_on_its_own() -> None:
     """``import punie.paths`` in a fresh interpreter (no cycle through ``punie.__getattr__``):
     each module is imported in a forked child of an interpreter that has imported nothing of punie."""

@@ -49,6 +49,7 @@ anyio.run(serve_one, "demo")
 '''
 
 
+@pytest.mark.slow
 def test_mypy_strict_accepts_the_public_api_and_its_use(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
     usage = tmp_path / "usage.py"
@@ -59,6 +60,7 @@ def test_mypy_strict_accepts_the_public_api_and_its_use(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_mypy_rejects_a_wrong_use(tmp_path: Path) -> None:
     """The check above can fail: a wrong type through the public surface is reported."""
     pytest.importorskip("mypy")

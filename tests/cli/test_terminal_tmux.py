@@ -25,7 +25,7 @@ import pytest
 from tests.support.fake_openai import Reply, serve, text_reply, tool_call_reply
 from tests.support.tmux import Tmux, wait_gone
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 PROMPT_LINE = r"^punie>\s*$"  # capture-pane drops trailing spaces
 SPINNER = re.compile(r"working (\d+\.\d)s \(Ctrl-C to stop\)")

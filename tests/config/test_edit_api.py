@@ -68,6 +68,7 @@ PART = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)
 BARE = st.from_regex(r"[A-Za-z0-9_-]{1,6}", fullmatch=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(parts=st.lists(PART | BARE, min_size=1, max_size=4), styles=st.data(), blanks=st.data())
 def test_lexer_reads_keys_as_tomllib_does(parts: list[str], styles: st.DataObject, blanks: st.DataObject) -> None:

@@ -106,6 +106,7 @@ def _wait_paused(child: subprocess.Popen[bytes], fifo: Path) -> None:
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_file_intact_and_next_edit_cleans_up(tmp_path: Path) -> None:
     path = tmp_path / "punie.toml"
     original = _profiles_file(3)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,8 @@ from punie.config.edit import (
 )
 from punie.config.loader import parse_config
 from punie.config.resolve import resolve_many
+
+pytestmark = pytest.mark.slow  # each property test runs hundreds of generated documents (seconds each)
 
 # EDIT_PROPS_EXAMPLES=2000 for a longer search than the one CI runs.
 SETTINGS = settings(

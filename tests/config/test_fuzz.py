@@ -108,6 +108,7 @@ _ENV_NAMES = st.sampled_from(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.dictionaries(_ENV_NAMES, st.text(max_size=20), max_size=4))
 def test_random_environment_only_raises_config_error(env: dict[str, str]) -> None:
