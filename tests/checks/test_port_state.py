@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from punie.checks.server import is_punie_up
+from tests.support.launch_helpers import run_punie
 from tests.support.ports import free_port
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds listeners through /proc")
@@ -71,11 +72,6 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=30)
 
 
-def _punie(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "punie", "--config", str(config), *args], capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
-
-
 def _config(tmp_path: Path, model: Path, port: int) -> Path:
     config = tmp_path / "punie.toml"
     config.write_text(f'[profiles.demo]\nmodel = "{model}"\nserver.port = {port}\n\n'
@@ -91,9 +87,9 @@ def test_punies_own_up_on_the_port_is_named_with_its_pid_and_only_a_warning(tmp_
     config = _config(tmp_path, tiny_model, port)
     up = _fake_up(tmp_path, port, "demo")
     try:
-        check = _punie(config, "check", "--format", "json")
-        strict = _punie(config, "check", "demo", "--strict", "--format", "json")
-        dry = _punie(config, "up", "demo", "--dry-run")
+        check = run_punie(config, "check", "--format", "json")
+        strict = run_punie(config, "check", "demo", "--strict", "--format", "json")
+        dry = run_punie(config, "up", "demo", "--dry-run")
     finally:
         _stop(up)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -118,7 +114,7 @@ def test_only_up_refuses_a_busy_port(tmp_path: Path, tiny_model: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         config = _config(tmp_path, tiny_model, port)
-        check = _punie(config, "check", "demo")
-        up = _punie(config, "up", "demo")
+        check = run_punie(config, "check", "demo")
+        up = run_punie(config, "up", "demo")
     assert check.returncode == 0 and "already in use" in check.stdout and f"pid {os.getpid()}" in check.stdout
     assert up.returncode == 1 and f"port {port} on 127.0.0.1 is already in use" in up.stderr

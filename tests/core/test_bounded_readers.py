@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from punie.weights.safetensors import read_header
 from tests.agent.test_acp_stdio import RecordingClient, _agent_args
 from tests.support.corpus import lora_adapter
 from tests.support.fake_openai import serve
+from tests.support.launch_helpers import run_punie
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses FIFOs and /dev")
 DEEP = "[" * 200_000 + "]" * 200_000
@@ -165,11 +165,6 @@ def _project(tmp_path: Path, tiny_model: Path, extra: str = "") -> tuple[Path, P
     return config, adapter
 
 
-def _punie(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "punie", "--config", str(config), *args], capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
-
-
 @linux
 @pytest.mark.slow
 @pytest.mark.parametrize("target,kind", [("punie-adapter.json", "fifo"), ("adapter_config.json", "fifo"),
@@ -180,14 +175,14 @@ def test_check_adapters_list_and_dry_run_answer_with_a_fifo_or_dev_zero_in_the_a
     config, adapter = _project(tmp_path, tiny_model)
     _special(kind, adapter / target)
     optional = target == "punie-adapter.json"  # Punie's metadata: unreadable is a warning, not an error
-    check = _punie(config, "check", "--format", "json")
+    check = run_punie(config, "check", "--format", "json")
     assert check.returncode == (0 if optional else 1), check.stderr
     problems = [p for prof in json.loads(check.stdout)["profiles"] for p in prof["problems"]]
     assert any(target in (p["where"] or "") and "regular file" in p["message"] for p in problems), problems
-    listed = _punie(config, "adapters", "list", "--format", "json")
+    listed = run_punie(config, "adapters", "list", "--format", "json")
     assert listed.returncode in (0, 1) and "internal error" not in listed.stderr, listed.stderr
     assert json.loads(listed.stdout)  # the list is printed, the bad adapter in it
-    dry = _punie(config, "up", "p", "--dry-run")
+    dry = run_punie(config, "up", "p", "--dry-run")
     assert dry.returncode == (0 if optional else 1) and "internal error" not in dry.stderr, dry.stderr
     assert "regular file" in dry.stderr
 
@@ -200,7 +195,7 @@ def test_check_reports_a_5000_digit_integer_in_a_header_as_a_finding_not_exit_3(
                  b'{"model.layers.0.self_attn.q_proj.lora_a": {"dtype": "F32", "shape": [' + HUGE_INT.encode()
                  + b', 4], "data_offsets": [0, 4]}}')
     (adapter / "punie-adapter.json").write_text(DEEP)
-    proc = _punie(config, "check", "--format", "json")
+    proc = run_punie(config, "check", "--format", "json")
     assert proc.returncode == 1, proc.stderr
     problems = [p for prof in json.loads(proc.stdout)["profiles"] for p in prof["problems"]]
     assert any("adapters.safetensors" in (p["where"] or "") and "a number of 5000" in p["message"]
@@ -211,7 +206,7 @@ def test_check_reports_a_5000_digit_integer_in_a_header_as_a_finding_not_exit_3(
 @pytest.mark.timeout(120)
 def test_a_fifo_in_the_profiles_file_place_is_a_config_error(tmp_path: Path) -> None:
     config = _special("fifo", tmp_path / "punie.toml")
-    proc = _punie(config, "check")
+    proc = run_punie(config, "check")
     assert proc.returncode == 2 and "FIFO" in proc.stderr, proc.stderr
 
 

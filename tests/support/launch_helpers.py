@@ -218,3 +218,11 @@ def pump_to_end(child, drain_timeout: float = 30.0) -> None:
         child.close()
 
     anyio.run(main)
+
+
+def run_punie(config: Path, *args: str, timeout: float = 120):
+    """Run ``punie --config CONFIG ARGS...`` to its end (stdin closed); returns the completed process."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "punie", "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
