@@ -65,6 +65,7 @@ def test_mlx_to_peft_to_mlx_is_exact(tiny_adapter: Path, tmp_path: Path) -> None
     assert meta["score"] == 0.5 and meta["base_model"] == "tiny-a" and "mlx_lm" not in meta
 
 
+@pytest.mark.slow
 def test_peft_math_equals_mlx_lm_fuse(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
     """W + lora_alpha / r * B @ A, in numpy from the PEFT files, is what `mlx_lm fuse` writes."""
     peft = tmp_path / "peft"
@@ -98,6 +99,7 @@ def test_peft_math_equals_mlx_lm_fuse(tiny_model: Path, tiny_adapter: Path, tmp_
     assert checked == 14
 
 
+@pytest.mark.slow
 def test_dora_is_refused_with_the_reason(tiny_model: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     dora = tiny.train_tiny_adapter(tiny_model, tmp_path / "dora", tiny_dataset, iters=1, dora=True)
     with pytest.raises(NotConvertible, match="DoRA"):

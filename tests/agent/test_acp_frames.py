@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +39,7 @@ BAD_FRAMES: list[tuple[bytes, int, Any]] = [
 ]
 
 
+@pytest.mark.slow
 def test_every_bad_frame_gets_its_error_and_the_agent_still_answers(tmp_path: Path) -> None:
     lines = b"".join(frame + b"\n" for frame, _, _ in BAD_FRAMES)
     lines += b'{"jsonrpc":"2.0","id":3}\n'  # a broken response: dropped, never answered
@@ -114,6 +116,7 @@ def _oracle(line: bytes) -> str:
     return "pass" if ok else "drop"  # a broken response is never answered: two peers could loop
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=40) | json_values.map(lambda v: json.dumps(v).encode()), max_size=6))
 def test_any_bytes_never_stop_the_transport_and_each_frame_meets_the_spec(frames: list[bytes]) -> None:

@@ -39,6 +39,7 @@ class TimedClient(RecordingClient):
         await super().session_update(session_id, update, **kwargs)
 
 
+@pytest.mark.slow
 def test_read_file_on_a_fifo_answers_at_once_and_the_agent_keeps_serving(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
     script = [tool_call_reply(("read_file", {"path": "pipe"})), text_reply("That is a FIFO."),
@@ -72,6 +73,7 @@ def test_read_file_on_a_fifo_answers_at_once_and_the_agent_keeps_serving(tmp_pat
     assert "Still here." in client.message_text() and "New session." in client.message_text()
 
 
+@pytest.mark.slow
 def test_protected_paths_are_asked_for_even_under_allow(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config").write_text("[core]\n")
@@ -104,6 +106,7 @@ def test_protected_paths_are_asked_for_even_under_allow(tmp_path: Path) -> None:
     assert "permission denied for write_file of a protected path" in results[0]
 
 
+@pytest.mark.slow
 def test_protected_paths_are_denied_under_deny_and_not_covered_by_always(tmp_path: Path) -> None:
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config").write_text("[core]\n")
@@ -147,6 +150,7 @@ def _run_command_options(marker: str) -> AgentOptions:
 COMMAND = "trap '' TERM; " + ESCAPES + "touch started; sleep 1000"
 
 
+@pytest.mark.slow
 @linux
 def test_run_command_children_die_with_a_cancelled_turn_and_with_the_sigkilled_agent(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
@@ -191,6 +195,7 @@ def test_run_command_children_die_with_a_cancelled_turn_and_with_the_sigkilled_a
         _kill_leftovers(marker)
 
 
+@pytest.mark.slow
 @linux
 def test_run_command_children_die_when_punie_up_is_sigkilled(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex

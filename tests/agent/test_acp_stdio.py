@@ -78,6 +78,7 @@ def workspace(tmp_path: Path) -> Path:
     return ws
 
 
+@pytest.mark.slow
 def test_acp_turn_with_tool_calls_and_permission(workspace: Path) -> None:
     script = [tool_call_reply(("read_file", {"path": "a.txt"}), content="Let me look. "),
               tool_call_reply(("write_file", {"path": "b.txt", "content": "beta\n"})),
@@ -105,6 +106,7 @@ def test_acp_turn_with_tool_calls_and_permission(workspace: Path) -> None:
     assert tool_messages(fake.requests[1])[0]["content"] == "alpha\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decision", ["reject", "cancel"])
 def test_acp_permission_refused_by_the_client(workspace: Path, decision: str) -> None:
     script = [tool_call_reply(("write_file", {"path": "b.txt", "content": "x"})), text_reply("I could not write.")]
@@ -117,6 +119,7 @@ def test_acp_permission_refused_by_the_client(workspace: Path, decision: str) ->
     assert "permission denied" in tool_messages(fake.requests[1])[0]["content"]
 
 
+@pytest.mark.slow
 def test_acp_allow_always_is_remembered_for_the_session(workspace: Path) -> None:
     script = [tool_call_reply(("write_file", {"path": "1.txt", "content": "1"})),
               tool_call_reply(("write_file", {"path": "2.txt", "content": "2"})), text_reply("both")]
@@ -127,6 +130,7 @@ def test_acp_allow_always_is_remembered_for_the_session(workspace: Path) -> None
     assert len(client.permission_requests) == 1
 
 
+@pytest.mark.slow
 def test_acp_options_and_conversation_across_prompts(workspace: Path) -> None:
     options = AgentOptions(instructions="Answer in French.", tools=["read_file"],
                            permissions=Permissions(write_file="deny"))
@@ -152,6 +156,7 @@ def test_acp_unreachable_server_is_reported_in_the_session(workspace: Path) -> N
     assert b"cannot reach the model server" in stderr  # logged on stderr, never on stdout
 
 
+@pytest.mark.slow
 def test_acp_cancel_stops_the_turn(workspace: Path) -> None:
     def slow(body: dict[str, Any]) -> Reply:
         time.sleep(3)
@@ -184,6 +189,7 @@ def test_agent_command_rejects_bad_options() -> None:
     assert "punie: error: --options: agent.tools.1:" in proc.stderr
 
 
+@pytest.mark.slow
 def test_agent_repl_mode_answers_on_stdout(workspace: Path) -> None:
     script = [tool_call_reply(("read_file", {"path": "a.txt"})), text_reply("It says alpha."), text_reply("Bye.")]
     with serve(script) as fake:
@@ -195,6 +201,7 @@ def test_agent_repl_mode_answers_on_stdout(workspace: Path) -> None:
     assert "punie> " in proc.stderr
 
 
+@pytest.mark.slow
 def test_agent_on_a_terminal_is_interactive(workspace: Path) -> None:
     """`punie agent` with a terminal on stdin (a person running `punie up`) talks instead of speaking ACP."""
     import pty
@@ -237,6 +244,7 @@ acp_server.serve_stdio(AgentOptions(), sys.argv[1])
 """
 
 
+@pytest.mark.slow
 def test_stray_prints_go_to_stderr_not_into_the_protocol(tmp_path: Path) -> None:
     script = tmp_path / "noisy_agent.py"
     script.write_text(STRAY_PRINT_AGENT)
@@ -257,6 +265,7 @@ def test_stray_prints_go_to_stderr_not_into_the_protocol(tmp_path: Path) -> None
     assert b"stray print from a library" in stderr
 
 
+@pytest.mark.slow
 def test_acp_with_stdin_and_stdout_redirected_to_files(tmp_path: Path) -> None:
     # An event loop cannot watch regular files: the agent must still speak ACP, then exit on EOF.
     requests = tmp_path / "in.jsonl"
@@ -272,6 +281,7 @@ def test_acp_with_stdin_and_stdout_redirected_to_files(tmp_path: Path) -> None:
     assert reply["id"] == 0 and reply["result"]["agentInfo"]["name"] == "punie"
 
 
+@pytest.mark.slow
 def test_acp_with_stdin_from_dev_null_exits_cleanly() -> None:
     start = time.monotonic()
     proc = subprocess.run([sys.executable, *_agent_args("http://127.0.0.1:1/v1"), "--mode", "acp"],

@@ -69,6 +69,7 @@ def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     return str(request.param)
 
 
+@pytest.mark.slow
 @linux
 def test_directory_symlink_swap_race_never_escapes(tmp_path: Path, resolver: str, no_fsync: None) -> None:
     root = tmp_path / "ws"
@@ -106,6 +107,7 @@ def test_directory_symlink_swap_race_never_escapes(tmp_path: Path, resolver: str
     assert not [n for n in os.listdir(inside) if n.endswith(".tmp")], "temp files left behind"
 
 
+@pytest.mark.slow
 @linux
 def test_file_symlink_swap_race_never_reads_or_writes_outside(tmp_path: Path, resolver: str, no_fsync: None) -> None:
     root = tmp_path / "ws"

@@ -132,6 +132,7 @@ asyncio.run(run_command_impl(ws, sys.argv[3], timeout=600))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_everything_dies_when_the_agent_process_dies(tmp_path: Path, marker: str, signum: int) -> None:
     import subprocess
@@ -180,6 +181,7 @@ print(code, flush=True)
 """
 
 
+@pytest.mark.slow
 def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent(tmp_path: Path, marker: str,
                                                                                   mechanisms: str) -> None:
     import subprocess
@@ -220,6 +222,7 @@ tr '\0' '\n' < /proc/$$/environ | grep -c '^PATH='
 HOLDER = "import sys, time; from punie.mechanisms import hide_environ; assert hide_environ(); print('ok', flush=True); time.sleep(600)"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/PID/environ is Linux's")
 def test_a_command_cannot_read_the_secrets_in_punies_own_environment(tmp_path: Path) -> None:
     """The agent (and the supervisor, here a holder process doing what it does) keep the user's API keys in

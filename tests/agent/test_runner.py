@@ -69,6 +69,7 @@ def test_history_carries_the_conversation(workspace: Path) -> None:
     assert contents[-3:] == ["one", "first answer", "two"]
 
 
+@pytest.mark.slow
 def test_tool_failures_go_back_to_the_model(workspace: Path) -> None:
     script = [tool_call_reply(("read_file", {"path": "missing.txt"}), ("read_file", {"path": "../etc/passwd"})),
               text_reply("Could not read them.")]

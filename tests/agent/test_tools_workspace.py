@@ -124,6 +124,7 @@ def test_resolve_workspace_is_relative_to_base_dir(tmp_path: Path) -> None:
 _segment = st.sampled_from(["..", ".", "a", "b", "src", "", "..."])
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_segment, min_size=1, max_size=8), st.booleans())
 def test_resolved_paths_are_always_inside_or_refused(tmp_path_factory: pytest.TempPathFactory,

@@ -63,6 +63,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_ada
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=documents, target=st.sampled_from(["model/config.json", "adapter/adapter_config.json",
                                               "adapter/punie-adapter.json", "model/model.safetensors.index.json"]))
+@pytest.mark.slow
 def test_random_json_in_every_reader_gives_a_verdict_or_a_punie_error(project: Path, doc: object,
                                                                         target: str) -> None:
     path = project / target
@@ -88,6 +89,7 @@ def test_random_json_in_every_reader_gives_a_verdict_or_a_punie_error(project: P
             path.write_text(original)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(doc=json_values)
 def test_bounded_parser_round_trips_or_refuses(doc: object) -> None:
@@ -127,6 +129,7 @@ def test_internal_error_is_exit_3_one_line(tmp_path: Path, tiny_model: Path, mon
     assert result.output.strip().count("\n") == 0 and "internal error: RuntimeError: a bug" in result.output
 
 
+@pytest.mark.slow
 def test_100k_unknown_tensors_answer_fast_and_capped(tmp_path: Path, tiny_model: Path) -> None:
     adapter = lora_adapter(tmp_path / "big", modules={})
     write_safetensors(adapter / "adapters.safetensors",
@@ -148,6 +151,7 @@ def _stamp_project(tmp_path: Path, model: Path, adapter: Path, name: str = "p") 
     return tmp_path / "punie.toml"
 
 
+@pytest.mark.slow
 def test_base_identity_same_other_unknown_corrupt_and_stamp(tmp_path: Path, tiny_model: Path,
                                                           tiny_model_q4: Path, tiny_adapter: Path) -> None:
     copy = shutil.copytree(tiny_model, tmp_path / "copy")  # same weights, other path

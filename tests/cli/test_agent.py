@@ -162,6 +162,7 @@ def _run_with_stderr_on_a_terminal(args: list[str], cwd: Path, stdin: str = "") 
     return proc.returncode, proc.stdout, b"".join(seen).decode(errors="replace")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["ask", "serve"])
 def test_no_third_party_banner_on_a_terminal(tmp_path: Path, command: str) -> None:
     with serve([text_reply("Plain answer.")]) as fake:

@@ -112,6 +112,7 @@ def _complete(args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> 
     return [line.split(",", 1)[1] for line in proc.stdout.splitlines() if line]
 
 
+@pytest.mark.slow
 def test_shell_completion_offers_profile_and_adapter_names(tmp_path: Path) -> None:
     (tmp_path / "punie.toml").write_text(TWO_PROFILES)
     for name in ("tools-v1", "tools-v2"):
@@ -201,6 +202,7 @@ def test_strip_jsonc_keeps_strings_intact() -> None:
     assert merge_entry(None, {"command": "p"}) == {"agent_servers": {"Punie": {"command": "p"}}}
 
 
+@pytest.mark.slow
 def test_first_run_provisioning_is_info_and_said_once(tmp_path: Path) -> None:
     """`punie up` on a builtin model that is not provisioned yet: no WARNING, one INFO line (-v)."""
     config = tmp_path / "punie.toml"
@@ -217,6 +219,7 @@ def test_first_run_provisioning_is_info_and_said_once(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("punie: INFO: "), loud.stderr
 
 
+@pytest.mark.slow
 def test_check_and_dry_run_do_not_import_pydantic_settings_or_asyncio(tmp_path: Path) -> None:
     """The start-up every `punie up` and CI check pays: pydantic-settings (which imports asyncio)
     is loaded only when a PUNIE_ profile variable or --set gives it something to read."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from punie.cli import main
@@ -73,6 +74,7 @@ def test_missing_model_is_refused(tmp_path: Path) -> None:
     assert "nowhere" in result.output
 
 
+@pytest.mark.slow
 def test_busy_port_exits_1_naming_the_cause(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -89,6 +91,7 @@ def test_busy_port_exits_1_naming_the_cause(tmp_path: Path) -> None:
     assert proc.stdout == ""  # stdout belongs to the agent protocol
 
 
+@pytest.mark.slow
 def test_external_server_with_the_real_agent_answers_over_acp_then_stops_on_sigint(tmp_path: Path) -> None:
     port = free_port()
     requests = tmp_path / "requests.jsonl"

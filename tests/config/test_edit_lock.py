@@ -152,6 +152,7 @@ def _proc_locks() -> list[str]:
         return [line for line in f if len(line.split()) > 5]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs /proc/locks (Linux)")
 def test_an_edit_waits_for_the_lock_holder(tmp_path: Path) -> None:
     """While one edit holds the lock (paused mid-write), another edit blocks; after the

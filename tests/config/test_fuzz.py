@@ -68,6 +68,7 @@ _TOML_ATOMS = st.sampled_from(
 )
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.lists(_TOML_ATOMS, max_size=40))
 def test_toml_shaped_noise_only_raises_config_error(work: Path, atoms: list[str]) -> None:

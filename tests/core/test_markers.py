@@ -62,6 +62,7 @@ def pytest_collection_finish(session):
 """
 
 
+@pytest.mark.slow
 def test_the_suite_is_marked_by_the_rule_at_collection(tmp_path: Path) -> None:
     """On real modules: tests that build a tiny model through a fixture (tests/conftest.py), through a
     module's own fixture or helper, or in a module importing mlx at its top carry ``mlx`` without a

@@ -155,6 +155,7 @@ def test_a_non_loopback_host_needs_allow_remote_even_without_check(tmp_path: Pat
     assert not build_plan(resolved(tmp_path), model_path=tmp_path / "m", adapter_path=None).remote
 
 
+@pytest.mark.slow
 def test_punie_up_no_check_refuses_a_non_loopback_host(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     config = tmp_path / "punie.toml"

@@ -44,6 +44,7 @@ def test_sigint_stops_both_children_and_exits_0(tmp_path: Path) -> None:
     assert port_free(plan.port)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_both_children(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path)
     proc = _start(tmp_path, plan)
@@ -103,6 +104,7 @@ def test_a_stderr_nobody_reads_does_not_stall_the_supervisor(tmp_path: Path) -> 
     assert not any(alive(p) for p in _children(tmp_path))
 
 
+@pytest.mark.slow
 def test_children_run_in_their_own_process_group(tmp_path: Path) -> None:
     # Ctrl-C on a terminal signals the foreground group: only punie up must get it.
     plan = fake_plan(tmp_path)

@@ -202,6 +202,7 @@ def _codes(name: str, project: Path, overrides: list[str] = ()) -> dict[str, str
     return {p.code: p.message for p in check_profiles([resolved]).problems if p.severity == "error"}
 
 
+@pytest.mark.slow
 def test_check_applies_vllms_rules(project: Path, tiny_model: Path, tiny_dataset: Path) -> None:
     assert _codes("one", project) == {}
     # rank 4 fits 16, not 1

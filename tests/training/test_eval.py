@@ -96,6 +96,7 @@ def test_run_suite_over_http_sends_default_model_and_tools() -> None:
     assert [t["function"]["name"] for t in fake.requests[1]["tools"]] == ["list_files"]
 
 
+@pytest.mark.slow
 def test_eval_cli_compares_profiles_and_stores_score(tmp_path: Path, tiny_adapter: Path) -> None:
     shutil.copytree(tiny_adapter, tmp_path / "adapters" / "tool")
     suite_file = tmp_path / "suite.json"

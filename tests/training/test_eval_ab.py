@@ -122,6 +122,7 @@ def test_gate_better_fails_when_the_candidate_is_not_significantly_better(tmp_pa
     assert not_worse.exit_code == 0, not_worse.output + not_worse.stderr
 
 
+@pytest.mark.slow
 def test_the_gate_exit_code_of_the_punie_process(tmp_path: Path) -> None:
     """The installed entry point, in its own process: exit 1 and the reason on stderr, the JSON
     report on stdout; exit 0 for the gate that passes on the same answers."""

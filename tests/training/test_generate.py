@@ -25,6 +25,7 @@ def _held() -> list[str]:
     return [c.prompt for c in load_suite().cases] + list(README_PROMPTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_no_generated_prompt_is_an_eval_prompt_or_nearly(seed: int) -> None:
     suite = load_suite()
@@ -37,6 +38,7 @@ def test_no_generated_prompt_is_an_eval_prompt_or_nearly(seed: int) -> None:
         assert difflib.SequenceMatcher(None, mine, closest).ratio() < NEAR, (prompt, held[closest])
 
 
+@pytest.mark.slow
 def test_without_held_out_prompts_the_templates_would_come_close() -> None:
     """The filter is not idle: unfiltered, the templates do produce prompts near the held-out ones."""
     rows = generate_rows(3000, seed=0)

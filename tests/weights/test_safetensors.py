@@ -120,6 +120,7 @@ _entry = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=5), _entry | st.integers(), max_size=4), st.binary(max_size=64),
        st.integers(0, 200))
+@pytest.mark.slow
 def test_random_headers_and_truncations_raise_only_corrupt_file_error(header: dict, data: bytes, cut: int) -> None:
     raw = _raw(header, data)
     _check_only_punie_errors(raw)
