@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -96,8 +98,11 @@ def test_run_suite_over_http_sends_default_model_and_tools() -> None:
     assert [t["function"]["name"] for t in fake.requests[1]["tools"]] == ["list_files"]
 
 
-@pytest.mark.slow
-def test_eval_cli_compares_profiles_and_stores_score(tmp_path: Path, tiny_adapter: Path) -> None:
+@contextmanager
+def _demo_vs_plain(tmp_path: Path, tiny_adapter: Path) -> Iterator[tuple[Path, Path]]:
+    """A project whose `demo` (the tiny adapter, as adapters/tool) is served by a scripted model that
+    answers both cases of suite.json right, and `plain` (no adapter) by one that does not; yields
+    (punie.toml, suite.json) while both servers run."""
     shutil.copytree(tiny_adapter, tmp_path / "adapters" / "tool")
     suite_file = tmp_path / "suite.json"
     suite_file.write_text(_suite().model_dump_json())
@@ -109,6 +114,12 @@ def test_eval_cli_compares_profiles_and_stores_score(tmp_path: Path, tiny_adapte
             f'[profiles.demo]\nmodel = "m"\nadapter = "tool"\nserver.url = "{tuned.url}"\n'
             f'[profiles.plain]\nmodel = "m"\nserver.url = "{base.url}"\n'
         )
+        yield config, suite_file
+
+
+@pytest.mark.slow
+def test_eval_cli_compares_profiles_and_stores_score(tmp_path: Path, tiny_adapter: Path) -> None:
+    with _demo_vs_plain(tmp_path, tiny_adapter) as (config, suite_file):
         result = CliRunner().invoke(main, ["--config", str(config), "eval", "demo", "--vs", "plain",
                                            "--suite", str(suite_file), "--record"])
     assert result.exit_code == 0, result.output + result.stderr
@@ -125,19 +136,9 @@ def test_eval_cli_compares_profiles_and_stores_score(tmp_path: Path, tiny_adapte
 
 def test_eval_writes_results_under_dot_punie_and_leaves_the_adapter_alone(tmp_path: Path, tiny_adapter: Path) -> None:
     """Without --record, `punie eval` must not rewrite the (tracked) punie-adapter.json."""
-    shutil.copytree(tiny_adapter, tmp_path / "adapters" / "tool")
     meta_file = tmp_path / "adapters" / "tool" / "punie-adapter.json"
-    before = meta_file.read_bytes() if meta_file.exists() else None
-    suite_file = tmp_path / "suite.json"
-    suite_file.write_text(_suite().model_dump_json())
-    good = [tool_call_reply(("read_file", {"path": "LICENSE"})), tool_call_reply(("list_files", {"path": "src"}))]
-    bad = [text_reply("hello"), tool_call_reply(("read_file", {"path": "src"}))]
-    with serve(good) as tuned, serve(bad) as base:
-        config = tmp_path / "punie.toml"
-        config.write_text(
-            f'[profiles.demo]\nmodel = "m"\nadapter = "tool"\nserver.url = "{tuned.url}"\n'
-            f'[profiles.plain]\nmodel = "m"\nserver.url = "{base.url}"\n'
-        )
+    with _demo_vs_plain(tmp_path, tiny_adapter) as (config, suite_file):
+        before = meta_file.read_bytes() if meta_file.exists() else None
         result = CliRunner().invoke(main, ["--config", str(config), "eval", "demo", "--vs", "plain",
                                            "--suite", str(suite_file), "--format", "json"])
     assert result.exit_code == 0, result.output + result.stderr
