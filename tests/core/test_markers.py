@@ -21,6 +21,7 @@ def _reaches(tmp_path: Path, source: str, name: str) -> bool:
     path = tmp_path / "test_sample.py"
     path.write_text(textwrap.dedent(source))
     markers._parsed.cache_clear()
+    markers._facts.cache_clear()
     return markers._reaches(str(path), name, set())
 
 

@@ -28,21 +28,32 @@ MLX_SUPPORT = frozenset({"tests.support.oracle", "tests.support.sharded_probe", 
 _ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `tests` package
 
 
+def _module_file(module: str) -> Path | None:
+    """The source of a module of this repository (``punie.*`` under src/, ``tests.*``), else None."""
+    base = (_ROOT / "src" if module.split(".")[0] == "punie" else _ROOT).joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@cache
 def _mlx_module(name: str) -> bool:
+    """Whether ``name`` is (or is a name inside) mlx, mlx_lm, a module of this repository named
+    ``*_mlx``, or one of MLX_SUPPORT. A function named ``*_mlx`` is no module: only module parts count."""
     parts = name.split(".")
-    return (parts[0] in ("mlx", "mlx_lm") or any(part.endswith("_mlx") for part in parts)
-            or any(name == m or name.startswith(m + ".") for m in MLX_SUPPORT))
+    if parts[0] in ("mlx", "mlx_lm") or any(name == m or name.startswith(m + ".") for m in MLX_SUPPORT):
+        return True
+    if parts[0] not in ("punie", "tests"):
+        return False
+    modules = [i for i in range(1, len(parts) + 1) if _module_file(".".join(parts[:i]))]
+    return any(parts[i - 1].endswith("_mlx") for i in modules)
 
 
 def _source_of(module: str) -> str | None:
     """The file of a module of the ``tests`` package, or None for any other module."""
-    if module.split(".")[0] != "tests":
-        return None
-    base = _ROOT.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return str(candidate)
-    return None
+    found = _module_file(module) if module.split(".")[0] == "tests" else None
+    return str(found) if found else None
 
 
 class _Module:
@@ -91,32 +102,47 @@ def _dotted_uses_mlx(dotted: str, seen: set[tuple[str, str]]) -> bool:
     return bool(source) and _reaches(source, name, seen)
 
 
+@cache
+def _facts(filename: str, name: str) -> tuple[bool, frozenset[str], frozenset[str]]:
+    """One walk of the top-level definition ``name``: (uses mlx by itself, the top-level definitions
+    of its module it names, the dotted names of what it names from elsewhere)."""
+    module = _parsed(filename)
+    if module is None or name not in module.defs:
+        return False, frozenset(), frozenset()
+    local: set[str] = set()
+    dotted: set[str] = set()
+    for node in ast.walk(module.defs[name]):
+        if isinstance(node, ast.Import):
+            if any(_mlx_module(a.name) for a in node.names):
+                return True, frozenset(), frozenset()
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            dotted.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id in module.imported:  # `tiny.build_tiny_model`
+            dotted.add(f"{module.imported[node.value.id]}.{node.attr}")
+        elif isinstance(node, ast.Name):
+            if node.id in MLX_HELPERS:
+                return True, frozenset(), frozenset()
+            if node.id in module.defs:
+                local.add(node.id)
+            elif node.id in module.imported:
+                dotted.add(module.imported[node.id])
+    return False, frozenset(local - {name}), frozenset(dotted)
+
+
 def _reaches(filename: str, name: str, seen: set[tuple[str, str]]) -> bool:
     """Whether the top-level definition ``name`` of ``filename`` uses mlx (the module docstring's rule)."""
     if (filename, name) in seen:
         return False
     seen.add((filename, name))
-    module = _parsed(filename)
-    if module is None or name not in module.defs:
-        return False
-    for node in ast.walk(module.defs[name]):
-        if isinstance(node, ast.Import) and any(_mlx_module(a.name) for a in node.names):
-            return True
-        if isinstance(node, ast.ImportFrom) and node.module and any(
-                _dotted_uses_mlx(f"{node.module}.{a.name}", seen) for a in node.names):
-            return True
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and node.value.id in module.imported:  # `tiny.build_tiny_model`
-            if _dotted_uses_mlx(f"{module.imported[node.value.id]}.{node.attr}", seen):
-                return True
-        elif isinstance(node, ast.Name):
-            if node.id in MLX_HELPERS:
-                return True
-            if node.id in module.defs and _reaches(filename, node.id, seen):
-                return True
-            if node.id in module.imported and _dotted_uses_mlx(module.imported[node.id], seen):
-                return True
-    return False
+    direct, local, dotted = _facts(filename, name)
+    return direct or any(_reaches(filename, other, seen) for other in local) \
+        or any(_dotted_uses_mlx(d, seen) for d in dotted)
+
+
+@cache
+def _definition_uses_mlx(filename: str, name: str) -> bool:
+    return _reaches(filename, name, set())
 
 
 def _function_uses_mlx(func: object) -> bool:
@@ -125,7 +151,7 @@ def _function_uses_mlx(func: object) -> bool:
     except TypeError:
         return False
     qualname = getattr(func, "__qualname__", "")
-    return bool(filename) and _reaches(filename, qualname.split(".")[0], set())
+    return bool(filename) and _definition_uses_mlx(filename, qualname.split(".")[0])
 
 
 def module_imports_mlx(filename: str) -> bool:
