@@ -30,6 +30,7 @@ def _options(**kw: Any) -> AgentOptions:
     return AgentOptions(**kw)
 
 
+@pytest.mark.slow
 def test_full_tool_calling_turn(workspace: Path) -> None:
     script = [tool_call_reply(("read_file", {"path": "notes.txt"})), text_reply("The word is pineapple.")]
     with serve(script) as fake:
@@ -59,6 +60,7 @@ def test_only_enabled_tools_are_offered(workspace: Path) -> None:
     assert sorted(t["function"]["name"] for t in fake.requests[0]["tools"]) == ["read_file", "search"]
 
 
+@pytest.mark.slow
 def test_history_carries_the_conversation(workspace: Path) -> None:
     with serve([text_reply("first answer"), text_reply("second answer")]) as fake:
         agent = build_agent(_options(), fake.url, base_dir=workspace)
@@ -113,6 +115,7 @@ def test_max_turns_stops_a_looping_model(workspace: Path) -> None:
     assert "agent.max_turns" in str(info.value)
 
 
+@pytest.mark.slow
 def test_unreachable_server_is_a_clear_agent_error(workspace: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(AgentError, match="cannot reach the model server at " + url) as info:

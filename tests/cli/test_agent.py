@@ -99,6 +99,7 @@ def test_ask_write_allowed_by_the_profile(tmp_path: Path) -> None:
     assert (tmp_path / "new.txt").read_text() == "x"
 
 
+@pytest.mark.slow
 def test_ask_unreachable_server_exits_1_with_a_clear_message(tmp_path: Path) -> None:
     port = free_port()
     config = _project(tmp_path, f"http://127.0.0.1:{port}")

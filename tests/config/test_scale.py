@@ -59,6 +59,7 @@ def _naive_cycles(parent: dict[str, str | None]) -> list[list[str]]:
     return found
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(st.none(), st.integers(0, 12)), min_size=1, max_size=12))
 def test_extends_cycles_agrees_with_following_every_chain(targets: list[int | None]) -> None:

@@ -88,6 +88,7 @@ def _stop_when_ready(tmp_path: Path, action) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow
 def test_a_sigstopped_server_is_detected_by_liveness_and_killed_without_the_grace(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path).model_copy(update={"liveness_interval": 0.2, "liveness_failures": 2})
     stopped_at: list[float] = []
@@ -109,6 +110,7 @@ def test_a_sigstopped_server_is_detected_by_liveness_and_killed_without_the_grac
     assert not any(alive(p) for p in pids(tmp_path / "server.pid") + pids(tmp_path / "agent.pid"))
 
 
+@pytest.mark.slow
 def test_a_server_dead_inside_after_ready_is_restarted_under_the_policy(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path, server_args=["--die-after", "1.0"], restart="on-failure", max_restarts=1,
                      restart_backoff=0.0)
@@ -122,6 +124,7 @@ def test_a_server_dead_inside_after_ready_is_restarted_under_the_policy(tmp_path
     assert not any(alive(p) for p in pids(tmp_path / "server.pid") + pids(tmp_path / "agent.pid"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guard_mode", ["pdeathsig", "watchdog"])
 def test_children_ignoring_sigterm_are_gone_after_sigkill_of_the_supervisor(tmp_path: Path, guard_mode: str) -> None:
     plan = fake_plan(tmp_path, server_args=["--ignore-term"], agent_args=["--ignore-term"])
@@ -201,6 +204,7 @@ def test_rotating_log_keeps_appending_across_runs(tmp_path: Path) -> None:
     assert not (tmp_path / "a.log.2").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigint", "agent-sigkill"])
 def test_a_detached_grandchild_of_the_agent_is_gone_when_punie_stops(tmp_path: Path, how: str) -> None:
     detached = tmp_path / "detached.pid"

@@ -30,6 +30,7 @@ def _children(tmp_path: Path) -> list[int]:
     return pids(tmp_path / "server.pid") + pids(tmp_path / "agent.pid")
 
 
+@pytest.mark.slow
 def test_sigint_stops_both_children_and_exits_0(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path, agent_args=["--marker", str(tmp_path / "term")])
     proc = _start(tmp_path, plan)
@@ -55,6 +56,7 @@ def test_sigterm_stops_both_children(tmp_path: Path) -> None:
     assert not any(alive(p) for p in _children(tmp_path))
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_forces_the_stop(tmp_path: Path) -> None:
     # Both children ignore SIGTERM and the grace period is long: only the second signal ends it.
     marker = tmp_path / "agent-term"
@@ -72,6 +74,7 @@ def test_second_ctrl_c_forces_the_stop(tmp_path: Path) -> None:
     assert not any(alive(p) for p in _children(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guard_mode", ["pdeathsig", "watchdog"])  # watchdog: the macOS way
 def test_sigkill_of_the_supervisor_takes_the_children_down(tmp_path: Path, guard_mode: str) -> None:
     plan = fake_plan(tmp_path)
@@ -84,6 +87,7 @@ def test_sigkill_of_the_supervisor_takes_the_children_down(tmp_path: Path, guard
     assert wait_for(lambda: port_free(plan.port), 5)
 
 
+@pytest.mark.slow
 def test_watchdog_mode_still_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path)
     proc = _start(tmp_path, plan, guard_mode="watchdog")
@@ -93,6 +97,7 @@ def test_watchdog_mode_still_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     assert not any(alive(p) for p in _children(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_stderr_nobody_reads_does_not_stall_the_supervisor(tmp_path: Path) -> None:
     # An IDE may never read our stderr: 20k server lines (~1.6 MB) must not block anything.
     plan = fake_plan(tmp_path, server_args=["--chatty", "20000"])

@@ -149,6 +149,7 @@ def test_restart_on_failure_brings_the_server_back(tmp_path: Path) -> None:
     assert any("restart 1/2 in 0.1s" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_restart_gives_up_after_max_restarts_with_backoff(tmp_path: Path) -> None:
     plan = fake_plan(
         tmp_path,

@@ -134,6 +134,7 @@ def test_eval_cli_compares_profiles_and_stores_score(tmp_path: Path, tiny_adapte
     assert meta.eval["suites"]["mini"]["cases"]["l"] == {"score": 1.0, "baseline": 0.5}
 
 
+@pytest.mark.slow
 def test_eval_writes_results_under_dot_punie_and_leaves_the_adapter_alone(tmp_path: Path, tiny_adapter: Path) -> None:
     """Without --record, `punie eval` must not rewrite the (tracked) punie-adapter.json."""
     meta_file = tmp_path / "adapters" / "tool" / "punie-adapter.json"

@@ -84,6 +84,7 @@ def write_suite(tmp_path: Path, suite: Suite) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_gate_better_passes_when_the_candidate_is_significantly_better(tmp_path: Path) -> None:
     suite, answers = make_suite()
     wrong_for_baseline = {c.prompt for c in suite.cases[::2]}  # the baseline fails 9 of 18
@@ -103,6 +104,7 @@ def test_gate_better_passes_when_the_candidate_is_significantly_better(tmp_path:
     assert all(r["temperature"] == 0.0 for r in cand.requests + base.requests)
 
 
+@pytest.mark.slow
 def test_gate_better_fails_when_the_candidate_is_not_significantly_better(tmp_path: Path) -> None:
     """Two wins and a loss in 18 cases: a positive mean, an interval across 0, exit 1 with the reason."""
     suite, answers = make_suite()
@@ -189,6 +191,7 @@ def test_the_report_files_name_every_category_and_the_chart_is_a_png(tmp_path: P
     assert all(f"| {c.id} |" in text for c in suite.cases)
 
 
+@pytest.mark.slow
 def test_without_matplotlib_the_report_says_how_to_get_the_chart(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from punie.training.report import NO_CHART
@@ -208,6 +211,7 @@ def test_without_matplotlib_the_report_says_how_to_get_the_chart(tmp_path: Path,
     assert "| no-tool | 2 |" in text
 
 
+@pytest.mark.slow
 def test_samples_are_asked_at_the_profiles_temperature_and_compared(tmp_path: Path) -> None:
     suite, answers = make_suite(per_category=3)
     with two_profiles(tmp_path, answering(answers, lambda p: True), answering(answers, lambda p: "plus" in p),
@@ -269,6 +273,7 @@ def test_the_api_returns_the_ab_and_reports_progress(tmp_path: Path) -> None:
     assert result.report.saved_to is None  # no results_dir: nothing written
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_report(tmp_path: Path) -> None:
     suite, answers = make_suite(per_category=4)
     outputs = []
@@ -291,6 +296,7 @@ def _fake_adapter(project: Path, name: str) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_best_ranks_by_the_lower_bound_recorded_by_eval(tmp_path: Path) -> None:
     """``lucky`` has the higher mean on a small suite, ``steady`` the higher lower bound on a big one:
     best is steady. An old record with a mean only ranks below both."""

@@ -48,6 +48,7 @@ def test_without_held_out_prompts_the_templates_would_come_close() -> None:
     assert not is_held_out("Show me the src folder.", README_PROMPTS)
 
 
+@pytest.mark.slow
 def test_rows_teach_every_tool_and_plain_answers(tmp_path: Path) -> None:
     out = tmp_path / "data"
     result = CliRunner().invoke(main, ["data", "generate", "--out", str(out), "--train", "400", "--valid", "40"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from punie.adapters.registry import read_meta
 from punie.config import load_profile
 from punie.training.dataset import dataset_hash
@@ -24,6 +26,7 @@ def test_v2_files_are_small_and_portable() -> None:
     assert config["model"] == MODEL and config["mask_prompt"] is True
 
 
+@pytest.mark.slow
 def test_v2_was_trained_on_the_generated_data(tmp_path: Path) -> None:
     meta = read_meta(ADAPTER)
     assert meta is not None and meta.base_model == MODEL and meta.stamped

