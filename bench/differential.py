@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from tests.adapters.test_differential import STRICTER, punie_verdict
 from tests.support.corpus import build_corpus
 from tests.support.oracle import run_oracle
-from tests.adapters.test_differential import STRICTER, punie_verdict
 
 
 def main() -> None:
