@@ -1,6 +1,6 @@
 """The adapter canary against a real vLLM server (CPU), side by side with mlx_lm.
 
-vLLM needs its own ~3.5 GB environment (scripts/setup-vllm.sh). tests/test_canary_vllm.py checks
+vLLM needs its own ~3.5 GB environment (scripts/setup-vllm.sh). tests/launch/test_canary_vllm.py checks
 the canary through `punie up` itself; this script prints the raw numbers. See
 tests/support/vllm_canary.py for what it does: one vLLM server, the canary probe sent with the
 LoRA's model id (expect "adapter-active") and with the base's id (expect "base").

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from tests.adapters.test_differential import STRICTER, punie_verdict
 from tests.support.corpus import build_corpus
 from tests.support.oracle import run_oracle
-from tests.test_differential import STRICTER, punie_verdict
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
                 print(f"disagree: {pair.id}: mlx_lm {truth[pair.id]}, punie {'ok' if ok else 'refuses'}")
         median = statistics.median(times)
         print(f"{agree}/{len(pairs)} verdicts agree with mlx_lm; {stricter} more are deliberately stricter "
-              "(STRICTER in tests/test_differential.py)")
+              "(STRICTER in tests/adapters/test_differential.py)")
         print(f"median check time {median * 1000:.2f} ms; mlx_lm load+generate {oracle_each * 1000:.0f} ms per pair "
               f"(one warm process); ratio {oracle_each / median:.0f}x")
 

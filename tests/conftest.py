@@ -1,4 +1,12 @@
-"""Shared fixtures: an isolated environment and tiny real models/adapters built offline."""
+"""Shared fixtures: an isolated environment and tiny real models/adapters built offline; the ``mlx``
+marker put on every test that uses mlx (tests/support/markers.py says how that is decided).
+
+Where tests go: ``tests/<package>/test_<thing>.py``, the folder named after the ``src/punie`` package
+the test is about (config, adapters, checks, launch, agent, training, weights, cli, api; ``core`` for
+the top-level modules and whole-project checks such as the README's). Shared helpers live in
+tests/support (ports, tiny models, process helpers): import them rather than writing them again.
+See tests/README.md.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,37 @@ from pathlib import Path
 import pytest
 
 from tests.support import tiny
+from tests.support.markers import uses_mlx
+
+#: Modules that use state shared by the whole machine: the repository's own punie.toml (its fixed
+#: ports, its .punie/) and the builtin model in ~/.cache/punie (served on the real SmolLM2: CPU and memory
+#: heavy). With pytest-xdist (`-n 2`, tests/README.md) they run one after the other on one worker.
+SHARED_STATE = "builtin-model-and-repo-profiles"
+SHARED_STATE_MODULES = frozenset({
+    "tests/api/test_readme.py", "tests/core/test_readme.py", "tests/launch/test_dense.py",
+    "tests/training/test_readme_prompts.py", "tests/training/test_tool_calling_adapter.py",
+    "tests/training/test_tool_calling_v2.py", "tests/weights/test_builtin.py",
+})
+
+
+def xdist_group(item: pytest.Item) -> str:
+    """The group of tests one pytest-xdist worker runs in order (`--dist loadgroup`): a module's tests
+    stay together (its module-scoped servers start once); vLLM servers (GBs of memory, every core) one at
+    a time; the modules of SHARED_STATE_MODULES one at a time."""
+    module = item.nodeid.split("::", 1)[0]
+    if item.get_closest_marker("vllm") is not None:
+        return "vllm"
+    return SHARED_STATE if module in SHARED_STATE_MODULES else module
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects and xdist groups: both see the marks put here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``mlx`` every test that uses mlx (tests/support/markers.py), so no test has to remember to;
+    put every test in its xdist group."""
+    for item in items:
+        if item.get_closest_marker("mlx") is None and uses_mlx(item):
+            item.add_marker(pytest.mark.mlx)
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
 
 @pytest.fixture(autouse=True)

@@ -193,3 +193,36 @@ def start_punie_up(config: Path, profile: str, cwd: Path, *extra: str):
 
     threading.Thread(target=read, daemon=True).start()
     return proc, lines, ready
+
+
+def reap(proc) -> None:
+    """Kill ``proc`` if it still runs and wait for it: a test's ``finally`` leaves no child behind."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def pump_to_end(child, drain_timeout: float = 30.0) -> None:
+    """Run a ``punie.launch.process.Child`` to its exit with its output pumped (and drained) to its
+    log and sink, then stop and close it."""
+    import anyio
+
+    async def main() -> None:
+        await child.start()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(child.pump)
+            await child.wait()
+            await child.drained(drain_timeout)
+            tg.cancel_scope.cancel()
+        await child.stop(1.0)
+        child.close()
+
+    anyio.run(main)
+
+
+def run_punie(config: Path, *args: str, timeout: float = 120):
+    """Run ``punie --config CONFIG ARGS...`` to its end (stdin closed); returns the completed process."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "punie", "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)

@@ -3,7 +3,7 @@
 ``python sharded_probe.py MODEL_DIR pipeline|tensor`` prints, on every rank, one JSON line
 ``{"rank": R, "size": N, "ok": true, "top": [[id, logprob], ...]}`` (the top-5 first-token
 logprobs of a fixed prompt) or ``{"rank": R, "ok": false, "error": "..."}``: what mlx_lm itself
-makes of the model and the sharding (tests/test_sharding_mlx.py compares Punie's findings with it).
+makes of the model and the sharding (tests/checks/test_sharding_mlx.py compares Punie's findings with it).
 """
 
 from __future__ import annotations

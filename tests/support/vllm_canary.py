@@ -1,9 +1,9 @@
 """The adapter canary against a hand-started vLLM server, for bench/canary_vllm.py.
 
-(tests/test_canary_vllm.py checks the same through `punie up` itself.)
+(tests/launch/test_canary_vllm.py checks the same through `punie up` itself.)
 
 Builds a vLLM-compatible tiny model (head_dim 64), trains a LoRA with mlx_lm lora, raises its
-scale (see tests/test_canary_mlx.py), records its canary with mlx_lm, converts the adapter to
+scale (see tests/launch/test_canary_mlx.py), records its canary with mlx_lm, converts the adapter to
 PEFT exactly (lora_A = lora_a.T, lora_B = lora_b.T, lora_alpha = scale * rank), starts vLLM with
 ``--enable-lora --lora-modules strong=PEFT`` and sends the canary probe twice on that one server:
 with the LoRA's model id and with the base's id (what vLLM serves when it ignores the adapter).

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-#: Prompts a trained adapter is judged on outside the suite (README, tests/test_tool_calling_adapter.py).
+#: Prompts a trained adapter is judged on outside the suite (README, tests/training/test_tool_calling_adapter.py).
 README_PROMPTS = (
     "List the files in the adapters directory.",
     "Read the file punie.toml and tell me the default profile",

@@ -12,7 +12,7 @@ model) drops out. Three views of the same pairs:
   the two-sided p-value is an exact binomial tail.
 
 Pure functions on sequences of numbers; numpy is the only dependency. The references they are
-tested against (tests/test_eval_stats.py) are ``scipy.stats.bootstrap(paired=True,
+tested against (tests/training/test_eval_stats.py) are ``scipy.stats.bootstrap(paired=True,
 method="percentile")``, ``scipy.stats.binomtest`` and
 ``statsmodels.stats.contingency_tables.mcnemar(exact=True)``.
 """

@@ -37,7 +37,7 @@ MARKER = "punie-builtin.json"
 #: costs ~0.1 s on this CPU (the 4-bit matmul runs at ~2.4 GFLOP/s) in training, in
 #: evaluation and in every agent request, and the agent's five tools take 46 tokens this
 #: way against 131 as compact JSON (name and argument types) and ~600 as full schemas.
-#: Without tools the rendering is exactly the GGUF template's (tests/test_builtin.py).
+#: Without tools the rendering is exactly the GGUF template's (tests/weights/test_builtin.py).
 SMOLLM2_TOOLS_TEMPLATE = (
     "{%- set default_system = 'You are a helpful AI assistant named SmolLM, trained by Hugging Face' %}"
     "{%- if tools %}"
