@@ -23,7 +23,8 @@ from tests.support.markers import uses_mlx
 #: heavy). With pytest-xdist (`-n 2`, tests/README.md) they run one after the other on one worker.
 SHARED_STATE = "builtin-model-and-repo-profiles"
 SHARED_STATE_MODULES = frozenset({
-    "tests/api/test_readme.py", "tests/core/test_readme.py", "tests/launch/test_dense.py",
+    "tests/api/test_readme.py", "tests/core/test_readme.py", "tests/core/test_readme_commands.py",
+    "tests/launch/test_dense.py",
     "tests/training/test_readme_prompts.py", "tests/training/test_tool_calling_adapter.py",
     "tests/training/test_tool_calling_v2.py", "tests/weights/test_builtin.py",
 })

@@ -3,8 +3,8 @@
 First the PUNIE_ variables that are not profile keys; every other ``PUNIE_<KEY>`` variable is read
 as a profile override (pydantic-settings);
 config warns about a PUNIE_ variable that is neither. A module that reads a new
-non-profile PUNIE_ variable adds its name here (tests/test_one_home.py checks the source).
-Then other tools' variables Punie reads or sets for its children; tests/test_one_home.py fails
+non-profile PUNIE_ variable adds its name here (tests/core/test_one_home.py checks the source).
+Then other tools' variables Punie reads or sets for its children; tests/core/test_one_home.py fails
 when one of these names is written as a literal outside this module.
 """
 

@@ -1,6 +1,6 @@
 """THE numbers Punie's modules share (one home per fact): the stop grace, the read cap, the I/O chunk.
 
-A number that more than one module needs lives here and is imported; tests/test_one_home.py fails
+A number that more than one module needs lives here and is imported; tests/core/test_one_home.py fails
 when its literal comes back elsewhere in src/punie.
 """
 

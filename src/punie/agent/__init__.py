@@ -18,7 +18,7 @@
   :mod:`punie.agent.acp_describe` (titles, kinds, client features), :mod:`punie.agent.acp_profiles`
   (the profiles sharing the server) and :mod:`punie.agent.acp_commands` (slash commands).
 * Concurrency is anyio's; asyncio only where a third-party API forces it (:mod:`punie.agent.acp_stdio`,
-  :mod:`punie.agent.shield`; tests/test_agent_structure.py lists why).
+  :mod:`punie.agent.shield`; tests/agent/test_structure.py lists why).
 * :mod:`punie.agent.target`: profile -> server URL and agent options; ``serve_profile``.
 
 Names are imported lazily so that ``import punie.agent`` stays cheap.

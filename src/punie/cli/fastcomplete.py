@@ -6,7 +6,7 @@ that imports the whole CLI (click, the command modules, pydantic for the profile
 word being completed is a profile or an adapter name (the slots of :data:`SLOTS`), the
 names are read here (punie.toml with tomllib, the adapters folder) and printed in click's
 format for the shell; everything else (command and option names, files, ...) returns
-None and click answers as before. tests/test_completion_fast.py checks, against the full
+None and click answers as before. tests/cli/test_completion_fast.py checks, against the full
 CLI, that the slots are the ones whose parameters complete names, and that both paths
 give the same answers.
 

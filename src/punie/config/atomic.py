@@ -52,7 +52,7 @@ from punie.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 _DEFAULT_MODE = 0o644
-# Test hook (tests/test_edit_lock.py): the path of a FIFO. The writer writes one
+# Test hook (tests/config/test_edit_lock.py): the path of a FIFO. The writer writes one
 # byte to it after half its data and then waits to be killed, so a test can
 # SIGKILL an edit mid-write at a known point without sleeping.
 TEST_PAUSE_ENV = "_PUNIE_TEST_PAUSE_WRITE"  # not PUNIE_*: never taken for a profile key
@@ -71,7 +71,7 @@ def write_atomic(path: str | os.PathLike[str], text: str, *, encoding: str = "ut
                  new_mode: int = _DEFAULT_MODE) -> None:
     """Replace ``path`` with ``text`` atomically, keeping its permission bits.
 
-    THE temp-file-then-rename of Punie (tests/test_one_home.py keeps it the only one).
+    THE temp-file-then-rename of Punie (tests/core/test_one_home.py keeps it the only one).
     A file that does not exist yet gets ``new_mode`` (0644; less the umask). A symlink is
     followed: the file it points to is replaced, the link stays. Raises OSError
     (for example ENOSPC) with the original file left byte for byte as it was.

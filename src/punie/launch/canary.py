@@ -36,7 +36,7 @@ from punie.adapters.canary import Canary, TopToken
 #: vLLM (CPU, float32) serving the PEFT export answers within ~1e-6 nats of mlx_lm's recorded canary
 #: on the tiny test model, its base id likewise of the recorded base. 0.05 leaves room for that, and
 #: is far below what an adapter changes (the shipped tool-calling-v1 adapter moves the top token by
-#: ~2 nats; tests/test_canary_vllm.py's adapters 1.5 and 2.2).
+#: ~2 nats; tests/launch/test_canary_vllm.py's adapters 1.5 and 2.2).
 MATCH_TOLERANCE = 0.05
 #: Smallest distance between the adapter's and the base's distributions for the canary to be
 #: able to tell them apart: twice the match tolerance, so the two match regions never overlap.

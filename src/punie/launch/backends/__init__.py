@@ -5,7 +5,7 @@
     backend_of(plan).model_ids(plan)     # the ids the canaries and the agent send
 
 Like uvicorn's ``HTTP_PROTOCOLS``: the rest of Punie never compares a backend's name; it asks
-this table (see `punie.launch.backends.base` for the protocol, and tests/test_backend_seam.py,
+this table (see `punie.launch.backends.base` for the protocol, and tests/launch/test_backend_seam.py,
 which fails on any such comparison outside this package). The names a profile may give are
 declared in `punie.config.models.BACKEND_NAMES`; the table must cover exactly those.
 A new backend: one module here (a `BackendPart` and a `Backend`), one line in `BACKENDS`,

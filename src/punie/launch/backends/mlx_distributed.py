@@ -7,10 +7,10 @@ accept ``-m``); rank 0 serves HTTP. What runs where, as mlx.launch builds it:
 
 - a host named ``127.0.0.1``: ``bash -c 'cd ...; export ...; exec PYTHON SCRIPT ARGS'``, a child of
   mlx.launch in its process group: the supervisor's group stop and the orphan guard's group kill reach
-  it (a SIGKILLed `punie up` leaves no rank: tests/test_mlx_distributed_mlx.py);
+  it (a SIGKILLed `punie up` leaves no rank: tests/launch/test_mlx_distributed_mlx.py);
 - any other host: ``ssh -tt -o LogLevel=QUIET HOST 'the same script'``: the remote rank runs under a
   pseudo-terminal, so when the local ssh client dies (with mlx.launch's group, however `punie up`
-  ends) sshd hangs the terminal up and the rank dies of SIGHUP (tests/test_mlx_distributed_ssh.py).
+  ends) sshd hangs the terminal up and the rank dies of SIGHUP (tests/launch/test_mlx_distributed_ssh.py).
   No stop command is needed.
 
 A rank that exits makes mlx.launch stop the others and print ``Node with rank N exited with code C``:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-AGENT = Path(__file__).resolve().parent.parent / "src" / "punie" / "agent"
+AGENT = Path(__file__).resolve().parents[2] / "src" / "punie" / "agent"
 
 #: Modules that may import asyncio, and why (each reason is a third-party API).
 ASYNCIO_ALLOWED = {

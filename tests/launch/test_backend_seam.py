@@ -16,7 +16,7 @@ import pytest
 
 from punie.config.models import BACKEND_NAMES
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "punie"
+SRC = Path(__file__).resolve().parents[2] / "src" / "punie"
 ALLOWED = SRC / "launch" / "backends"
 
 

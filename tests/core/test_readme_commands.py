@@ -31,7 +31,7 @@ import pytest
 from tests.support.ports import free_port
 from tests.support.tmux import Tmux, private_tmux, wait_gone
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 
 _PLACEHOLDER = re.compile(r"^(?:[A-Z][A-Z_]*|\.\.\.|local:URL)$")
@@ -171,7 +171,7 @@ RUN = {
 }
 #: Commands to type that take a real server or minutes: the test that runs them (it must exist).
 COVERED = {
-    "punie up tool-calling": "tests/test_dense.py::test_tool_calling_canary_matches_through_punie_up_on_the_dense_copy",
+    "punie up tool-calling": "tests/launch/test_dense.py::test_tool_calling_canary_matches_through_punie_up_on_the_dense_copy",
     "bash scripts/test.sh": ".ci/run",
     "bash scripts/setup-vllm.sh": ".ci/run",
 }

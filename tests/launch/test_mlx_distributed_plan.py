@@ -327,8 +327,8 @@ def test_no_shell_string_is_built_from_the_profile(tmp_path: Path, model: Path) 
 def test_the_shipped_example_checks_and_plans_three_local_ranks() -> None:
     """examples/mlx-distributed.toml as shipped (the builtin model, the shipped adapter served fused).
     Its real run (measured: fused once, canary 0.0000 from the adapter, "The capital of France is
-    Paris.") is too slow for CI on 2 cores; tests/test_mlx_distributed_mlx.py runs the tiny models."""
-    config = Path(__file__).parent.parent / "examples" / "mlx-distributed.toml"
+    Paris.") is too slow for CI on 2 cores; tests/launch/test_mlx_distributed_mlx.py runs the tiny models."""
+    config = Path(__file__).resolve().parents[2] / "examples" / "mlx-distributed.toml"
     resolved = load_profile(None, config=config)
     options = resolved.profile.server.distributed
     assert resolved.profile.server.backend == "mlx-distributed" and resolved.profile.adapter
