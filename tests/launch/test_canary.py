@@ -329,11 +329,11 @@ def test_a_vllm_group_plan_carries_each_canary_aimed_at_its_lora_id(tmp_path: Pa
     """One code path for --dry-run and a real run: the plan names every canary and its model id."""
     from punie.cli import main
     from punie.config import load_profiles
-    from punie.launch.prepare import prepare_vllm
+    from punie.launch.prepare import prepare_members
 
     config = _vllm_project(tmp_path, "http://127.0.0.1:9")
     members = load_profiles(["plain", "one", "two"], config=config)
-    plan = prepare_vllm(members, group="team", check=False, provision=False)
+    plan = prepare_members(members, group="team", check=False, provision=False)
     assert plan.model_id == "base" and plan.canary is None  # the lead (the agent's model) has no adapter
     assert [(c.model, Path(c.adapter).name) for c in plan.member_canaries] == [("one", "a"), ("two", "b")]
     assert "then:    canary of" in plan.render_text() and "(model two)" in plan.render_text()
@@ -341,7 +341,7 @@ def test_a_vllm_group_plan_carries_each_canary_aimed_at_its_lora_id(tmp_path: Pa
                                     "json", "--no-check"])
     assert res.exit_code == 0, res.output
     assert [c["model"] for c in json.loads(res.output)["member_canaries"]] == ["one", "two"]
-    single = prepare_vllm(load_profiles(["two"], config=config), check=False, provision=False)
+    single = prepare_members(load_profiles(["two"], config=config), check=False, provision=False)
     assert single.canary is not None and single.canary.model == "two" and single.member_canaries == ()
 
 

@@ -118,14 +118,14 @@ def test_dry_run_plan_shows_argv_env_and_export_dirs_without_writing(project: Pa
 
 
 def test_real_prepare_exports_once_to_the_content_hash_dir(project: Path) -> None:
-    from punie.launch.prepare import prepare_vllm
+    from punie.launch.prepare import prepare_members
 
     one = load_profile("one", config=str(project / "punie.toml"))
-    plan = prepare_vllm([one], check=False)
+    plan = prepare_members([one], check=False)
     lora = Path(plan.backend.lora_modules["one"])
     assert (lora / "adapter_model.safetensors").is_file()
     assert json.loads((lora / "adapter_config.json").read_text())["r"] == 4
-    assert prepare_vllm([one], check=False).backend.lora_modules == plan.backend.lora_modules
+    assert prepare_members([one], check=False).backend.lora_modules == plan.backend.lora_modules
 
 
 def test_group_is_one_server_with_every_adapter(project: Path) -> None:
@@ -250,10 +250,10 @@ def test_vllm_python_answer_is_cached_by_path_and_mtime(project: Path, tmp_path:
 
 
 def test_group_members_adapters_must_fit_the_shared_servers_rank(project: Path) -> None:
-    from punie.launch.prepare import prepare_vllm
+    from punie.launch.prepare import prepare_members
 
     members = load_profiles(["one", "two"], config=str(project / "punie.toml"),
                             overrides=["server.vllm.max_lora_rank=1"])
     members = [members[0], load_profile("two", config=str(project / "punie.toml"))]  # two keeps rank 8
     with pytest.raises(ConfigError, match="rank 4, above the server's max_lora_rank 1"):
-        prepare_vllm(members, group="g", check=False, provision=False)
+        prepare_members(members, group="g", check=False, provision=False)

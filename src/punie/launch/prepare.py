@@ -25,7 +25,7 @@ from punie.weights import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["expected_canary", "prepare", "prepare_members", "prepare_vllm", "resolve_adapter_path",
+__all__ = ["expected_canary", "prepare", "prepare_members", "resolve_adapter_path",
            "resolve_model_path", "run_check"]
 
 
@@ -87,18 +87,3 @@ def prepare(
     """Check (unless ``check`` is False), resolve model and adapter, and build the launch plan of one profile."""
     return prepare_members([resolved], check=check, provision=provision, python=python, log_dir=log_dir,
                            progress=progress)
-
-
-def prepare_vllm(
-    members: Sequence[ResolvedProfile],
-    *,
-    group: str | None = None,
-    check: bool = True,
-    provision: bool = True,
-    python: str = sys.executable,
-    log_dir: Path | None = None,
-    progress: object = None,
-) -> LaunchPlan:
-    """`prepare_members` (the name the vLLM group launch had; its backend is the members')."""
-    return prepare_members(members, group=group, check=check, provision=provision, python=python,
-                           log_dir=log_dir, progress=progress)  # type: ignore[arg-type]
