@@ -78,6 +78,13 @@ def test_shipped_suite_asks_like_the_agent() -> None:
     assert "<tool_call>" not in (suite.system or "")  # the chat template describes the format
 
 
+@pytest.fixture(autouse=True)
+def one_request_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests script their model's replies in the order the cases are asked: one at a time
+    (asking concurrently is tested in test_eval_concurrency.py)."""
+    monkeypatch.setenv("PUNIE_EVAL_CONCURRENCY", "1")
+
+
 def _suite() -> Suite:
     tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
              for n in ("read_file", "list_files")]

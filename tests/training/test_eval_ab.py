@@ -9,6 +9,7 @@ exit codes, punie-adapter.json) is the real code.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import sys
@@ -100,7 +101,9 @@ def test_gate_better_passes_when_the_candidate_is_significantly_better(tmp_path:
     assert report["gate"] == {"gate": "better", "passed": True, "reason": report["gate"]["reason"]}
     assert set(report["greedy"]["categories"]) == {"read_file", "list_files", "no-tool"}
     assert len(cand.requests) == len(base.requests) == len(suite.cases)  # the same prompts, once each, greedy
-    assert [r["messages"] for r in cand.requests] == [r["messages"] for r in base.requests]
+    # asked concurrently: the same prompts on both sides, in any order
+    assert sorted(json.dumps(r["messages"]) for r in cand.requests) == sorted(
+        json.dumps(r["messages"]) for r in base.requests)
     assert all(r["temperature"] == 0.0 for r in cand.requests + base.requests)
 
 
@@ -219,13 +222,18 @@ def test_samples_are_asked_at_the_profiles_temperature_and_compared(tmp_path: Pa
         result = run_eval(config, write_suite(tmp_path, suite), "--samples", "2", "--format", "json")
     assert result.exit_code == 0, result.output + result.stderr
     for fake in (cand, base):
-        temperatures = [r["temperature"] for r in fake.requests]
-        assert temperatures == [0.0, 0.8, 0.8] * len(suite.cases)
+        # each case once greedy and twice sampled; asked concurrently, so in any order
+        greedy = [r["messages"][-1]["content"] for r in fake.requests if r["temperature"] == 0.0]
+        sampled = [r["messages"][-1]["content"] for r in fake.requests if r["temperature"] == 0.8]
+        assert len(greedy) + len(sampled) == len(fake.requests)
+        assert sorted(greedy) == sorted(c.prompt for c in suite.cases)
+        assert sorted(sampled) == sorted(c.prompt for c in suite.cases for _ in range(2))
         assert all(r.get("top_p") == 0.9 for r in fake.requests if r["temperature"] == 0.8)
         assert all("seed" not in r for r in fake.requests if r["temperature"] == 0.0)
     # Sample j of case i has one seed on both sides (common random numbers), a different one elsewhere.
-    seeds = [[r.get("seed") for r in fake.requests if r["temperature"] == 0.8] for fake in (cand, base)]
-    assert seeds[0] == seeds[1] and len(set(seeds[0])) == 2 * len(suite.cases)
+    seeds = [sorted((r["messages"][-1]["content"], r.get("seed")) for r in fake.requests if r["temperature"] == 0.8)
+             for fake in (cand, base)]
+    assert seeds[0] == seeds[1] and len({seed for _, seed in seeds[0]}) == 2 * len(suite.cases)
     report = json.loads(result.stdout)
     assert report["samples"] == 2 and report["candidate"]["temperature"] == 0.8
     assert [len(s) for s in report["candidate"]["sampled"]] == [2] * len(suite.cases)
@@ -269,7 +277,11 @@ def test_the_api_returns_the_ab_and_reports_progress(tmp_path: Path) -> None:
     assert [e.done for e in answered] == list(range(1, 2 * len(suite.cases) + 1))
     assert all(e.planned == 2 * len(suite.cases) and e.eta_seconds is not None for e in answered)
     assert answered[-1].eta_seconds == 0.0
-    assert "case 12/12 plain-3 1.00 (24/24, ETA 0s)" in answered[-1].describe()
+    assert re.search(r"case \d+/12 \S+ \d\.\d\d \(24/24, ETA 0s\)", answered[-1].describe())
+    labels = {e.label for e in answered}
+    assert len(labels) == 2
+    for label in labels:  # every case answered once on each side (in the order the answers came)
+        assert sorted(e.index for e in answered if e.label == label) == list(range(12))
     assert result.report.saved_to is None  # no results_dir: nothing written
 
 

@@ -77,7 +77,8 @@ def test_second_step_body_carries_the_call_and_its_scripted_result() -> None:
     assert messages[3]["content"] == "docs/guide.md\n" and messages[3]["tool_call_id"] == "call_1"
 
 
-def test_run_suite_asks_the_second_step_only_after_the_expected_first_call() -> None:
+def test_run_suite_asks_the_second_step_only_after_the_expected_first_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUNIE_EVAL_CONCURRENCY", "1")  # the scripted replies come in the order they are asked
     tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
              for n in ("list_files", "read_file")]
     other = TWO.model_copy(update={"id": "u"})
