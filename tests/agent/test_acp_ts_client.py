@@ -7,6 +7,7 @@ OpenAI server, so each test sees exactly what the model was sent.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -32,10 +33,17 @@ def ts_client() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
         pytest.skip("node/npm not installed: the TypeScript ACP client tests need Node.js >= 20")
-    if not (CLIENT_DIR / "node_modules" / "@agentclientprotocol" / "sdk" / "package.json").exists():
-        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=CLIENT_DIR, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, f"npm ci failed in {CLIENT_DIR}:\n{proc.stdout}\n{proc.stderr}"
+    # Two pytest-xdist workers (each its own session) must not run `npm ci` into one node_modules at
+    # once (a half-written package fails the other's import): the first installs under a lock, and the
+    # marker is written only once the install is whole.
+    done = CLIENT_DIR / "node_modules" / ".punie-installed"
+    with open(CLIENT_DIR / ".npm-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=CLIENT_DIR, capture_output=True,
+                                  text=True, timeout=300)
+            assert proc.returncode == 0, f"npm ci failed in {CLIENT_DIR}:\n{proc.stdout}\n{proc.stderr}"
+            done.touch()
     return CLIENT_DIR / "client.mjs"
 
 

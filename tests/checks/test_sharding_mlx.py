@@ -65,7 +65,11 @@ def _oracle(model: Path, sharding: str, ranks: int) -> list[dict]:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=tiny.mlx_env(),
                           stdin=subprocess.DEVNULL)
     answers = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"rank"')]
-    assert len(answers) == ranks, (proc.returncode, proc.stdout, proc.stderr)
+    assert answers, (proc.returncode, proc.stdout, proc.stderr)
+    # A model that loads answers on every rank; one that does not fails on some rank, and mlx.launch may
+    # stop the others before they write theirs.
+    if all(a["ok"] for a in answers):
+        assert len(answers) == ranks, (proc.returncode, proc.stdout, proc.stderr)
     return sorted(answers, key=lambda a: a["rank"])
 
 
