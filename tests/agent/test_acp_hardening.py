@@ -190,7 +190,7 @@ def test_run_command_children_die_with_a_cancelled_turn_and_with_the_sigkilled_a
             except (ConnectionError, BrokenPipeError, asyncio.CancelledError):
                 pass
         assert stops == ["cancelled"]
-        assert wait_for(lambda: not marked(marker), timeout=10), marked(marker)
+        assert wait_for(lambda: not marked(marker), timeout=60), marked(marker)
     finally:
         _kill_leftovers(marker)
 
@@ -224,7 +224,7 @@ def test_run_command_children_die_when_punie_up_is_sigkilled(tmp_path: Path) -> 
                 asyncio.run(asyncio.wait_for(run(fake.url), 90))
             except (ConnectionError, BrokenPipeError, asyncio.CancelledError):
                 pass
-            assert wait_for(lambda: not marked(marker), timeout=15), marked(marker)
+            assert wait_for(lambda: not marked(marker), timeout=60), marked(marker)
     finally:
         _kill_leftovers(marker)
 

@@ -192,7 +192,7 @@ def test_fifo_is_refused_at_once_without_blocking(tmp_path: Path, resolver: str)
     with pytest.raises(ToolFailure, match="FIFO"):
         write_file_impl(ws, "pipe", "x")
     assert search_impl(ws, "anything") == "no matches for 'anything'"  # search skips it too
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 30  # a blocking open of the FIFO would never return
 
 
 def test_sockets_and_devices_are_refused(tmp_path: Path) -> None:

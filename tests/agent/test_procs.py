@@ -98,7 +98,7 @@ def test_everything_dies_at_the_timeout_even_when_ignoring_sigterm(ws: Workspace
         code, out = asyncio.run(run_command_impl(ws, "trap '' TERM; " + ESCAPES + "echo started; sleep 1000",
                                                  timeout=1))
         assert code is None and "timed out after 1 s" in out and "started" in out
-        assert time.monotonic() - start < 10
+        assert time.monotonic() - start < 60  # not the sleep 1000
         assert marked(marker) == []
     finally:
         _kill_leftovers(marker)
@@ -140,11 +140,11 @@ def test_everything_dies_when_the_agent_process_dies(tmp_path: Path, marker: str
     command = "trap '' TERM; " + ESCAPES + "touch started; sleep 1000"
     proc = subprocess.Popen([sys.executable, "-c", AGENT, str(tmp_path), marker, command])
     try:
-        assert wait_for(lambda: (tmp_path / "started").exists(), 15)
-        assert wait_for(lambda: len(marked(marker)) >= 7, 15)  # reaper, bash and the escapees
+        assert wait_for(lambda: (tmp_path / "started").exists(), 60)
+        assert wait_for(lambda: len(marked(marker)) >= 7, 60)  # reaper, bash and the escapees
         proc.send_signal(signum)
         proc.wait(timeout=30)
-        assert wait_for(lambda: not marked(marker), 10), marked(marker)
+        assert wait_for(lambda: not marked(marker), 60), marked(marker)
     finally:
         proc.kill()
         proc.wait()

@@ -24,7 +24,7 @@ from punie.checks.sharding import check_sharding
 from punie.launch.fuse import ensure_fused
 from punie.launch.stamp import stamp_canary
 from tests.support import tiny
-from tests.support.ports import free_port, port_free
+from tests.support.ports import free_port_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlx]
 pytest.importorskip("mlx_lm")
@@ -50,17 +50,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_data
             "no-index": no_index}
 
 
-def _ports(ranks: int) -> int:
-    """A starting port with ``ranks`` free ports after it (the ring listens on port + rank)."""
-    for _ in range(50):
-        start = free_port()
-        if all(port_free(start + i) for i in range(ranks)):
-            return start
-    raise AssertionError("no run of free ports")
-
-
 def _oracle(model: Path, sharding: str, ranks: int) -> list[dict]:
-    argv = [str(LAUNCH), "-n", str(ranks), "--backend", "ring", "-p", str(_ports(ranks)), "--python", sys.executable,
+    argv = [str(LAUNCH), "-n", str(ranks), "--backend", "ring", "-p", str(free_port_run(ranks)), "--python", sys.executable,
             str(PROBE), str(model), sharding]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=tiny.mlx_env(),
                           stdin=subprocess.DEVNULL)

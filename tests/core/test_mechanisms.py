@@ -165,7 +165,7 @@ def test_a_foreign_server_taking_the_port_is_refused_on_both_paths(tmp_path: Pat
         assert "does not belong to the server Punie started" in str(caught.value)
         assert not (tmp_path / "agent.pid").exists()
     finally:
-        wait_for(lambda: bool(pids(foreign_pid)), 10)
+        wait_for(lambda: bool(pids(foreign_pid)), 60)
         for pid in pids(foreign_pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

@@ -313,7 +313,7 @@ def _vllm_project(tmp_path: Path, url: str) -> Path:
 [defaults.server]
 backend = "vllm"
 url = "{url}"
-ready_timeout = 30
+ready_timeout = 120
 [profiles.one]
 adapter = "a"
 [profiles.two]
@@ -449,7 +449,7 @@ def test_a_lora_id_the_vllm_server_does_not_serve_is_refused_at_once(tmp_path: P
     start = time.monotonic()
     with pytest.raises(LaunchFailed) as info:
         _up_group(_vllm_project(tmp_path, server.url), ["one"], marker)
-    assert time.monotonic() - start < 10 and server.seen == ["one"] and not marker.exists()
+    assert time.monotonic() - start < 60 and server.seen == ["one"] and not marker.exists()  # not 120 s
     assert info.value.reason == "adapter-not-applied"
     assert "does not serve the model id 'one'" in info.value.message
 

@@ -80,7 +80,7 @@ def test_a_foreign_server_on_the_port_is_refused_and_the_agent_not_started(tmp_p
 
 def _stop_when_ready(tmp_path: Path, action) -> threading.Thread:
     def run() -> None:
-        if wait_for(lambda: bool(pids(tmp_path / "agent.pid")), 20):
+        if wait_for(lambda: bool(pids(tmp_path / "agent.pid")), 60):
             action(pids(tmp_path / "server.pid")[-1])
 
     thread = threading.Thread(target=run, daemon=True)
@@ -134,14 +134,14 @@ def test_children_ignoring_sigterm_are_gone_after_sigkill_of_the_supervisor(tmp_
                             env=dict(os.environ, PUNIE_GUARD_MODE=guard_mode),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert wait_for(lambda: bool(pids(tmp_path / "agent.pid")) or proc.poll() is not None, 20)
+        assert wait_for(lambda: bool(pids(tmp_path / "agent.pid")) or proc.poll() is not None, 60)
         children = pids(tmp_path / "server.pid") + pids(tmp_path / "agent.pid")
         assert len(children) == 2 and all(alive(p) for p in children)
         proc.kill()
         proc.wait(10)
         # SIGTERM is ignored by both: the guard's watchdog SIGKILLs the groups after the 1 s grace.
-        assert wait_for(lambda: not any(alive(p) for p in children), 10), [p for p in children if alive(p)]
-        assert wait_for(lambda: port_free(plan.port), 5)
+        assert wait_for(lambda: not any(alive(p) for p in children), 60), [p for p in children if alive(p)]
+        assert wait_for(lambda: port_free(plan.port), 60)
     finally:
         reap(proc)
 
@@ -214,10 +214,10 @@ def test_a_detached_grandchild_of_the_agent_is_gone_when_punie_stops(tmp_path: P
     proc = subprocess.Popen([sys.executable, RUN_PLAN, str(path), "1.0"], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for(lambda: bool(pids(detached)) or proc.poll() is not None, 20)
+        assert wait_for(lambda: bool(pids(detached)) or proc.poll() is not None, 60)
         (sleeper,) = pids(detached)
         # Its own session (no group signal reaches it) once `setsid` has run: $! is known a moment before.
-        assert wait_for(lambda: alive(sleeper) and os.getsid(sleeper) == sleeper, 10)
+        assert wait_for(lambda: alive(sleeper) and os.getsid(sleeper) == sleeper, 60)
         if how == "sigint":
             proc.send_signal(signal.SIGINT)
         else:

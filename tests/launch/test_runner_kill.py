@@ -53,7 +53,7 @@ def _kill_mid_run(argv: list[str], cwd: Path, running) -> None:
         assert tree
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        assert wait_for(lambda: not any(alive(p) for p in tree), 15), [(p, _cmdline(p)) for p in tree if alive(p)]
+        assert wait_for(lambda: not any(alive(p) for p in tree), 60), [(p, _cmdline(p)) for p in tree if alive(p)]
     finally:
         reap(proc)
 

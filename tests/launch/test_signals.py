@@ -21,7 +21,7 @@ def _start(tmp_path: Path, plan, grace: float = 5.0, guard_mode: str | None = No
     proc = subprocess.Popen([sys.executable, RUN_PLAN, str(path), str(grace)], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Running = the agent started (it is only started once the server answered).
-    assert wait_for(lambda: bool(pids(tmp_path / "agent.pid")) or proc.poll() is not None, 15)
+    assert wait_for(lambda: bool(pids(tmp_path / "agent.pid")) or proc.poll() is not None, 60)
     assert proc.poll() is None, proc.communicate()
     return proc
 
@@ -33,11 +33,11 @@ def _children(tmp_path: Path) -> list[int]:
 @pytest.mark.slow
 def test_sigint_stops_both_children_and_exits_0(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path, agent_args=["--marker", str(tmp_path / "term")])
-    proc = _start(tmp_path, plan)
+    proc = _start(tmp_path, plan, grace=120)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
-    assert time.monotonic() - started < 4  # well inside the 5 s grace: the children stopped on SIGTERM
+    _, err = proc.communicate(timeout=90)
+    assert time.monotonic() - started < 60  # well inside the 120 s grace: the children stopped on SIGTERM
     assert proc.returncode == 0, err
     assert "OUTCOME signal 0" in err and "SIGINT received" in err
     assert (tmp_path / "term").read_text().strip() == "term"
@@ -50,7 +50,7 @@ def test_sigterm_stops_both_children(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path)
     proc = _start(tmp_path, plan)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "SIGTERM received" in err
     assert not any(alive(p) for p in _children(tmp_path))
@@ -61,15 +61,15 @@ def test_second_ctrl_c_forces_the_stop(tmp_path: Path) -> None:
     # Both children ignore SIGTERM and the grace period is long: only the second signal ends it.
     marker = tmp_path / "agent-term"
     plan = fake_plan(tmp_path, server_args=["--ignore-term"], agent_args=["--ignore-term", "--marker", str(marker)])
-    proc = _start(tmp_path, plan, grace=60)
+    proc = _start(tmp_path, plan, grace=240)
     proc.send_signal(signal.SIGINT)
     # The event: the agent got the graceful stop's SIGTERM (and ignored it).
-    assert wait_for(lambda: marker.exists() and "term" in marker.read_text(), 10)
+    assert wait_for(lambda: marker.exists() and "term" in marker.read_text(), 60)
     assert proc.poll() is None  # still in the grace period
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
-    assert time.monotonic() - started < 10  # not the 60 s grace
+    _, err = proc.communicate(timeout=90)
+    assert time.monotonic() - started < 60  # not the 240 s grace
     assert proc.returncode == 128 + signal.SIGINT, err
     assert not any(alive(p) for p in _children(tmp_path))
 
@@ -82,9 +82,9 @@ def test_sigkill_of_the_supervisor_takes_the_children_down(tmp_path: Path, guard
     children = _children(tmp_path)
     assert len(children) == 2 and all(alive(p) for p in children)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=10)
-    assert wait_for(lambda: not any(alive(p) for p in children), 5), [p for p in children if alive(p)]
-    assert wait_for(lambda: port_free(plan.port), 5)
+    proc.communicate(timeout=60)
+    assert wait_for(lambda: not any(alive(p) for p in children), 60), [p for p in children if alive(p)]
+    assert wait_for(lambda: port_free(plan.port), 60)
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_watchdog_mode_still_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path)
     proc = _start(tmp_path, plan, guard_mode="watchdog")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert not any(alive(p) for p in _children(tmp_path))
 
@@ -103,7 +103,7 @@ def test_a_stderr_nobody_reads_does_not_stall_the_supervisor(tmp_path: Path) -> 
     plan = fake_plan(tmp_path, server_args=["--chatty", "20000"])
     proc = _start(tmp_path, plan)  # asserts the agent started, i.e. the server got ready
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=10)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert "chatty log line 019999" in Path(plan.server_log).read_text()  # the log file has everything
     assert not any(alive(p) for p in _children(tmp_path))
@@ -119,7 +119,7 @@ def test_children_run_in_their_own_process_group(tmp_path: Path) -> None:
             assert os.getpgid(pid) == pid != os.getpgid(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
+        proc.communicate(timeout=60)
 
 
 def test_guard_does_not_run_a_command_whose_supervisor_is_already_gone(tmp_path: Path) -> None:

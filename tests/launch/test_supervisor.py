@@ -50,11 +50,11 @@ def test_agent_failure_is_exit_1_with_its_last_lines(tmp_path: Path) -> None:
 
 
 def test_server_exit_before_ready_fails_fast_quoting_the_log(tmp_path: Path) -> None:
-    plan = fake_plan(tmp_path, server_args=["--load-delay", "30", "--crash-after", "0.2"], ready_timeout=30)
+    plan = fake_plan(tmp_path, server_args=["--load-delay", "30", "--crash-after", "0.2"], ready_timeout=120)
     start = time.monotonic()
     with pytest.raises(LaunchFailed) as info:
         _run(plan)
-    assert time.monotonic() - start < 10  # not the 30 s ready_timeout
+    assert time.monotonic() - start < 60  # not the 120 s ready_timeout (generous: the machine may be loaded)
     assert info.value.reason == "server-died"
     assert "exited with code 3" in info.value.message
     assert "fake server: crashing with code 3" in info.value.message  # the log tail is quoted
@@ -75,11 +75,11 @@ def test_adapter_that_does_not_load_fails_fast(tmp_path: Path) -> None:
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     plan = fake_plan(tmp_path, adapter=adapter, server_args=["--mode", "generation-died", "--load-delay", "0.2"],
-                     ready_timeout=30)
+                     ready_timeout=120)
     start = time.monotonic()
     with pytest.raises(LaunchFailed) as info:
         _run(plan)
-    assert time.monotonic() - start < 10  # not the 30 s ready_timeout
+    assert time.monotonic() - start < 60  # not the 120 s ready_timeout (generous: the machine may be loaded)
     assert info.value.reason == "adapter-failed"
     assert str(adapter) in info.value.message
     assert "does not match model parameter shape" in info.value.message
@@ -100,11 +100,11 @@ def test_port_taken_is_refused_before_starting(tmp_path: Path) -> None:
 
 def test_address_in_use_in_the_log_fails_fast(tmp_path: Path) -> None:
     # mlx_lm prints the OSError and hangs forever; the log watch must not wait for the timeout.
-    plan = fake_plan(tmp_path, server_args=["--mode", "address-in-use"], ready_timeout=30)
+    plan = fake_plan(tmp_path, server_args=["--mode", "address-in-use"], ready_timeout=120)
     start = time.monotonic()
     with pytest.raises(LaunchFailed) as info:
         _run(plan)
-    assert time.monotonic() - start < 10  # not the 30 s ready_timeout
+    assert time.monotonic() - start < 60  # not the 120 s ready_timeout (generous: the machine may be loaded)
     assert info.value.reason == "port-busy"
     assert "Address already in use" in info.value.message
     assert not any(alive(p) for p in pids(tmp_path / "server.pid"))
@@ -115,7 +115,7 @@ def test_ready_timeout_stops_a_hanging_server(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(LaunchFailed) as info:
         _run(plan)
-    assert 0.6 <= time.monotonic() - start < 10
+    assert 0.6 <= time.monotonic() - start < 60
     assert info.value.reason == "ready-timeout"
     assert "0.6s" in info.value.message and "server.readiness.timeout" in (info.value.hint or "")
     assert not any(alive(p) for p in pids(tmp_path / "server.pid"))
@@ -131,7 +131,7 @@ def test_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path)
     assert outcome.reason == "server-died"
     assert marker.read_text().strip() == "term"  # asked politely first
     assert outcome.agent_returncode == -9  # then killed
-    assert elapsed < 8  # killed after the grace period, not waited for
+    assert elapsed < 60  # killed after the grace period, not waited for (it ignores SIGTERM for ever)
     assert not any(alive(p) for p in pids(tmp_path / "agent.pid"))
 
 

@@ -45,7 +45,7 @@ class _InFlight:
 
 
 def test_cases_are_in_flight_together_and_come_back_in_order() -> None:
-    source = _InFlight(hold=4)
+    source = _InFlight(hold=4, patience=90)  # long: a loaded machine is no reason to wait it out
     suite = _suite(12)
     seen: list[tuple[int, int | None]] = []
     with serve([source] * 12) as fake:
