@@ -49,34 +49,41 @@ anyio.run(serve_one, "demo")
 '''
 
 
+BAD = "import punie.api as punie\nx: str = punie.check().ok\ny: str = punie.load_profile(3)\n"
+
+
 @pytest.fixture(scope="module")
-def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One mypy cache for the module's runs: the second one reads what the first analysed (the
-    libraries behind punie.api are most of the ~70 s) instead of analysing it all again. Fresh per
-    session, so nothing stale is ever read."""
-    return tmp_path_factory.mktemp("mypy-cache")
-
-
-@pytest.mark.slow
-def test_mypy_strict_accepts_the_public_api_and_its_use(tmp_path: Path, mypy_cache: Path) -> None:
+def mypy_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """ONE mypy --strict run over punie.api, the typed use and the wrong use (each run spends most of its
+    ~70 s on the libraries behind punie.api: one analysis serves both tests). Its result and the wrong
+    use's path."""
     pytest.importorskip("mypy")
-    usage = tmp_path / "usage.py"
+    root = tmp_path_factory.mktemp("mypy")
+    usage, bad = root / "usage.py", root / "bad.py"
     usage.write_text(USAGE, encoding="utf-8")
-    cmd = [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-           "--cache-dir", str(mypy_cache), str(REPO / "src" / "punie" / "api"), str(usage)]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stdout + result.stderr
+    bad.write_text(BAD, encoding="utf-8")
+    cmd = [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-incremental",
+           "--cache-dir", str(root / "cache"), str(REPO / "src" / "punie" / "api"), str(usage), str(bad)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO), bad
+
+
+def _errors(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if ": error:" in line]
 
 
 @pytest.mark.slow
-def test_mypy_rejects_a_wrong_use(tmp_path: Path, mypy_cache: Path) -> None:
+def test_mypy_strict_accepts_the_public_api_and_its_use(mypy_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    result, bad = mypy_run
+    elsewhere = [line for line in _errors(result.stdout) if not line.startswith(str(bad))]
+    assert elsewhere == [], result.stdout + result.stderr
+    assert "in 1 file" in result.stdout.splitlines()[-1], result.stdout  # the wrong use's, no other
+
+
+@pytest.mark.slow
+def test_mypy_rejects_a_wrong_use(mypy_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     """The check above can fail: a wrong type through the public surface is reported."""
-    pytest.importorskip("mypy")
-    bad = tmp_path / "bad.py"
-    bad.write_text("import punie.api as punie\nx: str = punie.check().ok\ny: str = punie.load_profile(3)\n",
-                   encoding="utf-8")
-    cmd = [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--cache-dir", str(mypy_cache),
-           str(bad)]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 1, result.stdout
-    assert "load_profile" in result.stdout and "incompatible type" in result.stdout
+    result, bad = mypy_run
+    assert result.returncode == 1, result.stdout + result.stderr
+    wrong = [line for line in _errors(result.stdout) if line.startswith(str(bad))]
+    assert any("load_profile" in line and "incompatible type" in line for line in wrong), result.stdout
+    assert any(line.startswith(f"{bad}:2:") for line in wrong), result.stdout  # bool is no str
