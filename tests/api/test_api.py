@@ -288,8 +288,10 @@ def test_every_module_imports_on_its_own() -> None:
             names += [package if f == "__init__.py" else package + "." + f[:-3] for f in files if f.endswith(".py")]
         # Third-party libraries first, once: each child then pays only for punie's own modules
         # (what this test is about), not for importing pydantic-ai a hundred times over.
+        # mlx and mlx_lm start no thread on import (nor do the others: forking after them is safe).
         for lib in ("pydantic", "pydantic_settings", "pydantic_ai", "openai", "httpx", "anyio", "click",
-                    "numpy", "tomlkit", "acp", "prompt_toolkit", "psutil"):
+                    "numpy", "tomlkit", "acp", "prompt_toolkit", "psutil", "mlx.core", "mlx_lm", "transformers",
+                    "huggingface_hub", "jinja2", "rich", "yaml", "safetensors"):
             try:
                 __import__(lib)
             except ImportError:
