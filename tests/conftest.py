@@ -14,9 +14,16 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support import tiny
 from tests.support.markers import uses_mlx
+
+# No hypothesis test fails for time alone: a loaded machine (two xdist workers on two cores, CI beside
+# other jobs) makes an example slower than the 200 ms default deadline, or generation "too slow", without
+# anything being wrong. Tests that set their own settings start from this profile.
+settings.register_profile("punie", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("punie")
 
 #: Modules that use state shared by the whole machine: the repository's own punie.toml (its fixed
 #: ports, its .punie/) and the builtin model in ~/.cache/punie (served on the real SmolLM2: CPU and memory

@@ -52,7 +52,7 @@ def swapping(a: Path, b: Path) -> Iterator[list[int]]:
         yield result
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=120)
         result.append(int(out.strip() or 0))
 
 

@@ -193,7 +193,7 @@ def test_a_command_that_kills_its_own_reaper_leaves_nothing_to_an_adopting_agent
     command = "setsid sleep 1000 & nohup sleep 1000 >/dev/null 2>&1 & sleep 0.2; kill -9 $PPID; sleep 1000"
     try:
         proc = subprocess.run([sys.executable, "-c", ADOPTING_AGENT, str(tmp_path), marker, command],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == str(128 + signal.SIGKILL) or proc.stdout.strip() == "-9"
         assert "killed the processes left by command reaper" in proc.stderr

@@ -252,7 +252,7 @@ def test_serve_leaves_nothing_after_keyboard_interrupt(tmp_path: Path, tiny_mode
         pid = int(line.split()[1])
         assert alive(pid)
         proc.send_signal(signal.SIGINT)
-        rest = proc.communicate(timeout=30)[0]
+        rest = proc.communicate(timeout=120)[0]
     finally:
         reap(proc)
     assert proc.returncode == 130 and "INTERRUPTED" in rest

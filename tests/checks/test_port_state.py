@@ -69,7 +69,7 @@ def _fake_up(tmp_path: Path, port: int, profile: str) -> subprocess.Popen[str]:
 
 def _stop(proc: subprocess.Popen[str]) -> None:
     os.killpg(proc.pid, 9)
-    proc.wait(timeout=30)
+    proc.wait(timeout=120)
 
 
 def _config(tmp_path: Path, model: Path, port: int) -> Path:

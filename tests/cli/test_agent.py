@@ -155,7 +155,7 @@ def _run_with_stderr_on_a_terminal(args: list[str], cwd: Path, stdin: str = "") 
     reader.start()
     try:
         proc = subprocess.run([sys.executable, "-m", "punie", *args], input=stdin, stdout=subprocess.PIPE,
-                              stderr=slave, text=True, env=env, cwd=cwd, timeout=60)
+                              stderr=slave, text=True, env=env, cwd=cwd, timeout=180)
     finally:
         os.close(slave)
     reader.join(timeout=10)

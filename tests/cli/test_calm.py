@@ -189,7 +189,7 @@ def test_a_second_instance_on_another_port_writes_its_own_logs(tmp_path: Path) -
             assert sorted(i.port for i in running(plan.project_dir, plan.profile)) == [plan.port, moved.port]
         proc.stdin.write("\n")
         proc.stdin.flush()
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=120) == 0
     finally:
         proc.kill()
         proc.wait()

@@ -72,7 +72,7 @@ def test_unknown_profile_is_a_usage_error(tmp_path: Path, tiny_model: Path, tiny
 def test_subprocess_exit_code(tmp_path: Path, tiny_model: Path, tiny_adapter: Path, tiny_model_wide: Path) -> None:
     config = _config(tmp_path, tiny_model, tiny_adapter, tiny_model_wide)
     proc = subprocess.run([sys.executable, "-m", "punie", "--config", str(config), "check", "bad", "--format", "json"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["profiles"][0]["name"] == "bad"
 

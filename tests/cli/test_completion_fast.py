@@ -134,12 +134,12 @@ def test_the_light_path_imports_neither_click_nor_pydantic(project: Path) -> Non
              "{'click', 'pydantic', 'pydantic_core', 'anyio', 'httpx', 'tomlkit', 'numpy'}), file=sys.stderr))\n"
              "import punie.cli\n")
     env = {**os.environ, "_PUNIE_COMPLETE": "bash_complete", "COMP_WORDS": "punie up ", "COMP_CWORD": "2"}
-    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"plain,{name}" for name in PROFILES]
     assert "HEAVY []" in proc.stderr, proc.stderr
     # and through the console entry's path (python -m punie) the same answer
-    proc = subprocess.run([sys.executable, "-m", "punie"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "punie"], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and proc.stdout.splitlines() == [f"plain,{name}" for name in PROFILES]
 
 

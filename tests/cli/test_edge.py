@@ -81,7 +81,7 @@ def test_json_is_a_deprecated_alias_of_format_json() -> None:
 def test_no_punie_toml_says_so_and_names_config_and_punie_config(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PUNIE_CONFIG"}
     proc = subprocess.run([sys.executable, "-m", "punie", "up", "demo-tools"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stderr
     assert f"no punie.toml found in {tmp_path} or its parents" in proc.stderr
     assert "--config FILE or PUNIE_CONFIG" in proc.stderr
@@ -110,7 +110,7 @@ def _complete(args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> 
            "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)), **(extra_env or {})}
     env.pop("PUNIE_CONFIG", None)
     proc = subprocess.run([sys.executable, "-m", "punie"], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=180)
     assert proc.returncode == 0, proc.stderr
     return [line.split(",", 1)[1] for line in proc.stdout.splitlines() if line]
 
@@ -155,7 +155,7 @@ def test_ide_entry_is_absolute(tmp_path: Path) -> None:
     assert "type" not in agent_entry("jetbrains", config, None)
     # The command really is this Punie: it resolves the profile from any directory.
     dry = subprocess.run([entry["command"], *entry["args"][:-2], "profiles", "show", "alpha", "--format", "json"],
-                         cwd="/", capture_output=True, text=True, timeout=60)
+                         cwd="/", capture_output=True, text=True, timeout=180)
     assert json.loads(dry.stdout)["profile"]["server"]["port"] == 18123
     unknown = CliRunner().invoke(main, ["--config", str(config), "ide", "zed", "nope"])
     assert unknown.exit_code == 2 and "unknown profile 'nope'" in unknown.stderr
@@ -212,11 +212,11 @@ def test_first_run_provisioning_is_info_and_said_once(tmp_path: Path) -> None:
     config.write_text('[profiles.demo]\nmodel = "builtin:smollm2-135m-instruct"\n')
     env = {**os.environ, "PUNIE_CACHE_DIR": str(tmp_path / "empty-cache")}
     quiet = subprocess.run([sys.executable, "-m", "punie", "--config", str(config), "up", "--dry-run"],
-                           env=env, capture_output=True, text=True, timeout=60)
+                           env=env, capture_output=True, text=True, timeout=180)
     assert quiet.returncode == 0, quiet.stderr
     assert "WARNING" not in quiet.stderr
     loud = subprocess.run([sys.executable, "-m", "punie", "-v", "--config", str(config), "up", "--dry-run"],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=180)
     assert "WARNING" not in loud.stderr
     lines = [line for line in loud.stderr.splitlines() if "not provisioned" in line or "provisioning" in line]
     assert len(lines) == 1 and lines[0].startswith("punie: INFO: "), loud.stderr
@@ -238,10 +238,10 @@ def test_check_and_dry_run_do_not_import_pydantic_settings_or_asyncio(tmp_path: 
     env["PUNIE_CACHE_DIR"] = str(tmp_path / "cache")
     for args in (["check"], ["up", "--dry-run"]):
         proc = subprocess.run([sys.executable, "-c", code, "--config", str(config), *args], env=env,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=180)
         assert proc.stderr.strip().splitlines()[-1] == "[]", (args, proc.stderr)
     proc = subprocess.run([sys.executable, "-c", code, "--config", str(config), "--set", "server.port=18126",
-                           "check"], env=env, capture_output=True, text=True, timeout=60)
+                           "check"], env=env, capture_output=True, text=True, timeout=180)
     assert "pydantic_settings" in proc.stderr.strip().splitlines()[-1]  # --set goes through it
 
 

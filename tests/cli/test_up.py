@@ -84,7 +84,7 @@ def test_busy_port_exits_1_naming_the_cause(tmp_path: Path) -> None:
         proc = subprocess.run(
             [sys.executable, "-m", "punie", "--config", str(config), "up", "demo", "--no-check",
              "--set", f"server.port={port}"],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 1
     assert f"punie: error: port {port} on 127.0.0.1 is already in use" in proc.stderr
     assert "hint: stop the other server" in proc.stderr
@@ -111,7 +111,7 @@ def test_external_server_with_the_real_agent_answers_over_acp_then_stops_on_sigi
             assert "".join(acp.chunks) == "The capital of France is Paris."
             agent_pid = pid_in(lines, "the agent")
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=15) == 0, "".join(lines)
+            assert proc.wait(timeout=120) == 0, "".join(lines)
         finally:
             reap(proc)
         reader.join(timeout=5)

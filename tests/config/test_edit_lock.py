@@ -118,7 +118,7 @@ def test_sigkill_mid_write_leaves_file_intact_and_next_edit_cleans_up(tmp_path: 
         leftovers = _temps(tmp_path)
         assert len(leftovers) == 1 and f".{child.pid}." in leftovers[0]
         child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=60) == -signal.SIGKILL
+        assert child.wait(timeout=180) == -signal.SIGKILL
     finally:
         reap(child)
         child.stdout.close()  # type: ignore[union-attr]
@@ -168,7 +168,7 @@ def test_an_edit_waits_for_the_lock_holder(tmp_path: Path) -> None:
         _wait_blocked_on_lock(waiter)
         assert waiter.poll() is None and "max_turns" not in path.read_text()
         holder.kill()
-        holder.wait(timeout=60)
+        holder.wait(timeout=180)
         assert waiter.wait(timeout=120) == 0
     finally:
         for child in (holder, waiter):

@@ -74,7 +74,7 @@ def test_the_suite_is_marked_by_the_rule_at_collection(tmp_path: Path) -> None:
                "tests/weights/test_safetensors.py", "tests/launch/test_plan.py"]
     env = {**os.environ, "MARKS_OUT": str(out), "PYTHONPATH": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "marks_collector",
-                           "-p", "no:randomly", *modules], cwd=REPO, env=env, capture_output=True, text=True,
+                           "-p", "no:randomly", "-p", "no:cacheprovider", *modules], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     marks = json.loads(out.read_text())

@@ -385,4 +385,4 @@ def test_the_quick_start_runs_as_written(tmp_path: Path, term: Tmux) -> None:
     screen = term.screen(pane)
     assert "Traceback" not in screen, screen
     assert "source " in screen and ".venv/bin/activate" in screen, screen  # up.sh says how to get `punie`
-    assert not wait_gone(term.token, timeout=15)
+    assert not wait_gone(term.token, timeout=120)

@@ -222,7 +222,7 @@ def test_a_detached_grandchild_of_the_agent_is_gone_when_punie_stops(tmp_path: P
             proc.send_signal(signal.SIGINT)
         else:
             os.kill(pids(tmp_path / "agent.pid")[0], signal.SIGKILL)
-        proc.communicate(timeout=15)
+        proc.communicate(timeout=120)
         assert not alive(sleeper)
     finally:
         reap(proc)

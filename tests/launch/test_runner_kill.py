@@ -101,7 +101,7 @@ def test_stop_then_start_reuses_the_port_at_once(tmp_path: Path, tiny_model: Pat
             if run == 0:
                 _server_closes_a_connection_first(port)
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=20) == 0, "".join(lines)
+            assert proc.wait(timeout=120) == 0, "".join(lines)
         finally:
             reap(proc)
         if run == 0:

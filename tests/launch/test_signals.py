@@ -50,7 +50,7 @@ def test_sigterm_stops_both_children(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path)
     proc = _start(tmp_path, plan)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert "SIGTERM received" in err
     assert not any(alive(p) for p in _children(tmp_path))
@@ -82,7 +82,7 @@ def test_sigkill_of_the_supervisor_takes_the_children_down(tmp_path: Path, guard
     children = _children(tmp_path)
     assert len(children) == 2 and all(alive(p) for p in children)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=180)
     assert wait_for(lambda: not any(alive(p) for p in children), 60), [p for p in children if alive(p)]
     assert wait_for(lambda: port_free(plan.port), 60)
 
@@ -92,7 +92,7 @@ def test_watchdog_mode_still_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path)
     proc = _start(tmp_path, plan, guard_mode="watchdog")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert not any(alive(p) for p in _children(tmp_path))
 
@@ -103,7 +103,7 @@ def test_a_stderr_nobody_reads_does_not_stall_the_supervisor(tmp_path: Path) -> 
     plan = fake_plan(tmp_path, server_args=["--chatty", "20000"])
     proc = _start(tmp_path, plan)  # asserts the agent started, i.e. the server got ready
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0
     assert "chatty log line 019999" in Path(plan.server_log).read_text()  # the log file has everything
     assert not any(alive(p) for p in _children(tmp_path))
@@ -119,7 +119,7 @@ def test_children_run_in_their_own_process_group(tmp_path: Path) -> None:
             assert os.getpgid(pid) == pid != os.getpgid(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=180)
 
 
 def test_guard_does_not_run_a_command_whose_supervisor_is_already_gone(tmp_path: Path) -> None:

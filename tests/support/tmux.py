@@ -63,7 +63,7 @@ class Tmux:
 
     def _run(self, *args: str, check: bool = True) -> str:
         proc = subprocess.run([self.binary, "-L", self.socket, "-f", str(self.conf), *args],
-                              capture_output=True, text=True, timeout=10)
+                              capture_output=True, text=True, timeout=60)
         if check and proc.returncode != 0:
             raise AssertionError(f"tmux {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
@@ -102,7 +102,7 @@ class Tmux:
         text = self._run("capture-pane", "-p", "-J", "-S", "-", "-t", target)
         return "\n".join(line.rstrip() for line in text.splitlines()).rstrip("\n") + "\n"
 
-    def wait_for(self, target: str, predicate: Callable[[str], object], what: str, timeout: float = 20.0) -> str:
+    def wait_for(self, target: str, predicate: Callable[[str], object], what: str, timeout: float = 90.0) -> str:
         """Poll the screen until ``predicate(screen)`` holds; the screen then (fail showing it at the deadline)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -113,7 +113,7 @@ class Tmux:
                 raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; the screen:\n{text}")
             time.sleep(0.05)
 
-    def wait_text(self, target: str, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+    def wait_text(self, target: str, pattern: str, timeout: float = 90.0) -> re.Match[str]:
         """Wait until the regex ``pattern`` is on the screen; its last match."""
         regex = re.compile(pattern, re.MULTILINE)
         text = self.wait_for(target, regex.search, f"/{pattern}/", timeout)
@@ -126,7 +126,7 @@ class Tmux:
         """Whether the pane's program has exited (its status is known)."""
         return (self.workdir / f"{target.split(':')[-1]}.status").exists()
 
-    def exit_status(self, target: str, timeout: float = 20.0) -> int:
+    def exit_status(self, target: str, timeout: float = 90.0) -> int:
         """Wait until the pane's program has exited; its exit status."""
         path = self.workdir / f"{target.split(':')[-1]}.status"
         deadline = time.monotonic() + timeout
@@ -150,7 +150,7 @@ def processes_with(token: str) -> list[int]:
     return live_pids(lambda pid: environ_has(pid, f"{TOKEN_VAR}={token}"))
 
 
-def wait_gone(token: str, timeout: float = 10.0) -> list[int]:
+def wait_gone(token: str, timeout: float = 60.0) -> list[int]:
     """Wait until no process carries the marker; those still there at the deadline."""
     deadline = time.monotonic() + timeout
     while (left := processes_with(token)) and time.monotonic() < deadline:

@@ -187,7 +187,7 @@ def test_punie_up_tool_calling_answers_with_a_real_tool_call(tmp_path: Path) -> 
         result, updates = _acp_updates(proc, str(project), "List the files in the adapters directory.")
         assert result["stopReason"] == "end_turn"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, "".join(errors)
+        assert proc.wait(timeout=180) == 0, "".join(errors)
     finally:
         reap(proc)
     reader.join(timeout=5)

@@ -252,7 +252,7 @@ def test_punie_up_on_the_shipped_default_profile_answers_paris(tmp_path: Path) -
         assert "Paris" in "".join(acp.chunks)
         server_pid, agent_pid = pid_in(lines, "mlx_lm.server"), pid_in(lines, "the agent")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, "".join(lines)
+        assert proc.wait(timeout=120) == 0, "".join(lines)
     finally:
         reap(proc)
     reader.join(timeout=5)
