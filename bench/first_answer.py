@@ -10,16 +10,22 @@ Sides (each on its own free port, one after the other, on the builtin SmolLM2):
 - ``up demo`` / ``up tool-calling``: ``punie up`` as shipped (OpenBLAS preloaded, dense float32 copy,
   warm start).
 
-For each: time to ready (launch to "server ready" on punie up's stderr; for the hand-started
-server, launch to the first 1-token completion), then time from ready to the first answer of
-"What is the capital of France?" through the real agent (``punie ask --base-url``, started at
-ready), then prompt and decode tokens/s measured on the server with one fresh ~150-token prompt
-(max_tokens 1, then 48 on the now cached prompt: decode = extra tokens / extra time).
+For each: time to ready (launch to "agent ready" on punie up's stderr: the moment it says it takes
+questions, its prefix warmed; "server ready on" is shown too; for the hand-started server, launch to
+the first 1-token completion), then time from ready to the first answer of "What is the capital of
+France?" through the real agent, two ways, each on its own `punie up`: its own agent in the terminal
+mode (stdin and stdout a pseudo-terminal; the question typed at ready; time to the answer's first
+word and to the whole answer, the next prompt drawn), and a fresh ``punie ask --base-url`` process
+started at ready (which pays its own imports); then prompt and decode tokens/s measured on the server
+with one fresh ~150-token prompt (max_tokens 1, then 48 on the now cached prompt: decode = extra
+tokens / extra time). ``--before PYTHON`` adds ``punie up demo`` run by another checkout's interpreter
+(its code: e.g. the main branch's venv), side by side.
 Then ``punie eval tool-calling --vs demo`` wall time and ``punie train`` wall time on the shipped
 dataset (``--iters``), old path (PUNIE_BLAS=off PUNIE_DENSE=off, eval one case at a time) against
 new. Ratios are printed (old / new: above 1 is faster now).
 
 Run: .venv/bin/python bench/first_answer.py [--eval-cases N] [--iters N] [--skip-eval] [--skip-train]
+     [--skip-tool-calling] [--before /work/main/.venv/bin/python]
 """
 
 from __future__ import annotations
