@@ -53,22 +53,34 @@ def enabled(environ: Any = None) -> bool:
 
 def captured_request(build: Any, turn: Any) -> dict[str, Any]:
     """The body of the first chat request the agent built by ``build(http_client)`` sends for a turn
-    (``turn``: `punie.agent.runner.run_turn`, passed in as the runner waits for us: `settled`)."""
+    (``turn``: `punie.agent.runner.run_turn`, passed in as the runner waits for us: `settled`).
+
+    The turn is streamed, as the terminal mode's and ACP's are: the request is theirs, and the
+    streaming code (the first use of which costs a fraction of a second) has run once in this process."""
     import httpx
 
     bodies: list[dict[str, Any]] = []
+    head = {"id": "warm", "created": 0, "model": "warm"}
 
     def answer(request: httpx.Request) -> httpx.Response:
-        bodies.append(json.loads(request.content))
-        return httpx.Response(200, json={
-            "id": "warm", "object": "chat.completion", "created": 0, "model": "warm",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "ok"}}],
-        })
+        body = json.loads(request.content)
+        bodies.append(body)
+        if not body.get("stream"):
+            return httpx.Response(200, json={**head, "object": "chat.completion", "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}]})
+        chunks = [{**head, "object": "chat.completion.chunk", "choices": [
+                      {"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}]},
+                  {**head, "object": "chat.completion.chunk", "choices": [
+                      {"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+        events = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=events.encode())
+
+    async def shown(text: str) -> None:
+        """The streamed text goes nowhere."""
 
     async def run() -> None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-            await turn(build(client), WARM_PROMPT)
+            await turn(build(client), WARM_PROMPT, on_text=shown)
 
     anyio.run(run)
     return bodies[0]

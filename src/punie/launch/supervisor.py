@@ -301,10 +301,10 @@ class _Supervisor:
         """The server answers: let the agent in, wait until it takes questions (it warms the server's
         prompt cache with its prefix first), say so, then let it draw its prompt."""
         try:
-            if not await gate.go():
-                await anyio.sleep_forever()  # the agent is gone: _watch_agent says how
             warmed: float | None = None
             try:
+                if not await gate.go():
+                    raise GateClosed("the agent closed the start gate")
                 with anyio.fail_after(self.plan.ready_timeout):
                     warmed = await gate.ready()
             except GateClosed as exc:
