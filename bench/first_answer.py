@@ -299,6 +299,8 @@ def main() -> int:
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-up", action="store_true")
+    parser.add_argument("--only-demo", action="store_true", help="only `punie up demo` (and --before's): no hand-"
+                        "started server, no old path, no tool-calling side (the slow 4-bit sides, on a loaded machine)")
     parser.add_argument("--skip-tool-calling", action="store_true", help="no `up tool-calling` side")
     parser.add_argument("--before", metavar="PYTHON", help="also `punie up demo` run by this interpreter (another "
                         "checkout's venv, e.g. the main branch's): its own code, side by side")
@@ -318,12 +320,13 @@ def main() -> int:
     print(f"dense {DEFAULT_DTYPE} copy: {dense} ({time.monotonic() - start:.1f}s, once)", flush=True)
     rows: dict[str, dict] = {}
     if not args.skip_up:
-        rows["by hand (4-bit)"] = by_hand(model)
-        rows["up demo, old path"] = punie_up("demo", OLD)
+        if not args.only_demo:
+            rows["by hand (4-bit)"] = by_hand(model)
+            rows["up demo, old path"] = punie_up("demo", OLD)
         if args.before:
             rows["up demo, before"] = punie_up("demo", {}, python=args.before, gated=False)
         rows["up demo"] = punie_up("demo", {})
-        if not SPEEDS_ONLY and not args.skip_tool_calling:
+        if not SPEEDS_ONLY and not args.skip_tool_calling and not args.only_demo:
             rows["up tool-calling"] = punie_up("tool-calling", {})
         nan = float("nan")
         print("\nready: when punie up says it is ready (by hand: the first 1-token completion); 'in up' is its own")
@@ -340,18 +343,21 @@ def main() -> int:
         for name, r in rows.items():
             if "blas" in r:
                 print(f"  {name}: {r['blas']}")
-        base, new = rows["by hand (4-bit)"], rows["up demo"]
-        print("\nratios, by hand / up demo (above 1: faster now):")
-        print(f"  first answer after ready: fresh ask {base['answer'] / new['answer']:.1f}x, "
-              f"in up {base['answer'] / new.get('term', nan):.1f}x; "
-              f"prompt tok/s {new['prompt_tps'] / base['prompt_tps']:.1f}x, "
-              f"decode tok/s {new['decode_tps'] / base['decode_tps']:.1f}x, "
-              f"time to ready {base['ready'] / new['ready']:.2f}x")
-        old = rows["up demo, old path"]
-        print(f"ratios, up old path / up demo: first answer in up {old.get('term', nan) / new.get('term', nan):.1f}x, "
-              f"fresh ask {old['answer'] / new['answer']:.1f}x, "
-              f"prompt tok/s {new['prompt_tps'] / old['prompt_tps']:.1f}x, "
-              f"decode tok/s {new['decode_tps'] / old['decode_tps']:.1f}x", flush=True)
+        new = rows["up demo"]
+        base = rows.get("by hand (4-bit)")
+        if base is not None:
+            print("\nratios, by hand / up demo (above 1: faster now):")
+            print(f"  first answer after ready: fresh ask {base['answer'] / new['answer']:.1f}x, "
+                  f"in up {base['answer'] / new.get('term', nan):.1f}x; "
+                  f"prompt tok/s {new['prompt_tps'] / base['prompt_tps']:.1f}x, "
+                  f"decode tok/s {new['decode_tps'] / base['decode_tps']:.1f}x, "
+                  f"time to ready {base['ready'] / new['ready']:.2f}x")
+            old = rows["up demo, old path"]
+            print(f"ratios, up old path / up demo: first answer in up "
+                  f"{old.get('term', nan) / new.get('term', nan):.1f}x, "
+                  f"fresh ask {old['answer'] / new['answer']:.1f}x, "
+                  f"prompt tok/s {new['prompt_tps'] / old['prompt_tps']:.1f}x, "
+                  f"decode tok/s {new['decode_tps'] / old['decode_tps']:.1f}x", flush=True)
         if args.before:
             was = rows["up demo, before"]
 
