@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,11 @@ def _run(plan, lines=None, **kw):
 
 def _index(lines: list[str], text: str) -> int:
     return next(i for i, line in enumerate(lines) if text in line)
+
+
+def _agent_pid(lines: list[str]) -> int:
+    """The agent's pid as the supervisor said it started it (its own pidfile may not be written yet)."""
+    return int(re.search(r"started the agent \(pid (\d+)\)", "\n".join(lines)).group(1))
 
 
 def _steps(path: Path) -> list[str]:
@@ -81,24 +87,26 @@ def test_a_server_that_fails_before_ready_stops_the_waiting_agent(tmp_path: Path
     marker, log = tmp_path / "agent-term", tmp_path / "gate.log"
     plan = fake_plan(tmp_path, gate=True, server_args=["--load-delay", "60", "--crash-after", "1.0"], ready_timeout=120,
                      agent_args=["--marker", str(marker), "--gate-log", str(log)])
+    lines: list[str] = []
     with pytest.raises(LaunchFailed) as info:
-        _run(plan)
+        _run(plan, lines)
     assert info.value.reason == "server-died"
     assert "crashing with code 3" in info.value.message
-    assert pids(tmp_path / "agent.pid"), "the agent was started with the server"
+    agent = _agent_pid(lines)  # started with the server
     assert "go" not in _steps(log)  # never let in
-    assert not any(alive(p) for p in pids(tmp_path / "server.pid") + pids(tmp_path / "agent.pid"))
+    assert not any(alive(p) for p in [agent, *pids(tmp_path / "server.pid"), *pids(tmp_path / "agent.pid")])
     assert port_free(plan.port)
 
 
 def test_a_ready_timeout_stops_the_waiting_agent(tmp_path: Path) -> None:
     plan = fake_plan(tmp_path, gate=True, server_args=["--mode", "hang"], ready_timeout=1.5,
                      agent_args=["--gate-log", str(tmp_path / "gate.log")])
+    lines: list[str] = []
     with pytest.raises(LaunchFailed) as info:
-        _run(plan)
+        _run(plan, lines)
     assert info.value.reason == "ready-timeout"
-    assert pids(tmp_path / "agent.pid")
-    assert not any(alive(p) for p in pids(tmp_path / "server.pid") + pids(tmp_path / "agent.pid"))
+    agent = _agent_pid(lines)
+    assert not any(alive(p) for p in [agent, *pids(tmp_path / "server.pid"), *pids(tmp_path / "agent.pid")])
 
 
 @pytest.mark.slow
