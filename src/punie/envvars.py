@@ -15,6 +15,7 @@ PROFILE = "PUNIE_PROFILE"  # the profile to use
 CACHE_DIR = "PUNIE_CACHE_DIR"  # Punie's cache (provisioned models)
 GUARD_MODE = "PUNIE_GUARD_MODE"  # the orphan guard's mode (launch/guard.py)
 CONTROL_FD = "PUNIE_CONTROL_FD"  # the agent's end of the supervisor's control channel (idle unload)
+GATE_FD = "PUNIE_GATE_FD"  # the agent's end of the start gate: it waits there for the server (launch/gate.py)
 MECHANISMS = "PUNIE_MECHANISMS"  # force the portable (non-Linux) mechanisms (mechanisms.py)
 RUN_TOKEN = "PUNIE_RUN_TOKEN"  # marks a run_command command's processes (agent/procs.py, agent/reaper.py)
 DENSE = "PUNIE_DENSE"  # off: never serve a dense copy of a quantized model (launch/dense.py)
@@ -22,8 +23,8 @@ WARM = "PUNIE_WARM"  # off: the agent does not warm the server's prompt cache at
 BLAS = "PUNIE_BLAS"  # the BLAS of mlx children: auto, off, a library or a directory (launch/blas.py)
 EVAL_CONCURRENCY = "PUNIE_EVAL_CONCURRENCY"  # eval requests in flight at once; 1: one by one (training/evaluate.py)
 
-NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, CONTROL_FD, MECHANISMS, RUN_TOKEN, BLAS, DENSE, WARM,
-                         EVAL_CONCURRENCY})
+NON_PROFILE = frozenset({CONFIG, PROFILE, CACHE_DIR, GUARD_MODE, CONTROL_FD, GATE_FD, MECHANISMS, RUN_TOKEN, BLAS,
+                         DENSE, WARM, EVAL_CONCURRENCY})
 PREFIX = "PUNIE_"
 #: The same names without the prefix (how config's env layer compares them).
 NON_PROFILE_KEYS = frozenset(name[len(PREFIX):] for name in NON_PROFILE)

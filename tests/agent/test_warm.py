@@ -45,6 +45,23 @@ def test_the_warm_request_is_the_agents_own_first_request(tmp_path: Path) -> Non
     assert warmed["messages"][-1]["role"] == real["messages"][-1]["role"] == "user"
 
 
+def test_the_warm_request_is_a_streamed_turns_request_but_for_its_length(tmp_path: Path) -> None:
+    """The terminal mode and ACP stream their turns: the warm request is that request, one token, not streamed."""
+
+    async def shown(text: str) -> None:
+        pass
+
+    with serve([text_reply("."), text_reply("Paris.")]) as fake:
+        build = _builder(fake.url, tmp_path, tools=["read_file"])
+        assert warm.warm(fake.url, build, run_turn) is not None
+        asyncio.run(run_turn(build(), "What is the capital of France?", on_text=shown))
+    warmed, real = fake.requests
+    assert real.get("stream") is True
+    differ = {"stream", "stream_options", "max_tokens", "messages"}
+    assert {k: v for k, v in warmed.items() if k not in differ} == {k: v for k, v in real.items() if k not in differ}
+    assert warmed["messages"][:-1] == real["messages"][:-1] and warmed["max_tokens"] == 1
+
+
 def test_the_first_turn_waits_for_the_warm_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release, order = threading.Event(), []
 

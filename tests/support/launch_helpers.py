@@ -90,9 +90,11 @@ def fake_plan(
     server_args: list[str] = (),
     agent_args: list[str] = (),
     adapter: Path | None = None,
+    gate: bool = False,
     **server: object,
 ) -> LaunchPlan:
-    """A real plan whose server is fake_server.py on a free port and whose agent is fake_agent.py."""
+    """A real plan whose server is fake_server.py on a free port and whose agent is fake_agent.py
+    (``gate``: started with the server, behind the start gate, as `punie agent` is)."""
     server.setdefault("port", free_port())
     server.setdefault("ready_timeout", 10.0)
     res = resolved(tmp, **server)
@@ -100,6 +102,7 @@ def fake_plan(
     update: dict[str, object] = {
         "agent_argv": (sys.executable, FAKE_AGENT, "--pidfile", str(tmp / "agent.pid"),
                        "--base-url", plan.base_url, *agent_args),
+        "agent_gate": gate,
     }
     if not plan.external:
         update["server_argv"] = (sys.executable, FAKE_SERVER, "--port", str(plan.port),

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from punie.agent.acp_server import serve_stdio as serve_stdio
 from punie.agent.permissions import Answer as Answer
 from punie.agent.permissions import terminal_asker as terminal_asker
 from punie.agent.runner import build_agent as build_agent
@@ -28,11 +27,24 @@ from punie.paths import terminal_log as terminal_log
 if TYPE_CHECKING:
     from punie.agent.target import AgentTarget
 
-__all__ = ["AgentOptions", "Answer", "ToolHooks", "build_agent", "context_window", "history_file",
-           "load_target", "openai_base_url", "parse_options", "run_turn", "run_turn_sync", "serve_stdio",
-           "switchable_profiles", "terminal_asker", "terminal_log", "wake_through", "warm_cache"]
+__all__ = ["AgentOptions", "Answer", "ToolHooks", "build_agent", "context_window", "gated", "history_file",
+           "load_acp", "load_target", "openai_base_url", "parse_options", "run_turn", "run_turn_sync", "serve_stdio",
+           "switchable_profiles", "terminal_asker", "terminal_log", "through_gate", "wake_through", "warm_cache"]
 
 logger = logging.getLogger(__name__)
+
+
+def serve_stdio(*args: Any, **kwargs: Any) -> None:
+    """`punie.agent.acp_server.serve_stdio`, imported when called: the terminal mode never loads ACP
+    (its generated schema alone is over a second of imports on a CPU)."""
+    from punie.agent.acp_server import serve_stdio as serve
+
+    serve(*args, **kwargs)
+
+
+def load_acp() -> None:
+    """Import the ACP server now (`serve_stdio` would): behind `punie up`'s start gate, while the model loads."""
+    import punie.agent.acp_server  # noqa: F401
 
 
 def load_target(profile: str | None, config: str | os.PathLike[str] | None = None, *,
@@ -81,6 +93,29 @@ def switchable_profiles(profile: str, config: str | None) -> dict[str, AgentOpti
         return {}
     current = next((p for p in every if p.name == profile), None)
     return sharing_profiles(current, every) if current is not None else {}
+
+
+def through_gate(options: AgentOptions, base_url: str, *, warm: bool, base_dir: str | Path | None = None,
+                 model_name: str | None = None) -> bool:
+    """Under `punie up` with the start gate (`punie.launch.gate`): wait until the server answers, warm its
+    prompt cache (``warm``), say ready. True at once when not gated; False when the session ended first."""
+    from punie.launch.gate import AgentGate
+
+    gate = AgentGate.from_env()
+    if gate is None:
+        return True
+    from punie.agent import warm as warming
+
+    named: dict[str, Any] = {"model_name": model_name} if model_name else {}
+    return warming.through_gate(gate, base_url, lambda client: build_agent(
+        options, base_url, base_dir=base_dir, http_client=client, **named), run_turn, warm_cache=warm)
+
+
+def gated() -> bool:
+    """Whether this process was started behind `punie up`'s start gate."""
+    from punie import envvars
+
+    return bool(os.environ.get(envvars.GATE_FD))
 
 
 def warm_cache(options: AgentOptions, base_url: str, *, base_dir: str | Path | None = None,

@@ -90,16 +90,33 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
     session may switch to on this server. ``warm_cache``: warm the server's prompt cache
     with the agent's prefix at start (`punie.agent.warm`).
     """
-    from punie.api.agent import build_agent, context_window, serve_stdio
+    from punie.api.agent import build_agent, gated, through_gate
     from punie.api.agent import warm_cache as start_warming
 
-    if warm_cache:  # the server's prompt cache gets our system prompt and tools now, not at the first question
-        start_warming(options, base_url, base_dir=base_dir, model_name=model_name)
     interactive = mode == "repl" or (mode == "auto" and sys.stdin.isatty())
+    terminal = interactive and is_terminal()
+    # What the mode needs is loaded first: behind `punie up`'s start gate it loads while the model does.
+    window = None
     if not interactive:
+        from punie.api.agent import context_window, load_acp
+
+        load_acp()
+        window = context_window(profile, config)
+    elif terminal:
+        from punie.cli.terminal import preload
+
+        preload()
+    if gated():  # wait for the server; it warms the server's prompt cache before `punie up` says ready
+        if not through_gate(options, base_url, warm=warm_cache, base_dir=base_dir, model_name=model_name):
+            return  # the session ended before the server answered
+    elif warm_cache:  # the server's prompt cache gets our system prompt and tools now, not at the first question
+        start_warming(options, base_url, base_dir=base_dir, model_name=model_name)
+    if not interactive:
+        from punie.api.agent import serve_stdio
+
         try:
             serve_stdio(options, base_url, profile=profile, profiles=profiles, model_name=model_name,
-                        models=models, config=config, context_window=context_window(profile, config))
+                        models=models, config=config, context_window=window)
         except KeyboardInterrupt:  # Ctrl-C on the supervisor's terminal: a clean stop
             pass
         return
@@ -109,7 +126,7 @@ def run_agent_process(options: Any, base_url: str, *, mode: str = "auto", base_d
         return build_agent(options, base_url, permission_asker=asker, base_dir=base_dir,
                            **({"model_name": model_name} if model_name else {}))
 
-    if is_terminal():  # line editing, history, spinner, Ctrl-C stops a turn
+    if terminal:  # line editing, history, spinner, Ctrl-C stops a turn
         from punie.cli.terminal import run_terminal
 
         run_terminal(build)

@@ -433,6 +433,17 @@ def warnings_to_log(project_dir: str | Path) -> None:
     logging.captureWarnings(True)
 
 
+def preload() -> None:
+    """Import what the loop will (prompt_toolkit): under `punie up`, while the model loads."""
+    import prompt_toolkit
+    import prompt_toolkit.history
+    import prompt_toolkit.input
+    import prompt_toolkit.input.typeahead
+    import prompt_toolkit.key_binding
+    import prompt_toolkit.keys
+    import prompt_toolkit.output  # noqa: F401
+
+
 def run_terminal(build: Callable[[Any], Any]) -> None:
     """Build the agent with the terminal's permission asker (``build(asker)``) and run the loop to its end."""
     loop = TerminalLoop()

@@ -97,7 +97,8 @@ def up_command(
     print_outcome(outcome.message, outcome.exit_code)
     if fmt == "json":  # the session's status; on stderr, as stdout belongs to the agent
         status = {"profile": names[-1], "reason": outcome.reason, "exit_code": outcome.exit_code,
-                  "ready_seconds": outcome.ready_seconds, "restarts": outcome.restarts, "canary": outcome.canary,
+                  "ready_seconds": outcome.ready_seconds, "agent_ready_seconds": outcome.agent_ready_seconds,
+                  "restarts": outcome.restarts, "canary": outcome.canary,
                   "canaries": list(outcome.canaries), "blas": outcome.blas}
         click.echo(json.dumps(status), err=True)
     ctx.exit(outcome.exit_code)

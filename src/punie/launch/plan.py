@@ -61,6 +61,9 @@ class LaunchPlan(_Frozen):
     server_url: str = Field(description="Root URL of the server (http://host:port).")
     base_url: str = Field(description="OpenAI base URL the agent and the probe use (.../v1).")
     agent_argv: tuple[str, ...]
+    agent_gate: bool = Field(
+        False, description="The agent is started with the server and waits at the start gate until the server "
+        "answers (`punie.launch.gate`: `punie agent` speaks it); False: started once the server is ready.")
     agent_env: dict[str, str] = Field(default_factory=dict)
     cwd: str
     server_log: str | None = None
@@ -153,6 +156,8 @@ class LaunchPlan(_Frozen):
             lines.append(f"  then:    canary of {member.adapter} (model {member.model})")
         lines += [
             f"agent:     {shlex.join(self.agent_argv)}",
+            *(["  start:   with the server; let in once it answers, ready once the agent says so"]
+              if self.agent_gate else []),
             f"  cwd:     {self.cwd}",
             f"  log:     {self.agent_log}",
         ]
@@ -248,6 +253,7 @@ def common_plan(
         server_url=root,
         base_url=base_url,
         agent_argv=(python, "-m", "punie", "agent", "--base-url", base_url, *agent_args),
+        agent_gate=True,  # `punie agent` imports while the model loads (punie.launch.gate)
         cwd=str(project),
         server_log=server_log,
         agent_log=str(logs / f"{label}-agent.log"),

@@ -7,7 +7,11 @@ the ready timeout; the answer must come from the child itself (the listening soc
 belongs to its process tree, else "foreign-server"). It reports readiness through
 ``task_status.started()``;
 a failure before that raises `LaunchFailed` (quoting the server's last log
-lines) out of ``tg.start()``. Once ready, the agent is started and both are
+lines) out of ``tg.start()``. The agent (`punie agent`: ``plan.agent_gate``) is started with the
+server and waits at the start gate (`punie.launch.gate`): it imports and prepares while the model
+loads, is let in once the server answers, warms the server's prompt cache with its own prefix and
+says when it takes questions ("agent ready"); its exit at any time ends the session. An agent that
+does not speak the gate is started once the server is ready. Both are
 watched: a server failure restarts the server (restart policy) or ends the
 session, the agent's exit ends it. While it runs, a cheap liveness probe (GET /health
 every ``liveness_interval`` seconds) catches a frozen or dead-inside server: after
@@ -40,6 +44,8 @@ from punie import envvars
 from punie.errors import ExitCode, LaunchFailed, LaunchReason
 from punie.launch.backends import backend_of
 from punie.launch.canary import CanaryResult, ExpectedCanary
+from punie.launch.gate import GateClosed, SupervisorGate
+from punie.launch.gate import pair as gate_pair
 from punie.launch.idle import IdleControl
 from punie.launch.messages import headline as _headline
 from punie.launch.messages import hint as _hint
@@ -93,6 +99,7 @@ class UpOutcome:
     message: str = ""
     plan: LaunchPlan | None = None
     ready_seconds: float | None = None
+    agent_ready_seconds: float | None = None  # launch to the agent taking questions (its prefix warmed)
     server_returncode: int | None = None
     agent_returncode: int | None = None
     restarts: int = 0
@@ -168,6 +175,7 @@ class _Supervisor:
     forced: bool = False
     restarts: int = 0
     ready_seconds: float | None = None  # set when the server first answered
+    agent_ready_seconds: float | None = None  # set when a gated agent said it takes questions
     canary: CanaryResult | None = None  # what the readiness probe proved about the adapter
     canaries: list[CanaryResult] = field(default_factory=list)  # and every other canary (a vLLM group's LoRAs)
     blas: dict[str, Any] | None = None  # what the started server mapped (_report_blas)
@@ -226,6 +234,7 @@ class _Supervisor:
             outcome,
             plan=self.plan,
             ready_seconds=self.ready_seconds,
+            agent_ready_seconds=self.agent_ready_seconds,
             restarts=self.restarts,
             canary=self.canary.to_json() if self.canary else None,
             canaries=tuple(c.to_json() for c in self.canaries),
@@ -255,21 +264,63 @@ class _Supervisor:
                     logger.warning("no control socket at %s (%s): `punie ask` cannot wake an idle server",
                                    self.plan.control_socket, exc)
         async with anyio.create_task_group() as tg:
+            gate: SupervisorGate | None = None
             try:
+                if self.with_agent and self.plan.agent_gate:  # it imports while the model loads
+                    gate = await self._start_agent(gated=True)
+                    tg.start_soon(self._watch_agent)
                 await tg.start(self._serve)
                 if not self.with_agent:
                     await anyio.sleep_forever()  # until the caller cancels, or the server fails
-                agent = await self._start_agent()
+                if gate is None:
+                    await self._start_agent()
+                    tg.start_soon(self._watch_agent)
+                else:
+                    await self._open_gate(gate)
             except (LaunchFailed, OSError) as exc:  # OSError: creating the log folders
                 self._finish(error=exc)
                 return
-            rc = await agent.wait()
-            if rc == 0:
-                self._finish(UpOutcome(reason=LaunchReason.AGENT_EXITED, exit_code=0, message="the agent exited"))
-            else:
-                quoted = _quote(agent.tail, "agent", self.plan.agent_log)
-                self._finish(UpOutcome(reason=LaunchReason.AGENT_EXITED, exit_code=ExitCode.PROBLEMS,
-                                       message=f"the agent exited with code {rc}{quoted}"))
+            finally:
+                if gate is not None:
+                    gate.close()
+
+    async def _watch_agent(self) -> None:
+        """The agent's exit ends the session (while the server loads too: no one would talk to it)."""
+        agent = self.agent
+        assert agent is not None
+        rc = await agent.wait()
+        when = "" if self.ready_seconds is not None else " while the server was loading"
+        if rc == 0:
+            self._finish(UpOutcome(reason=LaunchReason.AGENT_EXITED, exit_code=0, message=f"the agent exited{when}"))
+        else:
+            quoted = _quote(agent.tail, "agent", self.plan.agent_log)
+            self._finish(UpOutcome(reason=LaunchReason.AGENT_EXITED, exit_code=ExitCode.PROBLEMS,
+                                   message=f"the agent exited with code {rc}{when}{quoted}"))
+
+    async def _open_gate(self, gate: SupervisorGate) -> None:
+        """The server answers: let the agent in, wait until it takes questions (it warms the server's
+        prompt cache with its prefix first), say so, then let it draw its prompt."""
+        try:
+            warmed: float | None = None
+            try:
+                if not await gate.go():
+                    raise GateClosed("the agent closed the start gate")
+                with anyio.fail_after(self.plan.ready_timeout):
+                    warmed = await gate.ready()
+            except GateClosed as exc:
+                assert self.agent is not None
+                with anyio.move_on_after(1.0):  # an agent that closed its end is usually exiting
+                    await self.agent.wait()
+                    await anyio.sleep_forever()  # _watch_agent ends the session
+                logger.warning("start gate: %s; the agent runs on", exc)
+            except TimeoutError:
+                logger.warning("the agent did not say it was ready within %gs; going on", self.plan.ready_timeout)
+            self.agent_ready_seconds = total = anyio.current_time() - self.t0
+            warm = f"; the agent's prefix warmed in {warmed:.2f}s" if warmed is not None else ""
+            self.status(f"agent ready ({total:.2f}s{warm})")
+            await gate.on()
+        finally:
+            gate.close()
 
     # -- server ------------------------------------------------------------------------------
 
@@ -498,25 +549,43 @@ class _Supervisor:
 
     # -- agent and children ------------------------------------------------------------------
 
-    async def _start_agent(self) -> Child:
+    @staticmethod
+    def _fds(*socks: Any) -> tuple[int, ...]:
+        return tuple(sock.fileno() for sock in socks if sock is not None)
+
+    async def _start_agent(self, *, gated: bool = False) -> SupervisorGate | None:
+        """Start the agent; ``gated``: with the start gate (`punie.launch.gate`), returned to be opened
+        once the server answers."""
         plan = self.plan
-        env, theirs = dict(plan.agent_env), None
+        env, theirs, gate_end, gate = dict(plan.agent_env), None, None, None
         if self.control is not None:  # the agent's end of the control channel, by descriptor
             ours, theirs = IdleControl.pair()
             env[envvars.CONTROL_FD] = str(theirs.fileno())
             assert self.tg is not None
             self.tg.start_soon(self.control.serve, ours)
+        if gated:
+            mine, gate_end = gate_pair()
+            gate = SupervisorGate(mine)
+            env[envvars.GATE_FD] = str(gate_end.fileno())
         self.agent = self._child("agent", plan.agent_argv, env, plan.agent_log, capture="stderr",
-                                 pass_fds=(theirs.fileno(),) if theirs is not None else ())
+                                 pass_fds=self._fds(theirs, gate_end))
         # Quiet: the agent shows what matters on its screen; its stderr (library warnings, logs) goes to its log.
         self.agent.echo = self.follow_server
         try:
             await self._start(self.agent, "the agent", LaunchReason.AGENT_FAILED)
+        except BaseException:
+            if gate is not None:
+                gate.close()
+            raise
         finally:
-            if theirs is not None:
-                theirs.close()  # the agent holds it now (or nobody: the channel reads EOF)
-        self.status(f"started the agent (pid {self.agent.pid}) on {plan.base_url}")
-        return self.agent
+            for end in (theirs, gate_end):
+                if end is not None:
+                    end.close()  # the agent holds it now (or nobody: the channel reads EOF)
+        if gated:
+            self.status(f"started the agent (pid {self.agent.pid}): it gets ready while the server loads")
+        else:
+            self.status(f"started the agent (pid {self.agent.pid}) on {plan.base_url}")
+        return gate
 
     def _child(self, name: str, argv: Sequence[str], env: dict[str, str], log: str | None, **options: Any) -> Child:
         return Child(name, argv, env={**os.environ, **env}, cwd=self.plan.cwd, log_path=log, sink=self.sink,
@@ -662,7 +731,7 @@ def run_up(
         refuse_running(resolved.project_dir, resolved.name, server.port)
     plan = prepare(resolved, check=check, provision=not dry_run, log_dir=log_dir, progress=progress)
     if agent_argv is not None:
-        plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
+        plan = plan.model_copy(update={"agent_argv": tuple(agent_argv), "agent_gate": False})  # not known to gate
     if on_plan is not None:
         on_plan(plan)
     if dry_run:
@@ -696,7 +765,7 @@ def run_up_group(
     plan = prepare_members(members, group=group, check=check, provision=not dry_run, log_dir=log_dir,
                            progress=progress)  # type: ignore[arg-type]
     if agent_argv is not None:
-        plan = plan.model_copy(update={"agent_argv": tuple(agent_argv)})
+        plan = plan.model_copy(update={"agent_argv": tuple(agent_argv), "agent_gate": False})
     if dry_run:
         return UpOutcome(reason="dry-run", exit_code=0, plan=plan)
     with claim(plan) as instance:
