@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from punie.checks import check_profiles
-from punie.config import load_profiles
+from punie.config import load_profiles, locate
 from punie.config import resolve as resolve_module
 from punie.config.loader import extends_cycles
 from punie.weights import headers
@@ -126,7 +126,7 @@ def test_one_check_scans_sockets_once_reads_the_base_once_and_the_key_lines_once
     config.write_text("\n".join(lines))  # a busy port: every profile gets a warning naming its line
     counts = {"scan": 0, "shapes": 0, "lines": 0}
     for module, name, key in ((net, "_scan_listeners", "scan"), (headers, "_read_model_shapes", "shapes"),
-                              (resolve_module, "key_lines", "lines")):
+                              (locate, "key_lines", "lines")):
         original = getattr(module, name)
 
         def counting(*args, _original=original, _key=key, **kwargs):
@@ -136,9 +136,10 @@ def test_one_check_scans_sockets_once_reads_the_base_once_and_the_key_lines_once
         monkeypatch.setattr(module, name, counting)
     headers._SHAPES_CACHE.clear()
     resolve_module._LINES_CACHE.clear()
+    locate._LAST.clear()
     with busy:
         report = check_profiles(load_profiles(config=config, env={}))
     assert len(report.profiles) == n
     assert {p.profile for p in report.problems if p.code == "port"} == {f"p{i}" for i in range(n)}
     assert all(p.where and p.where.startswith("punie.toml:") for p in report.problems if p.code == "port")
-    assert counts == {"scan": 1, "shapes": 1, "lines": 1}
+    assert counts == {"scan": 1, "shapes": 1, "lines": 1}  # the loader's scan is the checks' too

@@ -251,6 +251,14 @@ class LivenessSettings(_Strict):
     failures: int = Field(3, ge=1, description="Consecutive failed probes after which the server counts as frozen.")
 
 
+#: Shared defaults of the tables that hold only scalars: frozen values, built (and validated) once, not once
+#: per profile (a profile's defaults are validated instances, which pydantic passes through unchanged).
+_DEFAULT_RESTART = RestartSettings()
+_DEFAULT_SHUTDOWN = ShutdownSettings()
+_DEFAULT_READINESS = ReadinessSettings()
+_DEFAULT_LIVENESS = LivenessSettings()
+
+
 #: The flat server keys of earlier files, still read: key -> (its table, the key in it).
 FLAT_SERVER_KEYS: dict[str, tuple[str, str]] = {
     "max_restarts": ("restart", "max_restarts"),
@@ -339,17 +347,17 @@ class ServerOptions(_Strict):
         default_factory=list, description="Extra command-line arguments for mlx_lm.server."
     )
     restart: RestartSettings = Field(
-        default_factory=lambda: RestartSettings(),
+        default_factory=lambda: _DEFAULT_RESTART,
         description="Restart the server when it dies unexpectedly ([server.restart]; the flat server.restart = "
         "\"on-failure\", max_restarts, restart_backoff are still read).",
     )
-    shutdown: ShutdownSettings = Field(default_factory=lambda: ShutdownSettings(),
+    shutdown: ShutdownSettings = Field(default_factory=lambda: _DEFAULT_SHUTDOWN,
                                        description="How the server is stopped ([server.shutdown]).")
     readiness: ReadinessSettings = Field(
-        default_factory=lambda: ReadinessSettings(),
+        default_factory=lambda: _DEFAULT_READINESS,
         description="The readiness probe ([server.readiness]; the flat server.ready_timeout is still read).")
     liveness: LivenessSettings = Field(
-        default_factory=lambda: LivenessSettings(),
+        default_factory=lambda: _DEFAULT_LIVENESS,
         description="The liveness probe ([server.liveness]; the flat liveness_interval, liveness_failures are "
         "still read).")
     idle_unload: Duration | None = Field(
@@ -379,6 +387,9 @@ class Permissions(_Strict):
     mcp: Decision = Field("ask", description="Calling tools of the MCP servers an IDE connects to a session.")
 
 
+_DEFAULT_PERMISSIONS = Permissions()
+
+
 class AgentOptions(_Strict):
     """Options of the Punie coding agent."""
 
@@ -392,7 +403,7 @@ class AgentOptions(_Strict):
     tools: list[ToolName] = Field(default_factory=lambda: list(ALL_TOOLS), description="Enabled tools "
                                   "(update_plan, off by default: the model states its plan, shown by IDEs).")
     workspace: str = Field(".", description="Directory the file tools are confined to.")
-    permissions: Permissions = Field(default_factory=Permissions)
+    permissions: Permissions = Field(default_factory=lambda: _DEFAULT_PERMISSIONS)
     max_turns: int = Field(20, ge=1, description="Maximum model requests per prompt.")
     protected: list[str] = Field(
         default_factory=list,
@@ -472,6 +483,9 @@ class AdapterRef(_Strict):
     weight: float = Field(1.0, description="Scale applied to this adapter's delta.")
 
 
+_DEFAULT_FUSE = FuseOptions()
+
+
 def one_adapter_form(profile: Any) -> Any:
     """A profile (or the settings built from one) sets `adapter` or `adapters`, not both."""
     if profile.adapter is not None and profile.adapters:
@@ -495,7 +509,8 @@ class Profile(_Strict):
         default_factory=list, description="Several adapters composed into one (ranks concatenated)."
     )
     server: ServerOptions = Field(default_factory=ServerOptions)
-    fuse: FuseOptions = Field(default_factory=FuseOptions, description="Serve the adapter fused into the base.")
+    fuse: FuseOptions = Field(default_factory=lambda: _DEFAULT_FUSE,
+                              description="Serve the adapter fused into the base.")
     agent: AgentOptions = Field(default_factory=AgentOptions)
 
     @model_validator(mode="after")
