@@ -49,16 +49,18 @@ def _one_line_values(report: Any) -> Any:
     def line(text: str | None) -> str | None:
         return None if text is None else printable(text, one_line=True)
 
-    profiles = [
-        prof.model_copy(update={
+    def escaped(prof: Any) -> Any:
+        texts = [prof.name, *prof.passed, *(t for p in prof.problems for t in (p.message, p.where))]
+        if all(line(text) == text for text in texts):
+            return prof  # nothing to escape (the usual case): no copy of 5,000 reports
+        return prof.model_copy(update={
             "name": line(prof.name),
             "passed": [line(text) for text in prof.passed],
             "problems": [p.model_copy(update={"message": line(p.message), "where": line(p.where)})
                          for p in prof.problems],
         })
-        for prof in report.profiles
-    ]
-    return report.model_copy(update={"profiles": profiles})
+
+    return report.model_copy(update={"profiles": [escaped(prof) for prof in report.profiles]})
 
 
 def _run(state: State, profiles: tuple[str, ...], overrides: tuple[str, ...], strict: bool):

@@ -7,6 +7,8 @@ resolved profile is a value that plans and checks can be built from purely.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -251,8 +253,11 @@ class LivenessSettings(_Strict):
     failures: int = Field(3, ge=1, description="Consecutive failed probes after which the server counts as frozen.")
 
 
-#: Shared defaults of the tables that hold only scalars: frozen values, built (and validated) once, not once
-#: per profile (a profile's defaults are validated instances, which pydantic passes through unchanged).
+#: Shared defaults of a profile's tables: frozen values, built (and validated) once per process, not once per
+#: profile (a validated instance passes pydantic's validation unchanged). Their lists and dicts are shared
+#: too, as `model_copy` already shares them: a profile's values are never changed in place.
+_DEFAULT_VLLM = VllmOptions()
+_DEFAULT_DISTRIBUTED = DistributedOptions()
 _DEFAULT_RESTART = RestartSettings()
 _DEFAULT_SHUTDOWN = ShutdownSettings()
 _DEFAULT_READINESS = ReadinessSettings()
@@ -311,9 +316,10 @@ class ServerOptions(_Strict):
         "mlx", description="Engine that serves the model: mlx (mlx_lm.server), vllm (vLLM's OpenAI server) or "
         "mlx-distributed (mlx_lm.server over several ranks with mlx.launch; [server.distributed])."
     )
-    vllm: VllmOptions = Field(default_factory=VllmOptions, description="vLLM options (backend = vllm).")
+    vllm: VllmOptions = Field(default_factory=lambda: _DEFAULT_VLLM, description="vLLM options (backend = vllm).")
     distributed: DistributedOptions = Field(
-        default_factory=DistributedOptions, description="mlx.distributed options (backend = mlx-distributed)."
+        default_factory=lambda: _DEFAULT_DISTRIBUTED,
+        description="mlx.distributed options (backend = mlx-distributed)."
     )
     url: str | None = Field(
         None,
@@ -484,6 +490,7 @@ class AdapterRef(_Strict):
 
 
 _DEFAULT_FUSE = FuseOptions()
+_DEFAULT_AGENT = AgentOptions()
 
 
 def one_adapter_form(profile: Any) -> Any:
@@ -511,7 +518,7 @@ class Profile(_Strict):
     server: ServerOptions = Field(default_factory=ServerOptions)
     fuse: FuseOptions = Field(default_factory=lambda: _DEFAULT_FUSE,
                               description="Serve the adapter fused into the base.")
-    agent: AgentOptions = Field(default_factory=AgentOptions)
+    agent: AgentOptions = Field(default_factory=lambda: _DEFAULT_AGENT)
 
     @model_validator(mode="after")
     def _one_adapter_form(self) -> Profile:
@@ -563,6 +570,13 @@ class ResolvedProfile(_Strict):
     @property
     def project_dir(self) -> str:
         """Directory relative paths in the profile are resolved against."""
-        import os
+        if not self.config_path:
+            return os.getcwd()
+        if os.path.isabs(self.config_path):  # as the loader records it: one answer per file, not per profile
+            return _directory_of(self.config_path)
+        return os.path.dirname(os.path.abspath(self.config_path))
 
-        return os.path.dirname(os.path.abspath(self.config_path)) if self.config_path else os.getcwd()
+
+@functools.lru_cache(maxsize=64)
+def _directory_of(absolute: str) -> str:
+    return os.path.dirname(os.path.abspath(absolute))  # abspath normalizes (``a/../b``) as it always did

@@ -33,7 +33,7 @@ from punie.config.loader import (
 )
 from punie.config.locate import KeyPath, document_lines, dotted, line_of
 from punie.config.models import Profile, ResolvedProfile, flat_server_key, nest_flat_server_keys
-from punie.config.overrides import deep_merge, leaves, overrides_to_dict
+from punie.config.overrides import deep_merge, is_table, overrides_to_dict
 from punie.errors import ConfigError, CorruptFileError, did_you_mean
 from punie.jsonio import read_text_file
 
@@ -91,10 +91,29 @@ def check_profile_name(source: ConfigSource, name: str, *, where: str | None = N
     )
 
 
-def _record(sources: dict[str, str], table: Mapping[str, Any], label: str) -> None:
-    for path in leaves(table):
-        leaf = ".".join(keys.leaf_of(path))
-        if leaf in _LEAF_SET:
+#: Key path -> the profile key it sets (None: none), for every path seen: 5,000 profiles write the same few.
+_LEAF_NAMES: dict[KeyPath, str | None] = {}
+_LEAF_NAMES_SIZE = 4096  # free tables (agent.env, chat_template_args) may hold any keys: bounded
+
+
+def _leaf_name(path: KeyPath) -> str | None:
+    found = _LEAF_NAMES.get(path, _LEAF_NAMES)
+    if found is not _LEAF_NAMES:
+        return found  # type: ignore[return-value]
+    leaf = ".".join(keys.leaf_of(path))
+    name = leaf if leaf in _LEAF_SET else None
+    if len(_LEAF_NAMES) < _LEAF_NAMES_SIZE:
+        _LEAF_NAMES[path] = name
+    return name
+
+
+def _record(sources: dict[str, str], table: Mapping[str, Any], label: str, prefix: KeyPath = ()) -> None:
+    """Note ``label`` as the origin of every profile key ``table`` sets (its leaves, as `leaves` walks them)."""
+    for key, sub in table.items():
+        path = (*prefix, str(key))
+        if is_table(sub) and sub:
+            _record(sources, sub, label, path)
+        elif (leaf := _leaf_name(path)) is not None:
             sources[leaf] = label
 
 
@@ -157,6 +176,8 @@ def _inherited(source: ConfigSource, name: str, memo: _Memo) -> tuple[dict[str, 
 
 
 def _drop_exclusive(lower: dict[str, Any], higher: Mapping[str, Any]) -> dict[str, Any]:
+    if not any(h in _EXCLUSIVE for h in higher):
+        return lower  # nothing to drop (the usual case): no copy per profile
     return {k: v for k, v in lower.items() if not any(k == _EXCLUSIVE[h] for h in higher if h in _EXCLUSIVE)}
 
 
