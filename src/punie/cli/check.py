@@ -65,11 +65,12 @@ def _one_line_values(report: Any) -> Any:
 
 def _run(state: State, profiles: tuple[str, ...], overrides: tuple[str, ...], strict: bool):
     from punie.api import check, load_profiles
-    from punie.api.profiles import CONFIG_NAME
     from punie.errors import ConfigError
 
     resolved = load_profiles(state.config, profiles, overrides=state.with_overrides(overrides))
     if not resolved:
+        from punie.api.profiles import CONFIG_NAME  # here only: punie.api.profiles imports the editor (tomlkit)
+
         where = state.config or CONFIG_NAME
         raise ConfigError("defines no profiles: nothing to check", where=where,
                           hint="add a [profiles.NAME] table with at least `model = ...`")
