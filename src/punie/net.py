@@ -33,9 +33,9 @@ def is_loopback(host: str) -> bool | None:
     name = host.strip("[]")
     if name.lower() == "localhost":
         return True
-    literal = _literal(name)
-    if literal is not None:
-        return literal.is_loopback
+    loopback = _literal_loopback(name)
+    if loopback is not None:
+        return loopback
     try:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
@@ -51,6 +51,13 @@ def _literal(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(name)
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=256)
+def _literal_loopback(name: str) -> bool | None:
+    """Whether the address literal ``name`` is loopback; None for a host name (asked of DNS, never cached)."""
+    literal = _literal(name)
+    return None if literal is None else literal.is_loopback
 
 
 def is_loopback_url(url: str) -> bool:

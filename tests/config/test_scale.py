@@ -1,8 +1,9 @@
 """The costs of `punie check` grow linearly with the profiles file (issue 25, item 4).
 
 Counted, not timed: parent lookups of the extends-cycle search, layers merged to resolve
-every profile of a long chain, scans of /proc/net/tcp, readings of a base model and scans of
-the file's key lines per `punie check` (bench/config_scale.py prints the times).
+every profile of a long chain, scans of /proc/net/tcp, readings and checks of a base model,
+scans of the file's key lines, key paths mapped to profile keys and default tables built per
+`punie check` (bench/config_scale.py prints the times).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from punie.checks import check_profiles
-from punie.config import load_profiles
+from punie.config import load_profiles, locate
 from punie.config import resolve as resolve_module
 from punie.config.loader import extends_cycles
 from punie.weights import headers
@@ -126,7 +127,7 @@ def test_one_check_scans_sockets_once_reads_the_base_once_and_the_key_lines_once
     config.write_text("\n".join(lines))  # a busy port: every profile gets a warning naming its line
     counts = {"scan": 0, "shapes": 0, "lines": 0}
     for module, name, key in ((net, "_scan_listeners", "scan"), (headers, "_read_model_shapes", "shapes"),
-                              (resolve_module, "key_lines", "lines")):
+                              (locate, "key_lines", "lines")):
         original = getattr(module, name)
 
         def counting(*args, _original=original, _key=key, **kwargs):
@@ -136,9 +137,97 @@ def test_one_check_scans_sockets_once_reads_the_base_once_and_the_key_lines_once
         monkeypatch.setattr(module, name, counting)
     headers._SHAPES_CACHE.clear()
     resolve_module._LINES_CACHE.clear()
+    locate._LAST.clear()
     with busy:
         report = check_profiles(load_profiles(config=config, env={}))
     assert len(report.profiles) == n
     assert {p.profile for p in report.problems if p.code == "port"} == {f"p{i}" for i in range(n)}
     assert all(p.where and p.where.startswith("punie.toml:") for p in report.problems if p.code == "port")
-    assert counts == {"scan": 1, "shapes": 1, "lines": 1}
+    assert counts == {"scan": 1, "shapes": 1, "lines": 1}  # the loader's scan is the checks' too
+
+
+def _many_file(tmp_path: Path, n: int, model: Path | str, *, first_port: int) -> Path:
+    lines = [f'[defaults]\nmodel = "{model}"\n']
+    lines += [f"[profiles.p{i}]\nserver.port = {first_port + i}\n" for i in range(n)]
+    path = tmp_path / "punie.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _free_run(n: int) -> int:
+    """The first of ``n`` consecutive ports nothing listens on now (a clean check has no port warning)."""
+    from tests.support.ports import port_free
+
+    for first in range(41000, 60000 - n, n):
+        if all(port_free(p) for p in range(first, first + n)):
+            return first
+    pytest.skip("no run of free ports")
+
+
+def test_a_profiles_default_tables_are_built_once_per_process(tmp_path: Path) -> None:
+    config = _many_file(tmp_path, 3, tmp_path, first_port=41000)
+    a, b, c = (r.profile for r in load_profiles(config=config, env={}))
+    for table in ("restart", "shutdown", "readiness", "liveness", "vllm", "distributed"):
+        assert getattr(a.server, table) is getattr(b.server, table) is getattr(c.server, table)
+    assert a.agent is b.agent and a.fuse is b.fuse and a.agent.permissions is c.agent.permissions
+    assert a.server is not b.server and a.server.port != b.server.port  # what a profile sets is its own
+    assert a.agent == type(a.agent)() and a.server.restart == type(a.server.restart)()  # the defaults, unchanged
+
+
+def test_one_check_checks_the_base_once_and_scans_no_key_line_when_clean(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from punie.checks import profile as profile_module
+    from punie.config import keys as keys_module
+
+    n = 200
+    config = _many_file(tmp_path, n, tiny_model, first_port=_free_run(n))
+    counts = {"outcome": 0, "lines": 0, "leaf": 0}
+    for module, name, key in ((profile_module, "_model_outcome", "outcome"), (locate, "key_lines", "lines"),
+                              (keys_module, "leaf_of", "leaf")):
+        original = getattr(module, name)
+
+        def counting(*args, _original=original, _key=key, **kwargs):
+            counts[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+    locate._LAST.clear()
+    resolve_module._LEAF_NAMES.clear()
+    report = check_profiles(load_profiles(config=config, env={}))
+    assert report.ok and not report.problems and len(report.profiles) == n
+    assert all(any(text.startswith(f"model: {tiny_model}") for text in p.passed) for p in report.profiles)
+    # one reading and one check of the base; no line looked up (no problem to place); each key path
+    # mapped to its profile key once ([defaults].model, server.port), not once per profile
+    assert counts == {"outcome": 1, "lines": 0, "leaf": 2}
+
+
+def test_a_broken_base_is_read_once_and_reported_for_every_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')  # and no weights
+    n = 100
+    config = _many_file(tmp_path, n, broken, first_port=_free_run(n))
+    reads = {"n": 0}
+    original = headers._read_model_shapes
+
+    def counting(*args, **kwargs):
+        reads["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(headers, "_read_model_shapes", counting)
+    report = check_profiles(load_profiles(config=config, env={}))
+    assert reads["n"] == 1  # was once per profile: a failed reading is not cached by read_model_shapes
+    assert [p.profile for p in report.errors] == [f"p{i}" for i in range(n)]
+    assert {(p.code, p.where) for p in report.errors} == {("model-unreadable", str(broken))}
+
+
+def test_text_output_copies_only_reports_with_something_to_escape() -> None:
+    from punie.checks.report import ProfileReport, Report
+    from punie.cli.check import _one_line_values
+
+    clean = ProfileReport(name="p0", passed=["model: ok"])
+    forged = ProfileReport(name="p1", passed=["a\n  ✓ forged"])
+    shown = _one_line_values(Report(profiles=[clean, forged]))
+    assert shown.profiles[0] is clean
+    assert shown.profiles[1].passed == ["a\\n  ✓ forged"]

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from punie.adapters.fit import fit_adapter
 from punie.adapters.inspect import AdapterInspection, inspect_adapter
@@ -181,13 +182,14 @@ def check_profile_report(resolved: ResolvedProfile, *, strict: bool = False,
     )
 
 
-_resolved_models: contextvars.ContextVar[dict[tuple[str, str], Path] | None] = contextvars.ContextVar(
+_resolved_models: contextvars.ContextVar[dict[tuple[object, ...], Any] | None] = contextvars.ContextVar(
     "punie_resolved_models", default=None)
 
 
 @contextlib.contextmanager
 def model_scope() -> Iterator[None]:
-    """Within this block each (model spec, project) is resolved to its directory once."""
+    """Within this block each (model spec, project) is resolved to its directory once, and each model
+    directory is checked once (every profile on it gets the same findings, each under its own name)."""
     token = _resolved_models.set({})
     try:
         yield
@@ -199,10 +201,19 @@ def _resolve_model(spec: str, project_dir: str) -> Path:
     memo = _resolved_models.get()
     if memo is None:
         return resolve_model(spec, project_dir)
-    key = (spec, project_dir)
+    key = ("spec", spec, project_dir)
     if key not in memo:
         memo[key] = resolve_model(spec, project_dir)  # errors are not remembered: each profile reports its own
     return memo[key]
+
+
+@dataclass(frozen=True)
+class _ModelOutcome:
+    """What checking one model directory found: the same for every profile on it."""
+
+    shapes: ModelShapes | None
+    problems: tuple[tuple[str, str, str | None, str], ...]  # (severity, code, where, message)
+    passed: tuple[str, ...]
 
 
 def _check_model(c: _Collector) -> tuple[Path | None, ModelShapes | None]:
@@ -221,28 +232,39 @@ def _check_model(c: _Collector) -> tuple[Path | None, ModelShapes | None]:
     except ModelError as exc:
         c.add("error", "model-not-found", c.key("model"), exc.render())
         return None, None
+    memo = _resolved_models.get()
+    key = ("model", path, c.rules.strict_load)
+    outcome = memo.get(key) if memo is not None else None
+    if outcome is None:
+        outcome = _model_outcome(path, strict_load=c.rules.strict_load)
+        if memo is not None:
+            memo[key] = outcome
+    for severity, code, where, message in outcome.problems:
+        c.add(severity, code, where, message)
+    c.passed += outcome.passed
+    return path, outcome.shapes
+
+
+def _model_outcome(path: Path, *, strict_load: bool) -> _ModelOutcome:
+    """Read and check the model directory ``path`` (its places name its files, never a profile)."""
     try:
         shapes = read_model_shapes(path)
     except CorruptFileError as exc:
-        c.add("error", "corrupt-file", exc.where or str(path), exc.message)
-        return path, None
+        return _ModelOutcome(None, (("error", "corrupt-file", exc.where or str(path), exc.message),), ())
     except (ModelError, OSError) as exc:
-        c.add("error", "model-unreadable", exc.where if isinstance(exc, PunieError) and exc.where else str(path),
-              exc.message if isinstance(exc, PunieError) else str(exc))
-        return path, None
-    for f in shapes.problems:
-        c.finding(f)
+        where = exc.where if isinstance(exc, PunieError) and exc.where else str(path)
+        return _ModelOutcome(None, (("error", "model-unreadable", where,
+                                     exc.message if isinstance(exc, PunieError) else str(exc)),), ())
+    findings = list(shapes.problems)
     # then as deep as mlx_lm's strict load (an engine with its own loader checks by its own rules)
-    strict_problems = shapes.strict_load_problems if c.rules.strict_load and not any(
-        f.severity == "error" for f in shapes.problems) else ()
-    for f in strict_problems:
-        c.finding(f)
+    if strict_load and not any(f.severity == "error" for f in shapes.problems):
+        findings += shapes.strict_load_problems
     layers = shapes.total_layers
     bits = shapes.bits_summary()
     detail = ", ".join(x for x in (f"{layers} layers" if layers else "", bits or "") if x)
-    if not any(f.severity == "error" for f in (*shapes.problems, *strict_problems)):
-        c.passed.append(f"model: {path}" + (f" ({detail})" if detail else ""))
-    return path, shapes
+    passed = () if any(f.severity == "error" for f in findings) else (
+        f"model: {path}" + (f" ({detail})" if detail else ""),)
+    return _ModelOutcome(shapes, tuple((f.severity, f.code, f.where, f.message) for f in findings), passed)
 
 
 def _served_adapter(resolved: ResolvedProfile, spec: str) -> Path:

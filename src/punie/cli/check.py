@@ -49,25 +49,28 @@ def _one_line_values(report: Any) -> Any:
     def line(text: str | None) -> str | None:
         return None if text is None else printable(text, one_line=True)
 
-    profiles = [
-        prof.model_copy(update={
+    def escaped(prof: Any) -> Any:
+        texts = [prof.name, *prof.passed, *(t for p in prof.problems for t in (p.message, p.where))]
+        if all(line(text) == text for text in texts):
+            return prof  # nothing to escape (the usual case): no copy of 5,000 reports
+        return prof.model_copy(update={
             "name": line(prof.name),
             "passed": [line(text) for text in prof.passed],
             "problems": [p.model_copy(update={"message": line(p.message), "where": line(p.where)})
                          for p in prof.problems],
         })
-        for prof in report.profiles
-    ]
-    return report.model_copy(update={"profiles": profiles})
+
+    return report.model_copy(update={"profiles": [escaped(prof) for prof in report.profiles]})
 
 
 def _run(state: State, profiles: tuple[str, ...], overrides: tuple[str, ...], strict: bool):
     from punie.api import check, load_profiles
-    from punie.api.profiles import CONFIG_NAME
     from punie.errors import ConfigError
 
     resolved = load_profiles(state.config, profiles, overrides=state.with_overrides(overrides))
     if not resolved:
+        from punie.api.profiles import CONFIG_NAME  # here only: punie.api.profiles imports the editor (tomlkit)
+
         where = state.config or CONFIG_NAME
         raise ConfigError("defines no profiles: nothing to check", where=where,
                           hint="add a [profiles.NAME] table with at least `model = ...`")

@@ -11,7 +11,7 @@ import logging
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from punie import envvars
 from punie.config import keys
 from punie.config.embedded import EMBEDDED_DEFAULT_TOML, EMBEDDED_NAME
-from punie.config.locate import KeyPath, dotted, key_lines, line_of, toml_syntax_error
+from punie.config.locate import KeyPath, document_lines, dotted, line_of, toml_syntax_error
 from punie.config.models import PunieFile
 from punie.errors import ConfigError, CorruptFileError, did_you_mean
 from punie.jsonio import read_file_bytes
@@ -59,7 +59,11 @@ class ConfigSource:
     text: str
     data: dict[str, Any]
     file: PunieFile
-    lines: dict[KeyPath, int] = field(repr=False)
+
+    @property
+    def lines(self) -> dict[KeyPath, int]:
+        """Each table and key path of the file and its line, scanned when a problem first needs a place."""
+        return document_lines(self.text)
 
     @property
     def embedded(self) -> bool:
@@ -176,10 +180,9 @@ def parse_config(text: str, *, display: str = CONFIG_NAME, path: Path | None = N
         raise toml_syntax_error(exc, text, display=display) from None
     except RecursionError:
         raise ConfigError("invalid TOML: values nested too deeply", where=display) from None
-    lines = key_lines(text)
 
     def where(loc: Sequence[object]) -> str:
-        line = line_of(lines, loc) if loc else None
+        line = line_of(document_lines(text), loc) if loc else None
         return f"{display}:{line}" if line else display
 
     try:
@@ -188,7 +191,7 @@ def parse_config(text: str, *, display: str = CONFIG_NAME, path: Path | None = N
         raise_problems(validation_problems(exc, data, where), where=display)
     except RecursionError:
         raise ConfigError("values nested too deeply", where=display) from None
-    source = ConfigSource(path=path, display=display, text=text, data=data, file=parsed, lines=lines)
+    source = ConfigSource(path=path, display=display, text=text, data=data, file=parsed)
     if problems := structure_problems(source):
         raise_problems(problems)
     return source

@@ -32,6 +32,22 @@ def key_lines(text: str) -> dict[KeyPath, int]:
     return lines
 
 
+#: The last document scanned and its key lines: a command reads one profiles file, whose lines are
+#: needed only to name the place of a problem, by the loader and by the checks alike.
+_LAST: list[tuple[str, dict[KeyPath, int]]] = []
+
+
+def document_lines(text: str) -> dict[KeyPath, int]:
+    """`key_lines` of ``text``, scanned once however many problems (and modules) ask for a place in it.
+
+    The mapping is shared: read it, never change it."""
+    if _LAST and (_LAST[0][0] is text or _LAST[0][0] == text):
+        return _LAST[0][1]
+    found = key_lines(text)
+    _LAST[:] = [(text, found)]
+    return found
+
+
 def _record(lines: dict[KeyPath, int], path: KeyPath, lineno: int) -> None:
     for i in range(1, len(path) + 1):
         lines.setdefault(path[:i], lineno)

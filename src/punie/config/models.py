@@ -7,6 +7,8 @@ resolved profile is a value that plans and checks can be built from purely.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -251,6 +253,17 @@ class LivenessSettings(_Strict):
     failures: int = Field(3, ge=1, description="Consecutive failed probes after which the server counts as frozen.")
 
 
+#: Shared defaults of a profile's tables: frozen values, built (and validated) once per process, not once per
+#: profile (a validated instance passes pydantic's validation unchanged). Their lists and dicts are shared
+#: too, as `model_copy` already shares them: a profile's values are never changed in place.
+_DEFAULT_VLLM = VllmOptions()
+_DEFAULT_DISTRIBUTED = DistributedOptions()
+_DEFAULT_RESTART = RestartSettings()
+_DEFAULT_SHUTDOWN = ShutdownSettings()
+_DEFAULT_READINESS = ReadinessSettings()
+_DEFAULT_LIVENESS = LivenessSettings()
+
+
 #: The flat server keys of earlier files, still read: key -> (its table, the key in it).
 FLAT_SERVER_KEYS: dict[str, tuple[str, str]] = {
     "max_restarts": ("restart", "max_restarts"),
@@ -303,9 +316,10 @@ class ServerOptions(_Strict):
         "mlx", description="Engine that serves the model: mlx (mlx_lm.server), vllm (vLLM's OpenAI server) or "
         "mlx-distributed (mlx_lm.server over several ranks with mlx.launch; [server.distributed])."
     )
-    vllm: VllmOptions = Field(default_factory=VllmOptions, description="vLLM options (backend = vllm).")
+    vllm: VllmOptions = Field(default_factory=lambda: _DEFAULT_VLLM, description="vLLM options (backend = vllm).")
     distributed: DistributedOptions = Field(
-        default_factory=DistributedOptions, description="mlx.distributed options (backend = mlx-distributed)."
+        default_factory=lambda: _DEFAULT_DISTRIBUTED,
+        description="mlx.distributed options (backend = mlx-distributed)."
     )
     url: str | None = Field(
         None,
@@ -339,17 +353,17 @@ class ServerOptions(_Strict):
         default_factory=list, description="Extra command-line arguments for mlx_lm.server."
     )
     restart: RestartSettings = Field(
-        default_factory=lambda: RestartSettings(),
+        default_factory=lambda: _DEFAULT_RESTART,
         description="Restart the server when it dies unexpectedly ([server.restart]; the flat server.restart = "
         "\"on-failure\", max_restarts, restart_backoff are still read).",
     )
-    shutdown: ShutdownSettings = Field(default_factory=lambda: ShutdownSettings(),
+    shutdown: ShutdownSettings = Field(default_factory=lambda: _DEFAULT_SHUTDOWN,
                                        description="How the server is stopped ([server.shutdown]).")
     readiness: ReadinessSettings = Field(
-        default_factory=lambda: ReadinessSettings(),
+        default_factory=lambda: _DEFAULT_READINESS,
         description="The readiness probe ([server.readiness]; the flat server.ready_timeout is still read).")
     liveness: LivenessSettings = Field(
-        default_factory=lambda: LivenessSettings(),
+        default_factory=lambda: _DEFAULT_LIVENESS,
         description="The liveness probe ([server.liveness]; the flat liveness_interval, liveness_failures are "
         "still read).")
     idle_unload: Duration | None = Field(
@@ -379,6 +393,9 @@ class Permissions(_Strict):
     mcp: Decision = Field("ask", description="Calling tools of the MCP servers an IDE connects to a session.")
 
 
+_DEFAULT_PERMISSIONS = Permissions()
+
+
 class AgentOptions(_Strict):
     """Options of the Punie coding agent."""
 
@@ -392,7 +409,7 @@ class AgentOptions(_Strict):
     tools: list[ToolName] = Field(default_factory=lambda: list(ALL_TOOLS), description="Enabled tools "
                                   "(update_plan, off by default: the model states its plan, shown by IDEs).")
     workspace: str = Field(".", description="Directory the file tools are confined to.")
-    permissions: Permissions = Field(default_factory=Permissions)
+    permissions: Permissions = Field(default_factory=lambda: _DEFAULT_PERMISSIONS)
     max_turns: int = Field(20, ge=1, description="Maximum model requests per prompt.")
     protected: list[str] = Field(
         default_factory=list,
@@ -472,6 +489,10 @@ class AdapterRef(_Strict):
     weight: float = Field(1.0, description="Scale applied to this adapter's delta.")
 
 
+_DEFAULT_FUSE = FuseOptions()
+_DEFAULT_AGENT = AgentOptions()
+
+
 def one_adapter_form(profile: Any) -> Any:
     """A profile (or the settings built from one) sets `adapter` or `adapters`, not both."""
     if profile.adapter is not None and profile.adapters:
@@ -495,8 +516,9 @@ class Profile(_Strict):
         default_factory=list, description="Several adapters composed into one (ranks concatenated)."
     )
     server: ServerOptions = Field(default_factory=ServerOptions)
-    fuse: FuseOptions = Field(default_factory=FuseOptions, description="Serve the adapter fused into the base.")
-    agent: AgentOptions = Field(default_factory=AgentOptions)
+    fuse: FuseOptions = Field(default_factory=lambda: _DEFAULT_FUSE,
+                              description="Serve the adapter fused into the base.")
+    agent: AgentOptions = Field(default_factory=lambda: _DEFAULT_AGENT)
 
     @model_validator(mode="after")
     def _one_adapter_form(self) -> Profile:
@@ -548,6 +570,13 @@ class ResolvedProfile(_Strict):
     @property
     def project_dir(self) -> str:
         """Directory relative paths in the profile are resolved against."""
-        import os
+        if not self.config_path:
+            return os.getcwd()
+        if os.path.isabs(self.config_path):  # as the loader records it: one answer per file, not per profile
+            return _directory_of(self.config_path)
+        return os.path.dirname(os.path.abspath(self.config_path))
 
-        return os.path.dirname(os.path.abspath(self.config_path)) if self.config_path else os.getcwd()
+
+@functools.lru_cache(maxsize=64)
+def _directory_of(absolute: str) -> str:
+    return os.path.dirname(os.path.abspath(absolute))  # abspath normalizes (``a/../b``) as it always did

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,9 @@ from punie.config.loader import (
     read_config,
     validation_problems,
 )
-from punie.config.locate import KeyPath, dotted, key_lines, line_of
+from punie.config.locate import KeyPath, document_lines, dotted, line_of
 from punie.config.models import Profile, ResolvedProfile, flat_server_key, nest_flat_server_keys
-from punie.config.overrides import deep_merge, leaves, overrides_to_dict
+from punie.config.overrides import deep_merge, is_table, overrides_to_dict
 from punie.errors import ConfigError, CorruptFileError, did_you_mean
 from punie.jsonio import read_text_file
 
@@ -42,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 LEAF_KEYS: tuple[str, ...] = tuple(keys.leaf_keys(Profile))
 _LEAF_SET = frozenset(LEAF_KEYS)
+_DEFAULT_SOURCES = dict.fromkeys(LEAF_KEYS, "default")
 _EXCLUSIVE = {"adapter": "adapters", "adapters": "adapter"}
 
 
@@ -91,10 +91,29 @@ def check_profile_name(source: ConfigSource, name: str, *, where: str | None = N
     )
 
 
-def _record(sources: dict[str, str], table: Mapping[str, Any], label: str) -> None:
-    for path in leaves(table):
-        leaf = ".".join(keys.leaf_of(path))
-        if leaf in _LEAF_SET:
+#: Key path -> the profile key it sets (None: none), for every path seen: 5,000 profiles write the same few.
+_LEAF_NAMES: dict[KeyPath, str | None] = {}
+_LEAF_NAMES_SIZE = 4096  # free tables (agent.env, chat_template_args) may hold any keys: bounded
+
+
+def _leaf_name(path: KeyPath) -> str | None:
+    found = _LEAF_NAMES.get(path, _LEAF_NAMES)
+    if found is not _LEAF_NAMES:
+        return found  # type: ignore[return-value]
+    leaf = ".".join(keys.leaf_of(path))
+    name = leaf if leaf in _LEAF_SET else None
+    if len(_LEAF_NAMES) < _LEAF_NAMES_SIZE:
+        _LEAF_NAMES[path] = name
+    return name
+
+
+def _record(sources: dict[str, str], table: Mapping[str, Any], label: str, prefix: KeyPath = ()) -> None:
+    """Note ``label`` as the origin of every profile key ``table`` sets (its leaves, as `leaves` walks them)."""
+    for key, sub in table.items():
+        path = (*prefix, str(key))
+        if is_table(sub) and sub:
+            _record(sources, sub, label, path)
+        elif (leaf := _leaf_name(path)) is not None:
             sources[leaf] = label
 
 
@@ -121,13 +140,16 @@ def _layer(merged: dict[str, Any], sources: dict[str, str], table: Mapping[str, 
     return deep_merge(merged, table)
 
 
-def _inherited(source: ConfigSource, name: str, memo: dict[str, tuple[dict[str, Any], dict[str, str]]]
-               ) -> tuple[dict[str, Any], dict[str, str]]:
+_Memo = dict[str | None, tuple[dict[str, Any], dict[str, str]]]
+
+
+def _inherited(source: ConfigSource, name: str, memo: _Memo) -> tuple[dict[str, Any], dict[str, str]]:
     """(merged table, key origins) of ``[defaults]`` and the `extends` ancestors of ``name``.
 
     ``memo[p]`` holds the same for a profile ``p`` whose own table is counted as an
-    ancestor's: the walk stops at the nearest remembered ancestor, and every step
-    applies one layer (the layers are never mutated: `_layer` returns new tables).
+    ancestor's (``memo[None]``: ``[defaults]`` alone): the walk stops at the nearest remembered
+    ancestor, and every step applies one layer (the layers are never mutated: `_layer` returns
+    new tables), so ``[defaults]`` is layered once per file, not once per profile.
     """
     raw_profiles: dict[str, Any] = source.data.get("profiles", {})
     profiles = source.file.profiles
@@ -140,9 +162,12 @@ def _inherited(source: ConfigSource, name: str, memo: dict[str, tuple[dict[str, 
         current = profiles[current].extends
     if current is not None and current in memo:
         merged, sources = memo[current]
+    elif None in memo:
+        merged, sources = memo[None]
     else:
         sources = {}
         merged = _layer({}, sources, source.data.get("defaults", {}), "file (defaults)")
+        memo[None] = (merged, sources)
     for ancestor in reversed(chain):
         sources = dict(sources)
         merged = _layer(merged, sources, raw_profiles[ancestor], f"file (extends {ancestor})")
@@ -151,6 +176,8 @@ def _inherited(source: ConfigSource, name: str, memo: dict[str, tuple[dict[str, 
 
 
 def _drop_exclusive(lower: dict[str, Any], higher: Mapping[str, Any]) -> dict[str, Any]:
+    if not any(h in _EXCLUSIVE for h in higher):
+        return lower  # nothing to drop (the usual case): no copy per profile
     return {k: v for k, v in lower.items() if not any(k == _EXCLUSIVE[h] for h in higher if h in _EXCLUSIVE)}
 
 
@@ -220,7 +247,7 @@ def resolve_profile(
     env_layer: dict[str, Any],
     cli_layer: dict[str, Any],
     cli_origin: Mapping[tuple[str, ...], str],
-    memo: dict[str, tuple[dict[str, Any], dict[str, str]]] | None = None,
+    memo: _Memo | None = None,
 ) -> ResolvedProfile:
     """Merge one profile's layers and validate the result (the name is known to exist).
 
@@ -273,7 +300,7 @@ def resolve_profile(
             hint=f'add model = "..." to [{dotted(("profiles", name))}] or [defaults], '
             "or set PUNIE_MODEL / --set model=..., or server.url to use a running server",
         )
-    all_sources = {key: sources.get(key, "default") for key in LEAF_KEYS}
+    all_sources = {**_DEFAULT_SOURCES, **sources}  # sources holds leaf keys only (_record): LEAF_KEYS' order
     if own_extends is not None:
         all_sources["extends"] = "file"
     return ResolvedProfile(
@@ -318,7 +345,7 @@ def resolve_many(
         check_profile_name(source, name)
     cli_layer, cli_origin = overrides_to_dict(overrides)
     env_layer = _read_env_layer(env)
-    memo: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
+    memo: _Memo = {}
     return [
         resolve_profile(source, name, env_layer=env_layer, cli_layer=cli_layer, cli_origin=cli_origin, memo=memo)
         for name in selected
@@ -418,7 +445,7 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
         return ENV_PREFIX + ENV_DELIMITER.join(key.split(".")).upper()
     # The file was validated when the profile was resolved: only its key lines are needed.
     if resolved.config_path is None:
-        display, lines = EMBEDDED_NAME, _lines_of_text(EMBEDDED_DEFAULT_TOML)
+        display, lines = EMBEDDED_NAME, document_lines(EMBEDDED_DEFAULT_TOML)
     else:
         path = Path(resolved.config_path)
         display = path.name
@@ -430,22 +457,18 @@ def describe_source(resolved: ResolvedProfile, key: str) -> str:
     return f"{display}:{line}" if line else display
 
 
-@lru_cache(maxsize=4)
-def _lines_of_text(text: str) -> dict[KeyPath, int]:
-    return key_lines(text)
-
-
 _LINES_CACHE: dict[tuple[str, int, int, int], dict[KeyPath, int]] = {}
 
 
 def _lines_of_file(path: Path) -> dict[KeyPath, int]:
-    """The key lines of a profiles file, scanned once per version of the file (by size, time and
-    inode): a check naming places in 5,000 profiles scans the file once, not once per message."""
+    """The key lines of a profiles file, read once per version of the file (by size, time and inode) and
+    scanned once per text: a check naming places in 5,000 profiles reads the file once, not once per
+    message, and scans it once with the loader that read it first."""
     st = os.stat(path)
     signature = (str(path.absolute()), st.st_size, st.st_mtime_ns, st.st_ino)
     found = _LINES_CACHE.get(signature)
     if found is None:
-        found = key_lines(read_text_file(path, max_bytes=MAX_CONFIG_BYTES, encoding="utf-8-sig"))
+        found = document_lines(read_text_file(path, max_bytes=MAX_CONFIG_BYTES, encoding="utf-8-sig"))
         _LINES_CACHE.clear()  # one file at a time is what a command reads
         _LINES_CACHE[signature] = found
     return found

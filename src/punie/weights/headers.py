@@ -214,6 +214,11 @@ class ModelShapes:
 
     def bits_summary(self) -> str | None:
         """``4-bit``, ``mixed 3/6-bit`` (and ``+ dense`` when some linears are not quantized), or None."""
+        return self._bits_summary
+
+    @cached_property
+    def _bits_summary(self) -> str | None:
+        # once per reading: a check of 5,000 profiles on one base asks for it once per profile
         bits = sorted({m.bits for m in self.modules.values() if m.bits})
         if not bits:
             return None
@@ -275,7 +280,7 @@ def _signature(model_dir: Path) -> tuple[object, ...] | None:
 
 _SHAPES_CACHE: dict[tuple[object, ...], ModelShapes] = {}
 _SHAPES_CACHE_SIZE = 16
-_scope: contextvars.ContextVar[dict[str, ModelShapes] | None] = contextvars.ContextVar("punie_shapes_scope",
+_scope: contextvars.ContextVar[dict[str | Path, ModelShapes] | None] = contextvars.ContextVar("punie_shapes_scope",
                                                                                        default=None)
 
 
@@ -298,9 +303,13 @@ def read_model_shapes(model_dir: str | Path) -> ModelShapes:
     remembered per process while the directory's files keep their names, sizes and times
     (5,000 profiles on one base read its headers once); treat it as read-only.
     """
-    model_dir = Path(model_dir)
     scope = _scope.get()
+    if scope is not None and (known := scope.get(model_dir)) is not None:
+        return known  # the same spelling as before in this scope: no path built per profile
+    asked = model_dir
+    model_dir = Path(model_dir)
     if scope is not None and (known := scope.get(str(model_dir.absolute()))) is not None:
+        scope[asked] = known
         return known
     key = _signature(model_dir)
     shapes = _SHAPES_CACHE.get(key) if key is not None else None
@@ -311,7 +320,7 @@ def read_model_shapes(model_dir: str | Path) -> ModelShapes:
                 _SHAPES_CACHE.pop(next(iter(_SHAPES_CACHE)))
             _SHAPES_CACHE[key] = shapes
     if scope is not None:
-        scope[str(model_dir.absolute())] = shapes
+        scope[str(model_dir.absolute())] = scope[asked] = shapes
     return shapes
 
 
