@@ -33,7 +33,8 @@ SHARED_STATE_MODULES = frozenset({
     "tests/api/test_readme.py", "tests/core/test_readme.py", "tests/core/test_readme_commands.py",
     "tests/launch/test_dense.py",
     "tests/training/test_readme_prompts.py", "tests/training/test_tool_calling_adapter.py",
-    "tests/training/test_tool_calling_v2.py", "tests/weights/test_builtin.py",
+    "tests/training/test_tool_calling_v2.py", "tests/training/test_tool_calling_v3.py",
+    "tests/weights/test_builtin.py",
 })
 
 

@@ -318,7 +318,8 @@ def test_the_repository_example_file_loads() -> None:
     assert profiles["demo"].profile.model == "builtin:smollm2-135m-instruct"
     assert profiles["demo"].profile.server.port == 8080 and profiles["demo"].profile.adapter is None
     tool = profiles["tool-calling"].profile
-    assert (tool.model, tool.adapter, tool.server.port) == ("builtin:smollm2-135m-instruct", "tool-calling-v1", 8081)
+    assert (tool.model, tool.adapter, tool.server.port) == ("builtin:smollm2-135m-instruct", "tool-calling-v3", 8081)
+    assert {profiles[f"tool-calling-v{n}"].profile.adapter for n in (1, 2)} == {"tool-calling-v1", "tool-calling-v2"}
     # Every profile of the shipped file runs offline; the hub model is an example of its own.
     assert all(r.profile.model.startswith("builtin:") for r in profiles.values())
     hub = load_profile(None, config=str(root / "examples" / "hub-coder.toml"), env={})

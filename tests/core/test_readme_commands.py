@@ -306,7 +306,7 @@ def test_punie_check_passes_in_the_project(project: Path, tmp_path: Path) -> Non
     is said once and is no error)."""
     proc = _punie(project, "check", env=_env(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("demo", "tool-calling", "tool-calling-v2"):
+    for name in ("demo", "tool-calling", "tool-calling-v1", "tool-calling-v2"):
         assert f"profile {name}" in proc.stdout, proc.stdout
 
 

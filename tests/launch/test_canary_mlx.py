@@ -220,10 +220,10 @@ def test_the_shipped_tool_calling_adapter_is_proven_active_on_smollm2() -> None:
     from punie.weights.builtin import ensure_builtin
 
     repo = Path(__file__).resolve().parents[2]
-    canary = read_canary(repo / "adapters" / "tool-calling-v1")
+    resolved = load_profile("tool-calling", config=repo / "punie.toml", overrides=(f"server.port={free_port()}",))
+    canary = read_canary(repo / "adapters" / str(resolved.profile.adapter))
     assert canary is not None
     assert canary.base_fingerprint == base_fingerprint(ensure_builtin("smollm2-135m-instruct"))
-    resolved = load_profile("tool-calling", config=repo / "punie.toml", overrides=(f"server.port={free_port()}",))
     lines: list[str] = []
     outcome = run_up(resolved, check=False, sink=lines.append, agent_argv=[sys.executable, "-c", "pass"])
     assert outcome.canary is not None and outcome.canary["verdict"] == "adapter-active", "\n".join(lines)

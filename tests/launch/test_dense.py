@@ -98,10 +98,10 @@ def _builtin() -> Path:
 def test_the_dense_builtin_passes_check_with_the_shipped_adapter(tmp_path: Path) -> None:
     pytest.importorskip("mlx_lm")
     copy = ensure_dense(_builtin(), "float32")
-    adapter = tmp_path / "adapters" / "tool-calling-v1"
-    shutil.copytree(REPO / "adapters" / "tool-calling-v1", adapter)
+    adapter = tmp_path / "adapters" / "tool-calling-v3"
+    shutil.copytree(REPO / "adapters" / "tool-calling-v3", adapter)
     (tmp_path / "punie.toml").write_text(f"[profiles.dense]\nmodel = {json.dumps(str(copy))}\n"
-                                         'adapter = "tool-calling-v1"\n')
+                                         'adapter = "tool-calling-v3"\n')
     result = CliRunner().invoke(main, ["--config", str(tmp_path / "punie.toml"), "check", "--strict",
                                        "--format", "json"])
     assert result.exit_code == 0, result.output

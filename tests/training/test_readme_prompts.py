@@ -1,5 +1,6 @@
 """The README's two prompts, each in a fresh session, with the real builtin model and the shipped
-tool-calling adapter, greedy: the right tool called with the path copied from the prompt."""
+tool-calling adapter (profile `tool-calling`, adapters/tool-calling-v3), greedy: the right tool called with the
+path copied from the prompt."""
 
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ def test_the_readme_prompts_call_the_right_tool_with_the_right_path(tmp_path: Pa
     from punie.weights.builtin import ensure_builtin
 
     ensure_builtin("smollm2-135m-instruct")
-    (tmp_path / "adapters" / "tool-calling-v2").mkdir(parents=True)
+    (tmp_path / "adapters" / "tool-calling-v3").mkdir(parents=True)
     (tmp_path / "adapters" / "README.md").write_text("adapters\n")
     (tmp_path / "punie.toml").write_text('default_profile = "demo"\n\n[profiles.demo]\nmodel = "builtin:x"\n')
-    resolved = load_profile("tool-calling-v2", config=CONFIG, overrides=(f"server.port={free_port()}",))
+    resolved = load_profile("tool-calling", config=CONFIG, overrides=(f"server.port={free_port()}",))
     options = resolved.profile.agent.model_copy(update={"max_turns": 3, "max_tokens": 128, "temperature": 0.0})
     (tmp_path / "logs").mkdir()
     expected = {README_PROMPTS[0]: ("list_files", "adapters"), README_PROMPTS[1]: ("read_file", "punie.toml")}

@@ -1,4 +1,4 @@
-"""The shipped tool-calling adapter (adapters/tool-calling-v1, profile `tool-calling`) and its dataset.
+"""The first shipped tool-calling adapter (adapters/tool-calling-v1, profile `tool-calling-v1`) and its dataset.
 
 The adapter is the one trained on the shipped dataset, for the demo model; the dataset does
 not contain the eval prompts; `punie check tool-calling` passes against the real SmolLM2; and
@@ -71,8 +71,8 @@ def test_dataset_does_not_contain_the_eval_prompts() -> None:
             assert not prompts & set(users), f"{split}.jsonl repeats an eval prompt"
 
 
-def test_tool_calling_profile_extends_demo_with_the_adapter() -> None:
-    resolved = load_profile("tool-calling", config=CONFIG)
+def test_tool_calling_v1_profile_extends_demo_with_the_adapter() -> None:
+    resolved = load_profile("tool-calling-v1", config=CONFIG)
     assert resolved.profile.model == MODEL
     assert resolved.profile.adapter == "tool-calling-v1"
     assert resolved.profile.server.port != load_profile("demo", config=CONFIG).profile.server.port
@@ -87,7 +87,7 @@ def test_punie_check_passes_for_tool_calling_on_the_real_model() -> None:
 
     ensure_builtin("smollm2-135m-instruct")
     port = free_port()  # the check includes "port is free": do not depend on 8083 being unused
-    args = ["--config", str(CONFIG), "--set", f"server.port={port}", "check", "tool-calling", "--format", "json"]
+    args = ["--config", str(CONFIG), "--set", f"server.port={port}", "check", "tool-calling-v1", "--format", "json"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -111,7 +111,7 @@ def test_the_agent_with_tool_calling_calls_list_files(tmp_path: Path) -> None:
     ensure_builtin("smollm2-135m-instruct")
     (tmp_path / "adapters" / "tool-calling-v1").mkdir(parents=True)
     (tmp_path / "adapters" / "README.md").write_text("adapters\n")
-    resolved = load_profile("tool-calling", config=CONFIG, overrides=(f"server.port={free_port()}",))
+    resolved = load_profile("tool-calling-v1", config=CONFIG, overrides=(f"server.port={free_port()}",))
     options = resolved.profile.agent.model_copy(update={"max_turns": 3, "max_tokens": 64, "temperature": 0.0})
     (tmp_path / "logs").mkdir()
     with serve(resolved, log_dir=tmp_path / "logs") as (base_url, adapter):
@@ -169,7 +169,7 @@ def test_punie_up_tool_calling_answers_with_a_real_tool_call(tmp_path: Path) -> 
 
     ensure_builtin("smollm2-135m-instruct")
     project = tmp_path / "project"
-    for shipped in ("tool-calling-v1", "tool-calling-v2"):  # every adapter punie.toml's profiles name
+    for shipped in ("tool-calling-v1", "tool-calling-v2", "tool-calling-v3"):  # every adapter punie.toml's profiles name
         shutil.copytree(REPO / "adapters" / shipped, project / "adapters" / shipped)
     shutil.copy(CONFIG, project / "punie.toml")
     (project / "adapters" / "README.md").write_text("adapters\n")
