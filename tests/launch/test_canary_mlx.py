@@ -26,6 +26,7 @@ from punie.config.models import Profile, ResolvedProfile, ServerOptions
 from punie.launch import LaunchFailed, prepare, run_up
 from punie.launch.canary import MIN_SEPARATION, distance, keyed
 from tests.support import tiny
+from tests.support.launch_helpers import agent_let_in
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlx]
@@ -151,7 +152,7 @@ def test_punie_up_cli_refuses_with_a_clear_message(project: Path, bare_server: _
     assert proc.returncode == 1, proc.stderr
     assert "punie: error:" in proc.stderr and "the server is answering without the adapter" in proc.stderr
     assert "hint: restart that server with the adapter" in proc.stderr
-    assert "started the agent" not in proc.stderr
+    assert not any(agent_let_in(line) for line in proc.stderr.splitlines())
     status = next(json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{"))
     assert status["reason"] == "adapter-not-applied" and status["exit_code"] == 1
     assert [c["verdict"] for c in status["canaries"]] == ["base"]

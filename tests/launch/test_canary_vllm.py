@@ -33,6 +33,7 @@ from click.testing import CliRunner
 
 from punie.launch.canary import MATCH_TOLERANCE
 from tests.support import tiny
+from tests.support.launch_helpers import agent_let_in
 from tests.support.ports import free_port
 from tests.support.vllm_env import server_processes, vllm_python
 
@@ -113,7 +114,7 @@ class _Up:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
-            if "started the agent" in line:
+            if agent_let_in(line):
                 self.agent_started.set()
 
     @property
@@ -171,7 +172,7 @@ def test_each_lora_id_is_proven_active_and_servers_without_the_adapter_are_refus
     for name, adapter in (("one", "alpha"), ("two", "beta")):
         line = next((x for x in up.lines if "adapter active" in x and f"model id {name!r}" in x), None)
         assert line is not None and str(adapters / adapter) in line, text[-4000:]
-        assert up.lines.index(line) < next(i for i, x in enumerate(up.lines) if "started the agent" in x)
+        assert up.lines.index(line) < next(i for i, x in enumerate(up.lines) if agent_let_in(x))
     status = _status(text)
     assert status["profile"] == "team" and status["exit_code"] == 0
     assert status["canary"]["model"] == "one" and status["canary"]["verdict"] == "adapter-active"
@@ -192,13 +193,13 @@ def test_each_lora_id_is_proven_active_and_servers_without_the_adapter_are_refus
     assert "the server is answering without the adapter" in lost.stderr
     assert "does not serve the model id 'lost'" in lost.stderr and "does not exist" in lost.stderr
     assert "hint: restart that vLLM server with each profile's LoRA" in lost.stderr
-    assert "started the agent" not in lost.stderr
+    assert not any(agent_let_in(x) for x in lost.stderr.splitlines())
     assert _status(lost.stderr)["reason"] == "adapter-not-applied"
     # ...and requests that reach the base model's id are refused: its logprobs are the base's.
     base = nested["base"]
     assert base.returncode == 1, base.stderr[-3000:]
     assert "the server is answering without the adapter" in base.stderr
-    assert "match the base model alone" in base.stderr and "started the agent" not in base.stderr
+    assert "match the base model alone" in base.stderr and not any(agent_let_in(x) for x in base.stderr.splitlines())
     assert _status(base.stderr)["reason"] == "adapter-not-applied"
     assert not _gone(port), "vLLM processes outlived punie up"
     print(f"group ready with both canaries checked in {ready:.1f}s")
@@ -239,7 +240,7 @@ def test_a_lora_vllm_serves_as_the_base_refuses_the_group_with_the_log_tail(buil
     assert "refused: nothing is started on a server without its adapter" in text
     assert "last server log lines" in text and "team-server.log" in text
     assert "hint: vLLM loaded the LoRA but answers as the base" in text
-    assert "started the agent" not in text
+    assert not any(agent_let_in(x) for x in text.splitlines())
     status = _status(text)
     assert status["reason"] == "adapter-not-applied" and status["exit_code"] == 1
     assert [(c["model"], c["verdict"]) for c in status["canaries"]] == [("one", "adapter-active"), ("two", "base")]

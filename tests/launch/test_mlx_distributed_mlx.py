@@ -212,7 +212,7 @@ def _gone(procs: list[psutil.Process], timeout: float = 30) -> list[int]:
 def test_stopping_punie_up_leaves_no_rank(project: Path, signum: int) -> None:
     proc, lines, changed = _start(project, "base2")
     try:
-        _wait_line(lines, changed, "started the agent")
+        _wait_line(lines, changed, "agent ready (")
         ranks = _ranks(proc.pid)
         assert len(ranks) == 2, [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)]
         launcher = ranks[0].parent()
@@ -229,7 +229,7 @@ def test_a_killed_rank_restarts_the_group_then_stops_it_with_the_rank_named(proj
     proc, lines, changed = _start(project, "base2", "--set", "server.restart=on-failure",
                                   "--set", "server.max_restarts=1", "--set", "server.restart_backoff=0.2")
     try:
-        _wait_line(lines, changed, "started the agent")
+        _wait_line(lines, changed, "agent ready (")
         first = _ranks(proc.pid)
         os.kill(first[1].pid, signal.SIGKILL)
         _wait_line(lines, changed, "restart 1/1")

@@ -27,6 +27,7 @@ import pytest
 from punie.config import load_profile
 from punie.launch import run_up
 from tests.support import tiny
+from tests.support.launch_helpers import agent_let_in
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlx]
@@ -162,9 +163,9 @@ def test_sigkill_of_punie_up_ends_the_rank_over_ssh(project: Path) -> None:
         deadline = time.monotonic() + 180
         for line in iter(proc.stdout.readline, ""):
             lines.append(line)
-            if "started the agent" in line or time.monotonic() > deadline:
+            if agent_let_in(line) or time.monotonic() > deadline:
                 break
-        assert any("started the agent" in line for line in lines), "".join(lines)
+        assert any(agent_let_in(line) for line in lines), "".join(lines)
         remote = _remote_ranks(project)
         assert len(remote) == 1, "".join(lines)
         assert proc.pid not in [p.pid for p in remote[0].parents()]  # not ours: sshd's

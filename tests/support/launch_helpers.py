@@ -19,6 +19,13 @@ RUN_PLAN = str(SCRIPTS / "run_plan.py")
 __all__ = ["free_port", "port_free"]  # re-exported: tests import them from here too
 
 
+
+def agent_let_in(line: str) -> bool:
+    """Whether a status line of `punie up` says the agent takes questions: ``agent ready (...)`` for
+    the real agent (started with the server behind the start gate, let in once the server answers),
+    ``started the agent (pid N) on URL`` for an agent started after readiness (``agent_argv``)."""
+    return "agent ready (" in line or ("started the agent" in line and "gets ready while" not in line)
+
 def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie counts as gone: only its exit status is left)."""
     try:
@@ -190,7 +197,7 @@ def start_punie_up(config: Path, profile: str, cwd: Path, *extra: str):
     def read() -> None:
         for line in iter(proc.stderr.readline, ""):
             lines.append(line)
-            if "started the agent" in line:
+            if agent_let_in(line):
                 ready.set()
         ready.set()
 
